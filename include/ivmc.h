@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: ivmc native API — explicit shared-memory channels between
+ * co-located processes, with zero-copy reserve/commit and peek/release.
+ *
+ * Conventions: every function returns a non-negative value on success or a
+ * negative errno value on failure; errno is never read or written.
+ * Objects are opaque. Thread safety: one channel may be used by several
+ * threads and, after fork(), by several processes at once; senders are
+ * serialised among themselves and receivers among themselves.
+ */
+#ifndef IVMC_H
+#define IVMC_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IVMC_VERSION_MAJOR 0
+#define IVMC_VERSION_MINOR 1
+
+struct ivmc_listener;
+struct ivmc_chan;
+
+/* Flags for send/recv/reserve/peek/accept. */
+#define IVMC_NONBLOCK 0x1u /* return -EAGAIN instead of waiting */
+#define IVMC_MORE     0x2u /* send: more follows; publish later (like MSG_MORE) */
+#define IVMC_WAITALL  0x4u /* recv: wait for len bytes (or EOF, error) */
+
+/* Wait modes: how a blocked call waits for the peer. */
+#define IVMC_WAIT_ADAPTIVE 0 /* bounded adaptive spin, then sleep (default) */
+#define IVMC_WAIT_SPIN	   1 /* spin while the peer is alive; for benchmarks */
+#define IVMC_WAIT_SLEEP	   2 /* never spin: sleep on the doorbell at once */
+
+#define IVMC_RING_DEFAULT (256u * 1024) /* bytes per direction */
+#define IVMC_SPIN_DEFAULT_NS 30000u	/* default spin budget */
+#define IVMC_SPIN_MAX_NS     1000000u	/* largest accepted spin budget */
+
+/* Options for ivmc_listen() and ivmc_connect(); zero-fill for defaults. */
+struct ivmc_opts {
+	size_t ring_size;	 /* bytes per direction: power of two in
+				  * [4 KiB, 1 GiB]; 0 = IVMC_RING_DEFAULT */
+	int wait_mode;		 /* IVMC_WAIT_* */
+	unsigned int spin_ns;	 /* spin budget; 0 = IVMC_SPIN_DEFAULT_NS */
+	const uid_t *allow_uids; /* listener: peers allowed by uid ... */
+	size_t n_allow_uids;
+	const gid_t *allow_gids; /* ... or by gid; no list at all = anyone
+				  * who can reach the socket's path */
+	size_t n_allow_gids;
+	unsigned int flags;	 /* IVMC_NONBLOCK: the channel starts non-blocking */
+};
+
+/* Per-channel counters, from ivmc_stats(). */
+struct ivmc_stats {
+	unsigned long long bytes_sent, bytes_received;
+	unsigned long long wakeups_sent;   /* doorbell rings we made */
+	unsigned long long sleeps;	   /* times we slept on the doorbell */
+	unsigned long long spin_hits;	   /* waits a spin resolved */
+	unsigned int ring_size;
+	unsigned int spin_ns;		   /* current adaptive budget */
+};
+
+/* Listen for channels on AF_UNIX path (a filesystem path; one starting with
+ * '@' is abstract, per network namespace). Returns 0 and *out, or -errno
+ * (-EADDRINUSE, -EACCES, -ENAMETOOLONG, -EINVAL bad opts). */
+int ivmc_listen(const char *path, const struct ivmc_opts *opts,
+		struct ivmc_listener **out);
+
+/* Accept one channel. Returns 0 and *out, -EAGAIN (IVMC_NONBLOCK, none
+ * pending), -EACCES (peer refused by the allow-list; the caller may retry),
+ * -EPROTO (peer spoke garbage), or another -errno. */
+int ivmc_accept(struct ivmc_listener *l, unsigned int flags,
+		struct ivmc_chan **out);
+
+/* The listener's pollable fd: readable when ivmc_accept() may succeed. */
+int ivmc_listener_fd(const struct ivmc_listener *l);
+
+/* Close the listener and unlink its path. Returns 0 or -errno. */
+int ivmc_listener_close(struct ivmc_listener *l);
+
+/* Connect to a listener at path. Returns 0 and *out, or -errno: -ENOENT,
+ * -ECONNREFUSED, -EACCES (refused by policy), -ETIMEDOUT (listener did not
+ * answer within 5 s), -EPROTO/-EBADFD/-EPERM/-EMSGSIZE/-ENOTSOCK/-EPROTOTYPE
+ * (the listener sent a malformed reply, a region that is not a sealed memfd,
+ * a wrongly sized one, or a doorbell that is not an AF_UNIX stream socket). */
+int ivmc_connect(const char *path, const struct ivmc_opts *opts,
+		 struct ivmc_chan **out);
+
+/* Send up to len bytes. Blocking: waits until all are sent. Returns bytes
+ * sent, or -EAGAIN (non-blocking, ring full), -EPIPE (peer gone or we shut
+ * down), -ECONNRESET (peer misbehaved), -EINTR (signal while waiting). */
+ssize_t ivmc_send(struct ivmc_chan *c, const void *buf, size_t len,
+		  unsigned int flags);
+
+/* Vector form of ivmc_send(): one publish for the whole vector. */
+ssize_t ivmc_sendv(struct ivmc_chan *c, const struct iovec *iov, int iovcnt,
+		   unsigned int flags);
+
+/* Receive up to len bytes. Returns bytes received (>0), 0 at end of stream
+ * (peer shut down or closed), -EAGAIN (non-blocking, nothing yet),
+ * -ECONNRESET (peer misbehaved), -EINTR. */
+ssize_t ivmc_recv(struct ivmc_chan *c, void *buf, size_t len,
+		  unsigned int flags);
+
+/* Vector form of ivmc_recv(). */
+ssize_t ivmc_recvv(struct ivmc_chan *c, const struct iovec *iov, int iovcnt,
+		   unsigned int flags);
+
+/* Zero-copy send: *buf points at >= 1 contiguous writable ring bytes; returns
+ * how many (all free space), or an error as ivmc_send(). Write, then commit. */
+ssize_t ivmc_reserve(struct ivmc_chan *c, void **buf, unsigned int flags);
+
+/* Publish len bytes written at the last reserve. Returns 0, -EINVAL (len
+ * more than reserved), or an error as ivmc_send(). Flags: IVMC_MORE. */
+int ivmc_commit(struct ivmc_chan *c, size_t len, unsigned int flags);
+
+/* Zero-copy receive: *buf points at >= 1 contiguous readable bytes, returns
+ * how many, 0 at end of stream, or an error as ivmc_recv(). The peer can
+ * still change these bytes: copy what you must check before trusting it. */
+ssize_t ivmc_peek(struct ivmc_chan *c, const void **buf, unsigned int flags);
+
+/* Consume len bytes of the last peek. Returns 0 or -EINVAL (more than peeked). */
+int ivmc_release(struct ivmc_chan *c, size_t len);
+
+/* Pollable fd: POLLIN when the last -EAGAIN (or ivmc_poll_arm()) may be
+ * resolved — data, space, end of stream or error. Spurious wake-ups happen;
+ * the answer is always to call again. */
+int ivmc_fd(const struct ivmc_chan *c);
+
+/* Arm ivmc_fd() for events (POLLIN: data, POLLOUT: space). Returns the
+ * events already ready (then do not sleep), 0 when armed, or -errno. */
+int ivmc_poll_arm(struct ivmc_chan *c, short events);
+
+/* Switch non-blocking mode on (1) or off (0). Returns 0 or -errno. */
+int ivmc_set_nonblock(struct ivmc_chan *c, int on);
+
+/* Shut down SHUT_RD, SHUT_WR or SHUT_RDWR. After SHUT_WR the peer reads
+ * every byte sent, then end of stream. Returns 0 or -EINVAL. */
+int ivmc_shutdown(struct ivmc_chan *c, int how);
+
+/* Close this process's handle. The peer sees end of stream once every
+ * process holding the channel (after fork) has closed it. Returns 0. */
+int ivmc_close(struct ivmc_chan *c);
+
+/* Fill *st with this channel's counters. Returns 0. */
+int ivmc_stats(const struct ivmc_chan *c, struct ivmc_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,330 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: channel set-up and tear-down: formatting a region, opening
+ * an end on received fds (verified, geometry copied once), the endpoint
+ * page, locks, poison, shutdown and counters.
+ */
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../transport/transport.h"
+#include "chan_impl.h"
+
+static bool ring_size_ok(uint32_t size)
+{
+	return size >= IVMC_RING_MIN && size <= IVMC_RING_MAX &&
+	       !(size & (size - 1));
+}
+
+int chan_region_size(uint32_t ring_size, uint64_t *size)
+{
+	if (!ring_size_ok(ring_size))
+		return -EINVAL;
+	*size = IVMC_SHM_HDR_SIZE + 2 * (uint64_t)ring_size;
+	return 0;
+}
+
+static void dir_init(struct ivmc_shm_dir *d, bool with_side, uint32_t ctr)
+{
+	/* Ring-only: epoch 1 is open from offset 0, consumer ready for it.
+	 * With a side stream: epoch 0, closed; epoch 1 opens after attach. */
+	uint32_t e = with_side ? 0 : 1;
+
+	ivmc_store_once(&d->prod, ivmc_w_make(e, ctr) |
+					  (with_side ? IVMC_PW_CLOSED : 0));
+	ivmc_store_once(&d->cons, ivmc_w_make(e, ctr));
+	ivmc_store_once(&d->attach, 0);
+	ivmc_store_once(&d->fin, 0);
+}
+
+int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
+		       int *out)
+{
+	struct ivmc_shm_hdr *h;
+	uint64_t size;
+	int fd, err;
+
+	err = chan_region_size(ring_size, &size);
+	if (err)
+		return err;
+	err = xport_memfd_create(size, &fd);
+	if (err)
+		return err;
+	err = xport_map(fd, 0, IVMC_SHM_HDR_SIZE, (void **)&h);
+	if (err) {
+		close(fd);
+		return err;
+	}
+	h->magic = IVMC_SHM_MAGIC;
+	h->version = IVMC_SHM_VERSION;
+	h->hdr_size = IVMC_SHM_HDR_SIZE;
+	h->ring_size = ring_size;
+	h->region_size = size;
+	h->flags = with_side ? IVMC_SHM_F_SIDE : 0;
+	h->init_ctr[0] = h->init_ctr[1] = init_ctr;
+	for (int d = 0; d < 2; d++)
+		dir_init(&h->dir[d], with_side, init_ctr);
+	munmap(h, IVMC_SHM_HDR_SIZE);
+	*out = fd;
+	return 0;
+}
+
+/* The header as copied once at open; never re-read. */
+struct hdr_copy {
+	uint32_t ring_size, flags, init_ctr[2];
+};
+
+static int hdr_validate(const struct ivmc_shm_hdr *h, uint64_t fsize,
+			struct hdr_copy *hc)
+{
+	struct ivmc_shm_hdr tmp;
+	uint64_t want;
+
+	memcpy(&tmp, h, offsetof(struct ivmc_shm_hdr, pad)); /* one read */
+	if (tmp.magic != IVMC_SHM_MAGIC || tmp.version != IVMC_SHM_VERSION ||
+	    tmp.hdr_size != IVMC_SHM_HDR_SIZE || (tmp.flags & ~IVMC_SHM_F_SIDE))
+		return -EPROTO;
+	for (size_t i = 0; i < sizeof(tmp.reserved) / sizeof(tmp.reserved[0]); i++)
+		if (tmp.reserved[i])
+			return -EPROTO;
+	if (chan_region_size(tmp.ring_size, &want) || tmp.region_size != want)
+		return -EPROTO;
+	if (fsize != want)
+		return -EMSGSIZE;
+	hc->ring_size = tmp.ring_size;
+	hc->flags = tmp.flags;
+	hc->init_ctr[0] = tmp.init_ctr[0];
+	hc->init_ctr[1] = tmp.init_ctr[1];
+	return 0;
+}
+
+static int ep_mutex_init(pthread_mutex_t *m)
+{
+	pthread_mutexattr_t a;
+	int err;
+
+	pthread_mutexattr_init(&a);
+	pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+	pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+	err = pthread_mutex_init(m, &a);
+	pthread_mutexattr_destroy(&a);
+	return -err;
+}
+
+static int ep_create(struct chan_ep **out)
+{
+	struct chan_ep *ep = mmap(NULL, sizeof(*ep), PROT_READ | PROT_WRITE,
+				  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	int err;
+
+	if (ep == MAP_FAILED)
+		return -errno;
+	err = ep_mutex_init(&ep->tx_lock);
+	if (!err)
+		err = ep_mutex_init(&ep->rx_lock);
+	if (!err)
+		err = ep_mutex_init(&ep->poll_lock);
+	if (err) {
+		munmap(ep, sizeof(*ep));
+		return err;
+	}
+	*out = ep;
+	return 0;
+}
+
+/* Private state of both rings from the copied header. */
+static void ep_start(struct chan *c, const struct hdr_copy *hc, int side)
+{
+	struct chan_ep *ep = c->ep;
+	uint32_t e = c->has_side ? 0 : 1;
+
+	ep->tx.ctr = ep->tx.peer_cons = hc->init_ctr[side];
+	ep->tx.pw = ivmc_w_make(e, ep->tx.ctr) |
+		    (c->has_side ? IVMC_PW_CLOSED : 0);
+	ep->rx.ctr = ep->rx.peer_prod = hc->init_ctr[1 - side];
+	ep->rx_seen_pw = ivmc_w_make(e, ep->rx.ctr);
+	ep->rx_mode = c->has_side ? RX_SIDE : RX_RING;
+	ep->rx_epoch = 1;
+	ep->rx.ready = e;
+	ep->tx_attach_ok = ep->rx_ready_ok = true;
+	ep->spin_ns[0] = ep->spin_ns[1] = c->spin_default;
+	if (c->has_side) /* mapped: tell the producer it may attach */
+		ring_set_ready(&c->rx, &ep->rx, 1);
+}
+
+static int map_rings(struct chan *c, int fd, int side)
+{
+	for (int d = 0; d < 2; d++) {
+		int err = xport_map_mirror(fd, IVMC_SHM_HDR_SIZE +
+						       (uint64_t)d * c->ring_size,
+					   c->ring_size, (void **)&c->mirror[d]);
+
+		if (err)
+			return err;
+	}
+	c->tx = (struct ring){ &c->hdr->dir[side], c->mirror[side], c->ring_size };
+	c->rx = (struct ring){ &c->hdr->dir[1 - side], c->mirror[1 - side],
+			       c->ring_size };
+	return 0;
+}
+
+static void chan_free(struct chan *c)
+{
+	for (int d = 0; d < 2; d++)
+		if (c->mirror[d])
+			munmap(c->mirror[d], 2 * (size_t)c->ring_size);
+	if (c->hdr)
+		munmap(c->hdr, IVMC_SHM_HDR_SIZE);
+	if (c->ep)
+		munmap(c->ep, sizeof(*c->ep));
+	free(c);
+}
+
+static int verify_fds(int region_fd, int doorbell_fd, uint64_t *fsize)
+{
+	int err = xport_memfd_verify(region_fd, fsize);
+
+	if (err)
+		return err;
+	if (*fsize < IVMC_SHM_HDR_SIZE)
+		return -EMSGSIZE;
+	return xport_doorbell_verify(doorbell_fd);
+}
+
+static int cfg_ok(const struct chan_cfg *cfg)
+{
+	if ((cfg->side != 0 && cfg->side != 1) || cfg->spin_ns > 1000000 ||
+	    cfg->wait_mode < CHAN_WAIT_ADAPTIVE ||
+	    cfg->wait_mode > CHAN_WAIT_SLEEP)
+		return -EINVAL;
+	return 0;
+}
+
+int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
+	      struct chan **out)
+{
+	struct hdr_copy hc;
+	struct chan *c;
+	uint64_t fsize;
+	int err = cfg_ok(cfg);
+
+	if (!err)
+		err = verify_fds(region_fd, doorbell_fd, &fsize);
+	if (err)
+		return err;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	err = xport_map(region_fd, 0, IVMC_SHM_HDR_SIZE, (void **)&c->hdr);
+	if (err) {
+		c->hdr = NULL;
+		goto fail;
+	}
+	err = hdr_validate(c->hdr, fsize, &hc);
+	if (err)
+		goto fail;
+	c->has_side = hc.flags & IVMC_SHM_F_SIDE;
+	if (c->has_side != (cfg->side_fd >= 0)) {
+		err = -EINVAL;
+		goto fail;
+	}
+	c->ring_size = hc.ring_size;
+	c->side_fd = cfg->side_fd;
+	c->doorbell = doorbell_fd;
+	c->wait_mode = cfg->wait_mode;
+	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
+	err = map_rings(c, region_fd, cfg->side);
+	if (!err)
+		err = ep_create(&c->ep);
+	if (err)
+		goto fail;
+	ep_start(c, &hc, cfg->side);
+	if (cfg->nonblock)
+		c->ep->flags = EP_NONBLOCK;
+	*out = c;
+	return 0;
+fail:
+	chan_free(c);
+	return err;
+}
+
+void chan_close(struct chan *c)
+{
+	close(c->doorbell);
+	chan_free(c);
+}
+
+int chan_lock(struct chan *c, pthread_mutex_t *m, bool try)
+{
+	int r = try ? pthread_mutex_trylock(m) : pthread_mutex_lock(m);
+
+	if (r == 0)
+		return 0;
+	if (r == EBUSY)
+		return -EAGAIN;
+	if (r == EOWNERDEAD) {
+		/* A holder died mid-operation: private counters may be torn. */
+		pthread_mutex_consistent(m);
+		pthread_mutex_unlock(m);
+		return chan_poison(c, -EOWNERDEAD);
+	}
+	return -r;
+}
+
+void chan_unlock(pthread_mutex_t *m)
+{
+	pthread_mutex_unlock(m);
+}
+
+int chan_poison(struct chan *c, int err)
+{
+	int32_t zero = 0;
+
+	atomic_compare_exchange_strong(&c->ep->poison, &zero, err);
+	/* Wake whoever waits on the other side so it sees the end too. */
+	(void)xport_ring(c->doorbell);
+	return -ECONNRESET;
+}
+
+void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo)
+{
+	if (!ring_peer_needs_wake(flag, memo))
+		return;
+	if (xport_ring(c->doorbell) == -EPIPE)
+		atomic_fetch_or(&c->ep->flags, EP_PEER_GONE);
+	else
+		atomic_fetch_add(&c->ep->st_wakes, 1);
+}
+
+int chan_fd(const struct chan *c)
+{
+	return c->doorbell;
+}
+
+void chan_set_nonblock(struct chan *c, bool on)
+{
+	if (on)
+		atomic_fetch_or(&c->ep->flags, EP_NONBLOCK);
+	else
+		atomic_fetch_and(&c->ep->flags, ~EP_NONBLOCK);
+}
+
+void chan_stats(const struct chan *c, struct chan_stats *st)
+{
+	const struct chan_ep *ep = c->ep;
+
+	memset(st, 0, sizeof(*st));
+	st->tx_offset = st->sent = ep->tx_off;
+	st->rx_offset = st->received = ep->rx_off;
+	st->wakeups_sent = ep->st_wakes;
+	st->sleeps = ep->st_sleeps;
+	st->spin_hits = ep->st_spin_hits;
+	st->ring_size = c->ring_size;
+	st->spin_ns = ep->spin_ns[CHAN_RX];
+	st->tx_on_ring = !(ep->tx.pw & IVMC_PW_CLOSED);
+	st->rx_on_ring = ep->rx_mode == RX_RING;
+}

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: a bidirectional channel over one shared region: two rings,
+ * the wake protocol, and lossless offset-based switches between the ring
+ * and a side stream (TCP, or a stand-in such as a socketpair).
+ */
+#ifndef IVMC_CHAN_H
+#define IVMC_CHAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+struct chan;
+
+#define CHAN_NONBLOCK 0x1u /* = IVMC_NONBLOCK */
+#define CHAN_MORE     0x2u /* = IVMC_MORE */
+#define CHAN_WAITALL  0x4u /* = IVMC_WAITALL */
+
+#define CHAN_WAIT_ADAPTIVE 0
+#define CHAN_WAIT_SPIN	   1
+#define CHAN_WAIT_SLEEP	   2
+
+enum chan_dir { CHAN_TX = 0, CHAN_RX = 1 };
+
+/* How to open one end. side_fd is borrowed (never closed by chan). */
+struct chan_cfg {
+	int side;	     /* 0: creator's side, 1: the other */
+	int side_fd;	     /* side stream, or -1 for a ring-only channel */
+	int wait_mode;	     /* CHAN_WAIT_* */
+	unsigned int spin_ns; /* 0 = default */
+	bool nonblock;
+};
+
+/* Counters, filled by chan_stats(). */
+struct chan_stats {
+	uint64_t sent, received, wakeups_sent, sleeps, spin_hits;
+	uint64_t tx_offset, rx_offset; /* stream offsets, both paths */
+	uint32_t ring_size, spin_ns;
+	bool tx_on_ring, rx_on_ring;
+};
+
+/* Bytes of region needed for rings of ring_size. Returns 0 or -EINVAL. */
+int chan_region_size(uint32_t ring_size, uint64_t *size);
+
+/* Create a sealed memfd holding a formatted region. with_side: both
+ * directions start on the side stream; else both start on the ring at
+ * offset 0. init_ctr: starting ring counter (tests pass 2^32 - k).
+ * Returns 0 and *fd, or -errno. */
+int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
+		       int *fd);
+
+/* Open one end on a (verified) region fd and doorbell fd. Takes ownership of
+ * doorbell_fd on success only; region_fd stays the caller's. Returns 0 and
+ * *out, or -errno (-EBADFD/-EPERM/-EMSGSIZE region, -ENOTSOCK/-EPROTOTYPE
+ * doorbell, -EPROTO malformed header, -EINVAL side_fd contradicts region). */
+int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
+	      struct chan **out);
+
+/* Unmap and close this process's handle (see ivmc_close()). */
+void chan_close(struct chan *c);
+
+/* Send/receive with CHAN_* flags; semantics of ivmc_sendv()/ivmc_recvv(). */
+ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
+		   unsigned int flags);
+ssize_t chan_recvv(struct chan *c, const struct iovec *iov, int iovcnt,
+		   unsigned int flags);
+
+/* Zero-copy; semantics of ivmc_reserve/commit/peek/release(). */
+ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags);
+int chan_commit(struct chan *c, size_t len, unsigned int flags);
+ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags);
+int chan_release(struct chan *c, size_t len);
+
+/* Move a direction off the ring onto the side stream now, losslessly, and
+ * keep it there until chan_attach(). CHAN_TX: as producer; CHAN_RX: as
+ * consumer. Returns 0, -ENOTSUP (no side stream) or -ECONNRESET. */
+int chan_detach(struct chan *c, enum chan_dir d);
+
+/* Allow a direction back onto the ring (the default). It moves at the next
+ * send once both ends allow it. Returns 0, -ENOTSUP or -ECONNRESET. */
+int chan_attach(struct chan *c, enum chan_dir d);
+
+/* shutdown(2) semantics for SHUT_RD/SHUT_WR/SHUT_RDWR. */
+int chan_shutdown(struct chan *c, int how);
+
+/* The doorbell fd (pollable); see ivmc_fd(). */
+int chan_fd(const struct chan *c);
+
+/* Arm the doorbell for POLLIN/POLLOUT; see ivmc_poll_arm(). */
+int chan_poll_arm(struct chan *c, short events);
+
+void chan_set_nonblock(struct chan *c, bool on);
+void chan_stats(const struct chan *c, struct chan_stats *st);
+
+#endif

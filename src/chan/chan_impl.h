@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: private structures of chan/: the process-local handle and
+ * the endpoint page shared with our own fork children (never with the peer).
+ */
+#ifndef IVMC_CHAN_IMPL_H
+#define IVMC_CHAN_IMPL_H
+
+#include <errno.h>
+#include <pthread.h>
+
+#include "../ring/ring.h"
+#include "chan.h"
+#include "shm_layout.h"
+
+/* Endpoint flags (ep->flags). */
+#define EP_PEER_GONE 0x1u /* doorbell hung up: no process maps the peer end */
+#define EP_SIDE_EOF  0x2u /* side stream reached end of file */
+#define EP_SHUT_RD   0x4u
+#define EP_SHUT_WR   0x8u
+#define EP_NONBLOCK  0x10u
+
+enum rx_mode { RX_SIDE = 0, RX_RING = 1 };
+
+/* After this many doorbell wake-ups in a row with nothing to show for them,
+ * the peer is flooding us: poison the channel. */
+#define WAKE_NOPROGRESS_MAX 10000
+
+/*
+ * The endpoint page: MAP_SHARED | MAP_ANONYMOUS, so it is inherited by
+ * fork() and all holders of this end see one state. Senders hold tx_lock,
+ * receivers rx_lock (robust: a holder that dies poisons the channel).
+ */
+struct chan_ep {
+	pthread_mutex_t tx_lock, rx_lock;
+	pthread_mutex_t poll_lock;  /* held by the one waiter in poll() */
+	_Atomic uint32_t wake_gen;  /* bumped when the poller wakes (futex) */
+	_Atomic uint32_t side_want; /* side events waiters need: rx | tx<<16 */
+	_Atomic int32_t poison;	    /* 0, or why the channel is dead */
+	_Atomic uint32_t flags;	    /* EP_* */
+	_Atomic uint32_t spin_ns[2]; /* adaptive budgets, [CHAN_TX/RX] */
+	_Atomic uint32_t noprogress; /* wake-ups without progress in a row */
+
+	/* tx: under tx_lock */
+	struct ring_prod tx;
+	uint64_t tx_off;       /* stream bytes accepted from the caller */
+	uint32_t tx_pend;      /* bytes stranded in the ring by a consumer
+				* close, still to go on the side stream */
+	uint32_t tx_pend_at;   /* ring counter of the first of them */
+	uint32_t tx_resv_at;   /* ring counter at the last reserve */
+	uint32_t tx_resv;      /* bytes handed out by the last reserve */
+	uint32_t tx_wait_seq;  /* our prod_wait sequence */
+	uint32_t rang_cons;    /* the consumer sleep we last rang for */
+	bool tx_attach_ok;
+
+	/* rx: under rx_lock */
+	struct ring_cons rx;
+	uint64_t rx_off;       /* stream bytes delivered to the caller */
+	uint64_t rx_seen_pw;   /* producer word as last loaded */
+	uint64_t rx_att;       /* attach offset of rx_epoch, if rx_att_known */
+	uint32_t rx_epoch;     /* RX_RING: the open epoch; RX_SIDE: the next */
+	uint32_t rx_peek_at;   /* ring counter at the last peek */
+	uint32_t rx_peek;      /* bytes handed out by the last peek */
+	uint32_t rx_wait_seq;
+	uint32_t rang_prod;    /* the producer sleep we last rang for */
+	int rx_mode;
+	bool rx_att_known;
+	bool rx_ready_ok;
+
+	_Atomic uint64_t st_wakes, st_sleeps, st_spin_hits;
+};
+
+/* The process-local handle. Immutable after chan_open(). */
+struct chan {
+	struct chan_ep *ep;
+	struct ivmc_shm_hdr *hdr; /* hostile; only hdr->dir[] is used */
+	struct ring tx, rx;	  /* tx: dir[side], rx: dir[1 - side] */
+	uint8_t *mirror[2];	  /* mirror maps, 2 * ring_size each */
+	uint32_t ring_size;
+	uint32_t spin_default;
+	int doorbell, side_fd;
+	int wait_mode;
+	bool has_side;
+};
+
+/* Locks (chan.c): lock with robust recovery; -EAGAIN when trylock is asked
+ * for and busy, -ECONNRESET if a holder died (the state may be torn). */
+int chan_lock(struct chan *c, pthread_mutex_t *m, bool try);
+void chan_unlock(pthread_mutex_t *m);
+
+/* Mark the channel dead with err (first error wins). Returns -ECONNRESET. */
+int chan_poison(struct chan *c, int err);
+
+/* Return the poison error as the caller should see it, or 0. */
+static inline int chan_dead(const struct chan *c)
+{
+	return ivmc_load_once(&c->ep->poison) ? -ECONNRESET : 0;
+}
+
+static inline bool chan_flag(const struct chan *c, uint32_t f)
+{
+	return ivmc_load_once(&c->ep->flags) & f;
+}
+
+/* Ring the peer if its sleeper on flag wants it (after our publish). */
+void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo);
+
+/* wake.c: wait until the tx or rx condition may have changed, spinning
+ * first when the mode allows. Returns 0 (re-check), -EINTR, -ETIMEDOUT. */
+int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms);
+
+/* wake.c: leave the needs-wakeup flag set so the doorbell rings on the
+ * next change (for -EAGAIN and poll arming). Returns true if something
+ * changed already (then re-check instead of sleeping). */
+bool chan_arm(struct chan *c, enum chan_dir d);
+
+/* switch.c */
+/* tx in side mode: open the next ring epoch if both ends allow it. */
+int sw_tx_try_open(struct chan *c);
+/* tx in side mode: push bytes stranded by a consumer close. 0 when none
+ * left, -EAGAIN if the side stream is full, -errno. */
+int sw_tx_flush_pending(struct chan *c);
+/* rx: the producer word says this epoch is over and we drained it. */
+void sw_rx_epoch_done(struct chan *c);
+/* rx in side mode: how many side bytes may we read now (UINT64_MAX = no
+ * limit known)? Moves to RX_RING when the attach offset is reached.
+ * Returns 0 or -ECONNRESET. */
+int sw_rx_side_limit(struct chan *c, uint64_t *limit);
+/* tx in ring mode: did the consumer close the epoch under us? 1 if so
+ * (now in side mode), 0 if not, -ECONNRESET if the word was forged. */
+int sw_tx_check_closed(struct chan *c);
+/* tx: the epoch is closed; unpublished ring bytes become pending. */
+void sw_tx_strand(struct chan *c);
+
+#endif

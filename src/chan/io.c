@@ -1,0 +1,638 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: the data path of a channel: send and receive over the ring
+ * or the side stream, zero-copy reserve/commit and peek/release, shutdown
+ * and poll arming. Senders hold tx_lock, receivers rx_lock.
+ */
+#include <limits.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "../transport/transport.h"
+#include "chan_impl.h"
+
+/* Publish in chunks so the consumer copies while we still write. */
+#define TX_CHUNK (64u * 1024)
+/* "The mode changed under us, step again" (never leaves this file). */
+#define STEP_AGAIN (-EINPROGRESS)
+
+/* A cursor over an iovec array. */
+struct iovc {
+	const struct iovec *iov;
+	int cnt, i;
+	size_t off;
+};
+
+static int iov_total(const struct iovec *iov, int cnt, size_t *total)
+{
+	size_t t = 0;
+
+	if (cnt < 0 || cnt > IOV_MAX || (cnt && !iov))
+		return -EINVAL;
+	for (int i = 0; i < cnt; i++) {
+		if (iov[i].iov_len > SSIZE_MAX - t)
+			return -EINVAL;
+		t += iov[i].iov_len;
+	}
+	*total = t;
+	return 0;
+}
+
+/* The current segment (skipping empty ones). */
+static struct iovec iovc_cur(struct iovc *ic)
+{
+	while (ic->i < ic->cnt && ic->off == ic->iov[ic->i].iov_len) {
+		ic->i++;
+		ic->off = 0;
+	}
+	return (struct iovec){ (char *)ic->iov[ic->i].iov_base + ic->off,
+			       ic->iov[ic->i].iov_len - ic->off };
+}
+
+static void iovc_adv(struct iovc *ic, size_t n)
+{
+	ic->off += n;
+}
+
+/* Copy n bytes out of the caller's vector into dst. */
+static void iovc_gather(struct iovc *ic, uint8_t *dst, size_t n)
+{
+	while (n) {
+		struct iovec v = iovc_cur(ic);
+		size_t k = v.iov_len < n ? v.iov_len : n;
+
+		memcpy(dst, v.iov_base, k);
+		dst += k;
+		n -= k;
+		iovc_adv(ic, k);
+	}
+}
+
+/* Copy n bytes from src into the caller's vector. */
+static void iovc_scatter(struct iovc *ic, const uint8_t *src, size_t n)
+{
+	while (n) {
+		struct iovec v = iovc_cur(ic);
+		size_t k = v.iov_len < n ? v.iov_len : n;
+
+		memcpy(v.iov_base, src, k);
+		src += k;
+		n -= k;
+		iovc_adv(ic, k);
+	}
+}
+
+static bool nonblocking(const struct chan *c, unsigned int flags)
+{
+	return (flags & CHAN_NONBLOCK) || chan_flag(c, EP_NONBLOCK);
+}
+
+/* Nothing to do now: sleep, or (non-blocking) arm the doorbell so that
+ * ivmc_fd() polls readable on the next change and return -EAGAIN. Returns 0
+ * to step again. */
+static int wait_or_arm(struct chan *c, enum chan_dir d, bool nb, int *arms)
+{
+	if (!nb)
+		return chan_wait(c, d, -1);
+	if (chan_arm(c, d) && ++*arms < 4)
+		return 0;
+	return -EAGAIN;
+}
+
+static void progress(struct chan *c, enum chan_dir d)
+{
+	(void)d;
+	ivmc_store_once(&c->ep->noprogress, 0);
+}
+
+/* ---- send ---- */
+
+static int tx_publish(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	int r = ring_publish(&c->tx, &ep->tx);
+
+	if (r < 0)
+		return chan_poison(c, r);
+	if (r == 1) {
+		sw_tx_strand(c); /* consumer closed: bytes go on the side */
+		return 0;
+	}
+	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
+	return 0;
+}
+
+static ssize_t side_errno(int err)
+{
+	if (err == ECONNRESET || err == EPIPE)
+		return -EPIPE;
+	return -err;
+}
+
+static ssize_t tx_side(struct chan *c, struct iovc *ic, size_t left)
+{
+	struct iovec v = iovc_cur(ic);
+	ssize_t n;
+
+	if (v.iov_len > left)
+		v.iov_len = left;
+	do
+		n = send(c->side_fd, v.iov_base, v.iov_len,
+			 MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN
+							       : side_errno(errno);
+	iovc_adv(ic, (size_t)n);
+	c->ep->tx_off += (uint64_t)n;
+	return n;
+}
+
+static ssize_t tx_ring(struct chan *c, struct iovc *ic, size_t left,
+		       unsigned int flags)
+{
+	struct chan_ep *ep = c->ep;
+	uint32_t space, n;
+	int err = ring_free(&c->tx, &ep->tx, 1, &space);
+
+	if (err)
+		return chan_poison(c, err);
+	if (!space) {
+		err = tx_publish(c); /* bytes held back by CHAN_MORE */
+		if (!err)
+			err = sw_tx_check_closed(c);
+		if (err)
+			return err < 0 ? err : STEP_AGAIN;
+		return (ep->tx.pw & IVMC_PW_CLOSED) ? STEP_AGAIN : -EAGAIN;
+	}
+	n = space < TX_CHUNK ? space : TX_CHUNK;
+	if (n > left)
+		n = (uint32_t)left;
+	iovc_gather(ic, ring_wptr(&c->tx, &ep->tx), n);
+	ep->tx.ctr += n;
+	ep->tx_off += n;
+	if (!(flags & CHAN_MORE) || n < left) {
+		err = tx_publish(c);
+		if (err)
+			return err;
+	}
+	return n;
+}
+
+static ssize_t tx_step(struct chan *c, struct iovc *ic, size_t left,
+		       unsigned int flags)
+{
+	struct chan_ep *ep = c->ep;
+	int err;
+
+	if (ep->tx.pw & IVMC_PW_CLOSED) {
+		err = sw_tx_flush_pending(c);
+		if (err)
+			return err == -EAGAIN ? -EAGAIN : side_errno(-err);
+		err = sw_tx_try_open(c);
+		if (err)
+			return err;
+		if (ep->tx.pw & IVMC_PW_CLOSED)
+			return tx_side(c, ic, left);
+	} else if (chan_flag(c, EP_PEER_GONE)) {
+		return -EPIPE;
+	}
+	return tx_ring(c, ic, left, flags);
+}
+
+static int tx_enter(struct chan *c, bool nb)
+{
+	int err = chan_lock(c, &c->ep->tx_lock, nb);
+
+	if (err)
+		return err;
+	err = chan_dead(c);
+	if (!err && chan_flag(c, EP_SHUT_WR))
+		err = -EPIPE;
+	if (err)
+		chan_unlock(&c->ep->tx_lock);
+	return err;
+}
+
+ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
+		   unsigned int flags)
+{
+	struct iovc ic = { iov, iovcnt, 0, 0 };
+	bool nb = nonblocking(c, flags);
+	size_t left, done = 0;
+	ssize_t r = 0;
+	int arms = 0, err = iov_total(iov, iovcnt, &left);
+
+	if (!err)
+		err = tx_enter(c, nb);
+	if (err)
+		return err;
+	while (left) {
+		r = chan_dead(c);
+		if (!r)
+			r = tx_step(c, &ic, left, flags);
+		if (r > 0) {
+			done += (size_t)r;
+			left -= (size_t)r;
+			progress(c, CHAN_TX);
+			continue;
+		}
+		if (r == STEP_AGAIN)
+			continue;
+		if (r == -EAGAIN)
+			r = wait_or_arm(c, CHAN_TX, nb, &arms);
+		if (r)
+			break;
+	}
+	chan_unlock(&c->ep->tx_lock);
+	return done ? (ssize_t)done : (left ? r : 0);
+}
+
+/* ---- receive ---- */
+
+static ssize_t rx_side(struct chan *c, struct iovc *ic, size_t left)
+{
+	struct chan_ep *ep = c->ep;
+	struct iovec v;
+	uint64_t lim;
+	ssize_t n;
+	bool peek;
+	int err = sw_rx_side_limit(c, &lim);
+
+	if (err)
+		return err;
+	if (ep->rx_mode == RX_RING)
+		return STEP_AGAIN;
+	v = iovc_cur(ic);
+	if (v.iov_len > left)
+		v.iov_len = left;
+	if (v.iov_len > lim)
+		v.iov_len = (size_t)lim;
+	/* While an epoch may open under us, look before taking: the side
+	 * stream may hold bytes from after that epoch (sw_rx_side_limit()). */
+	peek = lim == UINT64_MAX && ep->rx.ready == ep->rx_epoch;
+	do
+		n = recv(c->side_fd, v.iov_base, v.iov_len,
+			 MSG_DONTWAIT | (peek ? MSG_PEEK : 0));
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	if (n == 0) {
+		atomic_fetch_or(&ep->flags, EP_SIDE_EOF);
+		return ep->rx_att_known ? chan_poison(c, -EPROTO) : 0;
+	}
+	if (peek) {
+		err = sw_rx_side_limit(c, &lim);
+		if (err)
+			return err;
+		if ((uint64_t)n > lim)
+			n = (ssize_t)lim;
+		if (!n)
+			return STEP_AGAIN;
+		if (recv(c->side_fd, v.iov_base, (size_t)n, MSG_DONTWAIT) != n)
+			return chan_poison(c, -EIO); /* someone else read it */
+	}
+	iovc_adv(ic, (size_t)n);
+	ep->rx_off += (uint64_t)n;
+	return n;
+}
+
+/* The ring is empty: end of epoch, end of stream, or nothing yet? */
+static ssize_t rx_ring_empty(struct chan *c, uint64_t w)
+{
+	struct chan_ep *ep = c->ep;
+	uint64_t fin;
+
+	if (w & IVMC_PW_CLOSED) {
+		if (!c->has_side)
+			return chan_poison(c, -EPROTO);
+		sw_rx_epoch_done(c);
+		return STEP_AGAIN;
+	}
+	/* A7: pairs with R7 in chan_shutdown(); every byte before fin has
+	 * been published, so re-load the producer word after it. */
+	fin = ivmc_load_acquire(&c->rx.shm->fin);
+	if (fin & IVMC_FIN_SET) {
+		if (ring_load_prod(&c->rx, &ep->rx, &w) < 0)
+			return chan_poison(c, -EPROTO);
+		if (ep->rx.peer_prod != ep->rx.ctr || (w & IVMC_PW_CLOSED))
+			return STEP_AGAIN;
+		return (fin & IVMC_OFF_MASK) == ep->rx_off ? 0
+							  : chan_poison(c, -EPROTO);
+	}
+	if (chan_flag(c, EP_PEER_GONE | EP_SIDE_EOF)) {
+		/* Published before it went: the last look decides. */
+		if (ring_load_prod(&c->rx, &ep->rx, &w) < 0)
+			return chan_poison(c, -EPROTO);
+		return ep->rx.peer_prod != ep->rx.ctr ? STEP_AGAIN : 0;
+	}
+	return -EAGAIN;
+}
+
+/* Bytes ready in the ring, loading the producer word only when the cache
+ * says empty. Returns 0 and *avail, or -ECONNRESET. */
+static int rx_avail(struct chan *c, uint32_t *avail, uint64_t *w)
+{
+	struct chan_ep *ep = c->ep;
+
+	*w = ep->rx_seen_pw;
+	*avail = ep->rx.peer_prod - ep->rx.ctr;
+	if (*avail)
+		return 0;
+	if (ring_load_prod(&c->rx, &ep->rx, w) < 0 ||
+	    ivmc_w_epoch(*w) != ep->rx_epoch)
+		return chan_poison(c, -EPROTO);
+	ep->rx_seen_pw = *w;
+	*avail = ep->rx.peer_prod - ep->rx.ctr;
+	return 0;
+}
+
+static void rx_consumed(struct chan *c, uint32_t n)
+{
+	struct chan_ep *ep = c->ep;
+
+	ring_consume(&c->rx, &ep->rx, n);
+	ep->rx_off += n;
+	chan_notify(c, &c->rx.shm->prod_wait, &ep->rang_prod);
+}
+
+static ssize_t rx_ring(struct chan *c, struct iovc *ic, size_t left)
+{
+	uint32_t avail;
+	uint64_t w;
+	int err = rx_avail(c, &avail, &w);
+
+	if (err)
+		return err;
+	if (!avail)
+		return rx_ring_empty(c, w);
+	if (avail > left)
+		avail = (uint32_t)left;
+	iovc_scatter(ic, ring_rptr(&c->rx, &c->ep->rx), avail);
+	rx_consumed(c, avail);
+	return avail;
+}
+
+static ssize_t rx_step(struct chan *c, struct iovc *ic, size_t left)
+{
+	if (c->ep->rx_mode == RX_SIDE)
+		return rx_side(c, ic, left);
+	return rx_ring(c, ic, left);
+}
+
+static int rx_enter(struct chan *c, bool nb)
+{
+	int err = chan_lock(c, &c->ep->rx_lock, nb);
+
+	if (err)
+		return err;
+	err = chan_dead(c);
+	if (err)
+		chan_unlock(&c->ep->rx_lock);
+	return err;
+}
+
+ssize_t chan_recvv(struct chan *c, const struct iovec *iov, int iovcnt,
+		   unsigned int flags)
+{
+	struct iovc ic = { iov, iovcnt, 0, 0 };
+	bool nb = nonblocking(c, flags);
+	size_t left, done = 0;
+	ssize_t r = 0;
+	int arms = 0, err = iov_total(iov, iovcnt, &left);
+
+	if (!err)
+		err = rx_enter(c, nb);
+	if (err)
+		return err;
+	while (left) {
+		if (chan_flag(c, EP_SHUT_RD)) {
+			r = 0;
+			break;
+		}
+		r = chan_dead(c);
+		if (!r)
+			r = rx_step(c, &ic, left);
+		if (r > 0) {
+			done += (size_t)r;
+			left -= (size_t)r;
+			progress(c, CHAN_RX);
+			if (!(flags & CHAN_WAITALL))
+				break;
+			continue;
+		}
+		if (r == STEP_AGAIN)
+			continue;
+		if (r != -EAGAIN)
+			break; /* end of stream (0) or an error */
+		r = wait_or_arm(c, CHAN_RX, nb, &arms);
+		if (r)
+			break;
+	}
+	chan_unlock(&c->ep->rx_lock);
+	return done ? (ssize_t)done : r;
+}
+
+/* ---- zero copy ---- */
+
+ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
+{
+	struct chan_ep *ep = c->ep;
+	bool nb = nonblocking(c, flags);
+	uint32_t space = 0;
+	ssize_t r = tx_enter(c, nb);
+
+	if (r)
+		return r;
+	for (;;) {
+		r = chan_dead(c);
+		if (!r && (ep->tx.pw & IVMC_PW_CLOSED))
+			r = -EOPNOTSUPP; /* on the side stream: use send */
+		if (!r && chan_flag(c, EP_PEER_GONE))
+			r = -EPIPE;
+		if (!r && ring_free(&c->tx, &ep->tx, 1, &space))
+			r = chan_poison(c, -EPROTO);
+		if (r || space)
+			break;
+		r = tx_publish(c);
+		if (!r)
+			r = sw_tx_check_closed(c);
+		if (!r)
+			r = nb ? -EAGAIN : chan_wait(c, CHAN_TX, -1);
+		if (r)
+			break;
+	}
+	if (!r) {
+		*buf = ring_wptr(&c->tx, &ep->tx);
+		ep->tx_resv = space;
+		ep->tx_resv_at = ep->tx.ctr;
+		r = space;
+	}
+	chan_unlock(&ep->tx_lock);
+	return r < 0 && r != -EAGAIN && r != -EINTR && r != -EOPNOTSUPP &&
+			       r != -EPIPE
+		       ? -ECONNRESET
+		       : r;
+}
+
+int chan_commit(struct chan *c, size_t len, unsigned int flags)
+{
+	struct chan_ep *ep = c->ep;
+	int err = tx_enter(c, false);
+
+	if (err)
+		return err;
+	if (len > ep->tx_resv || ep->tx_resv_at != ep->tx.ctr ||
+	    (ep->tx.pw & IVMC_PW_CLOSED)) {
+		err = -EINVAL; /* more than reserved, or not our reservation */
+	} else if (len) {
+		ep->tx.ctr += (uint32_t)len;
+		ep->tx_off += len;
+		ep->tx_resv = 0;
+		if (!(flags & CHAN_MORE))
+			err = tx_publish(c);
+		progress(c, CHAN_TX);
+	}
+	chan_unlock(&ep->tx_lock);
+	return err;
+}
+
+ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
+{
+	struct chan_ep *ep = c->ep;
+	bool nb = nonblocking(c, flags);
+	uint32_t avail = 0;
+	uint64_t w;
+	ssize_t r = rx_enter(c, nb);
+
+	if (r)
+		return r;
+	for (;;) {
+		r = chan_flag(c, EP_SHUT_RD) ? 0 : chan_dead(c);
+		if (!r && ep->rx_mode == RX_SIDE)
+			r = -EOPNOTSUPP; /* on the side stream: use recv */
+		if (!r && !chan_flag(c, EP_SHUT_RD))
+			r = rx_avail(c, &avail, &w);
+		if (r || avail || chan_flag(c, EP_SHUT_RD))
+			break;
+		r = rx_ring_empty(c, w);
+		if (r == STEP_AGAIN)
+			continue;
+		if (r != -EAGAIN || nb)
+			break;
+		r = chan_wait(c, CHAN_RX, -1);
+		if (r)
+			break;
+	}
+	if (!r && avail) {
+		*buf = ring_rptr(&c->rx, &ep->rx);
+		ep->rx_peek = avail;
+		ep->rx_peek_at = ep->rx.ctr;
+		r = avail;
+	}
+	chan_unlock(&ep->rx_lock);
+	return r;
+}
+
+int chan_release(struct chan *c, size_t len)
+{
+	struct chan_ep *ep = c->ep;
+	int err = rx_enter(c, false);
+
+	if (err)
+		return err;
+	if (len > ep->rx_peek || ep->rx_peek_at != ep->rx.ctr) {
+		err = -EINVAL;
+	} else if (len) {
+		ep->rx_peek = 0;
+		rx_consumed(c, (uint32_t)len);
+		progress(c, CHAN_RX);
+	}
+	chan_unlock(&ep->rx_lock);
+	return err;
+}
+
+/* ---- shutdown, poll ---- */
+
+/* Before FIN on the side stream, every stranded byte must be on it. */
+static int flush_pending_blocking(struct chan *c)
+{
+	for (int tries = 0; tries < 100000; tries++) {
+		struct pollfd p = { c->side_fd, POLLOUT, 0 };
+		int err = sw_tx_flush_pending(c);
+
+		if (err != -EAGAIN)
+			return err;
+		if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+			return -errno;
+	}
+	return -ETIMEDOUT;
+}
+
+static int shut_wr(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	int err = tx_enter(c, false);
+
+	if (err)
+		return err == -EPIPE ? 0 : err; /* already shut down */
+	if (!(ep->tx.pw & IVMC_PW_CLOSED))
+		err = tx_publish(c);
+	if (!err && c->has_side)
+		err = flush_pending_blocking(c);
+	/* R7: every byte before fin is published /then/ fin; pairs with A7. */
+	ivmc_store_release(&c->tx.shm->fin, IVMC_FIN_SET | ep->tx_off);
+	atomic_fetch_or(&ep->flags, EP_SHUT_WR);
+	if (c->has_side)
+		shutdown(c->side_fd, SHUT_WR);
+	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
+	chan_unlock(&ep->tx_lock);
+	return err == -ECONNRESET ? err : 0;
+}
+
+int chan_shutdown(struct chan *c, int how)
+{
+	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
+		return -EINVAL;
+	if (how != SHUT_WR)
+		atomic_fetch_or(&c->ep->flags, EP_SHUT_RD);
+	return how == SHUT_RD ? 0 : shut_wr(c);
+}
+
+static short arm_one(struct chan *c, short ev)
+{
+	struct chan_ep *ep = c->ep;
+	uint64_t w;
+	uint32_t n;
+
+	if (ev == POLLIN) {
+		if (ep->rx_mode != RX_RING || rx_avail(c, &n, &w) || n ||
+		    (w & IVMC_PW_CLOSED) || ivmc_load_once(&c->rx.shm->fin))
+			return POLLIN; /* data, a switch, an end or an error */
+		return chan_arm(c, CHAN_RX) ? POLLIN : 0;
+	}
+	if ((ep->tx.pw & IVMC_PW_CLOSED) || ring_free(&c->tx, &ep->tx, 1, &n) || n)
+		return POLLOUT;
+	return chan_arm(c, CHAN_TX) ? POLLOUT : 0;
+}
+
+int chan_poll_arm(struct chan *c, short events)
+{
+	short ready = 0;
+
+	if (chan_dead(c) || chan_flag(c, EP_PEER_GONE))
+		return events & (POLLIN | POLLOUT);
+	for (int i = 0; i < 2; i++) {
+		short ev = i ? POLLOUT : POLLIN;
+		pthread_mutex_t *m = i ? &c->ep->tx_lock : &c->ep->rx_lock;
+
+		if (!(events & ev))
+			continue;
+		if (chan_lock(c, m, true))
+			return -EBUSY; /* another thread is in a call on it */
+		ready |= arm_one(c, ev);
+		chan_unlock(m);
+	}
+	return ready;
+}

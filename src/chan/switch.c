@@ -1,0 +1,213 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: lossless switches between the ring and the side stream.
+ * Each direction is a sequence of ring epochs; an epoch starts at a stream
+ * offset (attach) and ends where CLOSED is set in the producer word, by
+ * either side. Every byte is in exactly one place: side before the attach
+ * offset, ring inside the epoch, side after it (DESIGN.md, chan).
+ */
+#include <sys/socket.h>
+
+#include "../transport/transport.h"
+#include "chan_impl.h"
+
+int sw_tx_try_open(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	uint32_t e = ivmc_w_epoch(ep->tx.pw);
+	uint64_t cw, want, expect = ep->tx.pw;
+
+	if (!c->has_side || !ep->tx_attach_ok || ep->tx_pend)
+		return 0;
+	cw = ring_load_cons(&c->tx);
+	/* Open only when the consumer is ready for the next epoch and has
+	 * drained the last one: then the ring is empty and its end known. */
+	if (ivmc_w_epoch(cw) != ((e + 1) & IVMC_W_EPOCH_MASK) ||
+	    ivmc_w_ctr(cw) != ep->tx.ctr)
+		return 0;
+	/* R6: the attach offset /then/ the open; pairs with A6 in
+	 * sw_rx_side_limit(). */
+	ivmc_store_release(&c->tx.shm->attach, ep->tx_off);
+	want = ivmc_w_make(e + 1, ep->tx.ctr);
+	if (!ivmc_cas_release(&c->tx.shm->prod, &expect, want))
+		return chan_poison(c, -EPROTO); /* only we clear CLOSED */
+	ep->tx.pw = want;
+	ep->tx.peer_cons = ep->tx.ctr;
+	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
+	return 0;
+}
+
+int sw_tx_flush_pending(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+
+	while (ep->tx_pend) {
+		const uint8_t *p = c->tx.data + (ep->tx_pend_at & (c->ring_size - 1));
+		ssize_t n = send(c->side_fd, p, ep->tx_pend,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		ep->tx_pend -= (uint32_t)n;
+		ep->tx_pend_at += (uint32_t)n;
+	}
+	return 0;
+}
+
+int sw_tx_check_closed(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	uint64_t w = ivmc_load_acquire(&c->tx.shm->prod);
+
+	if (w == ep->tx.pw)
+		return 0;
+	if (w != (ep->tx.pw | IVMC_PW_CLOSED) || !c->has_side)
+		return chan_poison(c, -EPROTO);
+	ep->tx.pw = w;
+	sw_tx_strand(c);
+	return 1;
+}
+
+void sw_tx_strand(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	uint32_t end = ivmc_w_ctr(ep->tx.pw);
+
+	/* The consumer closed the epoch at end: what we wrote past it was
+	 * never published, so it goes on the side stream, first. */
+	ep->tx_pend = ep->tx.ctr - end;
+	ep->tx_pend_at = end;
+	ep->tx.ctr = end;
+}
+
+void sw_rx_epoch_done(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+
+	ep->rx_mode = RX_SIDE;
+	ep->rx_epoch = (ep->rx_epoch + 1) & IVMC_W_EPOCH_MASK;
+	ep->rx_att_known = false;
+	if (ep->rx_ready_ok)
+		ring_set_ready(&c->rx, &ep->rx, ep->rx_epoch);
+	/* A producer asleep for space must see the close too. */
+	chan_notify(c, &c->rx.shm->prod_wait, &ep->rang_prod);
+}
+
+int sw_rx_side_limit(struct chan *c, uint64_t *limit)
+{
+	struct chan_ep *ep = c->ep;
+	uint64_t w, att;
+	uint32_t e;
+
+	*limit = UINT64_MAX;
+	if (ep->rx_att_known)
+		goto known;
+	w = ivmc_load_acquire(&c->rx.shm->prod);
+	ep->rx_seen_pw = w;
+	e = ivmc_w_epoch(w);
+	if (e == ((ep->rx_epoch - 1) & IVMC_W_EPOCH_MASK)) {
+		/* Not opened: the ring must hold nothing past what we read. */
+		if (!(w & IVMC_PW_CLOSED) || ivmc_w_ctr(w) != ep->rx.ctr)
+			return chan_poison(c, -EPROTO);
+		return 0;
+	}
+	if (e != ep->rx_epoch || ivmc_w_ctr(w) - ep->rx.ctr > c->ring_size)
+		return chan_poison(c, -EPROTO);
+	/* A6: pairs with R6 in sw_tx_try_open(). */
+	att = ivmc_load_acquire(&c->rx.shm->attach);
+	if (att < ep->rx_off || att > IVMC_OFF_MASK)
+		return chan_poison(c, -EPROTO); /* before what we already read */
+	ep->rx_att = att;
+	ep->rx_att_known = true;
+known:
+	if (ep->rx_off == ep->rx_att) {
+		ep->rx_mode = RX_RING;
+		ep->rx_seen_pw = ivmc_w_make(ep->rx_epoch, ep->rx.ctr);
+		*limit = 0;
+		return 0;
+	}
+	*limit = ep->rx_att - ep->rx_off;
+	return 0;
+}
+
+static int detach_tx(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	int err;
+
+	ep->tx_attach_ok = false;
+	if (ep->tx.pw & IVMC_PW_CLOSED)
+		return 0;
+	err = ring_publish(&c->tx, &ep->tx); /* nothing stays unpublished */
+	if (err < 0)
+		return chan_poison(c, err);
+	if (err == 1) {
+		sw_tx_strand(c);
+		return 0;
+	}
+	if (ring_close_prod(&c->tx, &ep->tx) < 0)
+		return chan_poison(c, -EPROTO);
+	/* The consumer must learn the end even if it sleeps. */
+	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
+	return 0;
+}
+
+static int detach_rx(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+
+	ep->rx_ready_ok = false;
+	if (ep->rx_mode == RX_SIDE)
+		ring_set_ready(&c->rx, &ep->rx, ep->rx_epoch - 1);
+	/* F3: withdraw READY /then/ set CLOSED: if the producer opened the
+	 * epoch in between, our CLOSED ends it at once (sw_rx_side_limit()
+	 * then sees an open-and-closed epoch, which it handles). */
+	ivmc_fence_full();
+	(void)ring_close_cons(&c->rx);
+	chan_notify(c, &c->rx.shm->prod_wait, &ep->rang_prod);
+	return 0;
+}
+
+int chan_detach(struct chan *c, enum chan_dir d)
+{
+	pthread_mutex_t *m = d == CHAN_TX ? &c->ep->tx_lock : &c->ep->rx_lock;
+	int err;
+
+	if (!c->has_side)
+		return -ENOTSUP;
+	err = chan_lock(c, m, false);
+	if (err)
+		return err;
+	err = chan_dead(c);
+	if (!err)
+		err = d == CHAN_TX ? detach_tx(c) : detach_rx(c);
+	chan_unlock(m);
+	return err;
+}
+
+int chan_attach(struct chan *c, enum chan_dir d)
+{
+	struct chan_ep *ep = c->ep;
+	pthread_mutex_t *m = d == CHAN_TX ? &ep->tx_lock : &ep->rx_lock;
+	int err;
+
+	if (!c->has_side)
+		return -ENOTSUP;
+	err = chan_lock(c, m, false);
+	if (err)
+		return err;
+	err = chan_dead(c);
+	if (!err && d == CHAN_TX) {
+		ep->tx_attach_ok = true;
+	} else if (!err) {
+		ep->rx_ready_ok = true;
+		/* Ready only once the last epoch is drained (RX_SIDE). */
+		if (ep->rx_mode == RX_SIDE && !ep->rx_att_known)
+			ring_set_ready(&c->rx, &ep->rx, ep->rx_epoch);
+	}
+	chan_unlock(m);
+	return err;
+}

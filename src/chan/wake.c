@@ -1,0 +1,365 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: the wake protocol. A waiter spins for a bounded, adaptive
+ * time (never when it cannot have a core to itself), then sets its
+ * needs-wakeup flag, fences, re-checks, and sleeps in poll() on the doorbell
+ * (and the side stream). The producer rings only when the flag asks for it.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/sysinfo.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../transport/transport.h"
+#include "chan_impl.h"
+
+#define SPIN_MIN_NS	  2000u	  /* floor of the adaptive budget */
+#define SPIN_MAX_FACTOR	  8u	  /* ceiling: 8x the configured budget */
+#define SPIN_MODE_NS	  50000000u /* IVMC_WAIT_SPIN: re-check liveness */
+#define OVER_PROBE_NS	  10000000u /* read the run queue at most this often */
+#define OVER_HOLD_NS	  100000000u /* after a preempted spin, sleep only */
+#define FOLLOW_MS	  200	  /* a follower re-checks at least this often */
+#define FOLLOW_SIDE_MS	  5	  /* ... when it waits for side events */
+#define DRAIN_MAX	  65536u
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Process-wide view of whether spinning can pay: a spinner must never take
+ * the core its peer (or anyone) needs. */
+static _Atomic uint64_t over_until, next_probe;
+static _Atomic int quota_checked, quota_short;
+
+/* A cgroup v2 CPU quota below the number of CPUs: never spin. */
+static void check_quota(void)
+{
+	char path[512], line[128];
+	long long quota, period;
+	FILE *f;
+
+	if (atomic_exchange(&quota_checked, 1))
+		return;
+	f = fopen("/proc/self/cgroup", "re");
+	if (!f)
+		return;
+	if (!fgets(line, sizeof(line), f) || sscanf(line, "0::%100s", line) != 1) {
+		fclose(f);
+		return;
+	}
+	fclose(f);
+	snprintf(path, sizeof(path), "/sys/fs/cgroup%s/cpu.max", line);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	if (fscanf(f, "%lld %lld", &quota, &period) == 2 && period > 0 &&
+	    quota < period * get_nprocs())
+		quota_short = 1;
+	fclose(f);
+}
+
+/* More runnable threads than CPUs right now (from /proc/loadavg)? */
+static bool runqueue_full(void)
+{
+	char buf[128];
+	int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+	int running = 0;
+	const char *p;
+
+	if (fd < 0)
+		return false;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	buf[n] = 0;
+	p = buf;
+	for (int field = 0; field < 3 && p; field++) /* "l1 l5 l15 R/T ..." */
+		p = strchr(p + 1, ' ');
+	if (p)
+		running = atoi(p + 1);
+	return running > get_nprocs();
+}
+
+static bool oversubscribed(uint64_t now)
+{
+	check_quota();
+	if (quota_short || now < over_until)
+		return true;
+	if (now < next_probe)
+		return false;
+	next_probe = now + OVER_PROBE_NS;
+	if (!runqueue_full())
+		return false;
+	over_until = now + OVER_PROBE_NS;
+	return true;
+}
+
+/* On the ring (not the side stream) in direction d? */
+static bool on_ring(const struct chan *c, enum chan_dir d)
+{
+	if (d == CHAN_RX)
+		return c->ep->rx_mode == RX_RING;
+	return !(c->ep->tx.pw & IVMC_PW_CLOSED);
+}
+
+/* Pure check, no system call: has anything the waiter cares about moved?
+ * On the side stream only an epoch opening counts (poll() covers the rest);
+ * a peer gone matters only on the ring (its side stream may live on). */
+static bool changed(struct chan *c, enum chan_dir d)
+{
+	struct chan_ep *ep = c->ep;
+
+	if (ivmc_load_once(&ep->poison))
+		return true;
+	if (!on_ring(c, d))
+		return d == CHAN_RX &&
+		       ivmc_load_once(&c->rx.shm->prod) != ep->rx_seen_pw;
+	if (ivmc_load_once(&ep->flags) & EP_PEER_GONE)
+		return true;
+	if (d == CHAN_RX)
+		return ivmc_load_once(&c->rx.shm->prod) != ep->rx_seen_pw ||
+		       ivmc_load_once(&c->rx.shm->fin);
+	return ivmc_w_ctr(ivmc_load_once(&c->tx.shm->cons)) != ep->tx.peer_cons ||
+	       ivmc_load_once(&c->tx.shm->prod) != ep->tx.pw;
+}
+
+static uint32_t spin_budget(struct chan *c, enum chan_dir d, uint64_t now)
+{
+	if (c->wait_mode == CHAN_WAIT_SLEEP || !on_ring(c, d))
+		return 0;
+	if (c->wait_mode == CHAN_WAIT_SPIN)
+		return SPIN_MODE_NS;
+	if (oversubscribed(now))
+		return 0;
+	return ivmc_load_once(&c->ep->spin_ns[d]);
+}
+
+static bool spin(struct chan *c, enum chan_dir d)
+{
+	uint64_t t0 = now_ns(), t = t0;
+	uint32_t budget = spin_budget(c, d, t0);
+
+	if (!budget)
+		return false;
+	do {
+		for (int i = 0; i < 64; i++) {
+			if (changed(c, d)) {
+				atomic_fetch_add(&c->ep->st_spin_hits, 1);
+				return true;
+			}
+			ivmc_cpu_relax();
+		}
+		t = now_ns();
+	} while (t - t0 < budget);
+	/* Far past the budget: we were descheduled, the core is contended. */
+	if (t - t0 > 2ull * budget + 50000)
+		over_until = t + OVER_HOLD_NS;
+	return false;
+}
+
+/* Learn from a sleep of slept ns: a short one means a longer spin would
+ * have caught it; a long one means spinning only burns CPU. */
+static void adapt(struct chan *c, enum chan_dir d, uint64_t slept)
+{
+	uint32_t b = ivmc_load_once(&c->ep->spin_ns[d]);
+	uint32_t max = c->spin_default * SPIN_MAX_FACTOR;
+
+	if (c->wait_mode != CHAN_WAIT_ADAPTIVE)
+		return;
+	if (slept <= max) {
+		uint64_t nb = slept + slept / 2;
+
+		b = (uint32_t)(nb > 2ull * b ? nb : 2ull * b);
+	} else {
+		b /= 2;
+	}
+	if (b < SPIN_MIN_NS)
+		b = SPIN_MIN_NS;
+	if (b > max)
+		b = max;
+	ivmc_store_once(&c->ep->spin_ns[d], b);
+}
+
+/* Only the poller drains (it holds poll_lock), so no waiter can lose a
+ * ring between its re-check and its sleep: it sleeps on wake_gen, which the
+ * poller bumps after every drain. */
+static void drain(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	ssize_t n = xport_drain(c->doorbell, DRAIN_MAX);
+
+	if (n == -EPIPE)
+		atomic_fetch_or(&ep->flags, EP_PEER_GONE);
+	if (n > 0 && atomic_fetch_add(&ep->noprogress, 1) >= WAKE_NOPROGRESS_MAX)
+		chan_poison(c, -EPROTO);
+}
+
+/* Side stream events a waiter in direction d needs. */
+static short side_events(struct chan *c, enum chan_dir d)
+{
+	if (!c->has_side)
+		return 0;
+	if (d == CHAN_TX)
+		return on_ring(c, d) ? 0 : POLLOUT;
+	if (on_ring(c, d) && chan_flag(c, EP_SIDE_EOF))
+		return 0;
+	return POLLIN | POLLRDHUP;
+}
+
+struct sleeper {
+	struct pollfd pfd[2];
+	int nfds;
+};
+
+/* The poller's set: the doorbell, and the side stream for what any waiter
+ * on this end registered (ep->side_want holds one byte of events each). */
+static void sleeper_init(struct chan *c, struct sleeper *s)
+{
+	uint32_t want = ivmc_load_acquire(&c->ep->side_want);
+	short ev = (short)((want & 0xffff) | (want >> 16));
+
+	s->nfds = 0;
+	if (!chan_flag(c, EP_PEER_GONE))
+		s->pfd[s->nfds++] = (struct pollfd){ c->doorbell, POLLIN, 0 };
+	if (ev)
+		s->pfd[s->nfds++] = (struct pollfd){ c->side_fd, ev, 0 };
+}
+
+/* Side readable while the ring is in use: end of file (note it), or bytes
+ * the producer may only send after closing the epoch. */
+static void side_poke(struct chan *c, const struct sleeper *s)
+{
+	const struct pollfd *p = &s->pfd[s->nfds ? s->nfds - 1 : 0];
+	char b;
+
+	if (!s->nfds || p->fd != c->side_fd || !(p->revents & ~POLLOUT) ||
+	    !on_ring(c, CHAN_RX))
+		return;
+	if (recv(c->side_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ||
+	    (p->revents & (POLLHUP | POLLERR)))
+		atomic_fetch_or(&c->ep->flags, EP_SIDE_EOF);
+	else if (!changed(c, CHAN_RX) &&
+		 !(ivmc_load_acquire(&c->rx.shm->prod) & IVMC_PW_CLOSED))
+		chan_poison(c, -EPROTO);
+}
+
+static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+
+	/* Not FUTEX_PRIVATE: the endpoint page is shared with fork children. */
+	if (syscall(SYS_futex, addr, FUTEX_WAIT, val, &ts, NULL, 0) < 0 &&
+	    errno == EINTR)
+		return -EINTR;
+	return 0;
+}
+
+static void gen_bump(struct chan_ep *ep)
+{
+	atomic_fetch_add(&ep->wake_gen, 1);
+	syscall(SYS_futex, &ep->wake_gen, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+}
+
+/* The poller: sleeps in poll(), drains the doorbell, then bumps wake_gen so
+ * that every follower re-checks (and one of them may take the role). */
+static int lead(struct chan *c, uint32_t gen, int timeout_ms)
+{
+	struct chan_ep *ep = c->ep;
+	struct sleeper s;
+	int r = 0;
+
+	sleeper_init(c, &s);
+	if (ivmc_load_acquire(&ep->wake_gen) == gen) /* nobody drained since */
+		r = poll(s.pfd, (nfds_t)s.nfds, timeout_ms);
+	if (r < 0)
+		r = errno == EINTR ? -EINTR : -errno;
+	if (r > 0 && s.pfd[0].fd == c->doorbell && s.pfd[0].revents)
+		drain(c);
+	if (r > 0)
+		side_poke(c, &s);
+	pthread_mutex_unlock(&ep->poll_lock);
+	/* Unlock /then/ bump: a follower woken by the bump can take the role. */
+	gen_bump(ep);
+	return r < 0 ? r : (r == 0 && timeout_ms >= 0 ? -ETIMEDOUT : 0);
+}
+
+/* Followers sleep on wake_gen; with side events the poller may not be
+ * polling for, or a poller that died, they look again after a while. */
+static int follow(struct chan *c, uint32_t gen, short side, int timeout_ms)
+{
+	int ms = side ? FOLLOW_SIDE_MS : FOLLOW_MS;
+
+	if (timeout_ms >= 0 && timeout_ms < ms)
+		ms = timeout_ms;
+	return futex_wait(&c->ep->wake_gen, gen, ms);
+}
+
+static int take_poller_role(struct chan_ep *ep)
+{
+	int r = pthread_mutex_trylock(&ep->poll_lock);
+
+	if (r == EOWNERDEAD) /* a poller died in poll(): nothing to repair */
+		r = pthread_mutex_consistent(&ep->poll_lock);
+	return r == 0;
+}
+
+static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
+{
+	struct chan_ep *ep = c->ep;
+	bool rx = d == CHAN_RX;
+	_Atomic uint32_t *flag = rx ? &c->rx.shm->cons_wait : &c->tx.shm->prod_wait;
+	uint32_t *seq = rx ? &ep->rx_wait_seq : &ep->tx_wait_seq;
+	uint32_t gen = ivmc_load_acquire(&ep->wake_gen); /* before the re-check */
+	uint32_t want = (uint32_t)side_events(c, d) << (rx ? 0 : 16);
+	uint64_t t0;
+	int r;
+
+	ring_set_waiting(flag, seq, true); /* includes F2 */
+	if (changed(c, d)) {
+		ring_set_waiting(flag, seq, false);
+		return 0;
+	}
+	atomic_fetch_or(&ep->side_want, want);
+	t0 = now_ns();
+	if (take_poller_role(ep))
+		r = lead(c, gen, timeout_ms);
+	else
+		r = follow(c, gen, (short)want, timeout_ms);
+	atomic_fetch_and(&ep->side_want, ~want);
+	ring_set_waiting(flag, seq, false);
+	atomic_fetch_add(&ep->st_sleeps, 1);
+	adapt(c, d, now_ns() - t0);
+	return r;
+}
+
+int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
+{
+	if (spin(c, d))
+		return 0;
+	return sleep_wait(c, d, timeout_ms);
+}
+
+bool chan_arm(struct chan *c, enum chan_dir d)
+{
+	struct chan_ep *ep = c->ep;
+
+	if (d == CHAN_RX)
+		ring_set_waiting(&c->rx.shm->cons_wait, &ep->rx_wait_seq, true);
+	else
+		ring_set_waiting(&c->tx.shm->prod_wait, &ep->tx_wait_seq, true);
+	return changed(c, d);
+}

@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: SPSC byte ring. Every value read from the shared region is
+ * read once into a local, validated against private state, then used.
+ */
+#include <errno.h>
+
+#include "ring.h"
+
+int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
+	      uint32_t *space)
+{
+	uint32_t used = p->ctr - p->peer_cons;
+
+	if (r->cap - used < want) {
+		/* A2: pairs with R2 in ring_consume(); the consumer is done
+		 * with every byte before its CTR, so we may overwrite them. */
+		uint32_t cons = ivmc_w_ctr(ivmc_load_acquire(&r->shm->cons));
+
+		if (p->ctr - cons > r->cap)
+			return -EPROTO; /* consumer ahead of us or lost: lie */
+		p->peer_cons = cons;
+		used = p->ctr - cons;
+	}
+	*space = r->cap - used;
+	return 0;
+}
+
+int ring_publish(const struct ring *r, struct ring_prod *p)
+{
+	uint64_t expect = p->pw;
+	uint64_t want = (p->pw & ~(uint64_t)UINT32_MAX) | p->ctr;
+
+	if (want == expect)
+		return 0;
+	/* R1: publish bytes [old CTR, ctr); pairs with A1 in ring_load_prod().
+	 * CAS, not store: a CLOSED set by the consumer must not be erased. */
+	if (ivmc_cas_release(&r->shm->prod, &expect, want)) {
+		p->pw = want;
+		return 0;
+	}
+	if (expect != (p->pw | IVMC_PW_CLOSED))
+		return -EPROTO; /* only the CLOSED bit may change under us */
+	p->pw = expect; /* closed; p->ctr still counts the unpublished bytes */
+	return 1;
+}
+
+int ring_close_prod(const struct ring *r, struct ring_prod *p)
+{
+	uint64_t expect = p->pw;
+
+	if (expect & IVMC_PW_CLOSED)
+		return 0;
+	/* R3: CLOSED /then/ the caller rings; pairs with A1. */
+	if (!ivmc_cas_release(&r->shm->prod, &expect, expect | IVMC_PW_CLOSED)) {
+		if (expect != (p->pw | IVMC_PW_CLOSED))
+			return -EPROTO;
+	}
+	p->pw |= IVMC_PW_CLOSED;
+	return 0;
+}
+
+int ring_load_prod(const struct ring *r, struct ring_cons *c, uint64_t *pw)
+{
+	/* A1: pairs with R1 in ring_publish(); bytes before CTR are complete. */
+	uint64_t w = ivmc_load_acquire(&r->shm->prod); /* the only read */
+	uint32_t n = ivmc_w_ctr(w) - c->ctr;
+
+	if (n > r->cap)
+		return -EPROTO; /* producer behind us or past capacity */
+	c->peer_prod = ivmc_w_ctr(w);
+	*pw = w;
+	return 0;
+}
+
+void ring_consume(const struct ring *r, struct ring_cons *c, uint32_t n)
+{
+	c->ctr += n;
+	/* R2: we are done reading [old, ctr); pairs with A2 in ring_free(). */
+	ivmc_store_release(&r->shm->cons, ivmc_w_make(c->ready, c->ctr));
+}
+
+void ring_set_ready(const struct ring *r, struct ring_cons *c, uint32_t epoch)
+{
+	c->ready = epoch & IVMC_W_EPOCH_MASK;
+	/* R4: ready for EPOCH with CTR drained; pairs with A4 in
+	 * ring_load_cons(), read by a producer deciding to open the epoch. */
+	ivmc_store_release(&r->shm->cons, ivmc_w_make(c->ready, c->ctr));
+}
+
+uint64_t ring_close_cons(const struct ring *r)
+{
+	/* R5: the producer's next CAS fails, so nothing after this CTR goes
+	 * into the ring; pairs with the failed CAS in ring_publish(). */
+	return ivmc_fetch_or(&r->shm->prod, IVMC_PW_CLOSED);
+}
+
+uint64_t ring_load_cons(const struct ring *r)
+{
+	/* A4: pairs with R4 in ring_set_ready() and R2 in ring_consume(). */
+	return ivmc_load_acquire(&r->shm->cons);
+}
+
+bool ring_peer_needs_wake(_Atomic uint32_t *flag, uint32_t *memo)
+{
+	uint32_t w;
+
+	/* F1: our publish /then/ the peer's flag; pairs with F2 in
+	 * ring_set_waiting() (liburing sq_ring_needs_enter, vchan send_notify). */
+	ivmc_fence_full();
+	w = ivmc_load_once(flag);
+	if (!(w & 1) || w == *memo)
+		return false;
+	*memo = w;
+	return true;
+}
+
+void ring_set_waiting(_Atomic uint32_t *flag, uint32_t *seq, bool waiting)
+{
+	/* Every sleep gets a new odd value, so the peer's memo of the sleep it
+	 * last rang for never suppresses the ring this sleep needs. */
+	*seq = waiting ? (*seq + 1) | 1 : (*seq + 1) & ~1u;
+	ivmc_store_once(flag, *seq);
+	/* F2: the flag /then/ our re-check of the peer's counter; pairs with
+	 * F1 in ring_peer_needs_wake() (vchan request_notify). */
+	if (waiting)
+		ivmc_fence_full();
+}

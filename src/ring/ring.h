@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: single-producer single-consumer byte ring over one
+ * direction of a shared region. The ring knows counters, capacity and
+ * copies; epochs and modes belong to chan/.
+ */
+#ifndef IVMC_RING_H
+#define IVMC_RING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../chan/shm_layout.h"
+
+/* Private view of one direction: geometry copied once at open. */
+struct ring {
+	struct ivmc_shm_dir *shm; /* hostile memory */
+	uint8_t *data;		  /* mirror-mapped: [0, 2*cap) is valid */
+	uint32_t cap;
+};
+
+/* Producer state; lives in the endpoint page, never in the shared region. */
+struct ring_prod {
+	uint64_t pw;	    /* the producer word as we last published it */
+	uint32_t ctr;	    /* bytes written (published or not) */
+	uint32_t peer_cons; /* cached consumer CTR */
+};
+
+/* Consumer state; lives in the endpoint page. */
+struct ring_cons {
+	uint32_t ctr;	    /* bytes consumed */
+	uint32_t peer_prod; /* cached producer CTR */
+	uint32_t ready;	    /* READY epoch we last published */
+};
+
+/* Bytes we may write now (refreshes the cached consumer counter when the
+ * cache shows less than want). Returns 0, or -EPROTO if the peer lied. */
+int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
+	      uint32_t *space);
+
+/* Where the next written byte goes (contiguous for up to cap bytes). */
+static inline uint8_t *ring_wptr(const struct ring *r, const struct ring_prod *p)
+{
+	return r->data + (p->ctr & (r->cap - 1));
+}
+
+/* Where the next byte to read is (contiguous for up to cap bytes). */
+static inline const uint8_t *ring_rptr(const struct ring *r,
+				       const struct ring_cons *c)
+{
+	return r->data + (c->ctr & (r->cap - 1));
+}
+
+/* Publish every byte written so far. Returns 0, 1 if the consumer closed
+ * the epoch first (p->pw now has CLOSED; bytes past its CTR were not
+ * published and must go elsewhere), or -EPROTO if the word was forged. */
+int ring_publish(const struct ring *r, struct ring_prod *p);
+
+/* Close the current epoch as producer. Returns 0 (closed now or already). */
+int ring_close_prod(const struct ring *r, struct ring_prod *p);
+
+/* Load the producer word (A1), validate CTR against our consumer counter,
+ * update the cache. Returns 0 and *pw, or -EPROTO. */
+int ring_load_prod(const struct ring *r, struct ring_cons *c, uint64_t *pw);
+
+/* Publish consumption of n bytes (n <= what ring_load_prod() allowed). */
+void ring_consume(const struct ring *r, struct ring_cons *c, uint32_t n);
+
+/* Publish the epoch the consumer is ready for (with its CTR). */
+void ring_set_ready(const struct ring *r, struct ring_cons *c, uint32_t epoch);
+
+/* Consumer closes the epoch itself: returns the producer word seen just
+ * before CLOSED was set (its CTR is the end of the epoch). */
+uint64_t ring_close_cons(const struct ring *r);
+
+/* Load the consumer word as the producer sees it (for attach decisions). */
+uint64_t ring_load_cons(const struct ring *r);
+
+/* Wake protocol: after a publish, is the peer asleep and not yet rung for
+ * this sleep? *memo holds the sleep we last rang for. Includes the full fence. */
+bool ring_peer_needs_wake(_Atomic uint32_t *flag, uint32_t *memo);
+
+/* Wake protocol: announce that we are about to sleep (odd value) or done
+ * (even value), with the full fence before the caller's re-check. */
+void ring_set_waiting(_Atomic uint32_t *flag, uint32_t *seq, bool waiting);
+
+#endif

@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: where shared memory and doorbells come from. memfd for
+ * everything on one kernel; every fd received from outside is verified.
+ */
+#ifndef IVMC_TRANSPORT_H
+#define IVMC_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Create a sealed memfd of size bytes (F_SEAL_SHRINK|GROW|SEAL, and
+ * F_SEAL_EXEC where the kernel has it). Returns 0 and *fd, or -errno. */
+int xport_memfd_create(size_t size, int *fd);
+
+/* Verify a received region fd: a memfd (shmem) carrying at least
+ * SHRINK|GROW|SEAL. Returns 0 and *size, -EBADFD (not a memfd), -EPERM
+ * (seals missing), or -errno. */
+int xport_memfd_verify(int fd, uint64_t *size);
+
+/* Map len bytes at off read-write, shared, never executable. */
+int xport_map(int fd, uint64_t off, size_t len, void **out);
+
+/* Map len bytes at off twice back to back, so [0, 2*len) is contiguous and
+ * byte i and i+len are the same memory. Unmap with munmap(p, 2 * len). */
+int xport_map_mirror(int fd, uint64_t off, size_t len, void **out);
+
+/* Make a doorbell pair: AF_UNIX stream sockets, close-on-exec. */
+int xport_doorbell_pair(int sv[2]);
+
+/* Verify a received doorbell: an AF_UNIX stream socket. Returns 0,
+ * -ENOTSOCK (not a socket), -EPROTOTYPE (wrong family or type), -errno. */
+int xport_doorbell_verify(int fd);
+
+/* Ring the peer: one byte, never blocking. Returns 0 (rung, or already
+ * pending), -EPIPE (peer gone) or -errno. */
+int xport_ring(int fd);
+
+/* Drain our end without blocking. Returns bytes drained (>= 0), or -EPIPE
+ * once the peer end is closed (after draining). At most max_bytes. */
+ssize_t xport_drain(int fd, size_t max_bytes);
+
+/* Send len bytes of msg with nfds fds over an AF_UNIX socket. Returns 0 or
+ * -errno. */
+int xport_send_fds(int sock, const void *msg, size_t len, const int *fds,
+		   int nfds);
+
+/* Receive one message and up to *nfds fds (close-on-exec). Extra or
+ * truncated fds are closed and reported as -EPROTO. Returns the message
+ * length and *nfds, or -errno (-EAGAIN with MSG_DONTWAIT). */
+ssize_t xport_recv_fds(int sock, void *msg, size_t len, int *fds, int *nfds,
+		       int flags);
+
+#endif
