@@ -47,6 +47,8 @@ struct chan_ep {
 	uint32_t tx_pend;      /* bytes stranded in the ring by a consumer
 				* close, still to go on the side stream */
 	uint32_t tx_pend_at;   /* ring counter of the first of them */
+	uint32_t tx_pend_own;  /* how many of them the current call wrote */
+	uint32_t tx_call_unpub; /* bytes this call wrote, not yet published */
 	uint32_t tx_resv_at;   /* ring counter at the last reserve */
 	uint32_t tx_resv;      /* bytes handed out by the last reserve */
 	uint32_t tx_wait_seq;  /* our prod_wait sequence */
@@ -131,5 +133,9 @@ int sw_rx_side_limit(struct chan *c, uint64_t *limit);
 int sw_tx_check_closed(struct chan *c);
 /* tx: the epoch is closed; unpublished ring bytes become pending. */
 void sw_tx_strand(struct chan *c);
+/* tx: no call may return with bytes stranded. Flush them; a non-blocking
+ * caller takes back the ones it wrote itself (*done shrinks), the rest are
+ * flushed waiting for the side stream. Returns 0 or -errno. */
+int sw_tx_settle(struct chan *c, bool nb, size_t *done);
 
 #endif

@@ -119,6 +119,7 @@ static int tx_publish(struct chan *c)
 		sw_tx_strand(c); /* consumer closed: bytes go on the side */
 		return 0;
 	}
+	ep->tx_call_unpub = 0;
 	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
 	return 0;
 }
@@ -172,6 +173,7 @@ static ssize_t tx_ring(struct chan *c, struct iovc *ic, size_t left,
 	iovc_gather(ic, ring_wptr(&c->tx, &ep->tx), n);
 	ep->tx.ctr += n;
 	ep->tx_off += n;
+	ep->tx_call_unpub += n;
 	if (!(flags & CHAN_MORE) || n < left) {
 		err = tx_publish(c);
 		if (err)
@@ -212,6 +214,8 @@ static int tx_enter(struct chan *c, bool nb)
 		err = -EPIPE;
 	if (err)
 		chan_unlock(&c->ep->tx_lock);
+	else
+		c->ep->tx_call_unpub = 0;
 	return err;
 }
 
@@ -245,7 +249,10 @@ ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 		if (r)
 			break;
 	}
+	err = sw_tx_settle(c, nb, &done);
 	chan_unlock(&c->ep->tx_lock);
+	if (err && !done)
+		return err == -EAGAIN ? -EAGAIN : side_errno(-err);
 	return done ? (ssize_t)done : (left ? r : 0);
 }
 
@@ -492,6 +499,8 @@ int chan_commit(struct chan *c, size_t len, unsigned int flags)
 		ep->tx_resv = 0;
 		if (!(flags & CHAN_MORE))
 			err = tx_publish(c);
+		if (!err)
+			err = sw_tx_settle(c, false, NULL);
 		progress(c, CHAN_TX);
 	}
 	chan_unlock(&ep->tx_lock);
@@ -555,21 +564,6 @@ int chan_release(struct chan *c, size_t len)
 
 /* ---- shutdown, poll ---- */
 
-/* Before FIN on the side stream, every stranded byte must be on it. */
-static int flush_pending_blocking(struct chan *c)
-{
-	for (int tries = 0; tries < 100000; tries++) {
-		struct pollfd p = { c->side_fd, POLLOUT, 0 };
-		int err = sw_tx_flush_pending(c);
-
-		if (err != -EAGAIN)
-			return err;
-		if (poll(&p, 1, 1000) < 0 && errno != EINTR)
-			return -errno;
-	}
-	return -ETIMEDOUT;
-}
-
 static int shut_wr(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
@@ -579,8 +573,8 @@ static int shut_wr(struct chan *c)
 		return err == -EPIPE ? 0 : err; /* already shut down */
 	if (!(ep->tx.pw & IVMC_PW_CLOSED))
 		err = tx_publish(c);
-	if (!err && c->has_side)
-		err = flush_pending_blocking(c);
+	if (!err) /* before FIN on the side stream, every stranded byte */
+		err = sw_tx_settle(c, false, NULL);
 	/* R7: every byte before fin is published /then/ fin; pairs with A7. */
 	ivmc_store_release(&c->tx.shm->fin, IVMC_FIN_SET | ep->tx_off);
 	atomic_fetch_or(&ep->flags, EP_SHUT_WR);

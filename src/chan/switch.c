@@ -6,6 +6,7 @@
  * either side. Every byte is in exactly one place: side before the attach
  * offset, ring inside the epoch, side after it (DESIGN.md, chan).
  */
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "../transport/transport.h"
@@ -53,6 +54,8 @@ int sw_tx_flush_pending(struct chan *c)
 		}
 		ep->tx_pend -= (uint32_t)n;
 		ep->tx_pend_at += (uint32_t)n;
+		if (ep->tx_pend < ep->tx_pend_own)
+			ep->tx_pend_own = ep->tx_pend;
 	}
 	return 0;
 }
@@ -80,7 +83,49 @@ void sw_tx_strand(struct chan *c)
 	 * never published, so it goes on the side stream, first. */
 	ep->tx_pend = ep->tx.ctr - end;
 	ep->tx_pend_at = end;
+	ep->tx_pend_own = ep->tx_call_unpub < ep->tx_pend ? ep->tx_call_unpub
+							  : ep->tx_pend;
+	ep->tx_call_unpub = 0;
 	ep->tx.ctr = end;
+}
+
+static int flush_blocking(struct chan *c)
+{
+	for (int tries = 0; tries < 1000000; tries++) {
+		struct pollfd p = { c->side_fd, POLLOUT, 0 };
+		int err = sw_tx_flush_pending(c);
+
+		if (err != -EAGAIN)
+			return err;
+		if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+			return -errno;
+	}
+	return -ETIMEDOUT;
+}
+
+int sw_tx_settle(struct chan *c, bool nb, size_t *done)
+{
+	struct chan_ep *ep = c->ep;
+	int err;
+
+	if (!ep->tx_pend)
+		return 0;
+	err = sw_tx_flush_pending(c);
+	if (err != -EAGAIN)
+		return err;
+	if (nb && done) {
+		/* What is still pending is the tail, and the tail is ours. */
+		uint32_t k = ep->tx_pend < ep->tx_pend_own ? ep->tx_pend
+							   : ep->tx_pend_own;
+
+		if (k > *done)
+			k = (uint32_t)*done;
+		ep->tx_pend -= k;
+		ep->tx_pend_own -= k;
+		ep->tx_off -= k;
+		*done -= k;
+	}
+	return flush_blocking(c);
 }
 
 void sw_rx_epoch_done(struct chan *c)
