@@ -576,7 +576,7 @@ static int shut_wr(struct chan *c)
 	if (!err) /* before FIN on the side stream, every stranded byte */
 		err = sw_tx_settle(c, false, NULL);
 	/* R7: every byte before fin is published /then/ fin; pairs with A7. */
-	ivmc_store_release(&c->tx.shm->fin, IVMC_FIN_SET | ep->tx_off);
+	(void)ivmc_xchg_sc(&c->tx.shm->fin, IVMC_FIN_SET | ep->tx_off);
 	atomic_fetch_or(&ep->flags, EP_SHUT_WR);
 	if (c->has_side)
 		shutdown(c->side_fd, SHUT_WR);

@@ -53,7 +53,14 @@
 #define IVMC_FIN_SET	(1ull << 63)
 #define IVMC_OFF_MASK	(IVMC_FIN_SET - 1)
 
-/* One direction of a channel: data flows from side d to side 1 - d. */
+/*
+ * One direction of a channel: data flows from side d to side 1 - d.
+ * Six cache lines: the two counters that move on every message each have a
+ * line (with a guard line after it, as DPDK's RTE_CACHE_GUARD, against the
+ * adjacent-line prefetcher), and the two needs-wakeup flags each have a line
+ * that is written only when someone goes to sleep, so the check after every
+ * publish hits a line both caches share.
+ */
 struct ivmc_shm_dir {
 	/* Line 0, written by the producer (the consumer only sets CLOSED). */
 	_Atomic uint64_t prod;	    /* producer word, above */
@@ -61,16 +68,19 @@ struct ivmc_shm_dir {
 				     * written (release) before the CAS that
 				     * opens the epoch, constant while it lasts */
 	_Atomic uint64_t fin;	    /* IVMC_FIN_SET | end offset, or 0 */
-	_Atomic uint32_t prod_wait; /* odd while the producer sleeps for space;
-				     * a new value for every sleep */
-	uint32_t pad0[9];
-	uint8_t guard0[IVMC_CACHELINE]; /* keeps the adjacent-line prefetcher
-					 * from pairing the two lines */
+	uint64_t pad0[5];
+	uint8_t guard0[IVMC_CACHELINE];
 	/* Line 2, written by the consumer only. */
 	_Atomic uint64_t cons;	    /* consumer word, above */
-	_Atomic uint32_t cons_wait; /* odd while the consumer sleeps for data */
-	uint32_t pad1[13];
+	uint64_t pad1[7];
 	uint8_t guard1[IVMC_CACHELINE];
+	/* Line 4: odd while the consumer sleeps for data, a new value for
+	 * every sleep; written by the consumer only. */
+	_Atomic uint32_t cons_wait;
+	uint32_t pad2[15];
+	/* Line 5: the same for a producer asleep for space. */
+	_Atomic uint32_t prod_wait;
+	uint32_t pad3[15];
 };
 
 /*
@@ -95,8 +105,10 @@ struct ivmc_shm_hdr {
 
 static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
-static_assert(sizeof(struct ivmc_shm_dir) == 4 * IVMC_CACHELINE, "dir layout");
+static_assert(sizeof(struct ivmc_shm_dir) == 6 * IVMC_CACHELINE, "dir layout");
 static_assert(offsetof(struct ivmc_shm_dir, cons) == 2 * IVMC_CACHELINE, "cons line");
+static_assert(offsetof(struct ivmc_shm_dir, cons_wait) == 4 * IVMC_CACHELINE, "wait lines");
+static_assert(offsetof(struct ivmc_shm_dir, prod_wait) == 5 * IVMC_CACHELINE, "wait lines");
 static_assert(offsetof(struct ivmc_shm_hdr, dir) == 256, "hdr layout");
 static_assert(sizeof(struct ivmc_shm_hdr) <= IVMC_SHM_HDR_SIZE, "hdr fits a page");
 

@@ -30,7 +30,7 @@ int sw_tx_try_open(struct chan *c)
 	 * sw_rx_side_limit(). */
 	ivmc_store_release(&c->tx.shm->attach, ep->tx_off);
 	want = ivmc_w_make(e + 1, ep->tx.ctr);
-	if (!ivmc_cas_release(&c->tx.shm->prod, &expect, want))
+	if (!ivmc_cas_sc(&c->tx.shm->prod, &expect, want))
 		return chan_poison(c, -EPROTO); /* only we clear CLOSED */
 	ep->tx.pw = want;
 	ep->tx.peer_cons = ep->tx.ctr;

@@ -34,8 +34,9 @@ int ring_publish(const struct ring *r, struct ring_prod *p)
 	if (want == expect)
 		return 0;
 	/* R1: publish bytes [old CTR, ctr); pairs with A1 in ring_load_prod().
-	 * CAS, not store: a CLOSED set by the consumer must not be erased. */
-	if (ivmc_cas_release(&r->shm->prod, &expect, want)) {
+	 * CAS, not store: a CLOSED set by the consumer must not be erased.
+	 * Seq-cst: it is also the store half of F1 (ring_peer_needs_wake()). */
+	if (ivmc_cas_sc(&r->shm->prod, &expect, want)) {
 		p->pw = want;
 		return 0;
 	}
@@ -52,7 +53,7 @@ int ring_close_prod(const struct ring *r, struct ring_prod *p)
 	if (expect & IVMC_PW_CLOSED)
 		return 0;
 	/* R3: CLOSED /then/ the caller rings; pairs with A1. */
-	if (!ivmc_cas_release(&r->shm->prod, &expect, expect | IVMC_PW_CLOSED)) {
+	if (!ivmc_cas_sc(&r->shm->prod, &expect, expect | IVMC_PW_CLOSED)) {
 		if (expect != (p->pw | IVMC_PW_CLOSED))
 			return -EPROTO;
 	}
@@ -76,8 +77,10 @@ int ring_load_prod(const struct ring *r, struct ring_cons *c, uint64_t *pw)
 void ring_consume(const struct ring *r, struct ring_cons *c, uint32_t n)
 {
 	c->ctr += n;
-	/* R2: we are done reading [old, ctr); pairs with A2 in ring_free(). */
-	ivmc_store_release(&r->shm->cons, ivmc_w_make(c->ready, c->ctr));
+	/* R2: we are done reading [old, ctr); pairs with A2 in ring_free().
+	 * Seq-cst exchange: also the store half of F1 for a producer that
+	 * sleeps for space. */
+	(void)ivmc_xchg_sc(&r->shm->cons, ivmc_w_make(c->ready, c->ctr));
 }
 
 void ring_set_ready(const struct ring *r, struct ring_cons *c, uint32_t epoch)
@@ -85,14 +88,14 @@ void ring_set_ready(const struct ring *r, struct ring_cons *c, uint32_t epoch)
 	c->ready = epoch & IVMC_W_EPOCH_MASK;
 	/* R4: ready for EPOCH with CTR drained; pairs with A4 in
 	 * ring_load_cons(), read by a producer deciding to open the epoch. */
-	ivmc_store_release(&r->shm->cons, ivmc_w_make(c->ready, c->ctr));
+	(void)ivmc_xchg_sc(&r->shm->cons, ivmc_w_make(c->ready, c->ctr));
 }
 
 uint64_t ring_close_cons(const struct ring *r)
 {
 	/* R5: the producer's next CAS fails, so nothing after this CTR goes
 	 * into the ring; pairs with the failed CAS in ring_publish(). */
-	return ivmc_fetch_or(&r->shm->prod, IVMC_PW_CLOSED);
+	return ivmc_fetch_or_sc(&r->shm->prod, IVMC_PW_CLOSED);
 }
 
 uint64_t ring_load_cons(const struct ring *r)
@@ -105,10 +108,11 @@ bool ring_peer_needs_wake(_Atomic uint32_t *flag, uint32_t *memo)
 {
 	uint32_t w;
 
-	/* F1: our publish /then/ the peer's flag; pairs with F2 in
-	 * ring_set_waiting() (liburing sq_ring_needs_enter, vchan send_notify). */
-	ivmc_fence_full();
-	w = ivmc_load_once(flag);
+	/* F1: our publish (a seq-cst CAS or exchange: R1, R2, R3, R5) /then/
+	 * the peer's flag; pairs with F2 in ring_set_waiting() (liburing
+	 * sq_ring_needs_enter, vchan send_notify). Callers whose publish was
+	 * not seq-cst fence first (chan_notify_fenced()). */
+	w = ivmc_load_sc(flag);
 	if (!(w & 1) || w == *memo)
 		return false;
 	*memo = w;
@@ -120,9 +124,10 @@ void ring_set_waiting(_Atomic uint32_t *flag, uint32_t *seq, bool waiting)
 	/* Every sleep gets a new odd value, so the peer's memo of the sleep it
 	 * last rang for never suppresses the ring this sleep needs. */
 	*seq = waiting ? (*seq + 1) | 1 : (*seq + 1) & ~1u;
-	ivmc_store_once(flag, *seq);
 	/* F2: the flag /then/ our re-check of the peer's counter; pairs with
 	 * F1 in ring_peer_needs_wake() (vchan request_notify). */
 	if (waiting)
-		ivmc_fence_full();
+		(void)ivmc_xchg_sc(flag, *seq);
+	else
+		ivmc_store_once(flag, *seq);
 }

@@ -78,7 +78,8 @@ uint64_t ring_close_cons(const struct ring *r);
 uint64_t ring_load_cons(const struct ring *r);
 
 /* Wake protocol: after a publish, is the peer asleep and not yet rung for
- * this sleep? *memo holds the sleep we last rang for. Includes the full fence. */
+ * this sleep? *memo holds the sleep we last rang for. Every publish that
+ * precedes it is a seq-cst read-modify-write, which orders it (F1). */
 bool ring_peer_needs_wake(_Atomic uint32_t *flag, uint32_t *memo);
 
 /* Wake protocol: announce that we are about to sleep (odd value) or done
