@@ -370,7 +370,7 @@ IVMC_API int ivmc_connect(const char *path, const struct ivmc_opts *opts,
 	static const struct ivmc_opts defaults;
 	const struct ivmc_opts *o = opts ? opts : &defaults;
 	struct sockaddr_un sa;
-	struct chan *c;
+	struct chan *c = NULL;
 	socklen_t len;
 	int fd, err = out ? opts_check(o) : -EINVAL;
 

@@ -512,7 +512,7 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 	struct chan_ep *ep = c->ep;
 	bool nb = nonblocking(c, flags);
 	uint32_t avail = 0;
-	uint64_t w;
+	uint64_t w = 0;
 	ssize_t r = rx_enter(c, nb);
 
 	if (r)

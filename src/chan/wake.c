@@ -150,7 +150,7 @@ static uint32_t spin_budget(struct chan *c, enum chan_dir d, uint64_t now)
 
 static bool spin(struct chan *c, enum chan_dir d)
 {
-	uint64_t t0 = now_ns(), t = t0;
+	uint64_t t0 = now_ns(), t;
 	uint32_t budget = spin_budget(c, d, t0);
 
 	if (!budget)
