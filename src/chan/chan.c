@@ -102,36 +102,14 @@ static int hdr_validate(const struct ivmc_shm_hdr *h, uint64_t fsize,
 	return 0;
 }
 
-static int ep_mutex_init(pthread_mutex_t *m)
-{
-	pthread_mutexattr_t a;
-	int err;
-
-	pthread_mutexattr_init(&a);
-	pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-	pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-	err = pthread_mutex_init(m, &a);
-	pthread_mutexattr_destroy(&a);
-	return -err;
-}
-
 static int ep_create(struct chan_ep **out)
 {
+	/* Zero-filled: every lock free, every counter zero. */
 	struct chan_ep *ep = mmap(NULL, sizeof(*ep), PROT_READ | PROT_WRITE,
 				  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	int err;
 
 	if (ep == MAP_FAILED)
 		return -errno;
-	err = ep_mutex_init(&ep->tx_lock);
-	if (!err)
-		err = ep_mutex_init(&ep->rx_lock);
-	if (!err)
-		err = ep_mutex_init(&ep->poll_lock);
-	if (err) {
-		munmap(ep, sizeof(*ep));
-		return err;
-	}
 	*out = ep;
 	return 0;
 }
@@ -258,26 +236,18 @@ void chan_close(struct chan *c)
 	chan_free(c);
 }
 
-int chan_lock(struct chan *c, pthread_mutex_t *m, bool try)
+int chan_lock(struct chan *c, _Atomic uint32_t *m, bool try)
 {
-	int r = try ? pthread_mutex_trylock(m) : pthread_mutex_lock(m);
+	int r = ep_lock(m, try);
 
-	if (r == 0)
-		return 0;
-	if (r == EBUSY)
-		return -EAGAIN;
-	if (r == EOWNERDEAD) {
-		/* A holder died mid-operation: private counters may be torn. */
-		pthread_mutex_consistent(m);
-		pthread_mutex_unlock(m);
+	if (r == -EOWNERDEAD)
 		return chan_poison(c, -EOWNERDEAD);
-	}
-	return -r;
+	return r;
 }
 
-void chan_unlock(pthread_mutex_t *m)
+void chan_unlock(_Atomic uint32_t *m)
 {
-	pthread_mutex_unlock(m);
+	ep_unlock(m);
 }
 
 int chan_poison(struct chan *c, int err)

@@ -32,8 +32,8 @@ enum rx_mode { RX_SIDE = 0, RX_RING = 1 };
  * receivers rx_lock (robust: a holder that dies poisons the channel).
  */
 struct chan_ep {
-	pthread_mutex_t tx_lock, rx_lock;
-	pthread_mutex_t poll_lock;  /* held by the one waiter in poll() */
+	_Atomic uint32_t tx_lock, rx_lock; /* ep_lock() words */
+	_Atomic uint32_t poll_lock; /* held by the one waiter in poll() */
 	_Atomic uint32_t wake_gen;  /* bumped when the poller wakes (futex) */
 	_Atomic uint32_t side_want; /* side events waiters need: rx | tx<<16 */
 	_Atomic int32_t poison;	    /* 0, or why the channel is dead */
@@ -85,10 +85,17 @@ struct chan {
 	bool has_side;
 };
 
-/* Locks (chan.c): lock with robust recovery; -EAGAIN when trylock is asked
- * for and busy, -ECONNRESET if a holder died (the state may be torn). */
-int chan_lock(struct chan *c, pthread_mutex_t *m, bool try);
-void chan_unlock(pthread_mutex_t *m);
+/* lock.c: the endpoint lock. Returns 0, -EAGAIN (try and busy),
+ * -EOWNERDEAD (the holder died), -EDEADLK (already ours: a bug). */
+int ep_lock(_Atomic uint32_t *w, bool try);
+void ep_unlock(_Atomic uint32_t *w);
+/* Free the lock if its holder died (for locks that guard no state). */
+bool ep_lock_reap(_Atomic uint32_t *w);
+
+/* chan.c: ep_lock() that poisons the channel when a holder died (the state
+ * it guarded may be torn): then -ECONNRESET. */
+int chan_lock(struct chan *c, _Atomic uint32_t *m, bool try);
+void chan_unlock(_Atomic uint32_t *m);
 
 /* Mark the channel dead with err (first error wins). Returns -ECONNRESET. */
 int chan_poison(struct chan *c, int err);

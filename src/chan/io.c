@@ -619,7 +619,7 @@ int chan_poll_arm(struct chan *c, short events)
 		return events & (POLLIN | POLLOUT);
 	for (int i = 0; i < 2; i++) {
 		short ev = i ? POLLOUT : POLLIN;
-		pthread_mutex_t *m = i ? &c->ep->tx_lock : &c->ep->rx_lock;
+		_Atomic uint32_t *m = i ? &c->ep->tx_lock : &c->ep->rx_lock;
 
 		if (!(events & ev))
 			continue;

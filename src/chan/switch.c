@@ -218,7 +218,7 @@ static int detach_rx(struct chan *c)
 
 int chan_detach(struct chan *c, enum chan_dir d)
 {
-	pthread_mutex_t *m = d == CHAN_TX ? &c->ep->tx_lock : &c->ep->rx_lock;
+	_Atomic uint32_t *m = d == CHAN_TX ? &c->ep->tx_lock : &c->ep->rx_lock;
 	int err;
 
 	if (!c->has_side)
@@ -236,7 +236,7 @@ int chan_detach(struct chan *c, enum chan_dir d)
 int chan_attach(struct chan *c, enum chan_dir d)
 {
 	struct chan_ep *ep = c->ep;
-	pthread_mutex_t *m = d == CHAN_TX ? &ep->tx_lock : &ep->rx_lock;
+	_Atomic uint32_t *m = d == CHAN_TX ? &ep->tx_lock : &ep->rx_lock;
 	int err;
 
 	if (!c->has_side)

@@ -291,7 +291,7 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 		drain(c);
 	if (r > 0)
 		side_poke(c, &s);
-	pthread_mutex_unlock(&ep->poll_lock);
+	ep_unlock(&ep->poll_lock);
 	/* Unlock /then/ bump: a follower woken by the bump can take the role. */
 	gen_bump(ep);
 	return r < 0 ? r : (r == 0 && timeout_ms >= 0 ? -ETIMEDOUT : 0);
@@ -305,16 +305,18 @@ static int follow(struct chan *c, uint32_t gen, short side, int timeout_ms)
 
 	if (timeout_ms >= 0 && timeout_ms < ms)
 		ms = timeout_ms;
-	return futex_wait(&c->ep->wake_gen, gen, ms);
+	if (futex_wait(&c->ep->wake_gen, gen, ms) == -EINTR)
+		return -EINTR;
+	/* A poller killed in poll() holds the role for ever: the role guards
+	 * no state, so free it and let the next waiter take it. */
+	if (ivmc_load_acquire(&c->ep->wake_gen) == gen)
+		ep_lock_reap(&c->ep->poll_lock);
+	return 0;
 }
 
-static int take_poller_role(struct chan_ep *ep)
+static bool take_poller_role(struct chan_ep *ep)
 {
-	int r = pthread_mutex_trylock(&ep->poll_lock);
-
-	if (r == EOWNERDEAD) /* a poller died in poll(): nothing to repair */
-		r = pthread_mutex_consistent(&ep->poll_lock);
-	return r == 0;
+	return ep_lock(&ep->poll_lock, true) == 0;
 }
 
 static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
