@@ -40,6 +40,7 @@ struct chan_ep {
 	_Atomic uint32_t flags;	    /* EP_* */
 	_Atomic uint32_t spin_ns[2]; /* adaptive budgets, [CHAN_TX/RX] */
 	_Atomic uint32_t noprogress; /* wake-ups without progress in a row */
+	uint32_t tx_count, rx_count; /* calls, for CPU_NOTE_EVERY */
 
 	/* tx: under tx_lock */
 	struct ring_prod tx;
@@ -122,6 +123,10 @@ int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms);
  * next change (for -EAGAIN and poll arming). Returns true if something
  * changed already (then re-check instead of sleeping). */
 bool chan_arm(struct chan *c, enum chan_dir d);
+
+/* wake.c: publish the CPU we run on into our CPU word (if it changed). */
+void chan_note_cpu(_Atomic uint32_t *word);
+#define CPU_NOTE_EVERY 64 /* publishes between two notes */
 
 /* switch.c */
 /* tx in side mode: open the next ring epoch if both ends allow it. */

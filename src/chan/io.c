@@ -121,6 +121,8 @@ static int tx_publish(struct chan *c)
 	}
 	ep->tx_call_unpub = 0;
 	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
+	if (!(++ep->tx_count % CPU_NOTE_EVERY)) /* for a peer that spins */
+		chan_note_cpu(&c->tx.shm->prod_cpu);
 	return 0;
 }
 
@@ -362,6 +364,8 @@ static void rx_consumed(struct chan *c, uint32_t n)
 	ring_consume(&c->rx, &ep->rx, n);
 	ep->rx_off += n;
 	chan_notify(c, &c->rx.shm->prod_wait, &ep->rang_prod);
+	if (!(++ep->rx_count % CPU_NOTE_EVERY))
+		chan_note_cpu(&c->rx.shm->cons_cpu);
 }
 
 static ssize_t rx_ring(struct chan *c, struct iovc *ic, size_t left)

@@ -75,12 +75,15 @@ struct ivmc_shm_dir {
 	uint64_t pad1[7];
 	uint8_t guard1[IVMC_CACHELINE];
 	/* Line 4: odd while the consumer sleeps for data, a new value for
-	 * every sleep; written by the consumer only. */
+	 * every sleep; written by the consumer only. cons_cpu: the CPU the
+	 * consumer last ran on, a hint (a waiter on that CPU does not spin). */
 	_Atomic uint32_t cons_wait;
-	uint32_t pad2[15];
+	_Atomic uint32_t cons_cpu;
+	uint32_t pad2[14];
 	/* Line 5: the same for a producer asleep for space. */
 	_Atomic uint32_t prod_wait;
-	uint32_t pad3[15];
+	_Atomic uint32_t prod_cpu;
+	uint32_t pad3[14];
 };
 
 /*

@@ -6,6 +6,7 @@
  * (and the side stream). The producer rings only when the flag asks for it.
  */
 #include <fcntl.h>
+#include <sched.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,9 +138,45 @@ static bool changed(struct chan *c, enum chan_dir d)
 	       ivmc_load_once(&c->tx.shm->prod) != ep->tx.pw;
 }
 
+/* The CPU words of direction d: ours, and the peer's. */
+static void cpu_words(struct chan *c, enum chan_dir d, _Atomic uint32_t **mine,
+		      _Atomic uint32_t **peer)
+{
+	if (d == CHAN_RX) {
+		*mine = &c->rx.shm->cons_cpu;
+		*peer = &c->rx.shm->prod_cpu;
+	} else {
+		*mine = &c->tx.shm->prod_cpu;
+		*peer = &c->tx.shm->cons_cpu;
+	}
+}
+
+void chan_note_cpu(_Atomic uint32_t *word)
+{
+	int cpu = sched_getcpu(); /* rseq: a load, no system call */
+
+	if (cpu >= 0 && ivmc_load_once(word) != (uint32_t)cpu + 1)
+		ivmc_store_once(word, (uint32_t)cpu + 1);
+}
+
+/* Spinning while the peer waits for our own CPU only delays it. The peer's
+ * word is a hint it could fake: at worst we sleep at once, or spin within
+ * the budget as usual. */
+static bool peer_on_my_cpu(struct chan *c, enum chan_dir d)
+{
+	_Atomic uint32_t *mine, *peer;
+	int cpu = sched_getcpu();
+
+	cpu_words(c, d, &mine, &peer);
+	chan_note_cpu(mine);
+	return cpu >= 0 && ivmc_load_once(peer) == (uint32_t)cpu + 1;
+}
+
 static uint32_t spin_budget(struct chan *c, enum chan_dir d, uint64_t now)
 {
 	if (c->wait_mode == CHAN_WAIT_SLEEP || !on_ring(c, d))
+		return 0;
+	if (peer_on_my_cpu(c, d))
 		return 0;
 	if (c->wait_mode == CHAN_WAIT_SPIN)
 		return SPIN_MODE_NS;
