@@ -124,13 +124,15 @@ IVMC_API int ivmc_listen(const char *path, const struct ivmc_opts *opts,
 	const struct ivmc_opts *o = opts ? opts : &defaults;
 	struct sockaddr_un sa;
 	socklen_t len;
-	int fd, err = opts_check(o);
+	int fd, err = out ? opts_check(o) : -EINVAL;
 
 	if (!err)
 		err = sun_make(path, &sa, &len);
 	if (err)
 		return err;
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	/* Non-blocking: a blocking accept waits in poll(), so IVMC_NONBLOCK
+	 * can be honoured per call. */
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
 	if (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, 128) < 0) {
@@ -255,15 +257,17 @@ static int serve(struct ivmc_listener *l, int fd, struct ivmc_chan **out)
 	uint32_t rs;
 	ssize_t n;
 
-	err = peer_cred(fd, &cr);
-	if (!err && !peer_allowed(&l->opts, &cr))
-		err = -EACCES;
-	if (!err)
-		err = wait_in(fd, HELLO_WAIT_MS);
+	/* Read the hello first even from a peer we refuse: closing with it
+	 * unread would reset the connection before our answer is read. */
+	err = wait_in(fd, HELLO_WAIT_MS);
 	if (err)
 		goto reject;
 	n = xport_recv_fds(fd, &m, sizeof(m), NULL, &nfds, MSG_DONTWAIT);
 	err = n < 0 ? (int)n : msg_valid(&m, n, RDV_HELLO);
+	if (!err)
+		err = peer_cred(fd, &cr);
+	if (!err && !peer_allowed(&l->opts, &cr))
+		err = -EACCES;
 	rs = l->opts.ring_size ? (uint32_t)l->opts.ring_size : IVMC_RING_DEFAULT;
 	if (!err && m.ring_size) {
 		struct ivmc_opts want = { .ring_size = m.ring_size };
@@ -307,13 +311,20 @@ IVMC_API int ivmc_accept(struct ivmc_listener *l, unsigned int flags,
 
 	if (!l || !out || (flags & ~IVMC_NONBLOCK))
 		return -EINVAL;
-	do
-		fd = accept4(l->fd, NULL, NULL,
-			     SOCK_CLOEXEC |
-				     ((flags & IVMC_NONBLOCK) ? SOCK_NONBLOCK : 0));
-	while (fd < 0 && errno == EINTR);
-	if (fd < 0)
-		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	for (;;) {
+		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			break;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return -errno;
+		if (flags & IVMC_NONBLOCK)
+			return -EAGAIN;
+		err = wait_in(l->fd, -1);
+		if (err)
+			return err;
+	}
 	err = serve(l, fd, out);
 	close(fd);
 	return err;
@@ -339,7 +350,10 @@ static int rendezvous(int fd, const struct ivmc_opts *o, struct chan **c)
 	int fds[2], nfds = 2, err;
 	ssize_t n;
 
-	if (send(fd, &m, sizeof(m), MSG_NOSIGNAL) != (ssize_t)sizeof(m))
+	/* A listener that refused us may have answered and closed already:
+	 * read its answer even if our hello could not be sent. */
+	if (send(fd, &m, sizeof(m), MSG_NOSIGNAL) != (ssize_t)sizeof(m) &&
+	    errno != EPIPE && errno != ECONNRESET)
 		return -errno;
 	err = wait_in(fd, REPLY_WAIT_MS);
 	if (err)

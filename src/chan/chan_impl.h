@@ -124,6 +124,10 @@ int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms);
  * changed already (then re-check instead of sleeping). */
 bool chan_arm(struct chan *c, enum chan_dir d);
 
+/* wake.c: empty the doorbell without waiting, if no poller is at it.
+ * Returns true if that changed the end's state (peer gone, poisoned). */
+bool chan_drain_nowait(struct chan *c);
+
 /* wake.c: publish the CPU we run on into our CPU word (if it changed). */
 void chan_note_cpu(_Atomic uint32_t *word);
 #define CPU_NOTE_EVERY 64 /* publishes between two notes */

@@ -97,6 +97,10 @@ static int wait_or_arm(struct chan *c, enum chan_dir d, bool nb, int *arms)
 		return chan_wait(c, d, -1);
 	if (chan_arm(c, d) && ++*arms < 4)
 		return 0;
+	/* Empty the doorbell that woke the caller (else ivmc_fd() stays
+	 * readable and an event loop spins) and learn of a peer gone. */
+	if (chan_drain_nowait(c) && ++*arms < 4)
+		return 0;
 	return -EAGAIN;
 }
 
@@ -462,7 +466,9 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 			r = -EOPNOTSUPP; /* on the side stream: use send */
 		if (!r && chan_flag(c, EP_PEER_GONE))
 			r = -EPIPE;
-		if (!r && ring_free(&c->tx, &ep->tx, 1, &space))
+		/* Asking for the whole ring refreshes the consumer counter
+		 * unless the ring is empty: reserve hands out all free space. */
+		if (!r && ring_free(&c->tx, &ep->tx, c->ring_size, &space))
 			r = chan_poison(c, -EPROTO);
 		if (r || space)
 			break;
@@ -522,12 +528,14 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 	if (r)
 		return r;
 	for (;;) {
-		r = chan_flag(c, EP_SHUT_RD) ? 0 : chan_dead(c);
+		if (chan_flag(c, EP_SHUT_RD))
+			break; /* end of stream, as recv */
+		r = chan_dead(c);
 		if (!r && ep->rx_mode == RX_SIDE)
 			r = -EOPNOTSUPP; /* on the side stream: use recv */
-		if (!r && !chan_flag(c, EP_SHUT_RD))
+		if (!r)
 			r = rx_avail(c, &avail, &w);
-		if (r || avail || chan_flag(c, EP_SHUT_RD))
+		if (r || avail)
 			break;
 		r = rx_ring_empty(c, w);
 		if (r == STEP_AGAIN)
@@ -619,6 +627,7 @@ int chan_poll_arm(struct chan *c, short events)
 {
 	short ready = 0;
 
+	(void)chan_drain_nowait(c);
 	if (chan_dead(c) || chan_flag(c, EP_PEER_GONE))
 		return events & (POLLIN | POLLOUT);
 	for (int i = 0; i < 2; i++) {

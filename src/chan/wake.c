@@ -276,8 +276,11 @@ static void sleeper_init(struct chan *c, struct sleeper *s)
 		s->pfd[s->nfds++] = (struct pollfd){ c->side_fd, ev, 0 };
 }
 
-/* Side readable while the ring is in use: end of file (note it), or bytes
- * the producer may only send after closing the epoch. */
+/* Side readable while the ring is in use: end of file (note it, so it is
+ * not polled again), or bytes the producer may only send after closing the
+ * epoch. The poller holds no rx lock, so what it sees may be stale: such a
+ * wake only counts against the no-progress limit, which stops a producer
+ * that keeps the side readable to make us spin. */
 static void side_poke(struct chan *c, const struct sleeper *s)
 {
 	const struct pollfd *p = &s->pfd[s->nfds ? s->nfds - 1 : 0];
@@ -289,8 +292,7 @@ static void side_poke(struct chan *c, const struct sleeper *s)
 	if (recv(c->side_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ||
 	    (p->revents & (POLLHUP | POLLERR)))
 		atomic_fetch_or(&c->ep->flags, EP_SIDE_EOF);
-	else if (!changed(c, CHAN_RX) &&
-		 !(ivmc_load_acquire(&c->rx.shm->prod) & IVMC_PW_CLOSED))
+	else if (atomic_fetch_add(&c->ep->noprogress, 1) >= WAKE_NOPROGRESS_MAX)
 		chan_poison(c, -EPROTO);
 }
 
@@ -401,4 +403,18 @@ bool chan_arm(struct chan *c, enum chan_dir d)
 	else
 		ring_set_waiting(&c->tx.shm->prod_wait, &ep->tx_wait_seq, true);
 	return changed(c, d);
+}
+
+bool chan_drain_nowait(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	uint32_t flags = ivmc_load_once(&ep->flags);
+
+	/* Only the poller drains: take the role, or leave it to its holder. */
+	if (!take_poller_role(ep))
+		return false;
+	drain(c);
+	ep_unlock(&ep->poll_lock);
+	gen_bump(ep);
+	return ivmc_load_once(&ep->flags) != flags || chan_dead(c);
 }
