@@ -5,6 +5,8 @@
  * page, locks, poison, shutdown and counters.
  */
 #include <poll.h>
+#include <pthread.h>
+#include <sys/single_threaded.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -182,6 +184,51 @@ static int cfg_ok(const struct chan_cfg *cfg)
 	return 0;
 }
 
+/*
+ * Every open end of this process, so that fork() can mark them shared: a
+ * process with one thread whose ends no fork copied takes no locks (the
+ * per-message path then costs no locked instruction but the publish).
+ */
+static pthread_mutex_t ends_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct chan ends = { .next = &ends, .prev = &ends };
+static pthread_once_t ends_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&ends_lock);
+	for (struct chan *c = ends.next; c != &ends; c = c->next)
+		ivmc_store_once(&c->ep->forked, 1);
+}
+
+static void fork_done(void)
+{
+	pthread_mutex_unlock(&ends_lock);
+}
+
+static void ends_init(void)
+{
+	pthread_atfork(fork_prepare, fork_done, fork_done);
+}
+
+static void ends_add(struct chan *c)
+{
+	pthread_once(&ends_once, ends_init);
+	pthread_mutex_lock(&ends_lock);
+	c->next = ends.next;
+	c->prev = &ends;
+	ends.next->prev = c;
+	ends.next = c;
+	pthread_mutex_unlock(&ends_lock);
+}
+
+static void ends_del(struct chan *c)
+{
+	pthread_mutex_lock(&ends_lock);
+	c->prev->next = c->next;
+	c->next->prev = c->prev;
+	pthread_mutex_unlock(&ends_lock);
+}
+
 int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	      struct chan **out)
 {
@@ -223,6 +270,7 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	ep_start(c, &hc, cfg->side);
 	if (cfg->nonblock)
 		c->ep->flags = EP_NONBLOCK;
+	ends_add(c);
 	*out = c;
 	return 0;
 fail:
@@ -232,22 +280,36 @@ fail:
 
 void chan_close(struct chan *c)
 {
+	ends_del(c);
 	close(c->doorbell);
 	chan_free(c);
 }
 
+/* Nobody else can be in a call on this end: one thread, never forked. */
+static bool solo(const struct chan *c)
+{
+	return __libc_single_threaded && !ivmc_load_once(&c->ep->forked);
+}
+
 int chan_lock(struct chan *c, _Atomic uint32_t *m, bool try)
 {
-	int r = ep_lock(m, try);
+	int r;
+
+	if (solo(c))
+		return 0;
+	r = ep_lock(m, try);
 
 	if (r == -EOWNERDEAD)
 		return chan_poison(c, -EOWNERDEAD);
 	return r;
 }
 
-void chan_unlock(_Atomic uint32_t *m)
+void chan_unlock(struct chan *c, _Atomic uint32_t *m)
 {
-	ep_unlock(m);
+	/* Still solo: no thread or fork can appear during one of our calls
+	 * without that call itself creating it. */
+	if (!solo(c))
+		ep_unlock(m);
 }
 
 int chan_poison(struct chan *c, int err)

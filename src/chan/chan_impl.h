@@ -40,6 +40,7 @@ struct chan_ep {
 	_Atomic uint32_t flags;	    /* EP_* */
 	_Atomic uint32_t spin_ns[2]; /* adaptive budgets, [CHAN_TX/RX] */
 	_Atomic uint32_t noprogress; /* wake-ups without progress in a row */
+	_Atomic uint32_t forked;    /* a fork copied this end: always lock */
 	uint32_t tx_count, rx_count; /* calls, for CPU_NOTE_EVERY */
 
 	/* tx: under tx_lock */
@@ -73,8 +74,10 @@ struct chan_ep {
 	_Atomic uint64_t st_wakes, st_sleeps, st_spin_hits;
 };
 
-/* The process-local handle. Immutable after chan_open(). */
+/* The process-local handle. Immutable after chan_open() (but for the
+ * list links, under the list lock in chan.c). */
 struct chan {
+	struct chan *next, *prev; /* every open end of this process */
 	struct chan_ep *ep;
 	struct ivmc_shm_hdr *hdr; /* hostile; only hdr->dir[] is used */
 	struct ring tx, rx;	  /* tx: dir[side], rx: dir[1 - side] */
@@ -96,7 +99,7 @@ bool ep_lock_reap(_Atomic uint32_t *w);
 /* chan.c: ep_lock() that poisons the channel when a holder died (the state
  * it guarded may be torn): then -ECONNRESET. */
 int chan_lock(struct chan *c, _Atomic uint32_t *m, bool try);
-void chan_unlock(_Atomic uint32_t *m);
+void chan_unlock(struct chan *c, _Atomic uint32_t *m);
 
 /* Mark the channel dead with err (first error wins). Returns -ECONNRESET. */
 int chan_poison(struct chan *c, int err);

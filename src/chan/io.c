@@ -219,7 +219,7 @@ static int tx_enter(struct chan *c, bool nb)
 	if (!err && chan_flag(c, EP_SHUT_WR))
 		err = -EPIPE;
 	if (err)
-		chan_unlock(&c->ep->tx_lock);
+		chan_unlock(c, &c->ep->tx_lock);
 	else
 		c->ep->tx_call_unpub = 0;
 	return err;
@@ -256,7 +256,7 @@ ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 			break;
 	}
 	err = sw_tx_settle(c, nb, &done);
-	chan_unlock(&c->ep->tx_lock);
+	chan_unlock(c, &c->ep->tx_lock);
 	if (err && !done)
 		return err == -EAGAIN ? -EAGAIN : side_errno(-err);
 	return done ? (ssize_t)done : (left ? r : 0);
@@ -404,7 +404,7 @@ static int rx_enter(struct chan *c, bool nb)
 		return err;
 	err = chan_dead(c);
 	if (err)
-		chan_unlock(&c->ep->rx_lock);
+		chan_unlock(c, &c->ep->rx_lock);
 	return err;
 }
 
@@ -445,7 +445,7 @@ ssize_t chan_recvv(struct chan *c, const struct iovec *iov, int iovcnt,
 		if (r)
 			break;
 	}
-	chan_unlock(&c->ep->rx_lock);
+	chan_unlock(c, &c->ep->rx_lock);
 	return done ? (ssize_t)done : r;
 }
 
@@ -486,7 +486,7 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 		ep->tx_resv_at = ep->tx.ctr;
 		r = space;
 	}
-	chan_unlock(&ep->tx_lock);
+	chan_unlock(c, &ep->tx_lock);
 	return r < 0 && r != -EAGAIN && r != -EINTR && r != -EOPNOTSUPP &&
 			       r != -EPIPE
 		       ? -ECONNRESET
@@ -513,7 +513,7 @@ int chan_commit(struct chan *c, size_t len, unsigned int flags)
 			err = sw_tx_settle(c, false, NULL);
 		progress(c, CHAN_TX);
 	}
-	chan_unlock(&ep->tx_lock);
+	chan_unlock(c, &ep->tx_lock);
 	return err;
 }
 
@@ -552,7 +552,7 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 		ep->rx_peek_at = ep->rx.ctr;
 		r = avail;
 	}
-	chan_unlock(&ep->rx_lock);
+	chan_unlock(c, &ep->rx_lock);
 	return r;
 }
 
@@ -570,7 +570,7 @@ int chan_release(struct chan *c, size_t len)
 		rx_consumed(c, (uint32_t)len);
 		progress(c, CHAN_RX);
 	}
-	chan_unlock(&ep->rx_lock);
+	chan_unlock(c, &ep->rx_lock);
 	return err;
 }
 
@@ -593,7 +593,7 @@ static int shut_wr(struct chan *c)
 	if (c->has_side)
 		shutdown(c->side_fd, SHUT_WR);
 	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
-	chan_unlock(&ep->tx_lock);
+	chan_unlock(c, &ep->tx_lock);
 	return err == -ECONNRESET ? err : 0;
 }
 
@@ -639,7 +639,7 @@ int chan_poll_arm(struct chan *c, short events)
 		if (chan_lock(c, m, true))
 			return -EBUSY; /* another thread is in a call on it */
 		ready |= arm_one(c, ev);
-		chan_unlock(m);
+		chan_unlock(c, m);
 	}
 	return ready;
 }

@@ -229,7 +229,7 @@ int chan_detach(struct chan *c, enum chan_dir d)
 	err = chan_dead(c);
 	if (!err)
 		err = d == CHAN_TX ? detach_tx(c) : detach_rx(c);
-	chan_unlock(m);
+	chan_unlock(c, m);
 	return err;
 }
 
@@ -253,6 +253,6 @@ int chan_attach(struct chan *c, enum chan_dir d)
 		if (ep->rx_mode == RX_SIDE && !ep->rx_att_known)
 			ring_set_ready(&c->rx, &ep->rx, ep->rx_epoch);
 	}
-	chan_unlock(m);
+	chan_unlock(c, m);
 	return err;
 }
