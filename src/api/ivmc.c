@@ -19,7 +19,7 @@
 
 #define IVMC_API __attribute__((visibility("default")))
 
-#define RDV_MAGIC   0x52564d49u /* "IVMR" */
+#define RDV_MAGIC   0x52564d49u /* reads "RVMI" as a number, "IMVR" in memory */
 #define RDV_VERSION 1u
 #define RDV_HELLO   1u
 #define RDV_ACCEPT  2u
@@ -272,8 +272,10 @@ static int serve(struct ivmc_listener *l, int fd, struct ivmc_chan **out)
 	if (!err && m.ring_size) {
 		struct ivmc_opts want = { .ring_size = m.ring_size };
 
+		/* A wish, never a demand: the listener's size is the cap. */
 		err = opts_check(&want);
-		rs = m.ring_size;
+		if (m.ring_size < rs)
+			rs = m.ring_size;
 	}
 	if (!err)
 		err = chan_region_create(rs, false, 0, &rfd);
@@ -363,8 +365,8 @@ static int rendezvous(int fd, const struct ivmc_opts *o, struct chan **c)
 		return (int)n;
 	if (n == 0)
 		err = -ECONNRESET;
-	else if (n == (ssize_t)sizeof(m) && m.type == RDV_REJECT &&
-		 m.status > 0 && m.status < 4096 && !nfds)
+	else if (!msg_valid(&m, n, RDV_REJECT) && m.status > 0 &&
+		 m.status < 4096 && !nfds)
 		err = -m.status;
 	else
 		err = msg_valid(&m, n, RDV_ACCEPT);

@@ -9,6 +9,7 @@
 #include <sys/single_threaded.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -154,6 +155,8 @@ static int map_rings(struct chan *c, int fd, int side)
 
 static void chan_free(struct chan *c)
 {
+	if (c->kick >= 0)
+		close(c->kick);
 	for (int d = 0; d < 2; d++)
 		if (c->mirror[d])
 			munmap(c->mirror[d], 2 * (size_t)c->ring_size);
@@ -244,6 +247,7 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
+	c->kick = -1;
 	err = xport_map(region_fd, 0, IVMC_SHM_HDR_SIZE, (void **)&c->hdr);
 	if (err) {
 		c->hdr = NULL;
@@ -254,11 +258,18 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 		goto fail;
 	c->has_side = hc.flags & IVMC_SHM_F_SIDE;
 	if (c->has_side != (cfg->side_fd >= 0)) {
-		err = -EINVAL;
+		err = -EPROTO; /* the creator formatted another kind of channel */
 		goto fail;
 	}
 	c->ring_size = hc.ring_size;
 	c->side_fd = cfg->side_fd;
+	if (c->has_side) {
+		c->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (c->kick < 0) {
+			err = -errno;
+			goto fail;
+		}
+	}
 	c->doorbell = doorbell_fd;
 	c->wait_mode = cfg->wait_mode;
 	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
@@ -299,9 +310,19 @@ int chan_lock(struct chan *c, _Atomic uint32_t *m, bool try)
 		return 0;
 	r = ep_lock(m, try);
 
-	if (r == -EOWNERDEAD)
-		return chan_poison(c, -EOWNERDEAD);
+	if (r == -EOWNERDEAD) {
+		chan_poison(c, -EOWNERDEAD);
+		ep_unlock(m);
+		return -ECONNRESET;
+	}
 	return r;
+}
+
+int chan_relock(struct chan *c, _Atomic uint32_t *m)
+{
+	if (solo(c) || ep_lock(m, false) != -EOWNERDEAD)
+		return 0;
+	return chan_poison(c, -EOWNERDEAD);
 }
 
 void chan_unlock(struct chan *c, _Atomic uint32_t *m)
@@ -316,9 +337,13 @@ int chan_poison(struct chan *c, int err)
 {
 	int32_t zero = 0;
 
-	atomic_compare_exchange_strong(&c->ep->poison, &zero, err);
-	/* Wake whoever waits on the other side so it sees the end too. */
-	(void)xport_ring(c->doorbell);
+	if (!atomic_compare_exchange_strong(&c->ep->poison, &zero, err))
+		return -ECONNRESET;
+	/* The channel is dead for every holder: shutting the doorbell down
+	 * wakes our own poller (POLLHUP) and the peer's, and the generation
+	 * bump wakes our followers. */
+	shutdown(c->doorbell, SHUT_RDWR);
+	chan_wake_followers(c);
 	return -ECONNRESET;
 }
 

@@ -54,6 +54,7 @@ struct chan_ep {
 	uint32_t tx_resv_at;   /* ring counter at the last reserve */
 	uint32_t tx_resv;      /* bytes handed out by the last reserve */
 	uint32_t tx_wait_seq;  /* our prod_wait sequence */
+	uint32_t tx_sleepers;  /* senders asleep (they sleep unlocked) */
 	uint32_t rang_cons;    /* the consumer sleep we last rang for */
 	bool tx_attach_ok;
 
@@ -66,6 +67,7 @@ struct chan_ep {
 	uint32_t rx_peek_at;   /* ring counter at the last peek */
 	uint32_t rx_peek;      /* bytes handed out by the last peek */
 	uint32_t rx_wait_seq;
+	uint32_t rx_sleepers;
 	uint32_t rang_prod;    /* the producer sleep we last rang for */
 	int rx_mode;
 	bool rx_att_known;
@@ -85,12 +87,15 @@ struct chan {
 	uint32_t ring_size;
 	uint32_t spin_default;
 	int doorbell, side_fd;
+	int kick;		  /* eventfd that wakes our own poller after a
+				   * local switch (side channels only), or -1 */
 	int wait_mode;
 	bool has_side;
 };
 
 /* lock.c: the endpoint lock. Returns 0, -EAGAIN (try and busy),
- * -EOWNERDEAD (the holder died), -EDEADLK (already ours: a bug). */
+ * -EOWNERDEAD (the holder died; the lock is ours now, what it guarded may be
+ * torn), -EDEADLK (already ours: a bug). */
 int ep_lock(_Atomic uint32_t *w, bool try);
 void ep_unlock(_Atomic uint32_t *w);
 /* Free the lock if its holder died (for locks that guard no state). */
@@ -100,6 +105,9 @@ bool ep_lock_reap(_Atomic uint32_t *w);
  * it guarded may be torn): then -ECONNRESET. */
 int chan_lock(struct chan *c, _Atomic uint32_t *m, bool try);
 void chan_unlock(struct chan *c, _Atomic uint32_t *m);
+/* Retake a lock chan_unlock() gave up (blocking). On a holder found dead,
+ * poisons and returns -ECONNRESET with the lock held all the same. */
+int chan_relock(struct chan *c, _Atomic uint32_t *m);
 
 /* Mark the channel dead with err (first error wins). Returns -ECONNRESET. */
 int chan_poison(struct chan *c, int err);
@@ -119,13 +127,22 @@ static inline bool chan_flag(const struct chan *c, uint32_t f)
 void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo);
 
 /* wake.c: wait until the tx or rx condition may have changed, spinning
- * first when the mode allows. Returns 0 (re-check), -EINTR, -ETIMEDOUT. */
+ * first when the mode allows. Called with the direction's lock held, which
+ * it gives up while asleep and retakes. Returns 0 (re-check), -EINTR,
+ * -ETIMEDOUT, -ECONNRESET. */
 int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms);
 
 /* wake.c: leave the needs-wakeup flag set so the doorbell rings on the
  * next change (for -EAGAIN and poll arming). Returns true if something
  * changed already (then re-check instead of sleeping). */
 bool chan_arm(struct chan *c, enum chan_dir d);
+
+/* wake.c: wake every follower of this end (they re-check). */
+void chan_wake_followers(struct chan *c);
+
+/* wake.c: wake every sleeper of this end, the poller too: after a local
+ * change (detach, attach, shutdown) that a sleeper must act on. */
+void chan_kick(struct chan *c);
 
 /* wake.c: empty the doorbell without waiting, if no poller is at it.
  * Returns true if that changed the end's state (peer gone, poisoned). */

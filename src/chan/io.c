@@ -95,11 +95,12 @@ static int wait_or_arm(struct chan *c, enum chan_dir d, bool nb, int *arms)
 {
 	if (!nb)
 		return chan_wait(c, d, -1);
-	if (chan_arm(c, d) && ++*arms < 4)
-		return 0;
 	/* Empty the doorbell that woke the caller (else ivmc_fd() stays
-	 * readable and an event loop spins) and learn of a peer gone. */
+	 * readable and an event loop spins) and learn of a peer gone; then
+	 * arm. In that order: a ring after the arm must stay in the doorbell. */
 	if (chan_drain_nowait(c) && ++*arms < 4)
+		return 0;
+	if (chan_arm(c, d) && ++*arms < 4)
 		return 0;
 	return -EAGAIN;
 }
@@ -119,6 +120,8 @@ static int tx_publish(struct chan *c)
 
 	if (r < 0)
 		return chan_poison(c, r);
+	if (r == 1 && !c->has_side)
+		return chan_poison(c, -EPROTO); /* no side stream to close to */
 	if (r == 1) {
 		sw_tx_strand(c); /* consumer closed: bytes go on the side */
 		return 0;
@@ -326,6 +329,8 @@ static ssize_t rx_ring_empty(struct chan *c, uint64_t w)
 	/* A7: pairs with R7 in chan_shutdown(); every byte before fin has
 	 * been published, so re-load the producer word after it. */
 	fin = ivmc_load_acquire(&c->rx.shm->fin);
+	if (fin && !(fin & IVMC_FIN_SET))
+		return chan_poison(c, -EPROTO);
 	if (fin & IVMC_FIN_SET) {
 		if (ring_load_prod(&c->rx, &ep->rx, &w) < 0)
 			return chan_poison(c, -EPROTO);
@@ -601,8 +606,10 @@ int chan_shutdown(struct chan *c, int how)
 {
 	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
 		return -EINVAL;
-	if (how != SHUT_WR)
+	if (how != SHUT_WR) {
 		atomic_fetch_or(&c->ep->flags, EP_SHUT_RD);
+		chan_kick(c); /* blocked readers return 0, as with TCP */
+	}
 	return how == SHUT_RD ? 0 : shut_wr(c);
 }
 

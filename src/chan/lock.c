@@ -62,10 +62,11 @@ static int lock_slow(_Atomic uint32_t *w, uint32_t me)
 		if (!(v & LOCK_WAITERS) &&
 		    !atomic_compare_exchange_strong(w, &v, v | LOCK_WAITERS))
 			continue;
-		if (syscall(SYS_futex, w, FUTEX_WAIT, v | LOCK_WAITERS, &ts,
-			    NULL, 0) < 0 && errno == ETIMEDOUT &&
-		    owner_dead(v))
-			return -EOWNERDEAD;
+		v |= LOCK_WAITERS;
+		if (syscall(SYS_futex, w, FUTEX_WAIT, v, &ts, NULL, 0) < 0 &&
+		    errno == ETIMEDOUT && owner_dead(v) &&
+		    atomic_compare_exchange_strong(w, &v, me | LOCK_WAITERS))
+			return -EOWNERDEAD; /* ours now, the state it guards torn */
 	}
 }
 

@@ -230,6 +230,7 @@ int chan_detach(struct chan *c, enum chan_dir d)
 	if (!err)
 		err = d == CHAN_TX ? detach_tx(c) : detach_rx(c);
 	chan_unlock(c, m);
+	chan_kick(c); /* a sleeper may now go on over the side stream */
 	return err;
 }
 
@@ -254,5 +255,6 @@ int chan_attach(struct chan *c, enum chan_dir d)
 			ring_set_ready(&c->rx, &ep->rx, ep->rx_epoch);
 	}
 	chan_unlock(c, m);
+	chan_kick(c);
 	return err;
 }

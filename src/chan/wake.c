@@ -23,7 +23,8 @@
 #include "chan_impl.h"
 
 #define SPIN_MIN_NS	  2000u	  /* floor of the adaptive budget */
-#define SPIN_MAX_FACTOR	  8u	  /* ceiling: 8x the configured budget */
+#define SPIN_MAX_FACTOR	  8u	  /* ceiling: 8x the configured budget, */
+#define SPIN_MAX_NS	  1000000u /* and never above IVMC_SPIN_MAX_NS */
 #define SPIN_MODE_NS	  50000000u /* IVMC_WAIT_SPIN: re-check liveness */
 #define OVER_PROBE_NS	  10000000u /* read the run queue at most this often */
 #define OVER_HOLD_NS	  100000000u /* after a preempted spin, sleep only */
@@ -117,25 +118,43 @@ static bool on_ring(const struct chan *c, enum chan_dir d)
 	return !(c->ep->tx.pw & IVMC_PW_CLOSED);
 }
 
+/* What a waiter last saw, taken under its lock: it sleeps without the lock,
+ * so it compares against this copy, never against the live endpoint. */
+struct snap {
+	uint64_t pw;	/* rx: producer word seen; tx: our producer word */
+	uint32_t cons;	/* tx: consumer counter seen */
+	bool ring;	/* on the ring (not the side stream) */
+};
+
+static struct snap snap_take(const struct chan *c, enum chan_dir d)
+{
+	const struct chan_ep *ep = c->ep;
+
+	if (d == CHAN_RX)
+		return (struct snap){ ep->rx_seen_pw, 0, on_ring(c, d) };
+	return (struct snap){ ep->tx.pw, ep->tx.peer_cons, on_ring(c, d) };
+}
+
 /* Pure check, no system call: has anything the waiter cares about moved?
  * On the side stream only an epoch opening counts (poll() covers the rest);
- * a peer gone matters only on the ring (its side stream may live on). */
-static bool changed(struct chan *c, enum chan_dir d)
+ * a peer gone matters only on the ring (its side stream may live on).
+ * Seq-cst loads: after the flag's seq-cst exchange (F2) they may not move
+ * before it on any CPU (plain loads on x86). */
+static bool changed(struct chan *c, enum chan_dir d, const struct snap *s)
 {
 	struct chan_ep *ep = c->ep;
 
 	if (ivmc_load_once(&ep->poison))
 		return true;
-	if (!on_ring(c, d))
-		return d == CHAN_RX &&
-		       ivmc_load_once(&c->rx.shm->prod) != ep->rx_seen_pw;
+	if (!s->ring)
+		return d == CHAN_RX && ivmc_load_sc(&c->rx.shm->prod) != s->pw;
 	if (ivmc_load_once(&ep->flags) & EP_PEER_GONE)
 		return true;
 	if (d == CHAN_RX)
-		return ivmc_load_once(&c->rx.shm->prod) != ep->rx_seen_pw ||
-		       ivmc_load_once(&c->rx.shm->fin);
-	return ivmc_w_ctr(ivmc_load_once(&c->tx.shm->cons)) != ep->tx.peer_cons ||
-	       ivmc_load_once(&c->tx.shm->prod) != ep->tx.pw;
+		return ivmc_load_sc(&c->rx.shm->prod) != s->pw ||
+		       ivmc_load_sc(&c->rx.shm->fin);
+	return ivmc_w_ctr(ivmc_load_sc(&c->tx.shm->cons)) != s->cons ||
+	       ivmc_load_sc(&c->tx.shm->prod) != s->pw;
 }
 
 /* The CPU words of direction d: ours, and the peer's. */
@@ -187,6 +206,7 @@ static uint32_t spin_budget(struct chan *c, enum chan_dir d, uint64_t now)
 
 static bool spin(struct chan *c, enum chan_dir d)
 {
+	struct snap sn = snap_take(c, d);
 	uint64_t t0 = now_ns(), t;
 	uint32_t budget = spin_budget(c, d, t0);
 
@@ -194,7 +214,7 @@ static bool spin(struct chan *c, enum chan_dir d)
 		return false;
 	do {
 		for (int i = 0; i < 64; i++) {
-			if (changed(c, d)) {
+			if (changed(c, d, &sn)) {
 				atomic_fetch_add(&c->ep->st_spin_hits, 1);
 				return true;
 			}
@@ -214,6 +234,9 @@ static void adapt(struct chan *c, enum chan_dir d, uint64_t slept)
 {
 	uint32_t b = ivmc_load_once(&c->ep->spin_ns[d]);
 	uint32_t max = c->spin_default * SPIN_MAX_FACTOR;
+
+	if (max > SPIN_MAX_NS)
+		max = SPIN_MAX_NS;
 
 	if (c->wait_mode != CHAN_WAIT_ADAPTIVE)
 		return;
@@ -258,7 +281,7 @@ static short side_events(struct chan *c, enum chan_dir d)
 }
 
 struct sleeper {
-	struct pollfd pfd[2];
+	struct pollfd pfd[3]; /* doorbell, side stream, kick */
 	int nfds;
 };
 
@@ -274,6 +297,8 @@ static void sleeper_init(struct chan *c, struct sleeper *s)
 		s->pfd[s->nfds++] = (struct pollfd){ c->doorbell, POLLIN, 0 };
 	if (ev)
 		s->pfd[s->nfds++] = (struct pollfd){ c->side_fd, ev, 0 };
+	if (c->kick >= 0)
+		s->pfd[s->nfds++] = (struct pollfd){ c->kick, POLLIN, 0 };
 }
 
 /* Side readable while the ring is in use: end of file (note it, so it is
@@ -283,11 +308,13 @@ static void sleeper_init(struct chan *c, struct sleeper *s)
  * that keeps the side readable to make us spin. */
 static void side_poke(struct chan *c, const struct sleeper *s)
 {
-	const struct pollfd *p = &s->pfd[s->nfds ? s->nfds - 1 : 0];
+	const struct pollfd *p = NULL;
 	char b;
 
-	if (!s->nfds || p->fd != c->side_fd || !(p->revents & ~POLLOUT) ||
-	    !on_ring(c, CHAN_RX))
+	for (int i = 0; i < s->nfds; i++)
+		if (s->pfd[i].fd == c->side_fd)
+			p = &s->pfd[i];
+	if (!p || !(p->revents & ~POLLOUT) || !on_ring(c, CHAN_RX))
 		return;
 	if (recv(c->side_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ||
 	    (p->revents & (POLLHUP | POLLERR)))
@@ -313,6 +340,21 @@ static void gen_bump(struct chan_ep *ep)
 	syscall(SYS_futex, &ep->wake_gen, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 }
 
+void chan_wake_followers(struct chan *c)
+{
+	gen_bump(c->ep);
+}
+
+void chan_kick(struct chan *c)
+{
+	static const uint64_t one = 1;
+
+	if (c->kick >= 0 && write(c->kick, &one, sizeof(one)) < 0 &&
+	    errno != EAGAIN)
+		return; /* cannot fail on a valid eventfd; EAGAIN: still kicked */
+	gen_bump(c->ep);
+}
+
 /* The poller: sleeps in poll(), drains the doorbell, then bumps wake_gen so
  * that every follower re-checks (and one of them may take the role). */
 static int lead(struct chan *c, uint32_t gen, int timeout_ms)
@@ -328,6 +370,12 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 		r = errno == EINTR ? -EINTR : -errno;
 	if (r > 0 && s.pfd[0].fd == c->doorbell && s.pfd[0].revents)
 		drain(c);
+	if (r > 0 && s.pfd[s.nfds - 1].fd == c->kick && s.pfd[s.nfds - 1].revents) {
+		uint64_t v;
+
+		if (read(c->kick, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			r = -errno;
+	}
 	if (r > 0)
 		side_poke(c, &s);
 	ep_unlock(&ep->poll_lock);
@@ -358,33 +406,45 @@ static bool take_poller_role(struct chan_ep *ep)
 	return ep_lock(&ep->poll_lock, true) == 0;
 }
 
+/*
+ * Sleep without the direction's lock, as TCP sleeps without the socket
+ * lock: a detach, an attach or another caller is never held up by a sleeper.
+ * The needs-wakeup flag is changed under the lock only: every sleeper gives
+ * it a new odd value (so the peer rings again), the last one out makes it
+ * even. Called and returns with the lock held; -ECONNRESET if retaking it
+ * found its holder dead (the channel is then poisoned, the lock ours).
+ */
 static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
 	struct chan_ep *ep = c->ep;
 	bool rx = d == CHAN_RX;
+	_Atomic uint32_t *lock = rx ? &ep->rx_lock : &ep->tx_lock;
 	_Atomic uint32_t *flag = rx ? &c->rx.shm->cons_wait : &c->tx.shm->prod_wait;
 	uint32_t *seq = rx ? &ep->rx_wait_seq : &ep->tx_wait_seq;
+	uint32_t *sleepers = rx ? &ep->rx_sleepers : &ep->tx_sleepers;
 	uint32_t gen = ivmc_load_acquire(&ep->wake_gen); /* before the re-check */
 	uint32_t want = (uint32_t)side_events(c, d) << (rx ? 0 : 16);
-	uint64_t t0;
-	int r;
+	struct snap sn = snap_take(c, d);
+	uint64_t t0 = now_ns();
+	int r = 0, err;
 
+	++*sleepers;
 	ring_set_waiting(flag, seq, true); /* includes F2 */
-	if (changed(c, d)) {
-		ring_set_waiting(flag, seq, false);
-		return 0;
-	}
 	atomic_fetch_or(&ep->side_want, want);
-	t0 = now_ns();
-	if (take_poller_role(ep))
-		r = lead(c, gen, timeout_ms);
-	else
-		r = follow(c, gen, (short)want, timeout_ms);
+	chan_unlock(c, lock);
+	if (!changed(c, d, &sn)) {
+		if (take_poller_role(ep))
+			r = lead(c, gen, timeout_ms);
+		else
+			r = follow(c, gen, (short)want, timeout_ms);
+		atomic_fetch_add(&ep->st_sleeps, 1);
+	}
+	err = chan_relock(c, lock);
 	atomic_fetch_and(&ep->side_want, ~want);
-	ring_set_waiting(flag, seq, false);
-	atomic_fetch_add(&ep->st_sleeps, 1);
+	if (!--*sleepers)
+		ring_set_waiting(flag, seq, false);
 	adapt(c, d, now_ns() - t0);
-	return r;
+	return err ? err : r;
 }
 
 int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
@@ -397,12 +457,13 @@ int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 bool chan_arm(struct chan *c, enum chan_dir d)
 {
 	struct chan_ep *ep = c->ep;
+	struct snap sn = snap_take(c, d);
 
 	if (d == CHAN_RX)
 		ring_set_waiting(&c->rx.shm->cons_wait, &ep->rx_wait_seq, true);
 	else
 		ring_set_waiting(&c->tx.shm->prod_wait, &ep->tx_wait_seq, true);
-	return changed(c, d);
+	return changed(c, d, &sn);
 }
 
 bool chan_drain_nowait(struct chan *c)

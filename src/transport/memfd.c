@@ -66,6 +66,8 @@ int xport_memfd_verify(int fd, uint64_t *size)
 		return -errno;
 	if (!S_ISREG(st.st_mode))
 		return -EBADFD;
+	if ((fcntl(fd, F_GETFL) & O_ACCMODE) != O_RDWR)
+		return -EBADFD; /* we could not map it read-write */
 	if (fstatfs(fd, &sfs) < 0)
 		return -errno;
 	if (sfs.f_type != TMPFS_MAGIC && sfs.f_type != HUGETLBFS_MAGIC)
@@ -133,6 +135,8 @@ static int sockopt_int(int fd, int opt, int *val)
 
 int xport_doorbell_verify(int fd)
 {
+	struct sockaddr_storage peer;
+	socklen_t len = sizeof(peer);
 	struct stat st;
 	int domain, type, err;
 
@@ -147,6 +151,8 @@ int xport_doorbell_verify(int fd)
 		return err;
 	if (domain != AF_UNIX || type != SOCK_STREAM)
 		return -EPROTOTYPE;
+	if (getpeername(fd, (struct sockaddr *)&peer, &len) < 0)
+		return errno == ENOTCONN ? -ENOTCONN : -errno; /* would spin */
 	return 0;
 }
 

@@ -14,9 +14,9 @@
  * F_SEAL_EXEC where the kernel has it). Returns 0 and *fd, or -errno. */
 int xport_memfd_create(size_t size, int *fd);
 
-/* Verify a received region fd: a memfd (shmem) carrying at least
- * SHRINK|GROW|SEAL. Returns 0 and *size, -EBADFD (not a memfd), -EPERM
- * (seals missing), or -errno. */
+/* Verify a received region fd: a read-write memfd (shmem) carrying at
+ * least SHRINK|GROW|SEAL. Returns 0 and *size, -EBADFD (not a memfd, or not
+ * opened read-write), -EPERM (seals missing, or write-sealed), or -errno. */
 int xport_memfd_verify(int fd, uint64_t *size);
 
 /* Map len bytes at off read-write, shared, never executable. */
@@ -29,8 +29,9 @@ int xport_map_mirror(int fd, uint64_t off, size_t len, void **out);
 /* Make a doorbell pair: AF_UNIX stream sockets, close-on-exec. */
 int xport_doorbell_pair(int sv[2]);
 
-/* Verify a received doorbell: an AF_UNIX stream socket. Returns 0,
- * -ENOTSOCK (not a socket), -EPROTOTYPE (wrong family or type), -errno. */
+/* Verify a received doorbell: a connected AF_UNIX stream socket. Returns
+ * 0, -ENOTSOCK (not a socket), -EPROTOTYPE (wrong family or type),
+ * -ENOTCONN (not connected), -errno. */
 int xport_doorbell_verify(int fd);
 
 /* Ring the peer: one byte, never blocking. Returns 0 (rung, or already
