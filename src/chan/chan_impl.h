@@ -32,7 +32,8 @@ enum rx_mode { RX_SIDE = 0, RX_RING = 1 };
  * receivers rx_lock (robust: a holder that dies poisons the channel).
  */
 struct chan_ep {
-	_Atomic uint32_t tx_lock, rx_lock; /* ep_lock() words */
+	_Atomic uint32_t tx_call, rx_call; /* held for a whole call (io.c) */
+	_Atomic uint32_t tx_lock, rx_lock; /* the state; given up asleep */
 	_Atomic uint32_t poll_lock; /* held by the one waiter in poll() */
 	_Atomic uint32_t wake_gen;  /* bumped when the poller wakes (futex) */
 	_Atomic uint32_t side_want; /* side events waiters need: rx | tx<<16 */
@@ -69,7 +70,7 @@ struct chan_ep {
 	uint32_t rx_wait_seq;
 	uint32_t rx_sleepers;
 	uint32_t rang_prod;    /* the producer sleep we last rang for */
-	int rx_mode;
+	_Atomic int rx_mode;   /* also read, unlocked, by the poller */
 	bool rx_att_known;
 	bool rx_ready_ok;
 

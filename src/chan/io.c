@@ -212,9 +212,40 @@ static ssize_t tx_step(struct chan *c, struct iovc *ic, size_t left,
 	return tx_ring(c, ic, left, flags);
 }
 
+/*
+ * Two locks a direction: the call lock, held for a whole call, serialises
+ * callers (a message is never cut by another thread's, even when a call
+ * sleeps); the state lock, given up while asleep, guards the state, so that
+ * a detach or an attach, which take only it, never wait for a sleeper.
+ */
+static int dir_enter(struct chan *c, _Atomic uint32_t *call,
+		     _Atomic uint32_t *state, bool nb)
+{
+	int err = chan_lock(c, call, nb);
+
+	if (err)
+		return err;
+	err = chan_lock(c, state, nb);
+	if (err)
+		chan_unlock(c, call);
+	return err;
+}
+
+static void tx_exit(struct chan *c)
+{
+	chan_unlock(c, &c->ep->tx_lock);
+	chan_unlock(c, &c->ep->tx_call);
+}
+
+static void rx_exit(struct chan *c)
+{
+	chan_unlock(c, &c->ep->rx_lock);
+	chan_unlock(c, &c->ep->rx_call);
+}
+
 static int tx_enter(struct chan *c, bool nb)
 {
-	int err = chan_lock(c, &c->ep->tx_lock, nb);
+	int err = dir_enter(c, &c->ep->tx_call, &c->ep->tx_lock, nb);
 
 	if (err)
 		return err;
@@ -222,7 +253,7 @@ static int tx_enter(struct chan *c, bool nb)
 	if (!err && chan_flag(c, EP_SHUT_WR))
 		err = -EPIPE;
 	if (err)
-		chan_unlock(c, &c->ep->tx_lock);
+		tx_exit(c);
 	else
 		c->ep->tx_call_unpub = 0;
 	return err;
@@ -259,7 +290,7 @@ ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 			break;
 	}
 	err = sw_tx_settle(c, nb, &done);
-	chan_unlock(c, &c->ep->tx_lock);
+	tx_exit(c);
 	if (err && !done)
 		return err == -EAGAIN ? -EAGAIN : side_errno(-err);
 	return done ? (ssize_t)done : (left ? r : 0);
@@ -403,13 +434,13 @@ static ssize_t rx_step(struct chan *c, struct iovc *ic, size_t left)
 
 static int rx_enter(struct chan *c, bool nb)
 {
-	int err = chan_lock(c, &c->ep->rx_lock, nb);
+	int err = dir_enter(c, &c->ep->rx_call, &c->ep->rx_lock, nb);
 
 	if (err)
 		return err;
 	err = chan_dead(c);
 	if (err)
-		chan_unlock(c, &c->ep->rx_lock);
+		rx_exit(c);
 	return err;
 }
 
@@ -450,7 +481,7 @@ ssize_t chan_recvv(struct chan *c, const struct iovec *iov, int iovcnt,
 		if (r)
 			break;
 	}
-	chan_unlock(c, &c->ep->rx_lock);
+	rx_exit(c);
 	return done ? (ssize_t)done : r;
 }
 
@@ -491,7 +522,7 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 		ep->tx_resv_at = ep->tx.ctr;
 		r = space;
 	}
-	chan_unlock(c, &ep->tx_lock);
+	tx_exit(c);
 	return r < 0 && r != -EAGAIN && r != -EINTR && r != -EOPNOTSUPP &&
 			       r != -EPIPE
 		       ? -ECONNRESET
@@ -518,7 +549,7 @@ int chan_commit(struct chan *c, size_t len, unsigned int flags)
 			err = sw_tx_settle(c, false, NULL);
 		progress(c, CHAN_TX);
 	}
-	chan_unlock(c, &ep->tx_lock);
+	tx_exit(c);
 	return err;
 }
 
@@ -557,7 +588,7 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 		ep->rx_peek_at = ep->rx.ctr;
 		r = avail;
 	}
-	chan_unlock(c, &ep->rx_lock);
+	rx_exit(c);
 	return r;
 }
 
@@ -575,7 +606,7 @@ int chan_release(struct chan *c, size_t len)
 		rx_consumed(c, (uint32_t)len);
 		progress(c, CHAN_RX);
 	}
-	chan_unlock(c, &ep->rx_lock);
+	rx_exit(c);
 	return err;
 }
 
@@ -598,7 +629,7 @@ static int shut_wr(struct chan *c)
 	if (c->has_side)
 		shutdown(c->side_fd, SHUT_WR);
 	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
-	chan_unlock(c, &ep->tx_lock);
+	tx_exit(c);
 	return err == -ECONNRESET ? err : 0;
 }
 

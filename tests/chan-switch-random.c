@@ -1,0 +1,400 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: lossless switches between ring and side stream. First,
+ * forced cases in one thread: detach (by producer or consumer) with the
+ * ring full, with unpublished CHAN_MORE bytes, with the ring empty, both at
+ * once, and rapid toggling. Then two processes stream 128 MiB each way
+ * while a controller thread in each calls chan_detach()/chan_attach() for
+ * TX and RX at random moments; every byte arrives once, in order, and a
+ * counting relay in the side stream proves both paths carried data.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "helpers.h"
+#include "t_chan.h"
+#include "t_stream.h"
+
+#define RING (16u * 1024)
+#define SEED_AB 0x5ab
+#define SEED_BA 0x5ba
+
+/* ---- forced cases, one thread, non-blocking calls ---- */
+
+static uint8_t buf[4 * RING];
+static const char *where;
+static bool eof_expected; /* recv_all: the writer has shut down */
+
+struct dirst {
+	struct chan *tx, *rx;
+	uint64_t seed, tx_off, rx_off;
+};
+
+/* Send n bytes (non-blocking; they must all be taken). */
+static void send_n(struct dirst *d, size_t n, unsigned int flags)
+{
+	ssize_t r;
+
+	t_fill(d->seed, d->tx_off, buf, n);
+	r = t_send(d->tx, buf, n, CHAN_NONBLOCK | flags);
+	if (r != (ssize_t)n)
+		t_fail("%s: non-blocking send of %zu at offset %llu: %zd (%s)",
+		       where, n, (unsigned long long)d->tx_off, r,
+		       t_strerror(r));
+	d->tx_off += n;
+}
+
+/* Send until -EAGAIN; returns bytes taken. */
+static uint64_t send_fill(struct dirst *d)
+{
+	uint64_t taken = 0;
+
+	for (int i = 0; i < 1000; i++) {
+		ssize_t r;
+
+		t_fill(d->seed, d->tx_off, buf, RING);
+		r = t_send(d->tx, buf, RING, CHAN_NONBLOCK);
+		if (r == -EAGAIN)
+			return taken;
+		if (r <= 0)
+			t_fail("%s: fill: send: %zd (%s)", where, r,
+			       t_strerror(r));
+		d->tx_off += (uint64_t)r;
+		taken += (uint64_t)r;
+	}
+	t_fail("%s: fill: never full", where);
+}
+
+/* Receive everything sent so far, verifying. */
+static void recv_all(struct dirst *d)
+{
+	for (int i = 0; d->rx_off < d->tx_off; i++) {
+		ssize_t r = t_recv(d->rx, buf, sizeof(buf), CHAN_NONBLOCK);
+
+		if (i > 10000 || (r < 0 && r != -EAGAIN) || r == 0)
+			t_fail("%s: recv at %llu of %llu sent (call %d): %zd (%s)",
+			       where, (unsigned long long)d->rx_off,
+			       (unsigned long long)d->tx_off, i, r,
+			       t_strerror(r));
+		if (r < 0)
+			continue;
+		if (d->rx_off + (uint64_t)r > d->tx_off ||
+		    t_verify(d->seed, d->rx_off, buf, (size_t)r))
+			t_fail("%s: wrong %zd bytes at offset %llu", where, r,
+			       (unsigned long long)d->rx_off);
+		d->rx_off += (uint64_t)r;
+	}
+	if (t_recv(d->rx, buf, 1, CHAN_NONBLOCK) !=
+	    (eof_expected ? 0 : -EAGAIN))
+		t_fail("%s: bytes beyond what was sent, or %s", where,
+		       eof_expected ? "no end of stream" : "an early end");
+}
+
+static bool tx_on_ring(struct chan *c)
+{
+	struct chan_stats st;
+
+	chan_stats(c, &st);
+	return st.tx_on_ring;
+}
+
+static void expect_mode(struct chan *c, bool ring, const char *when)
+{
+	if (tx_on_ring(c) != ring)
+		t_fail("%s: %s: producer is on the %s, want the %s", where,
+		       when, ring ? "side stream" : "ring",
+		       ring ? "ring" : "side stream");
+}
+
+static void forced_setup(struct t_pair *p, struct dirst *d)
+{
+	t_chan_pair(p, RING, true, 0, CHAN_WAIT_ADAPTIVE);
+	*d = (struct dirst){ p->a, p->b, 0xf0, 0, 0 };
+	send_n(d, 10, 0); /* opens the first epoch */
+	recv_all(d);
+	expect_mode(p->a, true, "after the first send");
+}
+
+/* Back on the ring after attach, and the stream goes on. */
+static void forced_finish(struct t_pair *p, struct dirst *d)
+{
+	T_ASSERT_OK(chan_attach(p->a, CHAN_TX));
+	T_ASSERT_OK(chan_attach(p->b, CHAN_RX));
+	send_n(d, 1000, 0);
+	recv_all(d);
+	send_n(d, 10, 0); /* the epoch opens once the old one is drained */
+	expect_mode(p->a, true, "after attach");
+	recv_all(d);
+	t_chan_pair_close(p);
+}
+
+static void forced_full(bool by_consumer)
+{
+	struct t_pair p;
+	struct dirst d;
+
+	where = by_consumer ? "consumer detach, ring full" :
+			      "producer detach, ring full";
+	forced_setup(&p, &d);
+	if (send_fill(&d) != RING)
+		t_fail("%s: ring did not take a full ring", where);
+	T_ASSERT_OK(chan_detach(by_consumer ? p.b : p.a,
+				by_consumer ? CHAN_RX : CHAN_TX));
+	send_n(&d, 3 * RING, 0); /* goes on the side stream at once */
+	expect_mode(p.a, false, "sending after detach");
+	recv_all(&d);
+	forced_finish(&p, &d);
+}
+
+/* The consumer closes while the producer holds CHAN_MORE bytes back. */
+static void forced_more_stranded(void)
+{
+	struct t_pair p;
+	struct dirst d;
+
+	where = "consumer detach, unpublished CHAN_MORE bytes";
+	forced_setup(&p, &d);
+	send_n(&d, RING - 200, 0);
+	send_n(&d, 50, CHAN_MORE); /* written, not published */
+	T_ASSERT_OK(chan_detach(p.b, CHAN_RX));
+	send_n(&d, 500, 0); /* 150 fit the ring, the rest: side */
+	expect_mode(p.a, false, "after the stranded publish");
+	recv_all(&d);
+	/* Same, the stranded bytes alone (flushed by shutdown). */
+	forced_finish(&p, &d);
+
+	where = "consumer detach, CHAN_MORE bytes then shutdown";
+	forced_setup(&p, &d);
+	send_n(&d, 77, CHAN_MORE);
+	T_ASSERT_OK(chan_detach(p.b, CHAN_RX));
+	T_ASSERT_OK(chan_shutdown(p.a, SHUT_WR));
+	eof_expected = true;
+	recv_all(&d);
+	eof_expected = false;
+	t_chan_pair_close(&p);
+}
+
+static void forced_empty(bool by_consumer)
+{
+	struct t_pair p;
+	struct dirst d;
+
+	where = by_consumer ? "consumer detach, ring empty" :
+			      "producer detach, ring empty";
+	forced_setup(&p, &d);
+	T_ASSERT_OK(chan_detach(by_consumer ? p.b : p.a,
+				by_consumer ? CHAN_RX : CHAN_TX));
+	send_n(&d, 5000, 0);
+	expect_mode(p.a, false, "after detach of an empty ring");
+	recv_all(&d);
+	forced_finish(&p, &d);
+}
+
+/* Both ends say no; attaching one is not enough. */
+static void forced_both(void)
+{
+	struct t_pair p;
+	struct dirst d;
+
+	where = "both detached, one attached";
+	forced_setup(&p, &d);
+	T_ASSERT_OK(chan_detach(p.a, CHAN_TX));
+	T_ASSERT_OK(chan_detach(p.b, CHAN_RX));
+	send_n(&d, 3000, 0);
+	recv_all(&d);
+	T_ASSERT_OK(chan_attach(p.a, CHAN_TX));
+	send_n(&d, 3000, 0);
+	recv_all(&d);
+	send_n(&d, 10, 0);
+	expect_mode(p.a, false, "consumer still detached");
+	recv_all(&d);
+	T_ASSERT_OK(chan_detach(p.a, CHAN_TX));
+	T_ASSERT_OK(chan_attach(p.b, CHAN_RX));
+	send_n(&d, 10, 0);
+	expect_mode(p.a, false, "producer detached again");
+	recv_all(&d);
+	forced_finish(&p, &d);
+}
+
+/* Many switches in a row, with a byte or a few between them. */
+static void forced_toggle(void)
+{
+	uint64_t rng = 9;
+	struct t_pair p;
+	struct dirst d;
+	bool more = false;
+
+	where = "rapid toggling";
+	forced_setup(&p, &d);
+	for (int i = 0; i < 2000; i++) {
+		uint64_t x = t_rand64(&rng);
+		struct chan *c = x & 1 ? p.b : p.a;
+		enum chan_dir dir = x & 1 ? CHAN_RX : CHAN_TX;
+		int err = (x & 2) ? chan_attach(c, dir) : chan_detach(c, dir);
+
+		if (err)
+			t_fail("%s: switch %d: %d (%s)", where, i, err,
+			       t_strerror(err));
+		if (x & 4) {
+			send_n(&d, 1 + (x >> 8) % 300, (x & 8) ? CHAN_MORE : 0);
+			more = x & 8;
+		}
+		if ((x & 16) || d.tx_off - d.rx_off > RING / 2) {
+			if (more) /* CHAN_MORE bytes may wait for this */
+				send_n(&d, 1, 0);
+			more = false;
+			recv_all(&d);
+		}
+	}
+	send_n(&d, 1, 0);
+	recv_all(&d);
+	forced_finish(&p, &d);
+}
+
+/* ---- random switches, two processes ---- */
+
+static uint64_t total;
+static uint64_t deadline_ns;
+static struct t_pair pair;
+static struct t_relay relay;
+
+struct ctl {
+	struct chan *c;
+	const char *name;
+	uint64_t rng;
+	atomic_int stop;
+	int ops[4]; /* detach TX, attach TX, detach RX, attach RX */
+};
+
+static const char *const op_name[4] = { "detach TX", "attach TX", "detach RX",
+					"attach RX" };
+
+/* Switch at random moments: 0.1-2 ms apart, a quarter back to back. */
+static void *ctl_thread(void *arg)
+{
+	struct ctl *k = arg;
+	bool attached[2] = { true, true }; /* [CHAN_TX], [CHAN_RX] */
+
+	/* Leave the ring alone for a moment first: it must carry data. */
+	usleep((useconds_t)(1000 + t_rand64(&k->rng) % 2000));
+	for (int i = 0; i < 200000 && !atomic_load(&k->stop); i++) {
+		uint64_t x = t_rand64(&k->rng);
+		enum chan_dir dir = (x & 1) ? CHAN_RX : CHAN_TX;
+		/* Flip the direction; one time in eight, flip it twice. */
+		for (int twice = (x & 14) ? 1 : 2; twice; twice--) {
+			int op = 2 * (int)dir + !attached[dir];
+			int err = attached[dir] ? chan_detach(k->c, dir) :
+						  chan_attach(k->c, dir);
+
+			if (err)
+				t_fail("%s: %s (switch %d): %d (%s)", k->name,
+				       op_name[op], i, err, t_strerror(err));
+			attached[dir] = !attached[dir];
+			k->ops[op]++;
+		}
+		if (t_now_ns() > deadline_ns)
+			t_fail("%s: deadline passed while switching", k->name);
+		if ((x >> 8) & 3)
+			usleep((useconds_t)(100 + (x >> 16) % 1900));
+	}
+	return NULL;
+}
+
+static void run_end(struct chan *c, const char *name, uint64_t seed_tx,
+		    uint64_t seed_rx, uint64_t rng)
+{
+	char tx_name[32], rx_name[32], ctl_name[32];
+	struct t_pump tx = { .c = c,
+			     .name = tx_name,
+			     .seed = seed_tx,
+			     .end = total,
+			     .rng = rng,
+			     .max_io = 3 * RING,
+			     .deadline_ns = deadline_ns,
+			     .shut = true };
+	struct t_pump rx = { .c = c,
+			     .name = rx_name,
+			     .seed = seed_rx,
+			     .end = total,
+			     .rng = rng + 1,
+			     .max_io = 3 * RING,
+			     .deadline_ns = deadline_ns,
+			     .shut = true };
+	struct ctl k = { .c = c, .name = ctl_name, .rng = rng + 2 };
+	pthread_t th_tx, th_ctl;
+
+	snprintf(tx_name, sizeof(tx_name), "%s send", name);
+	snprintf(rx_name, sizeof(rx_name), "%s recv", name);
+	snprintf(ctl_name, sizeof(ctl_name), "%s controller", name);
+	T_ASSERT_EQ(pthread_create(&th_tx, NULL, t_pump_send_thread, &tx), 0);
+	T_ASSERT_EQ(pthread_create(&th_ctl, NULL, ctl_thread, &k), 0);
+	t_pump_recv(&rx);
+	T_ASSERT_EQ(pthread_join(th_tx, NULL), 0);
+	atomic_store(&k.stop, 1);
+	T_ASSERT_EQ(pthread_join(th_ctl, NULL), 0);
+	printf("%s: %d switches (%d detach TX, %d attach TX, %d detach RX, %d attach RX), %llu sends, %llu receives\n",
+	       name, k.ops[0] + k.ops[1] + k.ops[2] + k.ops[3], k.ops[0],
+	       k.ops[1], k.ops[2], k.ops[3], (unsigned long long)tx.calls,
+	       (unsigned long long)rx.calls);
+	if (!k.ops[0] || !k.ops[2])
+		t_fail("%s: the controller never detached both ways", name);
+}
+
+static void child(void *arg)
+{
+	(void)arg;
+	t_alarm(t_long() ? 850 : 55);
+	chan_close(pair.a);
+	pair.a = NULL;
+	close(pair.side[0]);
+	close(relay.fd[0]);
+	close(relay.fd[1]);
+	run_end(pair.b, "b", SEED_BA, SEED_AB, 200);
+	chan_close(pair.b);
+}
+
+static void random_switches(void)
+{
+	pid_t pid;
+
+	total = t_long() ? 2ull << 30 : 128ull << 20;
+	deadline_ns = t_now_ns() + (t_long() ? 800ull : 45ull) * 1000000000ull;
+	t_chan_pair(&pair, RING, true, 0, CHAN_WAIT_ADAPTIVE);
+	t_relay_insert(&pair, &relay);
+	pid = t_fork(child, NULL);
+	chan_close(pair.b);
+	pair.b = NULL;
+	close(pair.side[1]);
+	pair.side[1] = -1;
+	t_relay_start(&relay, deadline_ns);
+	run_end(pair.a, "a", SEED_AB, SEED_BA, 100);
+	T_ASSERT_EQ(t_wait(pid, 30000), 0);
+	t_relay_join(&relay);
+	printf("side stream carried a->b %llu of %llu bytes, b->a %llu of %llu\n",
+	       (unsigned long long)relay.bytes[0], (unsigned long long)total,
+	       (unsigned long long)relay.bytes[1], (unsigned long long)total);
+	for (int d = 0; d < 2; d++)
+		if (!relay.bytes[d] || relay.bytes[d] >= total)
+			t_fail("%s: side stream carried %llu of %llu bytes: want both paths used",
+			       d ? "b->a" : "a->b",
+			       (unsigned long long)relay.bytes[d],
+			       (unsigned long long)total);
+	t_chan_pair_close(&pair);
+}
+
+int main(void)
+{
+	t_alarm(t_long() ? 870 : 58);
+	forced_full(false);
+	forced_full(true);
+	forced_more_stranded();
+	forced_empty(false);
+	forced_empty(true);
+	forced_both();
+	forced_toggle();
+	random_switches();
+	return T_PASS;
+}

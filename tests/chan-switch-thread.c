@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: the threaded twin of chan-switch-random (for TSan): both
+ * ends in one process, a sender, a receiver and a controller thread per
+ * end; the controllers call chan_detach()/chan_attach() for TX and RX at
+ * random moments while 64 MiB go each way; every byte arrives once, in
+ * order, and a counting relay in the side stream proves both paths
+ * carried data.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include "helpers.h"
+#include "t_chan.h"
+#include "t_stream.h"
+
+#define RING (16u * 1024)
+
+struct ctl {
+	struct chan *c;
+	const char *name;
+	uint64_t rng, deadline_ns;
+	atomic_int stop;
+	int ops[4]; /* detach TX, attach TX, detach RX, attach RX */
+};
+
+static const char *const op_name[4] = { "detach TX", "attach TX", "detach RX",
+					"attach RX" };
+
+static void *ctl_thread(void *arg)
+{
+	struct ctl *k = arg;
+	bool attached[2] = { true, true }; /* [CHAN_TX], [CHAN_RX] */
+
+	/* Leave the ring alone for a moment first: it must carry data. */
+	usleep((useconds_t)(1000 + t_rand64(&k->rng) % 2000));
+	for (int i = 0; i < 200000 && !atomic_load(&k->stop); i++) {
+		uint64_t x = t_rand64(&k->rng);
+		enum chan_dir dir = (x & 1) ? CHAN_RX : CHAN_TX;
+		/* Flip the direction; one time in eight, flip it twice. */
+		for (int twice = (x & 14) ? 1 : 2; twice; twice--) {
+			int op = 2 * (int)dir + !attached[dir];
+			int err = attached[dir] ? chan_detach(k->c, dir) :
+						  chan_attach(k->c, dir);
+
+			if (err)
+				t_fail("%s: %s (switch %d): %d (%s)", k->name,
+				       op_name[op], i, err, t_strerror(err));
+			attached[dir] = !attached[dir];
+			k->ops[op]++;
+		}
+		if (t_now_ns() > k->deadline_ns)
+			t_fail("%s: deadline passed while switching", k->name);
+		if ((x >> 8) & 3)
+			usleep((useconds_t)(50 + (x >> 16) % 1000));
+	}
+	return NULL;
+}
+
+int main(void)
+{
+	uint64_t total = t_long() ? 1ull << 30 : 64ull << 20;
+	uint64_t deadline_ns =
+		t_now_ns() + (t_long() ? 800ull : 50ull) * 1000000000ull;
+	static const char *const names[4] = { "a->b send", "a->b recv",
+					      "b->a send", "b->a recv" };
+	struct t_pump pumps[4];
+	struct ctl k[2];
+	struct t_relay relay;
+	struct t_pair p;
+	pthread_t th[4], kt[2];
+
+	t_alarm(t_long() ? 850 : 55);
+	t_chan_pair(&p, RING, true, 0, CHAN_WAIT_ADAPTIVE);
+	t_relay_insert(&p, &relay);
+	t_relay_start(&relay, deadline_ns);
+	for (int i = 0; i < 4; i++) {
+		bool ab = i < 2, tx = !(i & 1);
+
+		pumps[i] = (struct t_pump){
+			.c = (ab == tx) ? p.a : p.b,
+			.name = names[i],
+			.seed = ab ? 0x7ab : 0x7ba,
+			.end = total,
+			.rng = 300 + (uint64_t)i,
+			.max_io = 3 * RING,
+			.deadline_ns = deadline_ns,
+			.shut = true,
+		};
+		T_ASSERT_EQ(pthread_create(&th[i], NULL,
+					   tx ? t_pump_send_thread :
+						t_pump_recv_thread,
+					   &pumps[i]),
+			    0);
+	}
+	for (int i = 0; i < 2; i++) {
+		k[i] = (struct ctl){ .c = i ? p.b : p.a,
+				     .name = i ? "b controller" :
+						 "a controller",
+				     .rng = 400 + (uint64_t)i,
+				     .deadline_ns = deadline_ns };
+		T_ASSERT_EQ(pthread_create(&kt[i], NULL, ctl_thread, &k[i]), 0);
+	}
+	for (int i = 0; i < 4; i++)
+		T_ASSERT_EQ(pthread_join(th[i], NULL), 0);
+	for (int i = 0; i < 2; i++) {
+		atomic_store(&k[i].stop, 1);
+		T_ASSERT_EQ(pthread_join(kt[i], NULL), 0);
+		printf("%s: %d detach TX, %d attach TX, %d detach RX, %d attach RX\n",
+		       k[i].name, k[i].ops[0], k[i].ops[1], k[i].ops[2],
+		       k[i].ops[3]);
+	}
+	t_relay_join(&relay);
+	printf("side stream carried a->b %llu of %llu bytes, b->a %llu of %llu\n",
+	       (unsigned long long)relay.bytes[0], (unsigned long long)total,
+	       (unsigned long long)relay.bytes[1], (unsigned long long)total);
+	for (int d = 0; d < 2; d++)
+		if (!relay.bytes[d] || relay.bytes[d] >= total)
+			t_fail("%s: side stream carried %llu of %llu bytes: want both paths used",
+			       d ? "b->a" : "a->b",
+			       (unsigned long long)relay.bytes[d],
+			       (unsigned long long)total);
+	t_chan_pair_close(&p);
+	return T_PASS;
+}
