@@ -6,8 +6,9 @@
  * Conventions: every function returns a non-negative value on success or a
  * negative errno value on failure; errno is never read or written.
  * Objects are opaque. Thread safety: one channel may be used by several
- * threads and, after fork(), by several processes at once; senders are
- * serialised among themselves and receivers among themselves.
+ * threads and, after fork(), by several processes at once; whole calls are
+ * serialised among senders and among receivers (a message is never cut by
+ * another thread's). Not async-signal-safe. See ivmc(7).
  */
 #ifndef IVMC_H
 #define IVMC_H
@@ -43,13 +44,16 @@ struct ivmc_chan;
 /* Options for ivmc_listen() and ivmc_connect(); zero-fill for defaults. */
 struct ivmc_opts {
 	size_t ring_size;	 /* bytes per direction: power of two in
-				  * [4 KiB, 1 GiB]; 0 = IVMC_RING_DEFAULT */
+				  * [4 KiB, 1 GiB]; 0 = IVMC_RING_DEFAULT.
+				  * Connector: a wish; listener: the size it
+				  * gives, and the cap on any wish */
 	int wait_mode;		 /* IVMC_WAIT_* */
 	unsigned int spin_ns;	 /* spin budget; 0 = IVMC_SPIN_DEFAULT_NS */
-	const uid_t *allow_uids; /* listener: peers allowed by uid ... */
+	const uid_t *allow_uids; /* peers allowed by uid (SO_PEERCRED) ... */
 	size_t n_allow_uids;
 	const gid_t *allow_gids; /* ... or by gid; no list at all = anyone
-				  * who can reach the socket's path */
+				  * who can reach the socket's path. The
+				  * connector checks the listener's too */
 	size_t n_allow_gids;
 	unsigned int flags;	 /* IVMC_NONBLOCK: the channel starts non-blocking */
 };
@@ -61,7 +65,7 @@ struct ivmc_stats {
 	unsigned long long sleeps;	   /* times we slept on the doorbell */
 	unsigned long long spin_hits;	   /* waits a spin resolved */
 	unsigned int ring_size;
-	unsigned int spin_ns;		   /* current adaptive budget */
+	unsigned int spin_ns;		   /* current adaptive budget (rx) */
 };
 
 /* Listen for channels on AF_UNIX path (a filesystem path; one starting with
@@ -70,9 +74,10 @@ struct ivmc_stats {
 int ivmc_listen(const char *path, const struct ivmc_opts *opts,
 		struct ivmc_listener **out);
 
-/* Accept one channel. Returns 0 and *out, -EAGAIN (IVMC_NONBLOCK, none
- * pending), -EACCES (peer refused by the allow-list; the caller may retry),
- * -EPROTO (peer spoke garbage), or another -errno. */
+/* Accept one channel (waits up to 1 s for the connector's hello). Returns
+ * 0 and *out, -EAGAIN (IVMC_NONBLOCK, none pending), -EACCES (peer refused
+ * by the allow-list; the caller may retry), -EPROTO (peer spoke garbage),
+ * -ETIMEDOUT (peer silent), -EINVAL (bad arguments), or another -errno. */
 int ivmc_accept(struct ivmc_listener *l, unsigned int flags,
 		struct ivmc_chan **out);
 
@@ -83,10 +88,13 @@ int ivmc_listener_fd(const struct ivmc_listener *l);
 int ivmc_listener_close(struct ivmc_listener *l);
 
 /* Connect to a listener at path. Returns 0 and *out, or -errno: -ENOENT,
- * -ECONNREFUSED, -EACCES (refused by policy), -ETIMEDOUT (listener did not
- * answer within 5 s), -EPROTO/-EBADFD/-EPERM/-EMSGSIZE/-ENOTSOCK/-EPROTOTYPE
- * (the listener sent a malformed reply, a region that is not a sealed memfd,
- * a wrongly sized one, or a doorbell that is not an AF_UNIX stream socket). */
+ * -ECONNREFUSED, -ECONNRESET, -EACCES (refused by either allow-list),
+ * -ETIMEDOUT (listener did not answer within 5 s), -EINVAL (bad arguments),
+ * or, for a listener that sent something unusable: -EPROTO (malformed reply
+ * or region header), -EBADFD (region not a read-write memfd), -EPERM (region
+ * not sealed), -EMSGSIZE (region of the wrong size), -ENOTSOCK, -EPROTOTYPE,
+ * -ENOTCONN (doorbell not a connected AF_UNIX stream socket). A refusal
+ * carries the listener's errno. */
 int ivmc_connect(const char *path, const struct ivmc_opts *opts,
 		 struct ivmc_chan **out);
 
@@ -111,11 +119,13 @@ ssize_t ivmc_recvv(struct ivmc_chan *c, const struct iovec *iov, int iovcnt,
 		   unsigned int flags);
 
 /* Zero-copy send: *buf points at >= 1 contiguous writable ring bytes; returns
- * how many (all free space), or an error as ivmc_send(). Write, then commit. */
+ * how many (all free space), or an error as ivmc_send(). Write, then commit
+ * before any other send on the channel. */
 ssize_t ivmc_reserve(struct ivmc_chan *c, void **buf, unsigned int flags);
 
-/* Publish len bytes written at the last reserve. Returns 0, -EINVAL (len
- * more than reserved), or an error as ivmc_send(). Flags: IVMC_MORE. */
+/* Publish len bytes written at the last reserve (once per reserve).
+ * Returns 0, -EINVAL (len more than reserved, or no reserve outstanding),
+ * -ECONNRESET. Flags: IVMC_MORE. */
 int ivmc_commit(struct ivmc_chan *c, size_t len, unsigned int flags);
 
 /* Zero-copy receive: *buf points at >= 1 contiguous readable bytes, returns
@@ -123,23 +133,26 @@ int ivmc_commit(struct ivmc_chan *c, size_t len, unsigned int flags);
  * still change these bytes: copy what you must check before trusting it. */
 ssize_t ivmc_peek(struct ivmc_chan *c, const void **buf, unsigned int flags);
 
-/* Consume len bytes of the last peek. Returns 0 or -EINVAL (more than peeked). */
+/* Consume len bytes of the last peek (once per peek). Returns 0, -EINVAL
+ * (more than peeked, or no peek outstanding), -ECONNRESET. */
 int ivmc_release(struct ivmc_chan *c, size_t len);
 
 /* Pollable fd: POLLIN when the last -EAGAIN (or ivmc_poll_arm()) may be
  * resolved — data, space, end of stream or error. Spurious wake-ups happen;
- * the answer is always to call again. */
+ * the answer is always to call again. Do not poll it from one thread while
+ * another blocks in a call on the same channel (ivmc_fd(3), BUGS). */
 int ivmc_fd(const struct ivmc_chan *c);
 
 /* Arm ivmc_fd() for events (POLLIN: data, POLLOUT: space). Returns the
- * events already ready (then do not sleep), 0 when armed, or -errno. */
+ * events already ready (then do not sleep), 0 when armed, -EINVAL, or
+ * -EBUSY (another thread is in a call on the channel). */
 int ivmc_poll_arm(struct ivmc_chan *c, short events);
 
 /* Switch non-blocking mode on (1) or off (0). Returns 0 or -errno. */
 int ivmc_set_nonblock(struct ivmc_chan *c, int on);
 
 /* Shut down SHUT_RD, SHUT_WR or SHUT_RDWR. After SHUT_WR the peer reads
- * every byte sent, then end of stream. Returns 0 or -EINVAL. */
+ * every byte sent, then end of stream. Returns 0, -EINVAL or -ECONNRESET. */
 int ivmc_shutdown(struct ivmc_chan *c, int how);
 
 /* Close this process's handle. The peer sees end of stream once every

@@ -492,6 +492,7 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 	struct chan_ep *ep = c->ep;
 	bool nb = nonblocking(c, flags);
 	uint32_t space = 0;
+	int arms = 0;
 	ssize_t r = tx_enter(c, nb);
 
 	if (r)
@@ -511,8 +512,8 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 		r = tx_publish(c);
 		if (!r)
 			r = sw_tx_check_closed(c);
-		if (!r)
-			r = nb ? -EAGAIN : chan_wait(c, CHAN_TX, -1);
+		if (!r) /* -EAGAIN arms ivmc_fd(), as for send */
+			r = wait_or_arm(c, CHAN_TX, nb, &arms);
 		if (r)
 			break;
 	}
@@ -559,6 +560,7 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 	bool nb = nonblocking(c, flags);
 	uint32_t avail = 0;
 	uint64_t w = 0;
+	int arms = 0;
 	ssize_t r = rx_enter(c, nb);
 
 	if (r)
@@ -576,9 +578,9 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 		r = rx_ring_empty(c, w);
 		if (r == STEP_AGAIN)
 			continue;
-		if (r != -EAGAIN || nb)
+		if (r != -EAGAIN)
 			break;
-		r = chan_wait(c, CHAN_RX, -1);
+		r = wait_or_arm(c, CHAN_RX, nb, &arms);
 		if (r)
 			break;
 	}
