@@ -172,7 +172,7 @@ int xport_ring(int fd)
 
 ssize_t xport_drain(int fd, size_t max_bytes)
 {
-	char buf[512];
+	char buf[4096]; /* a flood costs one read per 4 KiB */
 	size_t total = 0;
 
 	while (total < max_bytes) {
