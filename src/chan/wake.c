@@ -96,15 +96,23 @@ static bool runqueue_full(void)
 	return running > get_nprocs();
 }
 
+/* Two probes in a row must see the run queue over the CPUs: one sample
+ * catches any kernel thread passing by and would stop spinning for nothing. */
 static bool oversubscribed(uint64_t now)
 {
+	static _Atomic int full_probes;
+
 	check_quota();
 	if (quota_short || now < over_until)
 		return true;
 	if (now < next_probe)
 		return false;
 	next_probe = now + OVER_PROBE_NS;
-	if (!runqueue_full())
+	if (!runqueue_full()) {
+		full_probes = 0;
+		return false;
+	}
+	if (++full_probes < 2)
 		return false;
 	over_until = now + OVER_PROBE_NS;
 	return true;
