@@ -216,7 +216,26 @@ static int detach_rx(struct chan *c)
 	return 0;
 }
 
-int chan_detach(struct chan *c, enum chan_dir d)
+static int attach_tx(struct chan *c)
+{
+	c->ep->tx_attach_ok = true; /* opens at the next send */
+	return 0;
+}
+
+static int attach_rx(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+
+	ep->rx_ready_ok = true;
+	/* Ready only once the last epoch is drained (RX_SIDE). */
+	if (ep->rx_mode == RX_SIDE && !ep->rx_att_known)
+		ring_set_ready(&c->rx, &ep->rx, ep->rx_epoch);
+	return 0;
+}
+
+/* Run fn under the direction's state lock (never held by a sleeper), then
+ * kick our own sleepers: one may now go on over the other path. */
+static int switch_dir(struct chan *c, enum chan_dir d, int (*fn)(struct chan *))
 {
 	_Atomic uint32_t *m = d == CHAN_TX ? &c->ep->tx_lock : &c->ep->rx_lock;
 	int err;
@@ -228,33 +247,18 @@ int chan_detach(struct chan *c, enum chan_dir d)
 		return err;
 	err = chan_dead(c);
 	if (!err)
-		err = d == CHAN_TX ? detach_tx(c) : detach_rx(c);
+		err = fn(c);
 	chan_unlock(c, m);
-	chan_kick(c); /* a sleeper may now go on over the side stream */
+	chan_kick(c);
 	return err;
+}
+
+int chan_detach(struct chan *c, enum chan_dir d)
+{
+	return switch_dir(c, d, d == CHAN_TX ? detach_tx : detach_rx);
 }
 
 int chan_attach(struct chan *c, enum chan_dir d)
 {
-	struct chan_ep *ep = c->ep;
-	_Atomic uint32_t *m = d == CHAN_TX ? &ep->tx_lock : &ep->rx_lock;
-	int err;
-
-	if (!c->has_side)
-		return -ENOTSUP;
-	err = chan_lock(c, m, false);
-	if (err)
-		return err;
-	err = chan_dead(c);
-	if (!err && d == CHAN_TX) {
-		ep->tx_attach_ok = true;
-	} else if (!err) {
-		ep->rx_ready_ok = true;
-		/* Ready only once the last epoch is drained (RX_SIDE). */
-		if (ep->rx_mode == RX_SIDE && !ep->rx_att_known)
-			ring_set_ready(&c->rx, &ep->rx, ep->rx_epoch);
-	}
-	chan_unlock(c, m);
-	chan_kick(c);
-	return err;
+	return switch_dir(c, d, d == CHAN_TX ? attach_tx : attach_rx);
 }
