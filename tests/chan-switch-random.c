@@ -261,47 +261,6 @@ static uint64_t deadline_ns;
 static struct t_pair pair;
 static struct t_relay relay;
 
-struct ctl {
-	struct chan *c;
-	const char *name;
-	uint64_t rng;
-	atomic_int stop;
-	int ops[4]; /* detach TX, attach TX, detach RX, attach RX */
-};
-
-static const char *const op_name[4] = { "detach TX", "attach TX", "detach RX",
-					"attach RX" };
-
-/* Switch at random moments: 0.1-2 ms apart, a quarter back to back. */
-static void *ctl_thread(void *arg)
-{
-	struct ctl *k = arg;
-	bool attached[2] = { true, true }; /* [CHAN_TX], [CHAN_RX] */
-
-	/* Leave the ring alone for a moment first: it must carry data. */
-	usleep((useconds_t)(1000 + t_rand64(&k->rng) % 2000));
-	for (int i = 0; i < 200000 && !atomic_load(&k->stop); i++) {
-		uint64_t x = t_rand64(&k->rng);
-		enum chan_dir dir = (x & 1) ? CHAN_RX : CHAN_TX;
-		/* Flip the direction; one time in eight, flip it twice. */
-		for (int twice = (x & 14) ? 1 : 2; twice; twice--) {
-			int op = 2 * (int)dir + !attached[dir];
-			int err = attached[dir] ? chan_detach(k->c, dir) :
-						  chan_attach(k->c, dir);
-
-			if (err)
-				t_fail("%s: %s (switch %d): %d (%s)", k->name,
-				       op_name[op], i, err, t_strerror(err));
-			attached[dir] = !attached[dir];
-			k->ops[op]++;
-		}
-		if (t_now_ns() > deadline_ns)
-			t_fail("%s: deadline passed while switching", k->name);
-		if ((x >> 8) & 3)
-			usleep((useconds_t)(100 + (x >> 16) % 1900));
-	}
-	return NULL;
-}
 
 static void run_end(struct chan *c, const char *name, uint64_t seed_tx,
 		    uint64_t seed_rx, uint64_t rng)
@@ -323,14 +282,16 @@ static void run_end(struct chan *c, const char *name, uint64_t seed_tx,
 			     .max_io = 3 * RING,
 			     .deadline_ns = deadline_ns,
 			     .shut = true };
-	struct ctl k = { .c = c, .name = ctl_name, .rng = rng + 2 };
+	struct t_switcher k = { .c = c, .name = ctl_name, .rng = rng + 2,
+				.deadline_ns = deadline_ns,
+				.gap_min_us = 100, .gap_span_us = 1900 };
 	pthread_t th_tx, th_ctl;
 
 	snprintf(tx_name, sizeof(tx_name), "%s send", name);
 	snprintf(rx_name, sizeof(rx_name), "%s recv", name);
 	snprintf(ctl_name, sizeof(ctl_name), "%s controller", name);
 	T_ASSERT_EQ(pthread_create(&th_tx, NULL, t_pump_send_thread, &tx), 0);
-	T_ASSERT_EQ(pthread_create(&th_ctl, NULL, ctl_thread, &k), 0);
+	T_ASSERT_EQ(pthread_create(&th_ctl, NULL, t_switcher_run, &k), 0);
 	t_pump_recv(&rx);
 	T_ASSERT_EQ(pthread_join(th_tx, NULL), 0);
 	atomic_store(&k.stop, 1);

@@ -17,46 +17,6 @@
 
 #define RING (16u * 1024)
 
-struct ctl {
-	struct chan *c;
-	const char *name;
-	uint64_t rng, deadline_ns;
-	atomic_int stop;
-	int ops[4]; /* detach TX, attach TX, detach RX, attach RX */
-};
-
-static const char *const op_name[4] = { "detach TX", "attach TX", "detach RX",
-					"attach RX" };
-
-static void *ctl_thread(void *arg)
-{
-	struct ctl *k = arg;
-	bool attached[2] = { true, true }; /* [CHAN_TX], [CHAN_RX] */
-
-	/* Leave the ring alone for a moment first: it must carry data. */
-	usleep((useconds_t)(1000 + t_rand64(&k->rng) % 2000));
-	for (int i = 0; i < 200000 && !atomic_load(&k->stop); i++) {
-		uint64_t x = t_rand64(&k->rng);
-		enum chan_dir dir = (x & 1) ? CHAN_RX : CHAN_TX;
-		/* Flip the direction; one time in eight, flip it twice. */
-		for (int twice = (x & 14) ? 1 : 2; twice; twice--) {
-			int op = 2 * (int)dir + !attached[dir];
-			int err = attached[dir] ? chan_detach(k->c, dir) :
-						  chan_attach(k->c, dir);
-
-			if (err)
-				t_fail("%s: %s (switch %d): %d (%s)", k->name,
-				       op_name[op], i, err, t_strerror(err));
-			attached[dir] = !attached[dir];
-			k->ops[op]++;
-		}
-		if (t_now_ns() > k->deadline_ns)
-			t_fail("%s: deadline passed while switching", k->name);
-		if ((x >> 8) & 3)
-			usleep((useconds_t)(50 + (x >> 16) % 1000));
-	}
-	return NULL;
-}
 
 int main(void)
 {
@@ -66,7 +26,7 @@ int main(void)
 	static const char *const names[4] = { "a->b send", "a->b recv",
 					      "b->a send", "b->a recv" };
 	struct t_pump pumps[4];
-	struct ctl k[2];
+	struct t_switcher k[2];
 	struct t_relay relay;
 	struct t_pair p;
 	pthread_t th[4], kt[2];
@@ -95,12 +55,13 @@ int main(void)
 			    0);
 	}
 	for (int i = 0; i < 2; i++) {
-		k[i] = (struct ctl){ .c = i ? p.b : p.a,
+		k[i] = (struct t_switcher){ .c = i ? p.b : p.a,
 				     .name = i ? "b controller" :
 						 "a controller",
 				     .rng = 400 + (uint64_t)i,
-				     .deadline_ns = deadline_ns };
-		T_ASSERT_EQ(pthread_create(&kt[i], NULL, ctl_thread, &k[i]), 0);
+				     .deadline_ns = deadline_ns,
+				     .gap_min_us = 50, .gap_span_us = 1000 };
+		T_ASSERT_EQ(pthread_create(&kt[i], NULL, t_switcher_run, &k[i]), 0);
 	}
 	for (int i = 0; i < 4; i++)
 		T_ASSERT_EQ(pthread_join(th[i], NULL), 0);

@@ -298,4 +298,50 @@ static inline void t_relay_join(struct t_relay *r)
 	close(r->fd[1]);
 }
 
+
+/* A controller that detaches and attaches both directions of one end at
+ * random moments (gap_min_us plus up to gap_span_us apart, a quarter back
+ * to back), counting each kind of switch. */
+struct t_switcher {
+	struct chan *c;
+	const char *name;
+	uint64_t rng, deadline_ns;
+	uint32_t gap_min_us, gap_span_us;
+	atomic_int stop;
+	int ops[4]; /* detach TX, attach TX, detach RX, attach RX */
+};
+
+static const char *const t_switch_op[4] = { "detach TX", "attach TX", "detach RX",
+					"attach RX" };
+
+static inline void *t_switcher_run(void *arg)
+{
+	struct t_switcher *k = arg;
+	bool attached[2] = { true, true }; /* [CHAN_TX], [CHAN_RX] */
+
+	/* Leave the ring alone for a moment first: it must carry data. */
+	usleep((useconds_t)(1000 + t_rand64(&k->rng) % 2000));
+	for (int i = 0; i < 200000 && !atomic_load(&k->stop); i++) {
+		uint64_t x = t_rand64(&k->rng);
+		enum chan_dir dir = (x & 1) ? CHAN_RX : CHAN_TX;
+		/* Flip the direction; one time in eight, flip it twice. */
+		for (int twice = (x & 14) ? 1 : 2; twice; twice--) {
+			int op = 2 * (int)dir + !attached[dir];
+			int err = attached[dir] ? chan_detach(k->c, dir) :
+						  chan_attach(k->c, dir);
+
+			if (err)
+				t_fail("%s: %s (switch %d): %d (%s)", k->name,
+				       t_switch_op[op], i, err, t_strerror(err));
+			attached[dir] = !attached[dir];
+			k->ops[op]++;
+		}
+		if (t_now_ns() > k->deadline_ns)
+			t_fail("%s: deadline passed while switching", k->name);
+		if ((x >> 8) & 3)
+			usleep((useconds_t)(k->gap_min_us + (x >> 16) % k->gap_span_us));
+	}
+	return NULL;
+}
+
 #endif
