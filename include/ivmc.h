@@ -8,7 +8,8 @@
  * Objects are opaque. Thread safety: one channel may be used by several
  * threads and, after fork(), by several processes at once; whole calls are
  * serialised among senders and among receivers (a message is never cut by
- * another thread's). Not async-signal-safe. See ivmc(7).
+ * another thread's). Not async-signal-safe: a call re-entered from a signal
+ * handler returns -EDEADLK where locks are taken. See ivmc(7).
  */
 #ifndef IVMC_H
 #define IVMC_H
@@ -125,7 +126,7 @@ ssize_t ivmc_reserve(struct ivmc_chan *c, void **buf, unsigned int flags);
 
 /* Publish len bytes written at the last reserve (once per reserve).
  * Returns 0, -EINVAL (len more than reserved, or no reserve outstanding),
- * -ECONNRESET. Flags: IVMC_MORE. */
+ * -EPIPE (shut down), -ECONNRESET. Flags: IVMC_MORE. */
 int ivmc_commit(struct ivmc_chan *c, size_t len, unsigned int flags);
 
 /* Zero-copy receive: *buf points at >= 1 contiguous readable bytes, returns
@@ -145,7 +146,7 @@ int ivmc_fd(const struct ivmc_chan *c);
 
 /* Arm ivmc_fd() for events (POLLIN: data, POLLOUT: space). Returns the
  * events already ready (then do not sleep), 0 when armed, -EINVAL, or
- * -EBUSY (another thread is in a call on the channel). */
+ * -EBUSY (another thread is inside a call on the channel, not asleep). */
 int ivmc_poll_arm(struct ivmc_chan *c, short events);
 
 /* Switch non-blocking mode on (1) or off (0). Returns 0 or -errno. */
@@ -156,7 +157,8 @@ int ivmc_set_nonblock(struct ivmc_chan *c, int on);
 int ivmc_shutdown(struct ivmc_chan *c, int how);
 
 /* Close this process's handle. The peer sees end of stream once every
- * process holding the channel (after fork) has closed it. Returns 0. */
+ * process holding the channel (after fork) has closed it. Returns 0, or
+ * -EINVAL for NULL. */
 int ivmc_close(struct ivmc_chan *c);
 
 /* Fill *st with this channel's counters. Returns 0. */

@@ -263,12 +263,10 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	}
 	c->ring_size = hc.ring_size;
 	c->side_fd = cfg->side_fd;
-	if (c->has_side) {
-		c->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		if (c->kick < 0) {
-			err = -errno;
-			goto fail;
-		}
+	c->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (c->kick < 0) {
+		err = -errno;
+		goto fail;
 	}
 	c->doorbell = doorbell_fd;
 	c->wait_mode = cfg->wait_mode;

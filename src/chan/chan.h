@@ -53,8 +53,9 @@ int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
 
 /* Open one end on a (verified) region fd and doorbell fd. Takes ownership of
  * doorbell_fd on success only; region_fd stays the caller's. Returns 0 and
- * *out, or -errno (-EBADFD/-EPERM/-EMSGSIZE region, -ENOTSOCK/-EPROTOTYPE
- * doorbell, -EPROTO malformed header, -EINVAL side_fd contradicts region). */
+ * *out, or -errno (-EBADFD/-EPERM/-EMSGSIZE region, -ENOTSOCK/-EPROTOTYPE/
+ * -ENOTCONN doorbell, -EPROTO malformed header or one that contradicts
+ * side_fd, -EINVAL bad cfg). */
 int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	      struct chan **out);
 
@@ -88,7 +89,8 @@ int chan_shutdown(struct chan *c, int how);
 /* The doorbell fd (pollable); see ivmc_fd(). */
 int chan_fd(const struct chan *c);
 
-/* Arm the doorbell for POLLIN/POLLOUT; see ivmc_poll_arm(). */
+/* Arm the doorbell for POLLIN/POLLOUT; see ivmc_poll_arm(). On the side
+ * stream the caller polls side_fd as well. */
 int chan_poll_arm(struct chan *c, short events);
 
 void chan_set_nonblock(struct chan *c, bool on);

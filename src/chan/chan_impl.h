@@ -28,8 +28,10 @@ enum rx_mode { RX_SIDE = 0, RX_RING = 1 };
 
 /*
  * The endpoint page: MAP_SHARED | MAP_ANONYMOUS, so it is inherited by
- * fork() and all holders of this end see one state. Senders hold tx_lock,
- * receivers rx_lock (robust: a holder that dies poisons the channel).
+ * fork() and all holders of this end see one state. A call holds its
+ * direction's call lock throughout and its state lock except while asleep;
+ * detach and attach take the state lock only (lock.c: a holder that dies
+ * poisons the channel).
  */
 struct chan_ep {
 	_Atomic uint32_t tx_call, rx_call; /* held for a whole call (io.c) */
@@ -89,7 +91,7 @@ struct chan {
 	uint32_t spin_default;
 	int doorbell, side_fd;
 	int kick;		  /* eventfd that wakes our own poller after a
-				   * local switch (side channels only), or -1 */
+				   * local change (switch, shutdown) */
 	int wait_mode;
 	bool has_side;
 };

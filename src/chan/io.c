@@ -2,7 +2,8 @@
 /*
  * Description: the data path of a channel: send and receive over the ring
  * or the side stream, zero-copy reserve/commit and peek/release, shutdown
- * and poll arming. Senders hold tx_lock, receivers rx_lock.
+ * and poll arming. A call holds its direction's call and state locks
+ * (dir_enter()); it gives the state lock up while asleep (wake.c).
  */
 #include <limits.h>
 #include <poll.h>
@@ -653,13 +654,16 @@ static short arm_one(struct chan *c, short ev)
 	uint32_t n;
 
 	if (ev == POLLIN) {
+		if (chan_flag(c, EP_SHUT_RD)) /* recv returns 0 at once */
+			return POLLIN;
 		if (ep->rx_mode != RX_RING || rx_avail(c, &n, &w) || n ||
 		    (w & IVMC_PW_CLOSED) || ivmc_load_once(&c->rx.shm->fin))
 			return POLLIN; /* data, a switch, an end or an error */
 		return chan_arm(c, CHAN_RX) ? POLLIN : 0;
 	}
-	if ((ep->tx.pw & IVMC_PW_CLOSED) || ring_free(&c->tx, &ep->tx, 1, &n) || n)
-		return POLLOUT;
+	if (chan_flag(c, EP_SHUT_WR) || (ep->tx.pw & IVMC_PW_CLOSED) ||
+	    ring_free(&c->tx, &ep->tx, 1, &n) || n)
+		return POLLOUT; /* space, a switch, an error or -EPIPE */
 	return chan_arm(c, CHAN_TX) ? POLLOUT : 0;
 }
 

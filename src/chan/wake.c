@@ -372,7 +372,10 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 	int r = 0;
 
 	sleeper_init(c, &s);
-	if (ivmc_load_acquire(&ep->wake_gen) == gen) /* nobody drained since */
+	/* Without the doorbell (peer gone since the re-check) and the side
+	 * stream, only a kick could end the sleep: re-check instead. */
+	if (ivmc_load_acquire(&ep->wake_gen) == gen &&
+	    (s.pfd[0].fd == c->doorbell || s.nfds > 1 + (c->kick >= 0)))
 		r = poll(s.pfd, (nfds_t)s.nfds, timeout_ms);
 	if (r < 0)
 		r = errno == EINTR ? -EINTR : -errno;

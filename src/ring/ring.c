@@ -110,8 +110,8 @@ bool ring_peer_needs_wake(_Atomic uint32_t *flag, uint32_t *memo)
 
 	/* F1: our publish (a seq-cst CAS or exchange: R1, R2, R3, R5) /then/
 	 * the peer's flag; pairs with F2 in ring_set_waiting() (liburing
-	 * sq_ring_needs_enter, vchan send_notify). Callers whose publish was
-	 * not seq-cst fence first (chan_notify_fenced()). */
+	 * sq_ring_needs_enter, vchan send_notify). Every publish that comes
+	 * before a call is a seq-cst read-modify-write. */
 	w = ivmc_load_sc(flag);
 	if (!(w & 1) || w == *memo)
 		return false;
