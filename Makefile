@@ -308,3 +308,6 @@ FORCE:
 ifeq ($(filter clean,$(MAKECMDGOALS)),)
 -include $(DEPS)
 endif
+
+# Optional parts (fuzzing, protocol models) each bring a fragment of their own.
+-include $(sort $(wildcard mk/*.mk))
