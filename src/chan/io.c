@@ -106,9 +106,9 @@ static int wait_or_arm(struct chan *c, enum chan_dir d, bool nb, int *arms)
 	return -EAGAIN;
 }
 
-static void progress(struct chan *c, enum chan_dir d)
+/* Something moved: doorbell wake-ups so far were not a flood. */
+static void progress(struct chan *c)
 {
-	(void)d;
 	ivmc_store_once(&c->ep->noprogress, 0);
 }
 
@@ -280,7 +280,7 @@ ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 		if (r > 0) {
 			done += (size_t)r;
 			left -= (size_t)r;
-			progress(c, CHAN_TX);
+			progress(c);
 			continue;
 		}
 		if (r == STEP_AGAIN)
@@ -469,7 +469,7 @@ ssize_t chan_recvv(struct chan *c, const struct iovec *iov, int iovcnt,
 		if (r > 0) {
 			done += (size_t)r;
 			left -= (size_t)r;
-			progress(c, CHAN_RX);
+			progress(c);
 			if (!(flags & CHAN_WAITALL))
 				break;
 			continue;
@@ -549,7 +549,7 @@ int chan_commit(struct chan *c, size_t len, unsigned int flags)
 			err = tx_publish(c);
 		if (!err)
 			err = sw_tx_settle(c, false, NULL);
-		progress(c, CHAN_TX);
+		progress(c);
 	}
 	tx_exit(c);
 	return err;
@@ -607,7 +607,7 @@ int chan_release(struct chan *c, size_t len)
 	} else if (len) {
 		ep->rx_peek = 0;
 		rx_consumed(c, (uint32_t)len);
-		progress(c, CHAN_RX);
+		progress(c);
 	}
 	rx_exit(c);
 	return err;
