@@ -265,7 +265,8 @@ int main(void)
 		{ CHAN_WAIT_SLEEP, 1 },	   { CHAN_WAIT_SLEEP, 2 },
 		{ CHAN_WAIT_ADAPTIVE, 1 }, { CHAN_WAIT_ADAPTIVE, 2 },
 	};
-	size_t nmodes = getenv("IVMC_TEST_LIMITS") ? sizeof(modes) / sizeof(modes[0]) : 2;
+	size_t nmodes = getenv("IVMC_TEST_LIMITS") ?
+				sizeof(modes) / sizeof(modes[0]) : 2;
 	int failed = 0;
 
 	t_alarm(t_long() ? 850 : 58);
