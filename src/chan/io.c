@@ -513,11 +513,15 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 		r = tx_publish(c);
 		if (!r)
 			r = sw_tx_check_closed(c);
+		if (r == 1)
+			continue; /* closed under us: now on the side stream */
 		if (!r) /* -EAGAIN arms ivmc_fd(), as for send */
 			r = wait_or_arm(c, CHAN_TX, nb, &arms);
 		if (r)
 			break;
 	}
+	if (ep->tx_pend && sw_tx_settle(c, false, NULL) < 0 && r >= 0)
+		r = -EPIPE; /* bytes stranded by the close could not go out */
 	if (!r) {
 		*buf = ring_wptr(&c->tx, &ep->tx);
 		ep->tx_resv = space;
