@@ -12,13 +12,16 @@ int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 {
 	uint32_t used = p->ctr - p->peer_cons;
 
+	if (used > r->cap)
+		return -EPROTO; /* never size anything from a wrapped count */
 	if (r->cap - used < want) {
 		/* A2: pairs with R2 in ring_consume(); the consumer is done
 		 * with every byte before its CTR, so we may overwrite them. */
 		uint32_t cons = ivmc_w_ctr(ivmc_load_acquire(&r->shm->cons));
 
-		if (p->ctr - cons > r->cap)
-			return -EPROTO; /* consumer ahead of us or lost: lie */
+		/* It only moves forward, and never past what we wrote. */
+		if (cons - p->peer_cons > used)
+			return -EPROTO;
 		p->peer_cons = cons;
 		used = p->ctr - cons;
 	}
@@ -67,8 +70,9 @@ int ring_load_prod(const struct ring *r, struct ring_cons *c, uint64_t *pw)
 	uint64_t w = ivmc_load_acquire(&r->shm->prod); /* the only read */
 	uint32_t n = ivmc_w_ctr(w) - c->ctr;
 
-	if (n > r->cap)
-		return -EPROTO; /* producer behind us or past capacity */
+	/* Within a ring of us, and never behind what it showed us before. */
+	if (n > r->cap || ivmc_w_ctr(w) - c->peer_prod > n)
+		return -EPROTO;
 	c->peer_prod = ivmc_w_ctr(w);
 	*pw = w;
 	return 0;
