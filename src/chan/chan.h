@@ -62,7 +62,10 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 /* Unmap and close this process's handle (see ivmc_close()). */
 void chan_close(struct chan *c);
 
-/* Send/receive with CHAN_* flags; semantics of ivmc_sendv()/ivmc_recvv(). */
+/* Send/receive with CHAN_* flags; semantics of ivmc_sendv()/ivmc_recvv().
+ * On the side stream, errors are the stream's own and are returned as the
+ * socket gives them (a TCP reset: -ECONNRESET, then end of stream); only
+ * what is wrong in shared memory poisons the channel. */
 ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 		   unsigned int flags);
 ssize_t chan_recvv(struct chan *c, const struct iovec *iov, int iovcnt,
