@@ -34,6 +34,14 @@ int sw_tx_try_open(struct chan *c)
 		return chan_poison(c, -EPROTO); /* only we clear CLOSED */
 	ep->tx.pw = want;
 	ep->tx.peer_cons = ep->tx.ctr;
+	/* F4: the open /then/ a second look at READY (seq-cst, pairs with
+	 * F3 in detach_rx()). A consumer that withdrew it in between reads
+	 * the side stream without looking for an epoch: close this one at
+	 * once, empty, so the side stream stays one stream for it
+	 * (model/switch.pml). */
+	if (ivmc_w_epoch(ring_load_cons(&c->tx)) != ivmc_w_epoch(want) &&
+	    ring_close_prod(&c->tx, &ep->tx) < 0)
+		return chan_poison(c, -EPROTO);
 	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
 	return 0;
 }
@@ -163,6 +171,13 @@ int sw_rx_side_limit(struct chan *c, uint64_t *limit)
 		return chan_poison(c, -EPROTO);
 	/* A6: pairs with R6 in sw_tx_try_open(). */
 	att = ivmc_load_acquire(&c->rx.shm->attach);
+	if (att < ep->rx_off && (w & IVMC_PW_CLOSED) &&
+	    ivmc_w_ctr(w) == ep->rx.ctr) {
+		/* An epoch opened as we withdrew READY and closed empty at once
+		 * (F4); we read past its offset without looking: pass it. */
+		sw_rx_epoch_done(c);
+		return 0;
+	}
 	if (att < ep->rx_off || att > IVMC_OFF_MASK)
 		return chan_poison(c, -EPROTO); /* before what we already read */
 	ep->rx_att = att;

@@ -262,6 +262,28 @@ static void adapt(struct chan *c, enum chan_dir d, uint64_t slept)
 	ivmc_store_once(&c->ep->spin_ns[d], b);
 }
 
+/*
+ * wake_gen has two halves (checked in model/wake.pml). The high half counts
+ * drains that took something, bumped by the poller while it still holds the
+ * role: a waiter whose snapshot predates one must not poll (its ring may be
+ * gone), it re-checks. The low half is bumped after the role is released, to
+ * wake the followers so that one takes the role; a poller does not look at
+ * it, or two waiters could hand the role back and forth for ever without
+ * polling. (A carry from the low half only makes one poller re-check.)
+ */
+#define GEN_DRAIN (1u << 16)
+
+static bool gen_drained_since(struct chan_ep *ep, uint32_t snap)
+{
+	return (ivmc_load_acquire(&ep->wake_gen) ^ snap) >> 16 != 0;
+}
+
+/* The poller took a ring (or a kick) out: still holding the role. */
+static void drained(struct chan_ep *ep)
+{
+	atomic_fetch_add(&ep->wake_gen, GEN_DRAIN);
+}
+
 /* Only the poller drains (it holds poll_lock), so no waiter can lose a
  * ring between its re-check and its sleep: it sleeps on wake_gen, which the
  * poller bumps after every drain. */
@@ -272,6 +294,8 @@ static void drain(struct chan *c)
 
 	if (n == -EPIPE)
 		atomic_fetch_or(&ep->flags, EP_PEER_GONE);
+	if (n)
+		drained(ep);
 	if (n > 0 && atomic_fetch_add(&ep->noprogress, 1) >= WAKE_NOPROGRESS_MAX)
 		chan_poison(c, -EPROTO);
 }
@@ -300,7 +324,8 @@ static void sleeper_init(struct chan *c, struct sleeper *s)
 	uint32_t want = ivmc_load_acquire(&c->ep->side_want);
 	short ev = (short)((want & 0xffff) | (want >> 16));
 
-	s->nfds = 0;
+	memset(s, 0, sizeof(*s));
+	s->pfd[0].fd = -1;
 	if (!chan_flag(c, EP_PEER_GONE))
 		s->pfd[s->nfds++] = (struct pollfd){ c->doorbell, POLLIN, 0 };
 	if (ev)
@@ -342,15 +367,17 @@ static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int ms)
 	return 0;
 }
 
-static void gen_bump(struct chan_ep *ep)
+static void gen_bump(struct chan_ep *ep, uint32_t by)
 {
-	atomic_fetch_add(&ep->wake_gen, 1);
+	atomic_fetch_add(&ep->wake_gen, by);
 	syscall(SYS_futex, &ep->wake_gen, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 }
 
+/* Poison and kicks are events, as a drain is: a poller whose snapshot
+ * predates one re-checks instead of polling. */
 void chan_wake_followers(struct chan *c)
 {
-	gen_bump(c->ep);
+	gen_bump(c->ep, GEN_DRAIN);
 }
 
 void chan_kick(struct chan *c)
@@ -360,7 +387,7 @@ void chan_kick(struct chan *c)
 	if (c->kick >= 0 && write(c->kick, &one, sizeof(one)) < 0 &&
 	    errno != EAGAIN)
 		return; /* cannot fail on a valid eventfd; EAGAIN: still kicked */
-	gen_bump(c->ep);
+	gen_bump(c->ep, GEN_DRAIN);
 }
 
 /* The poller: sleeps in poll(), drains the doorbell, then bumps wake_gen so
@@ -374,7 +401,7 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 	sleeper_init(c, &s);
 	/* Without the doorbell (peer gone since the re-check) and the side
 	 * stream, only a kick could end the sleep: re-check instead. */
-	if (ivmc_load_acquire(&ep->wake_gen) == gen &&
+	if (!gen_drained_since(ep, gen) &&
 	    (s.pfd[0].fd == c->doorbell || s.nfds > 1 + (c->kick >= 0)))
 		r = poll(s.pfd, (nfds_t)s.nfds, timeout_ms);
 	if (r < 0)
@@ -386,12 +413,14 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 
 		if (read(c->kick, &v, sizeof(v)) < 0 && errno != EAGAIN)
 			r = -errno;
+		else
+			drained(ep); /* a kick is a ring from ourselves */
 	}
 	if (r > 0)
 		side_poke(c, &s);
 	ep_unlock(&ep->poll_lock);
 	/* Unlock /then/ bump: a follower woken by the bump can take the role. */
-	gen_bump(ep);
+	gen_bump(ep, 1); /* a release: wakes followers */
 	return r < 0 ? r : (r == 0 && timeout_ms >= 0 ? -ETIMEDOUT : 0);
 }
 
@@ -487,6 +516,6 @@ bool chan_drain_nowait(struct chan *c)
 		return false;
 	drain(c);
 	ep_unlock(&ep->poll_lock);
-	gen_bump(ep);
+	gen_bump(ep, 1); /* a release: wakes followers */
 	return ivmc_load_once(&ep->flags) != flags || chan_dead(c);
 }

@@ -104,8 +104,9 @@ uint64_t ring_close_cons(const struct ring *r)
 
 uint64_t ring_load_cons(const struct ring *r)
 {
-	/* A4: pairs with R4 in ring_set_ready() and R2 in ring_consume(). */
-	return ivmc_load_acquire(&r->shm->cons);
+	/* A4: pairs with R4 in ring_set_ready() and R2 in ring_consume();
+	 * seq-cst for F4 in sw_tx_try_open(). */
+	return ivmc_load_sc(&r->shm->cons);
 }
 
 bool ring_peer_needs_wake(_Atomic uint32_t *flag, uint32_t *memo)
