@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <sys/mman.h>
 
@@ -18,7 +19,7 @@
 #include "transport/transport.h"
 
 static struct t_pair p;
-static ssize_t blocked_ret;
+static _Atomic ssize_t blocked_ret; /* written by the blocked thread */
 
 static void *blocked_recv(void *arg)
 {
