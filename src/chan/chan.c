@@ -383,3 +383,25 @@ void chan_stats(const struct chan *c, struct chan_stats *st)
 	st->tx_on_ring = !(ep->tx.pw & IVMC_PW_CLOSED);
 	st->rx_on_ring = ep->rx_mode == RX_RING;
 }
+
+#ifdef IVMC_FUZZ_SHM
+/* Fuzzing hook (src/ring/atomics.h): the open end whose shared header page
+ * holds p, and p's offset in it; NULL for any other memory. The list of open
+ * ends is the registry: an end is on it exactly while its page is mapped. */
+const void *chan_fuzz_shm_find(const volatile void *p, size_t *off)
+{
+	const struct chan *found = NULL;
+
+	pthread_mutex_lock(&ends_lock);
+	for (const struct chan *c = ends.next; c != &ends && !found; c = c->next) {
+		uintptr_t at = (uintptr_t)p - (uintptr_t)c->hdr;
+
+		if (at < IVMC_SHM_HDR_SIZE) {
+			*off = at;
+			found = c;
+		}
+	}
+	pthread_mutex_unlock(&ends_lock);
+	return found;
+}
+#endif
