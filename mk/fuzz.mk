@@ -76,8 +76,8 @@ define fuzz_run
 			-max_len=$${spec##*:} -print_final_stats=1 \
 			-artifact_prefix="$$art/" $(FUZZ_FLAGS) "$$work" \
 			> "$$log" 2>&1; r=$$?; \
-		execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' "$$log"); \
-		eps=$$(sed -n 's/^stat::average_exec_per_sec: *//p' "$$log"); \
+		execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' "$$log" | tail -n 1); \
+		eps=$$(sed -n 's/^stat::average_exec_per_sec: *//p' "$$log" | tail -n 1); \
 		last=$$(grep -E '^#[0-9]+[[:space:]]' "$$log" | tail -n 1); \
 		cov=$$(echo "$$last" | grep -oE 'cov: [0-9]+'); \
 		ft=$$(echo "$$last" | grep -oE 'ft: [0-9]+'); \
