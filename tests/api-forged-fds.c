@@ -975,16 +975,6 @@ static void *lonely_recv(void *arg)
 	return NULL;
 }
 
-static uint64_t cpu_ns(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) *
-		       1000000000ull +
-	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
-}
-
 /* Exit codes of the child below. */
 #define LONELY_REFUSED 10
 #define LONELY_ENDED 11
@@ -1002,7 +992,7 @@ static void lonely_child(void *arg)
 	r = ivmc_connect(path, NULL, &ra.c);
 	if (r)
 		_exit(LONELY_REFUSED);
-	cpu0 = cpu_ns();
+	cpu0 = t_cpu_ns();
 	t0 = t_now_ns();
 	T_ASSERT(pthread_create(&t, NULL, lonely_recv, &ra) == 0);
 	while (!ra.done && t_now_ns() - t0 < 1000000000ull)
@@ -1014,7 +1004,7 @@ static void lonely_child(void *arg)
 			      T_FAIL);
 	}
 	/* Still in recv after 1 s: sleeping, or spinning? */
-	cpu0 = cpu_ns() - cpu0;
+	cpu0 = t_cpu_ns() - cpu0;
 	fprintf(stderr,
 		"unconnected doorbell: recv still blocked after 1 s, %llu ms of CPU used\n",
 		(unsigned long long)(cpu0 / 1000000));

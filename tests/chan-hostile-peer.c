@@ -746,17 +746,6 @@ static void v_header_flip(struct vctx *v)
 
 /* ---- wait flags and doorbell floods ---- */
 
-/* CPU time of this process (all threads). */
-static uint64_t cpu_ns(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) *
-		       1000000000ull +
-	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
-}
-
 static _Atomic int s_stop;
 
 static void *s_flipper(void *arg)
@@ -878,7 +867,7 @@ static void v_flood_idle(struct vctx *v)
 	char x;
 	ssize_t r;
 
-	uint64_t c0 = cpu_ns(), t0 = t_now_ns();
+	uint64_t c0 = t_cpu_ns(), t0 = t_now_ns();
 
 	ctl_put(v->ctl, 'W');
 	r = t_recv(v->a, &x, 1, 0);
@@ -887,7 +876,7 @@ static void v_flood_idle(struct vctx *v)
 		       t_strerror(r));
 	printf("flood: recv gave %zd (%s) after %llu ms, %llu ms of CPU\n", r,
 	       t_strerror(r), (unsigned long long)((t_now_ns() - t0) / 1000000),
-	       (unsigned long long)((cpu_ns() - c0) / 1000000));
+	       (unsigned long long)((t_cpu_ns() - c0) / 1000000));
 }
 
 /* ---- a counter flipped between a valid and an invalid value ---- */
@@ -968,12 +957,12 @@ static void *blocked_call(void *arg)
  * little CPU. Returns the thread (still running). */
 static pthread_t block_for_1s(struct blocked *b, const char *what)
 {
-	uint64_t c0 = cpu_ns(), used;
+	uint64_t c0 = t_cpu_ns(), used;
 	pthread_t t;
 
 	T_ASSERT(pthread_create(&t, NULL, blocked_call, b) == 0);
 	usleep(1000000);
-	used = cpu_ns() - c0;
+	used = t_cpu_ns() - c0;
 	if (b->done)
 		t_fail("%s returned %zd (%s) while the peer did nothing", what,
 		       b->r, t_strerror(b->r));

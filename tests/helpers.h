@@ -59,6 +59,9 @@ const char *t_strerror(long long ret);
 /* Monotonic clock in nanoseconds. */
 uint64_t t_now_ns(void);
 
+/* CPU time (user + system) of this process, all threads, in ns. */
+uint64_t t_cpu_ns(void);
+
 /* Next value of a deterministic PRNG (splitmix64); any seed, including 0. */
 uint64_t t_rand64(uint64_t *state);
 
