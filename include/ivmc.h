@@ -67,6 +67,10 @@ struct ivmc_stats {
 	unsigned long long spin_hits;	   /* waits a spin resolved */
 	unsigned int ring_size;
 	unsigned int spin_ns;		   /* current adaptive budget (rx) */
+	unsigned int on_ring;		   /* 1: sends go to the ring now,
+					    * 2: receives come from it */
+	int tcp_state;			   /* ivmc_tcp() handles: as
+					    * ivmc_tcp_state(); else 0 */
 };
 
 /* Listen for channels on AF_UNIX path (a filesystem path; one starting with
@@ -160,6 +164,37 @@ int ivmc_shutdown(struct ivmc_chan *c, int how);
  * process holding the channel (after fork) has closed it. Returns 0, or
  * -EINVAL for NULL. */
 int ivmc_close(struct ivmc_chan *c);
+
+/* Accelerate a connected TCP socket (either end). Returns at once with a
+ * handle that carries the stream on fd; when ivmcd pairs this connection
+ * with its other end (which calls ivmc_tcp() too, or runs under
+ * ivmc-run), each direction moves to shared memory at a byte offset,
+ * losslessly. Only the first call in a process waits for the daemon, at
+ * most $IVMC_CTL_BUDGET_US (default 2000 us); with no daemon the handle
+ * stays on TCP. fd stays the caller's: keep it open until ivmc_close() and
+ * do not read or write it directly in between. opts: ring_size (a wish,
+ * capped by policy), wait_mode, spin_ns, flags; allow-lists are ivmcd's
+ * policy here and must be empty. Returns 0 and *out, -EINVAL, -ENOTSOCK
+ * (fd is not a socket), -ENOMEM. */
+int ivmc_tcp(int fd, const struct ivmc_opts *opts, struct ivmc_chan **out);
+
+/* Where an ivmc_tcp() handle stands, taking in any answer from ivmcd
+ * first: 1 on shared memory, 0 still on TCP waiting for its other end,
+ * or why it stays on TCP for good: -ECONNREFUSED (no daemon), -ETIMEDOUT
+ * (the other end never came), -EACCES (policy), -EDQUOT (quota),
+ * -EADDRNOTAVAIL (not co-located, or ambiguous), -ECANCELED (shut down,
+ * forked or evacuated first), -EPROTO, -ENOMEM. -EINVAL for a native
+ * channel. */
+int ivmc_tcp_state(struct ivmc_chan *c);
+
+/* Tell ivmcd that fd, a listening TCP socket, is served by ivmc, so that
+ * connectors can tell (the daemon's table lists it). Returns 0 or -errno
+ * (-ECONNREFUSED: no daemon). Undone by ivmc_tcp_unlisten() and when the
+ * process exits. */
+int ivmc_tcp_listen(int fd);
+
+/* Withdraw what ivmc_tcp_listen(fd) announced. Returns 0 or -ENOENT. */
+int ivmc_tcp_unlisten(int fd);
 
 /* Fill *st with this channel's counters. Returns 0. */
 int ivmc_stats(const struct ivmc_chan *c, struct ivmc_stats *st);

@@ -13,11 +13,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "ivmc.h"
-#include "../chan/chan.h"
+#include "api.h"
+#include "../ring/atomics.h"
 #include "../transport/transport.h"
-
-#define IVMC_API __attribute__((visibility("default")))
 
 #define RDV_MAGIC   0x52564d49u /* reads "RVMI" as a number, "IMVR" in memory */
 #define RDV_VERSION 1u
@@ -43,10 +41,6 @@ struct ivmc_listener {
 	uid_t *uids;
 	gid_t *gids;
 	char *path; /* to unlink; NULL for abstract names */
-};
-
-struct ivmc_chan {
-	struct chan *c;
 };
 
 static int opts_check(const struct ivmc_opts *o)
@@ -235,13 +229,13 @@ static struct chan_cfg cfg_from(const struct ivmc_opts *o, int side)
 
 static int wrap(struct chan *c, struct ivmc_chan **out)
 {
-	struct ivmc_chan *h = malloc(sizeof(*h));
+	struct ivmc_chan *h = calloc(1, sizeof(*h));
 
 	if (!h) {
 		chan_close(c);
 		return -ENOMEM;
 	}
-	h->c = c;
+	atomic_init(&h->c, c);
 	*out = h;
 	return 0;
 }
@@ -419,9 +413,13 @@ IVMC_API ssize_t ivmc_send(struct ivmc_chan *h, const void *buf, size_t len,
 IVMC_API ssize_t ivmc_sendv(struct ivmc_chan *h, const struct iovec *iov,
 			    int iovcnt, unsigned int flags)
 {
+	struct chan *c;
+
 	if (!h || (flags & ~(IVMC_NONBLOCK | IVMC_MORE)))
 		return -EINVAL;
-	return chan_sendv(h->c, iov, iovcnt, flags);
+	c = api_chan(h);
+	return c ? chan_sendv(c, iov, iovcnt, flags)
+		 : tcp_sendv(h, iov, iovcnt, flags);
 }
 
 IVMC_API ssize_t ivmc_recv(struct ivmc_chan *h, void *buf, size_t len,
@@ -435,81 +433,129 @@ IVMC_API ssize_t ivmc_recv(struct ivmc_chan *h, void *buf, size_t len,
 IVMC_API ssize_t ivmc_recvv(struct ivmc_chan *h, const struct iovec *iov,
 			    int iovcnt, unsigned int flags)
 {
+	struct chan *c;
+
 	if (!h || (flags & ~(IVMC_NONBLOCK | IVMC_WAITALL)))
 		return -EINVAL;
-	return chan_recvv(h->c, iov, iovcnt, flags);
+	c = api_chan(h);
+	return c ? chan_recvv(c, iov, iovcnt, flags)
+		 : tcp_recvv(h, iov, iovcnt, flags);
 }
 
+/* Zero-copy needs the ring: on TCP alone, as on a detached channel, use
+ * send and recv. */
 IVMC_API ssize_t ivmc_reserve(struct ivmc_chan *h, void **buf,
 			      unsigned int flags)
 {
+	struct chan *c;
+
 	if (!h || !buf || (flags & ~IVMC_NONBLOCK))
 		return -EINVAL;
-	return chan_reserve(h->c, buf, flags);
+	c = api_chan(h);
+	return c ? chan_reserve(c, buf, flags) : -EOPNOTSUPP;
 }
 
 IVMC_API int ivmc_commit(struct ivmc_chan *h, size_t len, unsigned int flags)
 {
+	struct chan *c;
+
 	if (!h || (flags & ~IVMC_MORE))
 		return -EINVAL;
-	return chan_commit(h->c, len, flags);
+	c = ivmc_load_acquire(&h->c);
+	return c ? chan_commit(c, len, flags) : -EINVAL;
 }
 
 IVMC_API ssize_t ivmc_peek(struct ivmc_chan *h, const void **buf,
 			   unsigned int flags)
 {
+	struct chan *c;
+
 	if (!h || !buf || (flags & ~IVMC_NONBLOCK))
 		return -EINVAL;
-	return chan_peek(h->c, buf, flags);
+	c = api_chan(h);
+	return c ? chan_peek(c, buf, flags) : -EOPNOTSUPP;
 }
 
 IVMC_API int ivmc_release(struct ivmc_chan *h, size_t len)
 {
-	return h ? chan_release(h->c, len) : -EINVAL;
+	struct chan *c = h ? ivmc_load_acquire(&h->c)
+			   : NULL;
+
+	if (!h)
+		return -EINVAL;
+	return c ? chan_release(c, len) : -EINVAL;
 }
 
 IVMC_API int ivmc_fd(const struct ivmc_chan *h)
 {
-	return h ? chan_fd(h->c) : -EINVAL;
+	struct chan *c = h ? ivmc_load_acquire(&h->c)
+			   : NULL;
+
+	if (!h)
+		return -EINVAL;
+	return c ? chan_fd(c) : tcp_fd(h);
 }
 
 IVMC_API int ivmc_poll_arm(struct ivmc_chan *h, short events)
 {
+	struct chan *c;
+
 	if (!h || !events || (events & ~(POLLIN | POLLOUT)))
 		return -EINVAL;
-	return chan_poll_arm(h->c, events);
+	c = api_chan(h);
+	return c ? chan_poll_arm(c, events) : tcp_poll_arm(h, events);
 }
 
 IVMC_API int ivmc_set_nonblock(struct ivmc_chan *h, int on)
 {
+	struct chan *c;
+
 	if (!h)
 		return -EINVAL;
-	chan_set_nonblock(h->c, on);
+	if (h->w)
+		tcp_set_nonblock(h, on);
+	c = api_chan(h);
+	if (c)
+		chan_set_nonblock(c, on);
 	return 0;
 }
 
 IVMC_API int ivmc_shutdown(struct ivmc_chan *h, int how)
 {
-	return h ? chan_shutdown(h->c, how) : -EINVAL;
+	struct chan *c;
+
+	if (!h)
+		return -EINVAL;
+	c = api_chan(h);
+	return c ? chan_shutdown(c, how) : tcp_shutdown(h, how);
 }
 
 IVMC_API int ivmc_close(struct ivmc_chan *h)
 {
 	if (!h)
 		return -EINVAL;
-	chan_close(h->c);
+	if (h->w)
+		tcp_close(h); /* closes the channel too, if any */
+	else
+		chan_close(ivmc_load_once(&h->c));
 	free(h);
 	return 0;
 }
 
 IVMC_API int ivmc_stats(const struct ivmc_chan *h, struct ivmc_stats *st)
 {
+	struct chan *c;
 	struct chan_stats cs;
 
 	if (!h || !st)
 		return -EINVAL;
-	chan_stats(h->c, &cs);
 	memset(st, 0, sizeof(*st));
+	c = ivmc_load_acquire(&h->c);
+	if (h->w)
+		tcp_stats(h, st);
+	if (!c)
+		return 0;
+	chan_stats(c, &cs);
 	st->bytes_sent = cs.sent;
 	st->bytes_received = cs.received;
 	st->wakeups_sent = cs.wakeups_sent;
@@ -517,5 +563,6 @@ IVMC_API int ivmc_stats(const struct ivmc_chan *h, struct ivmc_stats *st)
 	st->spin_hits = cs.spin_hits;
 	st->ring_size = cs.ring_size;
 	st->spin_ns = cs.spin_ns;
+	st->on_ring = (cs.tx_on_ring ? 1 : 0) | (cs.rx_on_ring ? 2 : 0);
 	return 0;
 }

@@ -277,6 +277,10 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	if (err)
 		goto fail;
 	ep_start(c, &hc, cfg->side);
+	if (c->has_side) {
+		c->ep->tx_off = cfg->tx_off0;
+		c->ep->rx_off = cfg->rx_off0;
+	}
 	if (cfg->nonblock)
 		c->ep->flags = EP_NONBLOCK;
 	ends_add(c);

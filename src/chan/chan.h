@@ -31,6 +31,10 @@ struct chan_cfg {
 	int wait_mode;	     /* CHAN_WAIT_* */
 	unsigned int spin_ns; /* 0 = default */
 	bool nonblock;
+	/* Stream bytes already sent/received on side_fd before this open
+	 * (a TCP connection that ran a while before its channel came):
+	 * attach offsets count from the start of the stream. */
+	uint64_t tx_off0, rx_off0;
 };
 
 /* Counters, filled by chan_stats(). */

@@ -375,7 +375,18 @@ static ssize_t rx_ring_empty(struct chan *c, uint64_t w)
 		/* Published before it went: the last look decides. */
 		if (ring_load_prod(&c->rx, &ep->rx, &w) < 0)
 			return chan_poison(c, -EPROTO);
-		return ep->rx.peer_prod != ep->rx.ctr ? STEP_AGAIN : 0;
+		if (ep->rx.peer_prod != ep->rx.ctr)
+			return STEP_AGAIN;
+		if (c->has_side && !chan_flag(c, EP_SIDE_EOF)) {
+			/* The peer's end is gone, its side stream may live on
+			 * (a channel it never opened, or left): inside an
+			 * open epoch it wrote nothing there, so what follows
+			 * the ring is on the side stream. Never ready again. */
+			ep->rx_ready_ok = false;
+			sw_rx_epoch_done(c);
+			return STEP_AGAIN;
+		}
+		return 0;
 	}
 	return -EAGAIN;
 }

@@ -18,7 +18,8 @@ int sw_tx_try_open(struct chan *c)
 	uint32_t e = ivmc_w_epoch(ep->tx.pw);
 	uint64_t cw, want, expect = ep->tx.pw;
 
-	if (!c->has_side || !ep->tx_attach_ok || ep->tx_pend)
+	if (!c->has_side || !ep->tx_attach_ok || ep->tx_pend ||
+	    chan_flag(c, EP_PEER_GONE))
 		return 0;
 	cw = ring_load_cons(&c->tx);
 	/* Open only when the consumer is ready for the next epoch and has
@@ -162,8 +163,10 @@ int sw_rx_side_limit(struct chan *c, uint64_t *limit)
 	ep->rx_seen_pw = w;
 	e = ivmc_w_epoch(w);
 	if (e == ((ep->rx_epoch - 1) & IVMC_W_EPOCH_MASK)) {
-		/* Not opened: the ring must hold nothing past what we read. */
-		if (!(w & IVMC_PW_CLOSED) || ivmc_w_ctr(w) != ep->rx.ctr)
+		/* Not opened: the ring must hold nothing past what we read
+		 * (an epoch left open by a peer now gone is over too). */
+		if (ivmc_w_ctr(w) != ep->rx.ctr ||
+		    (!(w & IVMC_PW_CLOSED) && !chan_flag(c, EP_PEER_GONE)))
 			return chan_poison(c, -EPROTO);
 		return 0;
 	}

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: the API handle, shared by the native rendezvous (ivmc.c)
+ * and TCP attach through ivmcd (tcp.c).
+ */
+#ifndef IVMC_API_H
+#define IVMC_API_H
+
+#include <stdatomic.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "ivmc.h"
+#include "../chan/chan.h"
+
+#define IVMC_API __attribute__((visibility("default")))
+
+struct tcpw;
+
+/* c: the channel, set once (release) when a TCP handle attaches; w: the
+ * TCP state, NULL for a native channel. */
+struct ivmc_chan {
+	struct chan *_Atomic c;
+	struct tcpw *w;
+};
+
+/* The channel to use now, or NULL while a TCP handle is on TCP alone
+ * (first takes in any channel ivmcd sent). */
+struct chan *api_chan(struct ivmc_chan *h);
+
+/* tcp.c: the calls of a TCP handle not (yet) attached; same semantics. */
+ssize_t tcp_sendv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
+		  unsigned int flags);
+ssize_t tcp_recvv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
+		  unsigned int flags);
+int tcp_fd(const struct ivmc_chan *h);
+int tcp_poll_arm(struct ivmc_chan *h, short events);
+void tcp_set_nonblock(struct ivmc_chan *h, int on);
+int tcp_shutdown(struct ivmc_chan *h, int how);
+void tcp_close(struct ivmc_chan *h);
+void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st);
+
+#endif

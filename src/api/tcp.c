@@ -1,0 +1,787 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: ivmc_tcp(): a connected TCP socket that moves onto a
+ * channel when ivmcd pairs it with its other end. Until then every call
+ * goes to the socket, counting stream bytes each way; the channel is
+ * opened at those offsets (chan_cfg.tx_off0/rx_off0) when no call is in
+ * either direction, so the switch is lossless (DESIGN.md, attach).
+ *
+ * One connection to ivmcd per process (struct ctl_g), opened lazily with a
+ * bounded wait, retried after a back-off when absent. The daemon's answers
+ * are taken in by whichever call next sees the mailbox move: one load, no
+ * system call, on the busy path.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <netinet/in.h>
+
+#include "../ctl/client.h"
+#include "../ring/atomics.h"
+#include "api.h"
+
+#define W_PENDING  0
+#define W_ATTACHED 1
+#define NBUCKETS   256u
+
+struct tcpw {
+	struct ivmc_chan *h;
+	struct tcpw *next, *prev; /* every TCP handle (under G.mu) */
+	struct tcpw *hnext;	  /* token hash (under G.mu) */
+	int fd;
+	uint64_t token;
+	_Atomic int state;	  /* W_PENDING, W_ATTACHED, or -errno */
+	_Atomic int stash;	  /* a channel came and waits to be opened */
+	_Atomic int nonblock;
+	pthread_mutex_t mu[2];	  /* [CHAN_TX], [CHAN_RX]: calls on TCP */
+	uint64_t off[2];	  /* stream bytes each way, under mu[] */
+	int region_fd, bell_fd;	  /* the stash (under G.mu) */
+	uint32_t side;
+	struct chan_cfg cfg;
+	bool registered;
+};
+
+struct lis {
+	struct lis *next;
+	int fd;
+	uint64_t token;
+};
+
+static struct ctl_g {
+	pthread_mutex_t mu;
+	pthread_once_t once;
+	struct ctl_client *cli;
+	pid_t pid;
+	uint64_t retry_ms, next_token;
+	int err;		 /* why there is no daemon, for state */
+	pid_t spawned;		 /* an ivmcd we started, to reap */
+	int mbox_fd;		 /* our mailbox, for the process's life */
+	struct ctl_mailbox *mbox;
+	_Atomic uint32_t seen;	 /* mailbox value last pumped */
+	struct tcpw all;	 /* list head */
+	struct tcpw *hash[NBUCKETS];
+	struct lis *lis;
+} G = { .mu = PTHREAD_MUTEX_INITIALIZER, .once = PTHREAD_ONCE_INIT,
+	.all = { .next = &G.all, .prev = &G.all } };
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static unsigned long env_ul(const char *name, unsigned long def)
+{
+	const char *s = getenv(name);
+	char *end;
+	unsigned long v;
+
+	if (!s || !*s)
+		return def;
+	v = strtoul(s, &end, 10);
+	return *end ? def : v;
+}
+
+static int reason_errno(uint32_t r)
+{
+	switch (r) {
+	case CTL_R_EXPIRED: return -ETIMEDOUT;
+	case CTL_R_DENIED: return -EACCES;
+	case CTL_R_QUOTA: return -EDQUOT;
+	case CTL_R_AMBIGUOUS:
+	case CTL_R_NOT_LOCAL: return -EADDRNOTAVAIL;
+	case CTL_R_NO_MEMORY: return -ENOMEM;
+	default: return -EPROTO;
+	}
+}
+
+/* ---- the token hash (under G.mu) -------------------------------------- */
+
+static struct tcpw **bucket(uint64_t token)
+{
+	return &G.hash[(token * 0x9e3779b97f4a7c15ull) >> 56 & (NBUCKETS - 1)];
+}
+
+static void hash_add(struct tcpw *w)
+{
+	struct tcpw **b = bucket(w->token);
+
+	w->hnext = *b;
+	*b = w;
+}
+
+static void hash_del(struct tcpw *w)
+{
+	for (struct tcpw **pp = bucket(w->token); *pp; pp = &(*pp)->hnext) {
+		if (*pp == w) {
+			*pp = w->hnext;
+			return;
+		}
+	}
+}
+
+static struct tcpw *hash_find(uint64_t token)
+{
+	for (struct tcpw *w = *bucket(token); w; w = w->hnext)
+		if (w->token == token)
+			return w;
+	return NULL;
+}
+
+/* ---- the daemon connection (under G.mu) -------------------------------- */
+
+static void unstash(struct tcpw *w)
+{
+	if (!ivmc_load_once(&w->stash))
+		return;
+	close(w->region_fd);
+	close(w->bell_fd);
+	ivmc_store_release(&w->stash, 0);
+}
+
+/* Stop waiting for a channel: the handle stays on TCP for good. */
+static void give_up(struct tcpw *w, int err)
+{
+	if (ivmc_load_once(&w->state) != W_PENDING)
+		return;
+	if (w->registered) {
+		hash_del(w);
+		w->registered = false;
+	}
+	unstash(w);
+	ivmc_store_release(&w->state, err);
+}
+
+static void send_unreg(uint64_t token, uint64_t tx, uint64_t rx)
+{
+	struct ctl_unreg m = { 0 };
+
+	if (!G.cli)
+		return;
+	ctl_hdr_init(&m.h, CTL_UNREG, 0);
+	m.token = token;
+	m.bytes_tx = tx;
+	m.bytes_rx = rx;
+	(void)ctl_send(G.cli, &m, NULL, 0);
+}
+
+static void daemon_lost(void)
+{
+	ctl_close(G.cli);
+	G.cli = NULL;
+	G.err = -ECONNREFUSED;
+	for (struct tcpw *w = G.all.next; w != &G.all; w = w->next)
+		if (w->registered)
+			give_up(w, -ECONNREFUSED);
+	G.retry_ms = mono_ms() + env_ul("IVMC_CTL_RETRY_MS", 1000);
+}
+
+static void on_chan(const struct ctl_chan *m, const int *fds)
+{
+	struct tcpw *w = hash_find(m->token);
+
+	if (!w || ivmc_load_once(&w->state) != W_PENDING ||
+	    ivmc_load_once(&w->stash) || m->side > 1) {
+		close(fds[0]);
+		close(fds[1]);
+		return;
+	}
+	w->region_fd = fds[0];
+	w->bell_fd = fds[1];
+	w->side = m->side;
+	ivmc_store_release(&w->stash, 1);
+}
+
+/* ivmcctl evacuate: back to TCP, for good. */
+static void on_detach(uint64_t token)
+{
+	struct tcpw *w = hash_find(token);
+	struct chan *c = w ? ivmc_load_acquire(&w->h->c) : NULL;
+
+	if (!c)
+		return;
+	(void)chan_detach(c, CHAN_TX);
+	(void)chan_detach(c, CHAN_RX);
+}
+
+/* Take in everything the daemon sent. */
+static void pump(void)
+{
+	union { struct ctl_hdr h; struct ctl_chan c; struct ctl_nochan n;
+		struct ctl_detach d; char b[CTL_MSG_MAX]; } m;
+
+	if (G.mbox)
+		ivmc_store_once(&G.seen, ivmc_load_acquire(&G.mbox->seq));
+	for (int i = 0; G.cli && i < 1024; i++) {
+		int fds[2], nfds = 2;
+		int t = ctl_recv(G.cli, &m, fds, &nfds);
+		struct tcpw *w;
+
+		if (t == -EAGAIN)
+			return;
+		if (t == -EPROTO)
+			continue;
+		if (t < 0) {
+			daemon_lost();
+			return;
+		}
+		if (t == CTL_CHAN) {
+			on_chan(&m.c, fds);
+		} else if (t == CTL_NOCHAN) {
+			w = hash_find(m.n.token);
+			if (w)
+				give_up(w, reason_errno(m.n.reason));
+		} else if (t == CTL_DETACH) {
+			on_detach(m.d.token);
+		}
+		for (int k = 0; t != CTL_CHAN && k < nfds; k++)
+			close(fds[k]);
+	}
+}
+
+static struct ctl_client *ctl_get(void);
+
+static int send_reg(uint32_t type, int fd, uint64_t token, uint32_t ring,
+		    bool retry)
+{
+	struct ctl_reg m = { 0 };
+	int err;
+
+	ctl_hdr_init(&m.h, type, 0);
+	m.token = token;
+	m.ring_size = ring;
+	err = ctl_send(G.cli, &m, &fd, 1);
+	if (err == -EPIPE || err == -ECONNRESET || err == -ENOTCONN) {
+		if (!retry) {
+			daemon_lost();
+			return err;
+		}
+		/* The daemon went away (restarted?): one fresh try. */
+		daemon_lost();
+		G.retry_ms = 0;
+		err = ctl_get() ? send_reg(type, fd, token, ring, false)
+				: -ECONNREFUSED;
+	}
+	return err;
+}
+
+/* Start ivmcd in the background, detached from us (IVMC_AUTOSTART=1).
+ * Two clients doing this at once start two; the second finds the first's
+ * lock and exits. */
+static void autostart(const char *path)
+{
+	const char *bin = getenv("IVMC_DAEMON");
+	char *argv[] = { (char *)"ivmcd", (char *)"-d", (char *)"-s",
+			 (char *)path, NULL };
+	posix_spawnattr_t at;
+	sigset_t none;
+	pid_t pid;
+
+	if (!bin || !*bin)
+		bin = "ivmcd";
+	posix_spawnattr_init(&at);
+	sigemptyset(&none);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSID);
+	/* ivmcd -d returns once its socket is ready: it is reaped by our
+	 * next attempt (WNOHANG), never waited for here. */
+	if (posix_spawnp(&pid, bin, NULL, &at, argv, environ) == 0)
+		G.spawned = pid;
+	posix_spawnattr_destroy(&at);
+}
+
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&G.mu);
+	/* Neither process may attach a connection both now hold on TCP: the
+	 * channel would be one process's alone. Attached ones are shared by
+	 * chan/ (the endpoint page). */
+	for (struct tcpw *w = G.all.next; w != &G.all; w = w->next) {
+		if (ivmc_load_once(&w->state) == W_PENDING) {
+			if (w->registered)
+				send_unreg(w->token, 0, 0);
+			give_up(w, -ECANCELED);
+		}
+	}
+}
+
+static void atfork_parent(void)
+{
+	pthread_mutex_unlock(&G.mu);
+}
+
+static void atfork_child(void)
+{
+	/* The daemon connection and the mailbox are the parent's: drop our
+	 * copies (we are the only thread here). */
+	ctl_close(G.cli);
+	G.cli = NULL;
+	if (G.mbox) {
+		munmap(G.mbox, CTL_MAILBOX_SIZE);
+		close(G.mbox_fd);
+		G.mbox = NULL;
+	}
+	G.retry_ms = 0;
+	for (struct lis *l = G.lis, *n; l; l = n) {
+		n = l->next;
+		free(l);
+	}
+	G.lis = NULL;
+	pthread_mutex_unlock(&G.mu);
+}
+
+static void once_init(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* The daemon connection, opening it if it is time to try. */
+static struct ctl_client *ctl_get(void)
+{
+	const char *path = ctl_socket_path();
+	uint64_t now;
+	int err;
+
+	if (G.cli)
+		return G.cli;
+	if (G.spawned > 0 && waitpid(G.spawned, NULL, WNOHANG) != 0)
+		G.spawned = 0;
+	now = mono_ms();
+	if (now < G.retry_ms)
+		return NULL;
+	if (!G.mbox && ctl_mailbox_create(&G.mbox_fd, &G.mbox)) {
+		G.mbox = NULL;
+		G.retry_ms = now + env_ul("IVMC_CTL_RETRY_MS", 1000);
+		return NULL;
+	}
+	err = ctl_open(path, (unsigned int)env_ul("IVMC_CTL_BUDGET_US", 2000),
+		       G.mbox_fd, G.mbox, &G.cli);
+	if (err) {
+		G.cli = NULL;
+		G.err = -ECONNREFUSED;
+		if ((err == -ENOENT || err == -ECONNREFUSED) &&
+		    env_ul("IVMC_AUTOSTART", 0) == 1) {
+			autostart(path);
+			G.retry_ms = now + 20; /* it will be up soon */
+		} else {
+			G.retry_ms = now + env_ul("IVMC_CTL_RETRY_MS", 1000);
+		}
+		return NULL;
+	}
+	G.err = 0;
+	/* A new daemon (or the first): announce our listeners again. */
+	for (struct lis *l = G.lis; l && G.cli; l = l->next)
+		(void)send_reg(CTL_REG_LISTEN, l->fd, l->token, 0, false);
+	return G.cli;
+}
+
+/* ---- attaching ------------------------------------------------------------ */
+
+/* Open the stashed channel if no call is on TCP in either direction. */
+static void install(struct tcpw *w)
+{
+	struct chan *c;
+	int err;
+
+	pthread_mutex_lock(&G.mu);
+	if (!ivmc_load_once(&w->stash) || ivmc_load_once(&w->state) != W_PENDING) {
+		pthread_mutex_unlock(&G.mu);
+		return;
+	}
+	if (pthread_mutex_trylock(&w->mu[CHAN_TX])) {
+		pthread_mutex_unlock(&G.mu);
+		return;
+	}
+	if (pthread_mutex_trylock(&w->mu[CHAN_RX])) {
+		pthread_mutex_unlock(&w->mu[CHAN_TX]);
+		pthread_mutex_unlock(&G.mu);
+		return;
+	}
+	w->cfg.side = (int)w->side;
+	w->cfg.tx_off0 = w->off[CHAN_TX];
+	w->cfg.rx_off0 = w->off[CHAN_RX];
+	w->cfg.nonblock = ivmc_load_once(&w->nonblock);
+	err = chan_open(&w->cfg, w->region_fd, w->bell_fd, &c);
+	close(w->region_fd);
+	if (err) {
+		close(w->bell_fd);
+		ivmc_store_release(&w->stash, 0);
+		give_up(w, err);
+	} else {
+		ivmc_store_release(&w->stash, 0);
+		ivmc_store_release(&w->h->c, c);
+		ivmc_store_release(&w->state, W_ATTACHED);
+	}
+	pthread_mutex_unlock(&w->mu[CHAN_RX]);
+	pthread_mutex_unlock(&w->mu[CHAN_TX]);
+	pthread_mutex_unlock(&G.mu);
+}
+
+struct chan *api_chan(struct ivmc_chan *h)
+{
+	struct chan *c = ivmc_load_acquire(&h->c);
+	struct tcpw *w = h->w;
+
+	if (!w)
+		return c;
+	if (c) {
+		/* Attached: one load tells whether ivmcd said something
+		 * (an evacuate) since the last look. */
+		if (G.mbox && ivmc_load_once(&G.mbox->seq) != ivmc_load_once(&G.seen) &&
+		    !pthread_mutex_trylock(&G.mu)) {
+			pump();
+			pthread_mutex_unlock(&G.mu);
+		}
+		return c;
+	}
+	if (ivmc_load_once(&w->state) != W_PENDING)
+		return c;
+	/* Uncontended, or someone else is taking the answers in already. */
+	if (!pthread_mutex_trylock(&G.mu)) {
+		if (G.cli && ctl_mail(G.cli))
+			pump();
+		pthread_mutex_unlock(&G.mu);
+	}
+	if (ivmc_load_acquire(&w->stash))
+		install(w);
+	return ivmc_load_acquire(&h->c);
+}
+
+/* Is the peer of fd possibly co-located (the daemon's table)? */
+static bool worth_it(int fd)
+{
+	struct sockaddr_storage ss = { 0 };
+	socklen_t len = sizeof(ss);
+	uint8_t a[16] = { 0 };
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
+		return false;
+	if (ss.ss_family == AF_INET) {
+		a[10] = a[11] = 0xff;
+		memcpy(a + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+	} else if (ss.ss_family == AF_INET6) {
+		memcpy(a, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+	} else {
+		return false;
+	}
+	return ctl_maybe_local(G.cli, a, 0);
+}
+
+IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
+		      struct ivmc_chan **out)
+{
+	static const struct ivmc_opts defaults;
+	const struct ivmc_opts *o = opts ? opts : &defaults;
+	struct ivmc_chan *h;
+	struct tcpw *w;
+	int type;
+	socklen_t len = sizeof(type);
+
+	if (!out || fd < 0 || o->n_allow_uids || o->n_allow_gids ||
+	    (o->flags & ~IVMC_NONBLOCK) || o->wait_mode < IVMC_WAIT_ADAPTIVE ||
+	    o->wait_mode > IVMC_WAIT_SLEEP || o->spin_ns > IVMC_SPIN_MAX_NS ||
+	    o->ring_size > (1u << 30))
+		return -EINVAL;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+		return errno == ENOTSOCK ? -ENOTSOCK : -errno;
+	h = calloc(1, sizeof(*h));
+	w = calloc(1, sizeof(*w));
+	if (!h || !w) {
+		free(h);
+		free(w);
+		return -ENOMEM;
+	}
+	h->w = w;
+	w->h = h;
+	w->fd = fd;
+	w->region_fd = w->bell_fd = -1;
+	pthread_mutex_init(&w->mu[0], NULL);
+	pthread_mutex_init(&w->mu[1], NULL);
+	w->nonblock = (o->flags & IVMC_NONBLOCK) != 0;
+	w->cfg = (struct chan_cfg){ .side_fd = fd, .wait_mode = o->wait_mode,
+				    .spin_ns = o->spin_ns };
+	pthread_once(&G.once, once_init);
+	pthread_mutex_lock(&G.mu);
+	if (G.pid != getpid()) {
+		G.pid = getpid();
+		G.retry_ms = 0;
+	}
+	w->next = &G.all;
+	w->prev = G.all.prev;
+	G.all.prev->next = w;
+	G.all.prev = w;
+	w->token = ++G.next_token;
+	/* A daemon restarted since our last word: reconnect once, now. */
+	if (G.cli && ctl_mail(G.cli))
+		pump();
+	if (!ctl_get()) {
+		w->state = G.err ? G.err : -ECONNREFUSED;
+	} else if (!worth_it(fd)) {
+		w->state = -EADDRNOTAVAIL;
+	} else if (send_reg(CTL_REG_CONN, fd, w->token,
+			    (uint32_t)o->ring_size, true) == 0) {
+		w->registered = true;
+		hash_add(w);
+	} else {
+		w->state = -ECONNREFUSED;
+	}
+	pthread_mutex_unlock(&G.mu);
+	*out = h;
+	return 0;
+}
+
+IVMC_API int ivmc_tcp_state(struct ivmc_chan *h)
+{
+	if (!h || !h->w)
+		return -EINVAL;
+	(void)api_chan(h);
+	return ivmc_load_acquire(&h->w->state);
+}
+
+IVMC_API int ivmc_tcp_listen(int fd)
+{
+	struct lis *l = calloc(1, sizeof(*l));
+	int err = 0;
+
+	if (!l)
+		return -ENOMEM;
+	pthread_once(&G.once, once_init);
+	pthread_mutex_lock(&G.mu);
+	l->fd = fd;
+	l->token = ++G.next_token;
+	if (!ctl_get())
+		err = G.err ? G.err : -ECONNREFUSED;
+	else
+		err = send_reg(CTL_REG_LISTEN, fd, l->token, 0, true);
+	if (!err) {
+		l->next = G.lis;
+		G.lis = l;
+	}
+	pthread_mutex_unlock(&G.mu);
+	if (err)
+		free(l);
+	return err;
+}
+
+IVMC_API int ivmc_tcp_unlisten(int fd)
+{
+	int err = -ENOENT;
+
+	pthread_mutex_lock(&G.mu);
+	for (struct lis **pp = &G.lis; *pp; pp = &(*pp)->next) {
+		struct lis *l = *pp;
+
+		if (l->fd != fd)
+			continue;
+		*pp = l->next;
+		send_unreg(l->token, 0, 0);
+		free(l);
+		err = 0;
+		break;
+	}
+	pthread_mutex_unlock(&G.mu);
+	return err;
+}
+
+/* ---- calls on TCP alone ------------------------------------------------- */
+
+static int wait_fd(int fd, short ev)
+{
+	struct pollfd p = { fd, ev, 0 };
+
+	if (poll(&p, 1, -1) < 0)
+		return -errno;
+	return 0;
+}
+
+static bool nb_of(const struct tcpw *w, unsigned int flags)
+{
+	return (flags & IVMC_NONBLOCK) || ivmc_load_once(&w->nonblock);
+}
+
+ssize_t tcp_sendv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
+		  unsigned int flags)
+{
+	struct tcpw *w = h->w;
+	bool nb = nb_of(w, flags);
+	size_t done = 0;
+	int err = 0;
+
+	if (iovcnt < 0 || (iovcnt && !iov))
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu[CHAN_TX]);
+	if (ivmc_load_acquire(&h->c)) {
+		/* Attached while we waited for the lock. */
+		pthread_mutex_unlock(&w->mu[CHAN_TX]);
+		return ivmc_sendv(h, iov, iovcnt, flags);
+	}
+	for (int i = 0; i < iovcnt && !err; i++) {
+		size_t off = 0;
+
+		while (off < iov[i].iov_len) {
+			ssize_t n = send(w->fd, (const char *)iov[i].iov_base + off,
+					 iov[i].iov_len - off,
+					 MSG_DONTWAIT | MSG_NOSIGNAL |
+						 ((flags & IVMC_MORE) ? MSG_MORE : 0));
+
+			if (n >= 0) {
+				off += (size_t)n;
+				done += (size_t)n;
+				w->off[CHAN_TX] += (uint64_t)n;
+				continue;
+			}
+			err = errno == EWOULDBLOCK ? -EAGAIN : -errno;
+			if (err == -EINTR && !done)
+				break;
+			if (err == -EINTR)
+				err = 0;
+			else if (err == -EAGAIN && !nb)
+				err = wait_fd(w->fd, POLLOUT);
+			if (err)
+				break;
+		}
+	}
+	pthread_mutex_unlock(&w->mu[CHAN_TX]);
+	return done ? (ssize_t)done : err;
+}
+
+ssize_t tcp_recvv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
+		  unsigned int flags)
+{
+	struct tcpw *w = h->w;
+	bool nb = nb_of(w, flags), all = flags & IVMC_WAITALL;
+	size_t done = 0;
+	int err = 0;
+
+	if (iovcnt < 0 || (iovcnt && !iov))
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu[CHAN_RX]);
+	if (ivmc_load_acquire(&h->c)) {
+		pthread_mutex_unlock(&w->mu[CHAN_RX]);
+		return ivmc_recvv(h, iov, iovcnt, flags);
+	}
+	for (int i = 0; i < iovcnt && !err; i++) {
+		size_t off = 0;
+
+		while (off < iov[i].iov_len) {
+			ssize_t n = recv(w->fd, (char *)iov[i].iov_base + off,
+					 iov[i].iov_len - off, MSG_DONTWAIT);
+
+			if (n > 0) {
+				off += (size_t)n;
+				done += (size_t)n;
+				w->off[CHAN_RX] += (uint64_t)n;
+				continue;
+			}
+			if (n == 0) {
+				err = 1; /* end of stream */
+				break;
+			}
+			err = errno == EWOULDBLOCK ? -EAGAIN : -errno;
+			/* A short read, as recv(2), or an interrupted one. */
+			if ((err == -EAGAIN && done && !all) ||
+			    (err == -EINTR && done))
+				err = 1;
+			else if (err == -EAGAIN && !nb)
+				err = wait_fd(w->fd, POLLIN);
+			if (err)
+				break;
+		}
+	}
+	pthread_mutex_unlock(&w->mu[CHAN_RX]);
+	if (done)
+		return (ssize_t)done;
+	return err == 1 ? 0 : err;
+}
+
+int tcp_fd(const struct ivmc_chan *h)
+{
+	return h->w->fd;
+}
+
+int tcp_poll_arm(struct ivmc_chan *h, short events)
+{
+	struct pollfd p = { h->w->fd, events, 0 };
+
+	if (poll(&p, 1, 0) < 0)
+		return -errno;
+	/* Hang-ups and errors wake both ways, as on a channel. */
+	if (p.revents & (POLLHUP | POLLERR))
+		return events;
+	return p.revents & events;
+}
+
+void tcp_set_nonblock(struct ivmc_chan *h, int on)
+{
+	ivmc_store_once(&h->w->nonblock, on != 0);
+}
+
+int tcp_shutdown(struct ivmc_chan *h, int how)
+{
+	struct tcpw *w = h->w;
+	struct chan *c;
+
+	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
+		return -EINVAL;
+	pthread_mutex_lock(&G.mu);
+	c = ivmc_load_acquire(&h->c);
+	if (!c && w->registered)
+		send_unreg(w->token, w->off[CHAN_TX], w->off[CHAN_RX]);
+	if (!c)
+		give_up(w, -ECANCELED);
+	pthread_mutex_unlock(&G.mu);
+	if (c)
+		return chan_shutdown(c, how);
+	return shutdown(w->fd, how) < 0 ? -errno : 0;
+}
+
+void tcp_close(struct ivmc_chan *h)
+{
+	struct tcpw *w = h->w;
+	struct chan *c;
+	struct chan_stats st = { 0 };
+
+	pthread_mutex_lock(&G.mu);
+	c = ivmc_load_acquire(&h->c);
+	if (c)
+		chan_stats(c, &st);
+	if (w->registered) {
+		send_unreg(w->token, c ? st.sent : w->off[CHAN_TX],
+			   c ? st.received : w->off[CHAN_RX]);
+		hash_del(w);
+		w->registered = false;
+	}
+	unstash(w);
+	w->prev->next = w->next;
+	w->next->prev = w->prev;
+	pthread_mutex_unlock(&G.mu);
+	if (c) {
+		/* Leave fd a coherent TCP stream: what we sent is on it or
+		 * in the ring the peer drains before reading it. */
+		(void)chan_detach(c, CHAN_TX);
+		(void)chan_detach(c, CHAN_RX);
+		chan_close(c);
+	}
+	pthread_mutex_destroy(&w->mu[0]);
+	pthread_mutex_destroy(&w->mu[1]);
+	free(w);
+}
+
+void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st)
+{
+	struct tcpw *w = h->w;
+
+	st->bytes_sent = w->off[CHAN_TX];
+	st->bytes_received = w->off[CHAN_RX];
+	st->tcp_state = ivmc_load_acquire(&w->state);
+}

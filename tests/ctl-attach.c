@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: two ends of a loopback TCP connection, each wrapped with
+ * ivmc_tcp(), attach through a private ivmcd: bytes sent before, during
+ * and after the attach arrive once and in order, both directions end up
+ * on the ring, and ivmcctl status lists the channel. Over IPv4 and IPv6.
+ */
+#include "t_ctl.h"
+
+#define CHUNK 1000
+#define ROUNDS 200
+
+static void exchange(struct ivmc_chan *a, struct ivmc_chan *b, uint64_t *off)
+{
+	char buf[CHUNK], got[CHUNK];
+
+	/* a -> b and b -> a, the same stream offsets each way. */
+	t_fill(1, *off, buf, CHUNK);
+	t_send_all(a, buf, CHUNK);
+	t_recv_all(b, got, CHUNK);
+	if (t_verify(1, *off, got, CHUNK))
+		t_fail("a->b corrupt at %llu", (unsigned long long)*off);
+	t_fill(2, *off, buf, CHUNK);
+	t_send_all(b, buf, CHUNK);
+	t_recv_all(a, got, CHUNK);
+	if (t_verify(2, *off, got, CHUNK))
+		t_fail("b->a corrupt at %llu", (unsigned long long)*off);
+	*off += CHUNK;
+}
+
+static void one(bool v6)
+{
+	struct ivmc_chan *a, *b;
+	struct ivmc_stats sa, sb;
+	uint64_t off = 0;
+	int lfd, cfd, afd, st;
+
+	t_tcp_pair(v6, &lfd, &cfd, &afd);
+	T_ASSERT_OK(ivmc_tcp(cfd, NULL, &a));
+	/* Bytes flow on TCP before the other end even registers. */
+	T_ASSERT_EQ(ivmc_tcp_state(a), 0);
+	{
+		char buf[CHUNK];
+
+		t_fill(1, 0, buf, CHUNK);
+		t_send_all(a, buf, CHUNK);
+	}
+	T_ASSERT_OK(ivmc_tcp(afd, NULL, &b));
+	{
+		char got[CHUNK];
+
+		t_recv_all(b, got, CHUNK);
+		if (t_verify(1, 0, got, CHUNK))
+			t_fail("first chunk corrupt");
+		t_fill(2, 0, got, CHUNK);
+		t_send_all(b, got, CHUNK);
+		t_recv_all(a, got, CHUNK);
+		if (t_verify(2, 0, got, CHUNK))
+			t_fail("first reply corrupt");
+		off = CHUNK;
+	}
+	/* Keep talking while the attach happens under us. */
+	for (int i = 0; i < ROUNDS; i++)
+		exchange(a, b, &off);
+	st = t_tcp_settle(a, b, 5000);
+	if (st != 1 || ivmc_tcp_state(b) != 1)
+		t_fail("%s: not attached: a %d b %d", v6 ? "v6" : "v4", st,
+		       ivmc_tcp_state(b));
+	for (int i = 0; i < ROUNDS; i++)
+		exchange(a, b, &off);
+	T_ASSERT_OK(ivmc_stats(a, &sa));
+	T_ASSERT_OK(ivmc_stats(b, &sb));
+	T_ASSERT_EQ(sa.on_ring, 3);
+	T_ASSERT_EQ(sb.on_ring, 3);
+	T_ASSERT_EQ(sa.bytes_sent, off);
+	T_ASSERT_EQ(sb.bytes_received, off);
+	/* Half-close: b reads a's bytes, then end of stream. */
+	{
+		char buf[CHUNK], got[CHUNK];
+
+		t_fill(1, off, buf, CHUNK);
+		t_send_all(a, buf, CHUNK);
+		T_ASSERT_OK(ivmc_shutdown(a, SHUT_WR));
+		t_recv_all(b, got, CHUNK);
+		if (t_verify(1, off, got, CHUNK))
+			t_fail("last chunk corrupt");
+		T_ASSERT_EQ(ivmc_recv(b, got, 1, 0), 0);
+	}
+	T_ASSERT_OK(ivmc_close(a));
+	T_ASSERT_OK(ivmc_close(b));
+	close(cfd);
+	close(afd);
+	close(lfd);
+}
+
+int main(void)
+{
+	pid_t d;
+	char cmd[2 * PATH_MAX + 64], bin[PATH_MAX];
+	int st;
+
+	t_alarm(60);
+	d = t_daemon_start(NULL);
+	one(false);
+	one(true);
+	/* Status shows the daemon and is valid for both formats. */
+	t_bin(bin, sizeof(bin), "ivmcctl");
+	snprintf(cmd, sizeof(cmd), "%s status >/dev/null && %s --json status | grep -q '\"paired\":2'",
+		 bin, bin);
+	if (system(cmd) != 0)
+		t_fail("ivmcctl status: %s", cmd);
+	st = t_daemon_stop(d);
+	T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	return T_PASS;
+}

@@ -1,0 +1,176 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: ivmcd's state. One thread, one epoll loop: clients on the
+ * control socket, their registrations (connections waiting for their other
+ * end, listening sockets), the channels made from pairs, the network
+ * namespaces they live in, and the table published to every client.
+ */
+#ifndef IVMCD_H
+#define IVMCD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ctl/policy.h"
+#include "ctl/proto.h"
+#include "kfacts.h"
+
+#define MAX_CLIENT_MSGS	   64	/* per client per wake-up: fairness */
+#define MAX_BAD_MSGS	   16	/* malformed messages before we hang up */
+#define MAX_NS_ADDRS	   64	/* local addresses kept per namespace */
+#define NS_REFRESH_MS	   1000 /* re-read a namespace's addresses at most this often */
+
+enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_err(...)   logf_(LOG_ERR, __VA_ARGS__)
+#define log_warn(...)  logf_(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  logf_(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) logf_(LOG_DEBUG, __VA_ARGS__)
+
+/* Doubly linked list, as the kernel's list_head. */
+struct link {
+	struct link *next, *prev;
+};
+#define link_entry(l, type, member) \
+	((type *)((char *)(l) - __builtin_offsetof(type, member)))
+void link_init(struct link *h);
+void link_add(struct link *h, struct link *n); /* at the tail */
+void link_del(struct link *n);
+bool link_empty(const struct link *h);
+
+/* A network namespace some client lives in. */
+struct netns {
+	struct link node;
+	uint64_t ino;
+	int fd;		    /* nsfd, for netlink and sock_diag */
+	int refs;	    /* clients, registrations and channel ends in it */
+	int naddrs;
+	uint64_t refreshed_ms;
+	struct klocal addrs[MAX_NS_ADDRS];
+};
+
+/* A domain for quotas: one uid in one network namespace. */
+struct domain {
+	struct link node;
+	uint32_t uid;
+	uint64_t netns_ino;
+	uint32_t channels;
+	uint64_t bytes;
+	int refs;
+};
+
+struct client {
+	struct link node;
+	struct link regs;  /* struct reg.cnode */
+	struct link ends;  /* struct chan_end.cnode */
+	int fd, pidfd;
+	uint64_t id;
+	pid_t pid;
+	uint32_t uid, gid;
+	struct netns *ns;  /* where its control socket was made */
+	struct ctl_mailbox *mbox;
+	uint32_t pending;
+	uint32_t bad;
+	bool hello;
+};
+
+/* A registered connection waiting for its other end, or a listener. */
+struct reg {
+	struct link cnode;  /* in client->regs */
+	struct link tnode;  /* in the pending FIFO (by deadline) */
+	struct reg *hnext;  /* hash chain by (local, remote) */
+	struct client *cl;
+	struct netns *ns;
+	uint64_t token;
+	uint64_t deadline_ms;
+	struct kconn k;
+	uint32_t ring_wish;
+	bool listener;
+};
+
+struct channel;
+
+/* One end of a channel, as its client registered it. */
+struct chan_end {
+	struct link cnode; /* in client->ends */
+	struct channel *ch;
+	struct client *cl; /* NULL once gone */
+	struct domain *dom;
+	struct netns *ns;
+	uint64_t token;
+	struct kconn k;
+	pid_t pid;
+	uint32_t uid, gid;
+	uint64_t bytes_tx, bytes_rx; /* as reported at UNREG */
+};
+
+struct channel {
+	struct link node;
+	uint64_t id;
+	uint64_t created_ms;
+	uint32_t ring_size;
+	uint64_t region_size;
+	int region_fd;
+	const void *hdr; /* header page, mapped read-only, for status */
+	unsigned int rule_line;
+	struct chan_end end[2];
+};
+
+/* Why connections stayed on TCP, for status. */
+struct why_count {
+	uint64_t n[CTL_R_MAX];
+};
+
+struct daemon {
+	int epfd, lfd, sfd, tfd, lockfd;
+	int table_fd;
+	struct ctl_table *table;
+	const char *sock_path, *conf_path;
+	struct policy *pol;
+	unsigned int pol_gen;
+	uint64_t id, start_ms, next_id;
+	struct link clients, pending, channels, nss, domains;
+	uint32_t nclients, npending, nchannels, nlisteners;
+	struct reg **hash;
+	uint32_t hash_size;
+	struct why_count why;
+	uint64_t paired, bad_msgs, refused_clients;
+	uint64_t own_netns_ino;
+	bool stop;
+};
+
+extern struct daemon D;
+
+uint64_t now_ms(void);
+/* main.c: re-read the config (old policy kept on error; msg says why). */
+int daemon_reload(char *msg, size_t len);
+/* main.c: arm the expiry timer for the oldest pending registration. */
+void timer_arm(void);
+
+/* server.c: clients and their messages. */
+int server_accept(void);
+struct client *client_new(int fd);
+void client_event(struct client *cl, uint32_t events);
+void client_drop(struct client *cl, const char *why);
+int client_send(struct client *cl, const void *msg, const int *fds, int nfds);
+void client_nochan(struct client *cl, uint64_t token, int reason);
+
+/* pair.c: registrations, pairing, channels. */
+void reg_conn(struct client *cl, const struct ctl_reg *m, int fd);
+void reg_listen(struct client *cl, const struct ctl_reg *m, int fd);
+void reg_unreg(struct client *cl, const struct ctl_unreg *m);
+void reg_free(struct reg *r);
+void pending_expire(void);
+void end_gone(struct chan_end *e);
+int evacuate(const struct ctl_evacuate *m, unsigned int *count);
+struct netns *netns_get(int sockfd);
+void netns_put(struct netns *ns);
+void table_rebuild(void);
+int table_create(void);
+
+/* status.c: the text and JSON answers to QUERY. */
+int status_write(int fd, uint32_t what, bool json, uint32_t uid);
+
+#endif

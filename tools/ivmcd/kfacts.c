@@ -1,0 +1,618 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Description: what the kernel says about a socket handed to ivmcd: its
+ * 4-tuple, cookies and netns; the addresses of a netns (rtnetlink); whether
+ * a socket still exists (sock_diag); the names `ip netns` gives namespaces.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "kfacts.h"
+
+/* Newer than the glibc 2.36 / Linux 6.1 headers of Debian 12. */
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+#ifndef SIOCGSKNS
+#define SIOCGSKNS 0x894C
+#endif
+
+#define NETNS_DIR "/run/netns"
+#define NL_BUFSZ 32768 /* the largest skb a netlink dump fills */
+#define MAX_LO_IFS 8 /* IFF_LOOPBACK devices remembered per dump */
+
+/* The daemon's own netns, opened at first use; every setns() comes back
+ * here. All netns inodes live on one nsfs superblock, hence dev. */
+static struct {
+	int fd;
+	uint64_t ino;
+	dev_t dev;
+} self_ns = { .fd = -1 };
+
+static uint32_t nl_seq;
+
+static int self_netns(void)
+{
+	struct stat st;
+	int fd;
+
+	if (self_ns.fd >= 0)
+		return 0;
+	fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st)) {
+		int r = -errno;
+
+		close(fd);
+		return r;
+	}
+	self_ns.fd = fd;
+	self_ns.ino = st.st_ino;
+	self_ns.dev = st.st_dev;
+	return 0;
+}
+
+static bool is_v4mapped(const uint8_t a[16])
+{
+	static const uint8_t pfx[12] = { [10] = 0xff, [11] = 0xff };
+
+	return !memcmp(a, pfx, sizeof(pfx));
+}
+
+static bool kaddr_eq(const struct kaddr *x, const struct kaddr *y)
+{
+	return x->port == y->port && !memcmp(x->a, y->a, sizeof(x->a));
+}
+
+/* An address of alen bytes (4 or 16) in IPv6 form. */
+static void put_addr(uint8_t a[16], const void *src, size_t alen)
+{
+	memset(a, 0, 16);
+	if (alen == 4)
+		a[10] = a[11] = 0xff;
+	memcpy(a + 16 - alen, src, alen);
+}
+
+/* ---- one socket ---------------------------------------------------------- */
+
+static int sockopt(int fd, int level, int name, void *val, socklen_t len)
+{
+	socklen_t got = len;
+
+	if (getsockopt(fd, level, name, val, &got))
+		return -errno;
+	return got == len ? 0 : -EPROTO;
+}
+
+static int sock_addr(int fd, bool peer, struct kaddr *a)
+{
+	struct sockaddr_storage ss;
+	struct sockaddr *sa = (struct sockaddr *)&ss;
+	const struct sockaddr_in *s4 = (const void *)&ss;
+	const struct sockaddr_in6 *s6 = (const void *)&ss;
+	socklen_t len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (peer ? getpeername(fd, sa, &len) : getsockname(fd, sa, &len))
+		return -errno;
+	if (ss.ss_family == AF_INET) {
+		put_addr(a->a, &s4->sin_addr, 4);
+		a->port = ntohs(s4->sin_port);
+	} else if (ss.ss_family == AF_INET6) {
+		put_addr(a->a, &s6->sin6_addr, 16);
+		a->port = ntohs(s6->sin6_port);
+	} else {
+		return -EPROTOTYPE;
+	}
+	return 0;
+}
+
+/* Is fd TCP over IPv4 or IPv6? Returns 0, -ENOTSOCK, -EPROTOTYPE, -errno. */
+static int check_tcp(int fd)
+{
+	int dom = 0, type = 0, proto = 0;
+	int r = sockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, sizeof(dom));
+
+	if (!r)
+		r = sockopt(fd, SOL_SOCKET, SO_TYPE, &type, sizeof(type));
+	if (!r)
+		r = sockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, sizeof(proto));
+	if (r)
+		return r;
+	if ((dom != AF_INET && dom != AF_INET6) || type != SOCK_STREAM ||
+	    proto != IPPROTO_TCP)
+		return -EPROTOTYPE;
+	return 0;
+}
+
+static int sock_ids(int fd, struct kconn *k)
+{
+	struct stat st;
+	int nsfd, r;
+
+	r = sockopt(fd, SOL_SOCKET, SO_COOKIE, &k->sock_cookie,
+		    sizeof(k->sock_cookie));
+	if (!r)
+		r = sockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &k->netns_cookie,
+			    sizeof(k->netns_cookie));
+	if (r)
+		return r;
+	nsfd = kfacts_netns_fd(fd);
+	if (nsfd < 0)
+		return nsfd;
+	r = fstat(nsfd, &st) ? -errno : 0;
+	close(nsfd);
+	if (!r)
+		k->netns_ino = st.st_ino;
+	return r;
+}
+
+int kfacts_conn(int fd, struct kconn *k)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	int r = check_tcp(fd);
+
+	memset(k, 0, sizeof(*k));
+	if (r)
+		return r;
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len))
+		return -errno;
+	if (len < 1 || ti.tcpi_state != TCP_ESTABLISHED)
+		return -ENOTCONN;
+	r = sock_addr(fd, false, &k->local);
+	if (!r)
+		r = sock_addr(fd, true, &k->remote);
+	if (!r)
+		r = sock_ids(fd, k);
+	return r;
+}
+
+int kfacts_listener(int fd, struct kconn *k)
+{
+	int on = 0, r = check_tcp(fd);
+
+	memset(k, 0, sizeof(*k));
+	if (!r)
+		r = sockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, sizeof(on));
+	if (r)
+		return r;
+	if (on != 1)
+		return -EINVAL;
+	r = sock_addr(fd, false, &k->local);
+	if (!r)
+		r = sock_ids(fd, k);
+	k->listening = !r;
+	return r;
+}
+
+int kfacts_netns_fd(int sockfd)
+{
+	/* The kernel opens it O_CLOEXEC (open_related_ns()). */
+	int fd = ioctl(sockfd, SIOCGSKNS);
+
+	return fd < 0 ? -errno : fd;
+}
+
+int kfacts_peer_pidfd(int unixfd)
+{
+	int fd = -1;
+	socklen_t len = sizeof(fd);
+
+	if (getsockopt(unixfd, SOL_SOCKET, SO_PEERPIDFD, &fd, &len))
+		return -errno;
+	return fd >= 0 ? fd : -EPROTO;
+}
+
+const char *kaddr_str(const struct kaddr *a, char *buf, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN];
+	bool v4 = is_v4mapped(a->a);
+
+	if (!inet_ntop(v4 ? AF_INET : AF_INET6, v4 ? a->a + 12 : a->a, ip,
+		       sizeof(ip)))
+		snprintf(ip, sizeof(ip), "?");
+	snprintf(buf, len, "%s%s%s:%u", v4 ? "" : "[", ip, v4 ? "" : "]",
+		 (unsigned int)a->port);
+	return buf;
+}
+
+/* ---- netlink, from inside another netns ------------------------------- */
+
+typedef int (*nl_cb)(const struct nlmsghdr *h, void *arg);
+
+/* A socket belongs to the netns it was created in, so create it there and
+ * come straight back. Single-threaded: nothing else runs meanwhile. */
+static int socket_in(int nsfd, int family, int type, int proto)
+{
+	int s, r = self_netns();
+
+	if (r)
+		return r;
+	if (setns(nsfd, CLONE_NEWNET))
+		return -errno;
+	s = socket(family, type | SOCK_CLOEXEC, proto);
+	r = s < 0 ? -errno : s;
+	if (setns(self_ns.fd, CLONE_NEWNET))
+		abort(); /* stuck in a netns not ours: no safe way on */
+	return r;
+}
+
+static int nl_open(int nsfd, int proto)
+{
+	struct timeval tv = { .tv_sec = 1 };
+	int s = socket_in(nsfd, AF_NETLINK, SOCK_RAW, proto);
+
+	if (s >= 0 && setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv))) {
+		int r = -errno;
+
+		close(s);
+		return r;
+	}
+	return s;
+}
+
+/* NLMSG_DONE or NLMSG_ERROR: 1 (complete, or an ack), or the -errno. */
+static int nl_status(const struct nlmsghdr *h)
+{
+	int err;
+
+	if (h->nlmsg_len < NLMSG_LENGTH(sizeof(err)))
+		return h->nlmsg_type == NLMSG_DONE ? 1 : -EPROTO;
+	memcpy(&err, NLMSG_DATA(h), sizeof(err)); /* nlmsgerr.error */
+	return err < 0 ? err : 1;
+}
+
+/* One datagram of replies: 1 when the answer is complete, 0 when more
+ * follows, -errno. len is an int so that NLMSG_NEXT cannot wrap it. */
+static int nl_parse(const void *buf, int len, uint32_t seq, nl_cb cb, void *arg)
+{
+	const struct nlmsghdr *h;
+	int r;
+
+	for (h = buf; NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+		if (h->nlmsg_seq != seq)
+			continue; /* the rest of an abandoned request */
+		if (h->nlmsg_flags & NLM_F_DUMP_INTR)
+			return -EAGAIN;
+		if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR)
+			return nl_status(h);
+		r = cb(h, arg);
+		if (r < 0)
+			return r;
+		if (!(h->nlmsg_flags & NLM_F_MULTI))
+			return 1;
+	}
+	return 0;
+}
+
+/* Send req; feed every reply to cb until the answer is complete. Each recv
+ * waits at most SO_RCVTIMEO; only the kernel (nl_pid 0) is listened to. */
+static int nl_talk(int s, struct nlmsghdr *req, nl_cb cb, void *arg)
+{
+	union {
+		struct nlmsghdr h;
+		char b[NL_BUFSZ];
+	} buf;
+	struct sockaddr_nl nl = { .nl_family = AF_NETLINK };
+	struct iovec iov = { .iov_base = buf.b, .iov_len = sizeof(buf) };
+	struct msghdr m = { .msg_name = &nl, .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t n;
+	int r = 0;
+
+	req->nlmsg_seq = ++nl_seq;
+	if (sendto(s, req, req->nlmsg_len, 0, (struct sockaddr *)&nl,
+		   sizeof(nl)) < 0)
+		return -errno;
+	while (!r) {
+		m.msg_namelen = sizeof(nl);
+		n = recvmsg(s, &m, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		if (m.msg_flags & MSG_TRUNC)
+			return -EMSGSIZE;
+		if (nl.nl_pid == 0)
+			r = nl_parse(buf.b, (int)n, req->nlmsg_seq, cb, arg);
+	}
+	return r < 0 ? r : 0;
+}
+
+/* ---- the addresses of a netns -------------------------------------------- */
+
+struct addr_dump {
+	int lo[MAX_LO_IFS], nlo; /* ifindexes of IFF_LOOPBACK devices */
+	struct klocal *out;
+	int n, max;
+};
+
+static int link_cb(const struct nlmsghdr *h, void *arg)
+{
+	const struct ifinfomsg *ifi = NLMSG_DATA(h);
+	struct addr_dump *d = arg;
+
+	if (h->nlmsg_type != RTM_NEWLINK ||
+	    h->nlmsg_len < NLMSG_LENGTH(sizeof(*ifi)))
+		return 0;
+	/* Past MAX_LO_IFS a loopback device counts as an ordinary one: its
+	 * addresses then match exactly only, the cautious side. */
+	if ((ifi->ifi_flags & IFF_LOOPBACK) && d->nlo < MAX_LO_IFS)
+		d->lo[d->nlo++] = ifi->ifi_index;
+	return 0;
+}
+
+static bool on_lo(const struct addr_dump *d, int ifindex)
+{
+	for (int i = 0; i < d->nlo; i++)
+		if (d->lo[i] == ifindex)
+			return true;
+	return false;
+}
+
+/* IFA_LOCAL is this end when a peer is set; IFA_ADDRESS otherwise. */
+static const struct rtattr *ifa_local(const struct nlmsghdr *h)
+{
+	const struct ifaddrmsg *ifa = NLMSG_DATA(h);
+	const struct rtattr *rta, *addr = NULL;
+	int len = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof(*ifa));
+
+	for (rta = IFA_RTA(ifa); RTA_OK(rta, len); rta = RTA_NEXT(rta, len))
+		if (rta->rta_type == IFA_LOCAL ||
+		    (rta->rta_type == IFA_ADDRESS && !addr))
+			addr = rta;
+	return addr;
+}
+
+static int addr_cb(const struct nlmsghdr *h, void *arg)
+{
+	const struct ifaddrmsg *ifa = NLMSG_DATA(h);
+	const struct rtattr *addr;
+	struct addr_dump *d = arg;
+	struct klocal *l;
+	size_t alen;
+
+	if (h->nlmsg_type != RTM_NEWADDR ||
+	    h->nlmsg_len < NLMSG_LENGTH(sizeof(*ifa)))
+		return 0;
+	alen = ifa->ifa_family == AF_INET  ? 4 :
+	       ifa->ifa_family == AF_INET6 ? 16 :
+					     0;
+	addr = ifa_local(h);
+	if (!alen || !addr || RTA_PAYLOAD(addr) != alen ||
+	    ifa->ifa_prefixlen > alen * 8)
+		return 0;
+	if (d->n == d->max)
+		return 0;
+	l = &d->out[d->n++];
+	put_addr(l->a, RTA_DATA(addr), alen);
+	l->prefix = ifa->ifa_prefixlen;
+	l->loopback = on_lo(d, (int)ifa->ifa_index);
+	return 0;
+}
+
+static int rt_dump(int s, uint16_t type, nl_cb cb, void *arg)
+{
+	struct {
+		struct nlmsghdr h;
+		union {
+			struct ifinfomsg link;
+			struct ifaddrmsg addr;
+		} u;
+	} req;
+
+	memset(&req, 0, sizeof(req)); /* family AF_UNSPEC: all of them */
+	req.h.nlmsg_len = NLMSG_LENGTH(
+		type == RTM_GETLINK ? sizeof(req.u.link) : sizeof(req.u.addr));
+	req.h.nlmsg_type = type;
+	req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	return nl_talk(s, &req.h, cb, arg);
+}
+
+int kfacts_local_addrs(int nsfd, struct klocal *out, int max)
+{
+	struct addr_dump d = { .out = out, .max = max };
+	int s, r, tries = 3;
+
+	if (max < 0)
+		return -EINVAL;
+	s = nl_open(nsfd, NETLINK_ROUTE);
+	if (s < 0)
+		return s;
+	do { /* -EAGAIN: the dump was interrupted by a change; redo it */
+		d.nlo = d.n = 0;
+		r = rt_dump(s, RTM_GETLINK, link_cb, &d);
+		if (!r)
+			r = rt_dump(s, RTM_GETADDR, addr_cb, &d);
+	} while (r == -EAGAIN && --tries);
+	close(s);
+	return r < 0 ? r : d.n;
+}
+
+static bool v4_in_prefix(const uint8_t *net, const uint8_t *a, unsigned int pl)
+{
+	/* 64-bit shift: a /0 prefix shifts by 32 */
+	uint32_t x, y, mask = (uint32_t)(~0ull << (32 - (pl > 32 ? 32 : pl)));
+
+	memcpy(&x, net, 4);
+	memcpy(&y, a, 4);
+	return ((ntohl(x) ^ ntohl(y)) & mask) == 0;
+}
+
+/* Only IPv4 makes a whole prefix on a loopback device local (fib_add_ifaddr()
+ * adds it as RTN_LOCAL); IPv6 on lo is local address by address. */
+bool kfacts_is_local(const struct klocal *l, int n, const uint8_t a[16])
+{
+	for (int i = 0; i < n; i++) {
+		if (!memcmp(l[i].a, a, 16))
+			return true;
+		if (l[i].loopback && is_v4mapped(l[i].a) && is_v4mapped(a) &&
+		    v4_in_prefix(l[i].a + 12, a + 12, l[i].prefix))
+			return true;
+	}
+	return false;
+}
+
+/* ---- does the socket still exist? ------------------------------------- */
+
+struct diag_ans {
+	const struct kconn *k;
+	int yes;
+};
+
+static void diag_addr(uint8_t fam, const __be32 *w, uint8_t a[16])
+{
+	put_addr(a, w, fam == AF_INET ? 4 : 16);
+}
+
+static int diag_cb(const struct nlmsghdr *h, void *arg)
+{
+	const struct inet_diag_msg *m = NLMSG_DATA(h);
+	struct diag_ans *d = arg;
+	struct kaddr src, dst;
+	uint64_t cookie;
+
+	if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
+	    h->nlmsg_len < NLMSG_LENGTH(sizeof(*m)))
+		return -EPROTO;
+	/* The kernel checked the cookie and the 4-tuple; check them again,
+	 * as a cookie of ~0 asks it not to. */
+	cookie = m->id.idiag_cookie[0] | (uint64_t)m->id.idiag_cookie[1] << 32;
+	diag_addr(m->idiag_family, m->id.idiag_src, src.a);
+	diag_addr(m->idiag_family, m->id.idiag_dst, dst.a);
+	src.port = ntohs(m->id.idiag_sport);
+	dst.port = ntohs(m->id.idiag_dport);
+	d->yes = m->idiag_state == TCP_ESTABLISHED &&
+		 cookie == d->k->sock_cookie && kaddr_eq(&src, &d->k->local) &&
+		 kaddr_eq(&dst, &d->k->remote);
+	return 0;
+}
+
+/* An exact lookup (inet_diag_find_one_icsk()): src is the local end. A
+ * v4-mapped pair is looked up as IPv4, which finds dual-stack sockets too. */
+static void diag_req(struct inet_diag_req_v2 *r, const struct kconn *k)
+{
+	bool v4 = is_v4mapped(k->local.a) && is_v4mapped(k->remote.a);
+	size_t off = v4 ? 12 : 0;
+
+	r->sdiag_family = v4 ? AF_INET : AF_INET6;
+	r->sdiag_protocol = IPPROTO_TCP;
+	r->idiag_states = 1u << TCP_ESTABLISHED;
+	r->id.idiag_sport = htons(k->local.port);
+	r->id.idiag_dport = htons(k->remote.port);
+	memcpy(r->id.idiag_src, k->local.a + off, 16 - off);
+	memcpy(r->id.idiag_dst, k->remote.a + off, 16 - off);
+	r->id.idiag_cookie[0] = (uint32_t)k->sock_cookie;
+	r->id.idiag_cookie[1] = (uint32_t)(k->sock_cookie >> 32);
+}
+
+int kfacts_diag_check(int nsfd, const struct kconn *k)
+{
+	struct {
+		struct nlmsghdr h;
+		struct inet_diag_req_v2 r;
+	} req;
+	struct diag_ans d = { .k = k };
+	int s, r;
+
+	memset(&req, 0, sizeof(req));
+	req.h.nlmsg_len = sizeof(req);
+	req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+	req.h.nlmsg_flags = NLM_F_REQUEST;
+	diag_req(&req.r, k);
+	s = nl_open(nsfd, NETLINK_SOCK_DIAG);
+	if (s < 0)
+		return s;
+	r = nl_talk(s, &req.h, diag_cb, &d);
+	close(s);
+	/* -ENOENT: no such 4-tuple; -ESTALE: it is another socket now. */
+	if (r == -ENOENT || r == -ESTALE)
+		return 0;
+	return r < 0 ? r : d.yes;
+}
+
+/* ---- netns names --------------------------------------------------------- */
+
+static int copy_name(char *name, size_t len, const char *src)
+{
+	size_t n = strlen(src);
+
+	if (n >= len)
+		return -ENAMETOOLONG;
+	memcpy(name, src, n + 1);
+	return 0;
+}
+
+/* A netns bind mount, not a plain file left behind by a failed `ip`? */
+static bool is_ns(const struct stat *st, uint64_t ino)
+{
+	return st->st_dev == self_ns.dev && st->st_ino == ino;
+}
+
+int kfacts_netns_name(uint64_t ino, char *name, size_t len)
+{
+	const struct dirent *e;
+	struct stat st;
+	DIR *dir;
+	int r = self_netns();
+
+	if (r)
+		return r;
+	r = -ENOENT;
+	dir = opendir(NETNS_DIR);
+	while (dir && r == -ENOENT && (e = readdir(dir))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (!fstatat(dirfd(dir), e->d_name, &st, 0) && is_ns(&st, ino))
+			r = copy_name(name, len, e->d_name);
+	}
+	if (dir)
+		closedir(dir);
+	if (r == -ENOENT && ino == self_ns.ino)
+		r = copy_name(name, len, "host");
+	return r;
+}
+
+uint64_t kfacts_netns_ino(const char *name)
+{
+	char path[sizeof(NETNS_DIR) + NAME_MAX + 1];
+	struct stat st;
+
+	if (self_netns())
+		return 0;
+	if (!strcmp(name, "host"))
+		return self_ns.ino;
+	if (!name[0] || !strcmp(name, ".") || !strcmp(name, "..") ||
+	    strchr(name, '/') || strlen(name) > NAME_MAX)
+		return 0;
+	snprintf(path, sizeof(path), NETNS_DIR "/%s", name);
+	if (stat(path, &st) || st.st_dev != self_ns.dev)
+		return 0;
+	return st.st_ino;
+}

@@ -1,0 +1,470 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: ivmcd, the host's control plane (ivmcd(8)): arguments, the
+ * lock that lets one daemon serve a path, daemon mode, signals, and the
+ * epoll loop.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ivmcd.h"
+
+struct daemon D;
+static int log_level = LOG_INFO;
+static FILE *log_fp;
+
+/* epoll data for the fixed fds; clients carry their struct client *. */
+#define EV_LISTEN ((void *)1)
+#define EV_SIGNAL ((void *)2)
+#define EV_TIMER  ((void *)3)
+
+void logf_(int level, const char *fmt, ...)
+{
+	static const char *const names[] = { "error", "warn", "info", "debug" };
+	struct timespec ts;
+	struct tm tm;
+	va_list ap;
+
+	if (level > log_level || !log_fp)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	fprintf(log_fp, "%02d:%02d:%02d.%03ld ivmcd[%d] %s: ", tm.tm_hour,
+		tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, (int)getpid(),
+		names[level]);
+	va_start(ap, fmt);
+	/* clang 14's va_list checker misreads va_start here. */
+	/* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized) */
+	vfprintf(log_fp, fmt, ap);
+	va_end(ap);
+	fputc('\n', log_fp);
+	fflush(log_fp);
+}
+
+uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void link_init(struct link *h)
+{
+	h->next = h->prev = h;
+}
+
+void link_add(struct link *h, struct link *n)
+{
+	n->prev = h->prev;
+	n->next = h;
+	h->prev->next = n;
+	h->prev = n;
+}
+
+void link_del(struct link *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+	n->next = n->prev = n;
+}
+
+bool link_empty(const struct link *h)
+{
+	return h->next == h;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: ivmcd [-f | -d] [-s PATH] [-c FILE] [-l LEVEL] [-L FILE]\n"
+		"  -f, --foreground   stay in the foreground, log to stderr (default)\n"
+		"  -d, --daemon       detach once the socket is ready\n"
+		"  -s, --socket PATH  control socket (default $%s or %s)\n"
+		"  -c, --config FILE  policy (default %s)\n"
+		"  -l, --log-level L  error, warn, info (default) or debug\n"
+		"  -L, --log-file F   log here (daemon mode: default PATH.log)\n"
+		"  -h, --help\n",
+		CTL_SOCKET_ENV, CTL_SOCKET_DEFAULT, POLICY_PATH_DEFAULT);
+}
+
+static int parse_level(const char *s)
+{
+	static const char *const names[] = { "error", "warn", "info", "debug" };
+
+	for (int i = 0; i < 4; i++)
+		if (!strcmp(s, names[i]))
+			return i;
+	return -1;
+}
+
+/* mkdir -p of the socket's directory, root-owned 0755 where we create it. */
+static int make_dirs(const char *path)
+{
+	char buf[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	size_t n = strlen(path);
+
+	if (n >= sizeof(buf))
+		return -ENAMETOOLONG;
+	memcpy(buf, path, n + 1);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	return 0;
+}
+
+/* One daemon per path: a lock on PATH.lock, held for our lifetime. */
+static int take_lock(const char *path)
+{
+	char lp[4096];
+	int fd;
+
+	snprintf(lp, sizeof(lp), "%s.lock", path);
+	fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int err = errno == EWOULDBLOCK ? -EADDRINUSE : -errno;
+
+		close(fd);
+		return err;
+	}
+	D.lockfd = fd;
+	return 0;
+}
+
+static int listen_on(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, bufsz = 4 << 20;
+
+	size_t n = strlen(path);
+
+	if (n >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, path, n + 1);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bufsz, sizeof(bufsz));
+	/* We hold the lock: a socket file left here is a dead daemon's. */
+	(void)unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    chmod(path, 0666) < 0 || listen(fd, SOMAXCONN) < 0) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	D.lfd = fd;
+	return 0;
+}
+
+static int ep_add(int fd, uint32_t events, void *data)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = data };
+
+	return epoll_ctl(D.epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+static int setup_fds(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	D.sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	D.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	D.epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (D.sfd < 0 || D.tfd < 0 || D.epfd < 0)
+		return -errno;
+	if (ep_add(D.lfd, EPOLLIN, EV_LISTEN) || ep_add(D.sfd, EPOLLIN, EV_SIGNAL) ||
+	    ep_add(D.tfd, EPOLLIN, EV_TIMER))
+		return -errno;
+	return 0;
+}
+
+/* Re-read the config. On error the old policy stays; msg says why. */
+int daemon_reload(char *msg, size_t len)
+{
+	struct policy *p;
+	int err = policy_load(D.conf_path, true, &p, msg, len);
+
+	if (err) {
+		log_err("%s: %s (policy unchanged)", D.conf_path, msg);
+		return err;
+	}
+	policy_free(D.pol);
+	D.pol = p;
+	D.pol_gen++;
+	snprintf(msg, len, "policy %u loaded from %s", D.pol_gen, D.conf_path);
+	log_info("%s", msg);
+	return 0;
+}
+
+static void on_signal(void)
+{
+	struct signalfd_siginfo si;
+	char msg[CTL_TEXT_MAX];
+
+	while (read(D.sfd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGHUP) {
+			(void)daemon_reload(msg, sizeof(msg));
+		} else {
+			log_info("signal %u: shutting down", si.ssi_signo);
+			D.stop = true;
+		}
+	}
+}
+
+/* Arm the timer for the oldest pending registration. */
+void timer_arm(void)
+{
+	struct itimerspec it = { 0 };
+
+	if (!link_empty(&D.pending)) {
+		struct reg *r = link_entry(D.pending.next, struct reg, tnode);
+		uint64_t now = now_ms();
+		uint64_t d = r->deadline_ms > now ? r->deadline_ms - now : 1;
+
+		it.it_value.tv_sec = (time_t)(d / 1000);
+		it.it_value.tv_nsec = (long)(d % 1000) * 1000000;
+	}
+	timerfd_settime(D.tfd, 0, &it, NULL);
+}
+
+static void run(void)
+{
+	struct epoll_event evs[64];
+
+	while (!D.stop) {
+		int n = epoll_wait(D.epfd, evs, 64, -1);
+
+		if (n < 0 && errno != EINTR) {
+			log_err("epoll_wait: %s", strerror(errno));
+			return;
+		}
+		for (int i = 0; i < n && !D.stop; i++) {
+			void *p = evs[i].data.ptr;
+
+			if (p == EV_LISTEN) {
+				(void)server_accept();
+			} else if (p == EV_SIGNAL) {
+				on_signal();
+			} else if (p == EV_TIMER) {
+				uint64_t x;
+
+				(void)!read(D.tfd, &x, sizeof(x));
+				pending_expire();
+			} else {
+				client_event(p, evs[i].events);
+			}
+		}
+		timer_arm();
+	}
+}
+
+static void shutdown_all(void)
+{
+	while (!link_empty(&D.clients))
+		client_drop(link_entry(D.clients.next, struct client, node),
+			    "daemon stopping");
+	unlink(D.sock_path);
+	log_info("stopped");
+}
+
+/* Daemon mode: the parent returns once the child listens (or failed). */
+static int daemonize(int *ready_fd)
+{
+	int p[2];
+	pid_t pid;
+	char c = 1;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0) {
+		close(p[1]);
+		exit(read(p[0], &c, 1) == 1 ? c : 1);
+	}
+	close(p[0]);
+	setsid();
+	if (fork() > 0)
+		_exit(0);
+	*ready_fd = p[1];
+	return 0;
+}
+
+static void ready(int fd, int code)
+{
+	char c = (char)code;
+
+	if (fd >= 0) {
+		(void)!write(fd, &c, 1);
+		close(fd);
+	}
+}
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static int init_state(void)
+{
+	struct stat st;
+	char msg[CTL_TEXT_MAX];
+	int err;
+
+	link_init(&D.clients);
+	link_init(&D.pending);
+	link_init(&D.channels);
+	link_init(&D.nss);
+	link_init(&D.domains);
+	D.hash_size = 1u << 16;
+	D.hash = calloc(D.hash_size, sizeof(struct reg *));
+	if (!D.hash)
+		return -ENOMEM;
+	D.start_ms = now_ms();
+	D.id = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+	D.next_id = 1;
+	if (stat("/proc/self/ns/net", &st) == 0)
+		D.own_netns_ino = st.st_ino;
+	err = policy_load(D.conf_path, true, &D.pol, msg, sizeof(msg));
+	if (err) {
+		log_err("%s: %s", D.conf_path, msg);
+		return err;
+	}
+	D.pol_gen = 1;
+	return table_create();
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "daemon", no_argument, NULL, 'd' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "log-file", required_argument, NULL, 'L' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *log_file = NULL;
+	char lbuf[4200];
+	bool detach = false;
+	int c, err, ready_fd = -1;
+
+	log_fp = stderr;
+	D.sock_path = getenv(CTL_SOCKET_ENV);
+	if (!D.sock_path || !*D.sock_path)
+		D.sock_path = CTL_SOCKET_DEFAULT;
+	D.conf_path = POLICY_PATH_DEFAULT;
+	while ((c = getopt_long(argc, argv, "fds:c:l:L:h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'f': detach = false; break;
+		case 'd': detach = true; break;
+		case 's': D.sock_path = optarg; break;
+		case 'c': D.conf_path = optarg; break;
+		case 'L': log_file = optarg; break;
+		case 'l':
+			log_level = parse_level(optarg);
+			if (log_level < 0) {
+				fprintf(stderr, "ivmcd: bad log level '%s'\n", optarg);
+				return 2;
+			}
+			break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (detach && !log_file) {
+		snprintf(lbuf, sizeof(lbuf), "%s.log", D.sock_path);
+		log_file = lbuf;
+	}
+	err = make_dirs(D.sock_path);
+	if (!err)
+		err = take_lock(D.sock_path);
+	if (err == -EADDRINUSE) {
+		fprintf(stderr, "ivmcd: another ivmcd serves %s\n", D.sock_path);
+		return 3;
+	}
+	if (err) {
+		fprintf(stderr, "ivmcd: %s: %s\n", D.sock_path, strerror(-err));
+		return 1;
+	}
+	if (detach && daemonize(&ready_fd)) {
+		fprintf(stderr, "ivmcd: fork: %s\n", strerror(errno));
+		return 1;
+	}
+	if (log_file) {
+		FILE *f = fopen(log_file, "ae");
+
+		if (f)
+			log_fp = f;
+	}
+	if (detach) {
+		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+		if (nul >= 0) {
+			dup2(nul, 0);
+			dup2(nul, 1);
+			dup2(nul, 2);
+			close(nul);
+		}
+		(void)!chdir("/");
+	}
+	raise_nofile();
+	err = init_state();
+	if (!err)
+		err = listen_on(D.sock_path);
+	if (!err)
+		err = setup_fds();
+	if (err) {
+		log_err("start: %s", strerror(-err));
+		ready(ready_fd, 1);
+		return 1;
+	}
+	log_info("serving %s (policy %s)", D.sock_path, D.conf_path);
+	ready(ready_fd, 0);
+	run();
+	shutdown_all();
+	return 0;
+}

@@ -1,0 +1,654 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: registrations, pairing and channels. A connection is paired
+ * from kernel facts only: the two ends' 4-tuples mirror each other, each
+ * end's peer address is local to the other end's network namespace (and
+ * not to its own, across namespaces), exactly one candidate matches, and
+ * both sockets still exist (sock_diag). Anything else stays TCP.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chan/chan.h"
+#include "chan/shm_layout.h"
+#include "transport/transport.h"
+#include "ivmcd.h"
+
+/* ---- network namespaces and domains ---------------------------------- */
+
+static void netns_refresh(struct netns *ns, bool force)
+{
+	uint64_t now = now_ms();
+	int n;
+
+	if (!force && now - ns->refreshed_ms < NS_REFRESH_MS)
+		return;
+	n = kfacts_local_addrs(ns->fd, ns->addrs, MAX_NS_ADDRS);
+	if (n >= 0)
+		ns->naddrs = n;
+	ns->refreshed_ms = now;
+}
+
+struct netns *netns_get(int sockfd)
+{
+	struct netns *ns;
+	struct stat st;
+	int fd = kfacts_netns_fd(sockfd);
+
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) < 0) {
+		close(fd);
+		return NULL;
+	}
+	for (struct link *l = D.nss.next; l != &D.nss; l = l->next) {
+		ns = link_entry(l, struct netns, node);
+		if (ns->ino == st.st_ino) {
+			close(fd);
+			ns->refs++;
+			return ns;
+		}
+	}
+	ns = calloc(1, sizeof(*ns));
+	if (!ns) {
+		close(fd);
+		return NULL;
+	}
+	ns->ino = st.st_ino;
+	ns->fd = fd;
+	ns->refs = 1;
+	netns_refresh(ns, true);
+	link_add(&D.nss, &ns->node);
+	return ns;
+}
+
+void netns_put(struct netns *ns)
+{
+	if (!ns || --ns->refs > 0)
+		return;
+	link_del(&ns->node);
+	close(ns->fd);
+	free(ns);
+}
+
+/* Is a local to ns? A miss re-reads the namespace's addresses (rate
+ * limited): a veth may have been configured since. */
+static bool ns_local(struct netns *ns, const uint8_t a[16])
+{
+	if (kfacts_is_local(ns->addrs, ns->naddrs, a))
+		return true;
+	netns_refresh(ns, false);
+	return kfacts_is_local(ns->addrs, ns->naddrs, a);
+}
+
+static struct domain *domain_get(uint32_t uid, uint64_t ino)
+{
+	struct domain *d;
+
+	for (struct link *l = D.domains.next; l != &D.domains; l = l->next) {
+		d = link_entry(l, struct domain, node);
+		if (d->uid == uid && d->netns_ino == ino) {
+			d->refs++;
+			return d;
+		}
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	d->uid = uid;
+	d->netns_ino = ino;
+	d->refs = 1;
+	link_add(&D.domains, &d->node);
+	return d;
+}
+
+static void domain_put(struct domain *d)
+{
+	if (!d || --d->refs > 0)
+		return;
+	link_del(&d->node);
+	free(d);
+}
+
+/* ---- the table -------------------------------------------------------- */
+
+int table_create(void)
+{
+	void *p;
+
+	D.table_fd = memfd_create("ivmcd-table", MFD_CLOEXEC);
+	if (D.table_fd < 0)
+		return -errno;
+	if (ftruncate(D.table_fd, CTL_TABLE_SIZE) < 0)
+		return -errno;
+	p = mmap(NULL, CTL_TABLE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		 D.table_fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	D.table = p;
+	D.table->magic = CTL_TABLE_MAGIC;
+	D.table->slots = CTL_TABLE_SLOTS;
+	return 0;
+}
+
+static void table_put(const uint8_t a[16], uint16_t port)
+{
+	struct ctl_table *t = D.table;
+	uint32_t mask = CTL_TABLE_SLOTS - 1;
+	uint32_t i = ctl_tab_hash(a, port) & mask;
+
+	if (t->count >= CTL_TABLE_SLOTS / 2) {
+		t->overflow = 1; /* clients then assume "maybe" */
+		return;
+	}
+	for (;; i = (i + 1) & mask) {
+		struct ctl_tab_entry *e = &t->e[i];
+
+		if (!atomic_load_explicit(&e->used, memory_order_relaxed)) {
+			memcpy(e->addr, a, 16);
+			e->port = port;
+			atomic_store_explicit(&e->used, 1, memory_order_relaxed);
+			t->count++;
+			return;
+		}
+		if (e->port == port && !memcmp(e->addr, a, 16))
+			return;
+	}
+}
+
+static bool wildcard(const uint8_t a[16])
+{
+	static const uint8_t any6[16], any4[16] = { [10] = 0xff, [11] = 0xff };
+
+	return !memcmp(a, any6, 16) || !memcmp(a, any4, 16);
+}
+
+void table_rebuild(void)
+{
+	struct ctl_table *t = D.table;
+	uint32_t s = atomic_load_explicit(&t->seq, memory_order_relaxed);
+
+	atomic_store_explicit(&t->seq, s + 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+	for (uint32_t i = 0; i < CTL_TABLE_SLOTS; i++)
+		atomic_store_explicit(&t->e[i].used, 0, memory_order_relaxed);
+	t->count = 0;
+	t->overflow = 0;
+	for (struct link *l = D.nss.next; l != &D.nss; l = l->next) {
+		struct netns *ns = link_entry(l, struct netns, node);
+
+		for (int i = 0; i < ns->naddrs; i++)
+			table_put(ns->addrs[i].a, 0);
+	}
+	for (struct link *l = D.clients.next; l != &D.clients; l = l->next) {
+		struct client *cl = link_entry(l, struct client, node);
+
+		for (struct link *m = cl->regs.next; m != &cl->regs; m = m->next) {
+			struct reg *r = link_entry(m, struct reg, cnode);
+
+			if (!r->listener)
+				continue;
+			if (!wildcard(r->k.local.a)) {
+				table_put(r->k.local.a, r->k.local.port);
+				continue;
+			}
+			for (int i = 0; i < r->ns->naddrs; i++)
+				table_put(r->ns->addrs[i].a, r->k.local.port);
+		}
+	}
+	atomic_store_explicit(&t->seq, s + 2, memory_order_release);
+}
+
+/* ---- registrations ------------------------------------------------------ */
+
+static uint32_t tuple_hash(const struct kaddr *l, const struct kaddr *r)
+{
+	return (ctl_tab_hash(l->a, l->port) * 31u ^ ctl_tab_hash(r->a, r->port)) &
+	       (D.hash_size - 1);
+}
+
+static bool kaddr_eq(const struct kaddr *x, const struct kaddr *y)
+{
+	return x->port == y->port && !memcmp(x->a, y->a, 16);
+}
+
+static void hash_del(struct reg *r)
+{
+	struct reg **pp = &D.hash[tuple_hash(&r->k.local, &r->k.remote)];
+
+	for (; *pp; pp = &(*pp)->hnext) {
+		if (*pp == r) {
+			*pp = r->hnext;
+			return;
+		}
+	}
+}
+
+void reg_free(struct reg *r)
+{
+	link_del(&r->cnode);
+	if (r->listener) {
+		D.nlisteners--;
+	} else {
+		hash_del(r);
+		link_del(&r->tnode);
+		r->cl->pending--;
+		D.npending--;
+	}
+	netns_put(r->ns);
+	free(r);
+}
+
+static struct reg *reg_new(struct client *cl, const struct ctl_reg *m, int fd,
+			   bool listener, int *reason)
+{
+	struct reg *r = calloc(1, sizeof(*r));
+	int err;
+
+	*reason = CTL_R_NO_MEMORY;
+	if (!r)
+		return NULL;
+	err = listener ? kfacts_listener(fd, &r->k) : kfacts_conn(fd, &r->k);
+	if (!err) {
+		r->ns = netns_get(fd);
+		if (!r->ns)
+			err = -ENOENT;
+	}
+	if (err) {
+		*reason = CTL_R_NOT_TCP;
+		free(r);
+		return NULL;
+	}
+	r->cl = cl;
+	r->token = m->token;
+	r->ring_wish = m->ring_size;
+	r->listener = listener;
+	link_init(&r->tnode);
+	link_add(&cl->regs, &r->cnode);
+	return r;
+}
+
+/* Could a and b be the two ends of one connection? */
+static bool mirrors(struct reg *a, struct reg *b)
+{
+	if (!kaddr_eq(&a->k.local, &b->k.remote) ||
+	    !kaddr_eq(&a->k.remote, &b->k.local))
+		return false;
+	if (a->ns == b->ns)
+		return ns_local(a->ns, a->k.remote.a);
+	/* Across namespaces (veth, bridge; no NAT): each peer address is
+	 * local to the other namespace and not to its own. */
+	return ns_local(b->ns, a->k.remote.a) && ns_local(a->ns, b->k.remote.a) &&
+	       !ns_local(a->ns, a->k.remote.a) && !ns_local(b->ns, b->k.remote.a);
+}
+
+/* Both sockets must still exist, established, with these facts. */
+static bool alive(const struct reg *r)
+{
+	return kfacts_diag_check(r->ns->fd, &r->k) != 0;
+}
+
+static void end_init(struct chan_end *e, struct channel *ch, struct reg *r)
+{
+	e->ch = ch;
+	e->cl = r->cl;
+	e->token = r->token;
+	e->k = r->k;
+	e->pid = r->cl->pid;
+	e->uid = r->cl->uid;
+	e->gid = r->cl->gid;
+	e->ns = r->ns;
+	r->ns->refs++;
+	link_add(&r->cl->ends, &e->cnode);
+}
+
+static void pol_end_of(const struct reg *r, struct pol_end *p)
+{
+	p->uid = r->cl->uid;
+	p->gid = r->cl->gid;
+	p->netns_ino = r->ns->ino;
+	p->port = r->k.local.port;
+}
+
+/* Charge a channel to both ends' domains (once if they are one). */
+static int quota_take(struct domain *d[2], uint64_t bytes)
+{
+	uint32_t qc = policy_quota_channels(D.pol);
+	uint64_t qb = policy_quota_bytes(D.pol);
+	int n = d[0] == d[1] ? 1 : 2;
+
+	for (int i = 0; i < n; i++)
+		if ((qc && d[i]->channels + 1 > qc) || (qb && d[i]->bytes + bytes > qb))
+			return -EDQUOT;
+	for (int i = 0; i < n; i++) {
+		d[i]->channels++;
+		d[i]->bytes += bytes;
+	}
+	return 0;
+}
+
+static void quota_give(struct channel *ch)
+{
+	struct domain **d0 = &ch->end[0].dom, **d1 = &ch->end[1].dom;
+
+	for (int i = 0; i < (*d0 == *d1 ? 1 : 2); i++) {
+		struct domain *d = i ? *d1 : *d0;
+
+		d->channels--;
+		d->bytes -= ch->region_size;
+	}
+}
+
+static void channel_free(struct channel *ch)
+{
+	quota_give(ch);
+	for (int i = 0; i < 2; i++) {
+		domain_put(ch->end[i].dom);
+		netns_put(ch->end[i].ns);
+	}
+	if (ch->hdr)
+		munmap((void *)ch->hdr, IVMC_SHM_HDR_SIZE);
+	if (ch->region_fd >= 0)
+		close(ch->region_fd);
+	link_del(&ch->node);
+	D.nchannels--;
+	free(ch);
+}
+
+void end_gone(struct chan_end *e)
+{
+	struct channel *ch = e->ch;
+
+	link_del(&e->cnode);
+	e->cl = NULL;
+	if (!ch->end[0].cl && !ch->end[1].cl)
+		channel_free(ch);
+}
+
+static int send_chan(struct chan_end *e, int side, int region, int bell)
+{
+	struct ctl_chan m = { 0 };
+	int fds[2] = { region, bell };
+
+	ctl_hdr_init(&m.h, CTL_CHAN, 0);
+	m.token = e->token;
+	m.chan_id = e->ch->id;
+	m.side = (uint32_t)side;
+	m.ring_size = e->ch->ring_size;
+	return client_send(e->cl, &m, fds, 2);
+}
+
+/* Make the channel for a checked pair and hand each end its half. */
+static int make_channel(struct reg *a, struct reg *b,
+			const struct pol_verdict *v, struct domain *dom[2])
+{
+	struct channel *ch = calloc(1, sizeof(*ch));
+	int bell[2], err, sent;
+	uint64_t size;
+
+	if (!ch || chan_region_size(v->ring_size, &size)) {
+		free(ch);
+		return CTL_R_NO_MEMORY;
+	}
+	if (quota_take(dom, size)) {
+		free(ch);
+		return CTL_R_QUOTA;
+	}
+	ch->region_size = size;
+	ch->region_fd = -1;
+	err = chan_region_create(v->ring_size, true, 0, &ch->region_fd);
+	if (!err)
+		err = xport_doorbell_pair(bell);
+	if (err) {
+		struct domain **d = dom;
+
+		for (int i = 0; i < (d[0] == d[1] ? 1 : 2); i++) {
+			d[i]->channels--;
+			d[i]->bytes -= size;
+		}
+		if (ch->region_fd >= 0)
+			close(ch->region_fd);
+		free(ch);
+		return CTL_R_NO_MEMORY;
+	}
+	ch->id = D.next_id++;
+	ch->created_ms = now_ms();
+	ch->ring_size = v->ring_size;
+	ch->rule_line = v->line;
+	ch->hdr = mmap(NULL, IVMC_SHM_HDR_SIZE, PROT_READ, MAP_SHARED,
+		       ch->region_fd, 0);
+	if (ch->hdr == MAP_FAILED)
+		ch->hdr = NULL;
+	end_init(&ch->end[0], ch, a);
+	end_init(&ch->end[1], ch, b);
+	ch->end[0].dom = dom[0];
+	ch->end[1].dom = dom[1];
+	link_add(&D.channels, &ch->node);
+	D.nchannels++;
+	D.paired++;
+	/* If one end cannot take its half, its doorbell end closes with
+	 * ours: the other end sees its peer gone and stays on TCP. */
+	sent = !send_chan(&ch->end[0], 0, ch->region_fd, bell[0]);
+	if (sent && send_chan(&ch->end[1], 1, ch->region_fd, bell[1]))
+		sent = 0;
+	close(bell[0]);
+	close(bell[1]);
+	if (!sent) {
+		log_warn("channel %llu: an end could not take its half",
+			 (unsigned long long)ch->id);
+		D.why.n[CTL_R_PEER_FAILED]++;
+	}
+	return 0;
+}
+
+static void log_pair(const char *what, struct reg *a, struct reg *b,
+		     unsigned int line)
+{
+	char x[64], y[64];
+
+	log_info("%s %s (pid %d uid %u) <-> %s (pid %d uid %u), rule %u", what,
+		 kaddr_str(&a->k.local, x, sizeof(x)), (int)a->cl->pid, a->cl->uid,
+		 kaddr_str(&b->k.local, y, sizeof(y)), (int)b->cl->pid, b->cl->uid,
+		 line);
+}
+
+static void pair(struct reg *a, struct reg *b)
+{
+	struct pol_end pa, pb;
+	struct pol_verdict v;
+	struct domain *dom[2];
+	uint32_t wish = a->ring_wish;
+	int reason;
+
+	if (b->ring_wish && (!wish || b->ring_wish < wish))
+		wish = b->ring_wish;
+	pol_end_of(a, &pa);
+	pol_end_of(b, &pb);
+	policy_decide(D.pol, &pa, &pb, wish, kfacts_netns_ino, &v);
+	if (!v.allow) {
+		log_pair("denied", a, b, v.line);
+		reason = CTL_R_DENIED;
+	} else {
+		dom[0] = domain_get(a->cl->uid, a->ns->ino);
+		dom[1] = domain_get(b->cl->uid, b->ns->ino);
+		reason = dom[0] && dom[1] ? make_channel(a, b, &v, dom)
+					  : CTL_R_NO_MEMORY;
+		/* Each domain_get() took a reference, even for one domain. */
+		for (int i = 0; reason && i < 2; i++)
+			if (dom[i])
+				domain_put(dom[i]);
+		if (reason == CTL_R_QUOTA)
+			log_pair("quota reached for", a, b, v.line);
+		else if (!reason)
+			log_pair("paired", a, b, v.line);
+	}
+	if (reason) {
+		client_nochan(a->cl, a->token, reason);
+		client_nochan(b->cl, b->token, reason);
+	}
+	reg_free(a);
+	reg_free(b);
+}
+
+static bool token_pending(const struct client *cl, uint64_t token)
+{
+	for (const struct link *l = cl->regs.next; l != &cl->regs; l = l->next)
+		if (link_entry(l, struct reg, cnode)->token == token)
+			return true;
+	return false;
+}
+
+static bool cookie_pending(uint64_t cookie, const struct reg *self)
+{
+	for (struct link *l = D.pending.next; l != &D.pending; l = l->next) {
+		const struct reg *r = link_entry(l, struct reg, tnode);
+
+		if (r != self && r->k.sock_cookie == cookie)
+			return true;
+	}
+	return false;
+}
+
+void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
+{
+	struct reg *r, *cand[2];
+	int reason, n = 0;
+
+	if (cl->pending >= policy_pending_max(D.pol)) {
+		close(fd);
+		client_nochan(cl, m->token, CTL_R_LIMIT);
+		return;
+	}
+	if (token_pending(cl, m->token)) {
+		close(fd);
+		client_nochan(cl, m->token, CTL_R_DUPLICATE);
+		return;
+	}
+	r = reg_new(cl, m, fd, false, &reason);
+	/* Never hold the application's socket: its close must send FIN. */
+	close(fd);
+	if (!r) {
+		client_nochan(cl, m->token, reason);
+		return;
+	}
+	link_add(&D.pending, &r->tnode);
+	cl->pending++;
+	D.npending++;
+	if (cookie_pending(r->k.sock_cookie, r)) {
+		client_nochan(cl, m->token, CTL_R_DUPLICATE);
+		reg_free(r);
+		return;
+	}
+	for (struct reg *c = D.hash[tuple_hash(&r->k.remote, &r->k.local)]; c;
+	     c = c->hnext)
+		if (mirrors(r, c) && n < 2)
+			cand[n++] = c;
+	if (n == 1 && alive(r) && alive(cand[0])) {
+		pair(cand[0], r);
+		return;
+	}
+	if (n > 1) {
+		char x[64];
+
+		log_warn("ambiguous connection %s: more than one candidate",
+			 kaddr_str(&r->k.local, x, sizeof(x)));
+		for (int i = 0; i < n; i++) {
+			client_nochan(cand[i]->cl, cand[i]->token, CTL_R_AMBIGUOUS);
+			reg_free(cand[i]);
+		}
+		client_nochan(cl, m->token, CTL_R_AMBIGUOUS);
+		reg_free(r);
+		return;
+	}
+	if (n == 1) /* a candidate that no longer exists: forget it */
+		reg_free(cand[0]);
+	r->deadline_ms = now_ms() + policy_pending_ms(D.pol);
+	r->hnext = D.hash[tuple_hash(&r->k.local, &r->k.remote)];
+	D.hash[tuple_hash(&r->k.local, &r->k.remote)] = r;
+}
+
+void reg_listen(struct client *cl, const struct ctl_reg *m, int fd)
+{
+	int reason;
+	struct reg *r;
+
+	if (token_pending(cl, m->token)) {
+		close(fd);
+		client_nochan(cl, m->token, CTL_R_DUPLICATE);
+		return;
+	}
+	r = reg_new(cl, m, fd, true, &reason);
+	close(fd);
+	if (!r) {
+		client_nochan(cl, m->token, reason);
+		return;
+	}
+	D.nlisteners++;
+	table_rebuild();
+}
+
+void reg_unreg(struct client *cl, const struct ctl_unreg *m)
+{
+	for (struct link *l = cl->regs.next; l != &cl->regs; l = l->next) {
+		struct reg *r = link_entry(l, struct reg, cnode);
+
+		if (r->token == m->token) {
+			bool lis = r->listener;
+
+			reg_free(r);
+			if (lis)
+				table_rebuild();
+			return;
+		}
+	}
+	for (struct link *l = cl->ends.next; l != &cl->ends; l = l->next) {
+		struct chan_end *e = link_entry(l, struct chan_end, cnode);
+
+		if (e->token == m->token) {
+			e->bytes_tx = m->bytes_tx;
+			e->bytes_rx = m->bytes_rx;
+			end_gone(e);
+			return;
+		}
+	}
+}
+
+void pending_expire(void)
+{
+	uint64_t now = now_ms();
+
+	while (!link_empty(&D.pending)) {
+		struct reg *r = link_entry(D.pending.next, struct reg, tnode);
+
+		if (r->deadline_ms > now)
+			break;
+		client_nochan(r->cl, r->token, CTL_R_EXPIRED);
+		reg_free(r);
+	}
+}
+
+int evacuate(const struct ctl_evacuate *m, unsigned int *count)
+{
+	*count = 0;
+	for (struct link *l = D.channels.next; l != &D.channels; l = l->next) {
+		struct channel *ch = link_entry(l, struct channel, node);
+
+		for (int i = 0; i < 2; i++) {
+			struct chan_end *e = &ch->end[i];
+			struct ctl_detach d = { 0 };
+
+			if (!e->cl || (m->has_uid && e->uid != m->uid) ||
+			    (m->netns_ino && e->ns->ino != m->netns_ino))
+				continue;
+			ctl_hdr_init(&d.h, CTL_DETACH, 0);
+			d.token = e->token;
+			if (!client_send(e->cl, &d, NULL, 0))
+				(*count)++;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: what ivmcctl status and ivmcctl policy print: a table for
+ * people or JSON for tools, written into a memfd the client reads. A
+ * channel's mode and ring bytes come from its header page, mapped
+ * read-only (the daemon is off the data path and never writes it).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chan/shm_layout.h"
+#include "ivmcd.h"
+
+static const char *const reason_names[CTL_R_MAX] = {
+	"none", "expired", "ambiguous", "denied", "quota", "not_tcp",
+	"not_local", "duplicate", "no_memory", "peer_failed", "limit",
+};
+
+struct dir_view {
+	const char *mode;   /* ring, tcp, shut */
+	uint32_t ring_bytes; /* through the ring, modulo 2^32 */
+	uint32_t epochs;
+};
+
+static void dir_view(const struct channel *ch, int d, struct dir_view *v)
+{
+	const struct ivmc_shm_hdr *h = ch->hdr;
+	uint64_t w, fin;
+
+	memset(v, 0, sizeof(*v));
+	v->mode = "?";
+	if (!h)
+		return;
+	w = atomic_load_explicit(&h->dir[d].prod, memory_order_relaxed);
+	fin = atomic_load_explicit(&h->dir[d].fin, memory_order_relaxed);
+	v->epochs = ivmc_w_epoch(w);
+	v->ring_bytes = ivmc_w_ctr(w) - h->init_ctr[d];
+	if (fin & IVMC_FIN_SET)
+		v->mode = "shut";
+	else
+		v->mode = (w & IVMC_PW_CLOSED) ? "tcp" : "ring";
+}
+
+static const char *ns_label(uint64_t ino, char *buf, size_t len)
+{
+	if (ino == D.own_netns_ino)
+		return "host";
+	if (kfacts_netns_name(ino, buf, len) == 0)
+		return buf;
+	snprintf(buf, len, "inode:%llu", (unsigned long long)ino);
+	return buf;
+}
+
+static void fmt_age(uint64_t ms, char *buf, size_t len)
+{
+	uint64_t s = ms / 1000;
+
+	if (s < 120)
+		snprintf(buf, len, "%llu.%llus", (unsigned long long)s,
+			 (unsigned long long)(ms % 1000) / 100);
+	else if (s < 7200)
+		snprintf(buf, len, "%llum%02llus", (unsigned long long)s / 60,
+			 (unsigned long long)s % 60);
+	else
+		snprintf(buf, len, "%lluh%02llum", (unsigned long long)s / 3600,
+			 (unsigned long long)(s / 60) % 60);
+}
+
+static bool visible(uint32_t uid, uint32_t a, uint32_t b)
+{
+	return uid == UINT32_MAX || uid == a || uid == b;
+}
+
+static void text_daemon(FILE *f)
+{
+	char age[32];
+
+	fmt_age(now_ms() - D.start_ms, age, sizeof(age));
+	fprintf(f, "ivmcd pid %d, up %s, socket %s\n", (int)getpid(), age,
+		D.sock_path);
+	fprintf(f, "policy %u from %s\n", D.pol_gen, D.conf_path);
+	fprintf(f, "clients %u, listeners %u, pending %u, channels %u, paired %llu, bad messages %llu\n",
+		D.nclients, D.nlisteners, D.npending, D.nchannels,
+		(unsigned long long)D.paired, (unsigned long long)D.bad_msgs);
+	fprintf(f, "stayed on TCP:");
+	for (int i = 1; i < CTL_R_MAX; i++)
+		fprintf(f, " %s %llu", reason_names[i], (unsigned long long)D.why.n[i]);
+	fputc('\n', f);
+}
+
+static void text_tables(FILE *f, uint32_t uid)
+{
+	char ns[64], a[64], b[64], age[32];
+
+	fprintf(f, "\nDOMAINS\n%-8s %-24s %9s %12s\n", "UID", "NETNS", "CHANNELS",
+		"SHM-BYTES");
+	for (struct link *l = D.domains.next; l != &D.domains; l = l->next) {
+		struct domain *d = link_entry(l, struct domain, node);
+
+		if (visible(uid, d->uid, d->uid))
+			fprintf(f, "%-8u %-24s %9u %12llu\n", d->uid,
+				ns_label(d->netns_ino, ns, sizeof(ns)), d->channels,
+				(unsigned long long)d->bytes);
+	}
+	fprintf(f, "\nLISTENERS\n%-8s %-8s %-24s %s\n", "PID", "UID", "NETNS",
+		"ADDRESS");
+	for (struct link *l = D.clients.next; l != &D.clients; l = l->next) {
+		struct client *cl = link_entry(l, struct client, node);
+
+		for (struct link *m = cl->regs.next; m != &cl->regs; m = m->next) {
+			struct reg *r = link_entry(m, struct reg, cnode);
+
+			if (r->listener && visible(uid, cl->uid, cl->uid))
+				fprintf(f, "%-8d %-8u %-24s %s\n", (int)cl->pid,
+					cl->uid, ns_label(r->ns->ino, ns, sizeof(ns)),
+					kaddr_str(&r->k.local, a, sizeof(a)));
+		}
+	}
+	fprintf(f, "\nCHANNELS\n%-6s %-8s %-30s %-30s %-8s %-10s %s\n", "ID", "AGE",
+		"END-A (PID/UID ADDRESS)", "END-B (PID/UID ADDRESS)", "RING",
+		"MODE A>B/B>A", "RING-BYTES A>B B>A (mod 2^32)");
+	for (struct link *l = D.channels.next; l != &D.channels; l = l->next) {
+		struct channel *ch = link_entry(l, struct channel, node);
+		const struct chan_end *e0 = &ch->end[0], *e1 = &ch->end[1];
+		struct dir_view v0, v1;
+		char ea[96], eb[96], mode[16];
+
+		if (!visible(uid, e0->uid, e1->uid))
+			continue;
+		dir_view(ch, 0, &v0);
+		dir_view(ch, 1, &v1);
+		fmt_age(now_ms() - ch->created_ms, age, sizeof(age));
+		snprintf(ea, sizeof(ea), "%d/%u %s%s", (int)e0->pid, e0->uid,
+			 kaddr_str(&e0->k.local, a, sizeof(a)), e0->cl ? "" : " (gone)");
+		snprintf(eb, sizeof(eb), "%d/%u %s%s", (int)e1->pid, e1->uid,
+			 kaddr_str(&e1->k.local, b, sizeof(b)), e1->cl ? "" : " (gone)");
+		snprintf(mode, sizeof(mode), "%s/%s", v0.mode, v1.mode);
+		fprintf(f, "%-6llu %-8s %-30s %-30s %-8u %-10s %u %u\n",
+			(unsigned long long)ch->id, age, ea, eb, ch->ring_size, mode,
+			v0.ring_bytes, v1.ring_bytes);
+	}
+}
+
+static void json_end(FILE *f, const struct chan_end *e)
+{
+	char a[64], r[64], ns[64];
+
+	fprintf(f, "{\"pid\":%d,\"uid\":%u,\"gid\":%u,\"netns\":\"%s\",\"local\":\"%s\",\"remote\":\"%s\",\"open\":%s}",
+		(int)e->pid, e->uid, e->gid, ns_label(e->ns->ino, ns, sizeof(ns)),
+		kaddr_str(&e->k.local, a, sizeof(a)),
+		kaddr_str(&e->k.remote, r, sizeof(r)), e->cl ? "true" : "false");
+}
+
+static void json_all(FILE *f, uint32_t uid)
+{
+	char ns[64], a[64];
+	const char *sep = "";
+
+	fprintf(f, "{\"daemon\":{\"pid\":%d,\"uptime_ms\":%llu,\"socket\":\"%s\",\"policy_generation\":%u,\"clients\":%u,\"listeners\":%u,\"pending\":%u,\"channels\":%u,\"paired\":%llu,\"bad_messages\":%llu},\"stayed_on_tcp\":{",
+		(int)getpid(), (unsigned long long)(now_ms() - D.start_ms),
+		D.sock_path, D.pol_gen, D.nclients, D.nlisteners, D.npending,
+		D.nchannels, (unsigned long long)D.paired,
+		(unsigned long long)D.bad_msgs);
+	for (int i = 1; i < CTL_R_MAX; i++)
+		fprintf(f, "%s\"%s\":%llu", i > 1 ? "," : "", reason_names[i],
+			(unsigned long long)D.why.n[i]);
+	fprintf(f, "},\"domains\":[");
+	for (struct link *l = D.domains.next; l != &D.domains; l = l->next) {
+		struct domain *d = link_entry(l, struct domain, node);
+
+		if (!visible(uid, d->uid, d->uid))
+			continue;
+		fprintf(f, "%s{\"uid\":%u,\"netns\":\"%s\",\"channels\":%u,\"shm_bytes\":%llu}",
+			sep, d->uid, ns_label(d->netns_ino, ns, sizeof(ns)),
+			d->channels, (unsigned long long)d->bytes);
+		sep = ",";
+	}
+	fprintf(f, "],\"listeners\":[");
+	sep = "";
+	for (struct link *l = D.clients.next; l != &D.clients; l = l->next) {
+		struct client *cl = link_entry(l, struct client, node);
+
+		for (struct link *m = cl->regs.next; m != &cl->regs; m = m->next) {
+			struct reg *r = link_entry(m, struct reg, cnode);
+
+			if (!r->listener || !visible(uid, cl->uid, cl->uid))
+				continue;
+			fprintf(f, "%s{\"pid\":%d,\"uid\":%u,\"netns\":\"%s\",\"address\":\"%s\"}",
+				sep, (int)cl->pid, cl->uid,
+				ns_label(r->ns->ino, ns, sizeof(ns)),
+				kaddr_str(&r->k.local, a, sizeof(a)));
+			sep = ",";
+		}
+	}
+	fprintf(f, "],\"channels\":[");
+	sep = "";
+	for (struct link *l = D.channels.next; l != &D.channels; l = l->next) {
+		struct channel *ch = link_entry(l, struct channel, node);
+		struct dir_view v[2];
+
+		if (!visible(uid, ch->end[0].uid, ch->end[1].uid))
+			continue;
+		dir_view(ch, 0, &v[0]);
+		dir_view(ch, 1, &v[1]);
+		fprintf(f, "%s{\"id\":%llu,\"age_ms\":%llu,\"ring_size\":%u,\"rule_line\":%u,\"a\":",
+			sep, (unsigned long long)ch->id,
+			(unsigned long long)(now_ms() - ch->created_ms), ch->ring_size,
+			ch->rule_line);
+		json_end(f, &ch->end[0]);
+		fprintf(f, ",\"b\":");
+		json_end(f, &ch->end[1]);
+		for (int d = 0; d < 2; d++)
+			fprintf(f, ",\"%s\":{\"mode\":\"%s\",\"epochs\":%u,\"ring_bytes_mod32\":%u}",
+				d ? "b_to_a" : "a_to_b", v[d].mode, v[d].epochs,
+				v[d].ring_bytes);
+		fputc('}', f);
+		sep = ",";
+	}
+	fprintf(f, "]}\n");
+}
+
+int status_write(int fd, uint32_t what, bool json, uint32_t uid)
+{
+	int dfd = dup(fd);
+	FILE *f = dfd >= 0 ? fdopen(dfd, "w") : NULL;
+	int err = 0;
+
+	if (!f) {
+		if (dfd >= 0)
+			close(dfd);
+		return -errno;
+	}
+	if (what == CTL_Q_POLICY) {
+		err = policy_write(D.pol, f, json);
+	} else if (json) {
+		json_all(f, uid);
+	} else {
+		text_daemon(f);
+		text_tables(f, uid);
+	}
+	if (fclose(f) != 0 && !err)
+		err = -errno;
+	return err;
+}
