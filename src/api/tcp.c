@@ -30,6 +30,9 @@
 
 #define W_PENDING  0
 #define W_ATTACHED 1
+#define W_UNSEEN   2 /* the table did not list the peer: look again */
+#define RECHECK_CALLS 256  /* ... at most this many calls */
+#define RECHECK_MS    2000 /* ... and this long */
 #define NBUCKETS   256u
 
 struct tcpw {
@@ -47,6 +50,10 @@ struct tcpw {
 	uint32_t side;
 	struct chan_cfg cfg;
 	bool registered;
+	uint8_t peer[16];	  /* W_UNSEEN: the peer address */
+	uint32_t recheck_left;	  /* W_UNSEEN: calls left to look again */
+	uint64_t recheck_until;	  /* W_UNSEEN: and until when (ms) */
+	int ring_wish;
 };
 
 struct lis {
@@ -152,7 +159,9 @@ static void unstash(struct tcpw *w)
 /* Stop waiting for a channel: the handle stays on TCP for good. */
 static void give_up(struct tcpw *w, int err)
 {
-	if (ivmc_load_once(&w->state) != W_PENDING)
+	int s = ivmc_load_once(&w->state);
+
+	if (s != W_PENDING && s != W_UNSEEN)
 		return;
 	if (w->registered) {
 		hash_del(w);
@@ -307,7 +316,8 @@ static void atfork_prepare(void)
 	 * channel would be one process's alone. Attached ones are shared by
 	 * chan/ (the endpoint page). */
 	for (struct tcpw *w = G.all.next; w != &G.all; w = w->next) {
-		if (ivmc_load_once(&w->state) == W_PENDING) {
+		if (ivmc_load_once(&w->state) == W_PENDING ||
+		    ivmc_load_once(&w->state) == W_UNSEEN) {
 			if (w->registered)
 				send_unreg(w->token, 0, 0);
 			give_up(w, -ECANCELED);
@@ -427,6 +437,8 @@ static void install(struct tcpw *w)
 	pthread_mutex_unlock(&G.mu);
 }
 
+static void recheck(struct tcpw *w);
+
 struct chan *api_chan(struct ivmc_chan *h)
 {
 	struct chan *c = ivmc_load_acquire(&h->c);
@@ -444,6 +456,8 @@ struct chan *api_chan(struct ivmc_chan *h)
 		}
 		return c;
 	}
+	if (ivmc_load_once(&w->state) == W_UNSEEN)
+		recheck(w);
 	if (ivmc_load_once(&w->state) != W_PENDING)
 		return c;
 	/* Uncontended, or someone else is taking the answers in already. */
@@ -457,13 +471,13 @@ struct chan *api_chan(struct ivmc_chan *h)
 	return ivmc_load_acquire(&h->c);
 }
 
-/* Is the peer of fd possibly co-located (the daemon's table)? */
-static bool worth_it(int fd)
+/* The peer's address in IPv6 form; false if it has none. */
+static bool peer_addr(int fd, uint8_t a[16])
 {
 	struct sockaddr_storage ss = { 0 };
 	socklen_t len = sizeof(ss);
-	uint8_t a[16] = { 0 };
 
+	memset(a, 0, 16);
 	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
 		return false;
 	if (ss.ss_family == AF_INET) {
@@ -474,7 +488,48 @@ static bool worth_it(int fd)
 	} else {
 		return false;
 	}
+	return true;
+}
+
+/* Is a peer at a possibly co-located? Loopback always is; for the rest
+ * the daemon's table says (a miss may be a namespace it has not seen
+ * yet: W_UNSEEN looks again for a while). */
+static bool worth_it(const uint8_t a[16])
+{
+	static const uint8_t lo6[16] = { [15] = 1 };
+
+	if (!memcmp(a, lo6, 16) ||
+	    (a[10] == 0xff && a[11] == 0xff && a[12] == 127 &&
+	     !memcmp(a, (const uint8_t[10]){ 0 }, 10)))
+		return true;
 	return ctl_maybe_local(G.cli, a, 0);
+}
+
+/* Register w with the daemon (under G.mu). */
+static void do_register(struct tcpw *w)
+{
+	if (send_reg(CTL_REG_CONN, w->fd, w->token, (uint32_t)w->ring_wish,
+		     true) == 0) {
+		w->registered = true;
+		hash_add(w);
+		ivmc_store_release(&w->state, W_PENDING);
+	} else {
+		ivmc_store_release(&w->state, -ECONNREFUSED);
+	}
+}
+
+/* W_UNSEEN: look at the table again (bounded in calls and time). */
+static void recheck(struct tcpw *w)
+{
+	if (pthread_mutex_trylock(&G.mu))
+		return;
+	if (ivmc_load_once(&w->state) == W_UNSEEN) {
+		if (!w->recheck_left || mono_ms() > w->recheck_until || !G.cli)
+			ivmc_store_release(&w->state, -EADDRNOTAVAIL);
+		else if (w->recheck_left--, worth_it(w->peer))
+			do_register(w);
+	}
+	pthread_mutex_unlock(&G.mu);
 }
 
 IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
@@ -508,6 +563,7 @@ IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
 	pthread_mutex_init(&w->mu[0], NULL);
 	pthread_mutex_init(&w->mu[1], NULL);
 	w->nonblock = (o->flags & IVMC_NONBLOCK) != 0;
+	w->ring_wish = (int)o->ring_size;
 	w->cfg = (struct chan_cfg){ .side_fd = fd, .wait_mode = o->wait_mode,
 				    .spin_ns = o->spin_ns };
 	pthread_once(&G.once, once_init);
@@ -526,14 +582,14 @@ IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
 		pump();
 	if (!ctl_get()) {
 		w->state = G.err ? G.err : -ECONNREFUSED;
-	} else if (!worth_it(fd)) {
-		w->state = -EADDRNOTAVAIL;
-	} else if (send_reg(CTL_REG_CONN, fd, w->token,
-			    (uint32_t)o->ring_size, true) == 0) {
-		w->registered = true;
-		hash_add(w);
+	} else if (!peer_addr(fd, w->peer)) {
+		w->state = -ENOTCONN;
+	} else if (!worth_it(w->peer)) {
+		w->state = W_UNSEEN;
+		w->recheck_left = RECHECK_CALLS;
+		w->recheck_until = mono_ms() + RECHECK_MS;
 	} else {
-		w->state = -ECONNREFUSED;
+		do_register(w);
 	}
 	pthread_mutex_unlock(&G.mu);
 	*out = h;
@@ -542,10 +598,13 @@ IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
 
 IVMC_API int ivmc_tcp_state(struct ivmc_chan *h)
 {
+	int s;
+
 	if (!h || !h->w)
 		return -EINVAL;
 	(void)api_chan(h);
-	return ivmc_load_acquire(&h->w->state);
+	s = ivmc_load_acquire(&h->w->state);
+	return s == W_UNSEEN ? 0 : s; /* still looking */
 }
 
 IVMC_API int ivmc_tcp_listen(int fd)

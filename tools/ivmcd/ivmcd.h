@@ -45,6 +45,7 @@ struct netns {
 	struct link node;
 	uint64_t ino;
 	int fd;		    /* nsfd, for netlink and sock_diag */
+	int mon;	    /* rtnetlink: its addresses changed (epoll) */
 	int refs;	    /* clients, registrations and channel ends in it */
 	int naddrs;
 	uint64_t refreshed_ms;
@@ -131,7 +132,7 @@ struct daemon {
 	struct policy *pol;
 	unsigned int pol_gen;
 	uint64_t id, start_ms, next_id;
-	struct link clients, pending, channels, nss, domains;
+	struct link clients, pending, channels, nss, domains, dead_nss;
 	uint32_t nclients, npending, nchannels, nlisteners;
 	struct reg **hash;
 	uint32_t hash_size;
@@ -165,8 +166,13 @@ void reg_free(struct reg *r);
 void pending_expire(void);
 void end_gone(struct chan_end *e);
 int evacuate(const struct ctl_evacuate *m, unsigned int *count);
-struct netns *netns_get(int sockfd);
+/* The namespace of a socket (ino: its inode if known), referenced. */
+struct netns *netns_get(int sockfd, uint64_t ino);
 void netns_put(struct netns *ns);
+/* Its addresses changed: re-read them, republish the table. */
+void netns_event(struct netns *ns);
+/* Free the namespaces released during this round of events. */
+void netns_reap(void);
 void table_rebuild(void);
 int table_create(void);
 

@@ -616,3 +616,20 @@ uint64_t kfacts_netns_ino(const char *name)
 		return 0;
 	return st.st_ino;
 }
+
+int kfacts_addr_monitor(int nsfd)
+{
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK,
+				  .nl_groups = RTMGRP_IPV4_IFADDR |
+					       RTMGRP_IPV6_IFADDR };
+	int s = socket_in(nsfd, AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK,
+			  NETLINK_ROUTE);
+
+	if (s >= 0 && bind(s, (struct sockaddr *)&sa, sizeof(sa))) {
+		int r = -errno;
+
+		close(s);
+		return r;
+	}
+	return s;
+}

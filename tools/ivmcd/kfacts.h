@@ -77,4 +77,8 @@ int kfacts_peer_pidfd(int unixfd);
  * len bytes (KADDR_STRLEN is enough). Returns buf. */
 const char *kaddr_str(const struct kaddr *a, char *buf, size_t len);
 
+/* A non-blocking rtnetlink socket in the netns behind nsfd that becomes
+ * readable when an address is added or removed there. Returns it, -errno. */
+int kfacts_addr_monitor(int nsfd);
+
 #endif

@@ -281,10 +281,13 @@ static void run(void)
 
 				(void)!read(D.tfd, &x, sizeof(x));
 				pending_expire();
+			} else if ((uintptr_t)p & 1) {
+				netns_event((void *)((uintptr_t)p & ~(uintptr_t)1));
 			} else {
 				client_event(p, evs[i].events);
 			}
 		}
+		netns_reap();
 		timer_arm();
 	}
 }
@@ -352,6 +355,7 @@ static int init_state(void)
 	link_init(&D.pending);
 	link_init(&D.channels);
 	link_init(&D.nss);
+	link_init(&D.dead_nss);
 	link_init(&D.domains);
 	D.hash_size = 1u << 16;
 	D.hash = calloc(D.hash_size, sizeof(struct reg *));

@@ -7,9 +7,12 @@
  * both sockets still exist (sock_diag). Anything else stays TCP.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,36 +25,66 @@
 
 static void netns_refresh(struct netns *ns, bool force)
 {
+	struct klocal tmp[MAX_NS_ADDRS];
 	uint64_t now = now_ms();
 	int n;
 
 	if (!force && now - ns->refreshed_ms < NS_REFRESH_MS)
 		return;
-	n = kfacts_local_addrs(ns->fd, ns->addrs, MAX_NS_ADDRS);
-	if (n >= 0)
-		ns->naddrs = n;
+	n = kfacts_local_addrs(ns->fd, tmp, MAX_NS_ADDRS);
 	ns->refreshed_ms = now;
+	if (n < 0 || (n == ns->naddrs && !memcmp(tmp, ns->addrs, sizeof(tmp[0]) * (size_t)n)))
+		return;
+	memcpy(ns->addrs, tmp, sizeof(tmp[0]) * (size_t)n);
+	ns->naddrs = n;
+	if (ns->node.next) /* listed: the table shows its addresses */
+		table_rebuild();
 }
 
-struct netns *netns_get(int sockfd)
+void netns_event(struct netns *ns)
 {
-	struct netns *ns;
-	struct stat st;
-	int fd = kfacts_netns_fd(sockfd);
+	char buf[8192];
 
+	if (ns->mon < 0)
+		return; /* gone this round */
+	/* The message says what changed; re-reading all is simpler. */
+	for (int i = 0; i < 64 && recv(ns->mon, buf, sizeof(buf), MSG_DONTWAIT) > 0; i++)
+		;
+	netns_refresh(ns, true);
+}
+
+static struct netns *netns_find(uint64_t ino)
+{
+	for (struct link *l = D.nss.next; l != &D.nss; l = l->next) {
+		struct netns *ns = link_entry(l, struct netns, node);
+
+		if (ns->ino == ino) {
+			ns->refs++;
+			return ns;
+		}
+	}
+	return NULL;
+}
+
+struct netns *netns_get(int sockfd, uint64_t ino)
+{
+	struct netns *ns = ino ? netns_find(ino) : NULL;
+	struct stat st;
+	int fd;
+
+	if (ns)
+		return ns;
+	fd = kfacts_netns_fd(sockfd);
 	if (fd < 0)
 		return NULL;
 	if (fstat(fd, &st) < 0) {
 		close(fd);
 		return NULL;
 	}
-	for (struct link *l = D.nss.next; l != &D.nss; l = l->next) {
-		ns = link_entry(l, struct netns, node);
-		if (ns->ino == st.st_ino) {
-			close(fd);
-			ns->refs++;
-			return ns;
-		}
+	ns = netns_find(st.st_ino);
+	if (ns) {
+		close(fd);
+		return ns;
 	}
 	ns = calloc(1, sizeof(*ns));
 	if (!ns) {
@@ -63,6 +96,16 @@ struct netns *netns_get(int sockfd)
 	ns->refs = 1;
 	netns_refresh(ns, true);
 	link_add(&D.nss, &ns->node);
+	ns->mon = kfacts_addr_monitor(fd);
+	if (ns->mon >= 0) {
+		struct epoll_event ev = { .events = EPOLLIN,
+					  .data.ptr = (void *)((uintptr_t)ns | 1) };
+
+		if (epoll_ctl(D.epfd, EPOLL_CTL_ADD, ns->mon, &ev) < 0) {
+			close(ns->mon);
+			ns->mon = -1;
+		}
+	}
 	return ns;
 }
 
@@ -71,8 +114,25 @@ void netns_put(struct netns *ns)
 	if (!ns || --ns->refs > 0)
 		return;
 	link_del(&ns->node);
+	if (ns->mon >= 0) {
+		epoll_ctl(D.epfd, EPOLL_CTL_DEL, ns->mon, NULL);
+		close(ns->mon);
+	}
 	close(ns->fd);
-	free(ns);
+	/* Its monitor may still be in this round's epoll events: free it
+	 * after the round (netns_reap()). */
+	ns->fd = ns->mon = -1;
+	link_add(&D.dead_nss, &ns->node);
+}
+
+void netns_reap(void)
+{
+	while (!link_empty(&D.dead_nss)) {
+		struct netns *ns = link_entry(D.dead_nss.next, struct netns, node);
+
+		link_del(&ns->node);
+		free(ns);
+	}
 }
 
 /* Is a local to ns? A miss re-reads the namespace's addresses (rate
@@ -120,7 +180,7 @@ int table_create(void)
 {
 	void *p;
 
-	D.table_fd = memfd_create("ivmcd-table", MFD_CLOEXEC);
+	D.table_fd = memfd_create("ivmcd-table", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (D.table_fd < 0)
 		return -errno;
 	if (ftruncate(D.table_fd, CTL_TABLE_SIZE) < 0)
@@ -128,6 +188,11 @@ int table_create(void)
 	p = mmap(NULL, CTL_TABLE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
 		 D.table_fd, 0);
 	if (p == MAP_FAILED)
+		return -errno;
+	/* Our mapping stays writable; no other can be made, not even from a
+	 * client's O_RDONLY fd reopened read-write through /proc. */
+	if (fcntl(D.table_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
+						 F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
 		return -errno;
 	D.table = p;
 	D.table->magic = CTL_TABLE_MAGIC;
@@ -254,7 +319,7 @@ static struct reg *reg_new(struct client *cl, const struct ctl_reg *m, int fd,
 		return NULL;
 	err = listener ? kfacts_listener(fd, &r->k) : kfacts_conn(fd, &r->k);
 	if (!err) {
-		r->ns = netns_get(fd);
+		r->ns = netns_get(fd, r->k.netns_ino);
 		if (!r->ns)
 			err = -ENOENT;
 	}
@@ -502,15 +567,17 @@ static bool token_pending(const struct client *cl, uint64_t token)
 	return false;
 }
 
-static bool cookie_pending(uint64_t cookie, const struct reg *self)
+/* The pending registration of the same socket, if any: a socket held
+ * by two processes (after fork, or passed) is nobody's to attach. */
+static struct reg *cookie_pending(uint64_t cookie, const struct reg *self)
 {
 	for (struct link *l = D.pending.next; l != &D.pending; l = l->next) {
-		const struct reg *r = link_entry(l, struct reg, tnode);
+		struct reg *r = link_entry(l, struct reg, tnode);
 
 		if (r != self && r->k.sock_cookie == cookie)
-			return true;
+			return r;
 	}
-	return false;
+	return NULL;
 }
 
 void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
@@ -538,7 +605,10 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 	link_add(&D.pending, &r->tnode);
 	cl->pending++;
 	D.npending++;
-	if (cookie_pending(r->k.sock_cookie, r)) {
+	cand[0] = cookie_pending(r->k.sock_cookie, r);
+	if (cand[0]) {
+		client_nochan(cand[0]->cl, cand[0]->token, CTL_R_DUPLICATE);
+		reg_free(cand[0]);
 		client_nochan(cl, m->token, CTL_R_DUPLICATE);
 		reg_free(r);
 		return;
@@ -564,8 +634,10 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 		reg_free(r);
 		return;
 	}
-	if (n == 1) /* a candidate that no longer exists: forget it */
+	if (n == 1 && !alive(cand[0])) { /* its socket is gone */
+		client_nochan(cand[0]->cl, cand[0]->token, CTL_R_NOT_TCP);
 		reg_free(cand[0]);
+	}
 	r->deadline_ms = now_ms() + policy_pending_ms(D.pol);
 	r->hnext = D.hash[tuple_hash(&r->k.local, &r->k.remote)];
 	D.hash[tuple_hash(&r->k.local, &r->k.remote)] = r;

@@ -154,7 +154,7 @@ static void on_hello(struct client *cl, int nfds, const int *fds)
 	    xport_map(fds[0], 0, CTL_MAILBOX_SIZE, &p) == 0)
 		cl->mbox = p;
 	cl->hello = true;
-	cl->ns = netns_get(cl->fd);
+	cl->ns = netns_get(cl->fd, 0);
 	if (cl->ns)
 		table_rebuild();
 	/* A read-only fd of the table: the client cannot map it writable. */

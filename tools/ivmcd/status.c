@@ -43,13 +43,31 @@ static void dir_view(const struct channel *ch, int d, struct dir_view *v)
 		v->mode = (w & IVMC_PW_CLOSED) ? "tcp" : "ring";
 }
 
+/* One answer names the few namespaces of thousands of channel ends, and
+ * kfacts_netns_name() reads /run/netns each time: resolve each inode once
+ * per answer (names may change between answers). */
+#define NS_CACHE 16
+static struct {
+	uint64_t ino;
+	char name[64];
+} ns_cache[NS_CACHE];
+static int ns_cached;
+
 static const char *ns_label(uint64_t ino, char *buf, size_t len)
 {
 	if (ino == D.own_netns_ino)
 		return "host";
-	if (kfacts_netns_name(ino, buf, len) == 0)
-		return buf;
-	snprintf(buf, len, "inode:%llu", (unsigned long long)ino);
+	for (int i = 0; i < ns_cached; i++)
+		if (ns_cache[i].ino == ino)
+			return ns_cache[i].name;
+	if (kfacts_netns_name(ino, buf, len) != 0)
+		snprintf(buf, len, "inode:%llu", (unsigned long long)ino);
+	if (ns_cached < NS_CACHE) {
+		ns_cache[ns_cached].ino = ino;
+		snprintf(ns_cache[ns_cached].name, sizeof(ns_cache[0].name),
+			 "%s", buf);
+		ns_cached++;
+	}
 	return buf;
 }
 
@@ -232,6 +250,7 @@ int status_write(int fd, uint32_t what, bool json, uint32_t uid)
 			close(dfd);
 		return -errno;
 	}
+	ns_cached = 0;
 	if (what == CTL_Q_POLICY) {
 		err = policy_write(D.pol, f, json);
 	} else if (json) {
