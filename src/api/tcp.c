@@ -221,6 +221,7 @@ static void on_detach(uint64_t token)
 		return;
 	(void)chan_detach(c, CHAN_TX);
 	(void)chan_detach(c, CHAN_RX);
+	ivmc_store_release(&w->state, -ECANCELED); /* on TCP for good */
 }
 
 /* Take in everything the daemon sent. */

@@ -72,7 +72,7 @@ struct client {
 	uint32_t uid, gid;
 	struct netns *ns;  /* where its control socket was made */
 	struct ctl_mailbox *mbox;
-	uint32_t pending;
+	uint32_t pending, listeners;
 	uint32_t bad;
 	bool hello;
 };
@@ -139,6 +139,8 @@ struct daemon {
 	struct why_count why;
 	uint64_t paired, bad_msgs, refused_clients;
 	uint64_t own_netns_ino;
+	uint64_t accept_paused_ms; /* accept() ran out of fds at; 0: not */
+	bool table_dirty; /* rebuild the table after this round */
 	bool stop;
 };
 

@@ -2,14 +2,18 @@
 /*
  * Description: what the kernel says about a socket handed to ivmcd: its
  * 4-tuple, cookies and netns; the addresses of a netns (rtnetlink); whether
- * a socket still exists (sock_diag); the names `ip netns` gives namespaces.
+ * a socket still exists (sock_diag); whether two namespaces are joined by
+ * a veth pair or a bridge (rtnetlink); the names `ip netns` gives
+ * namespaces.
  */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/if_link.h>
 #include <linux/inet_diag.h>
+#include <linux/net_namespace.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
@@ -555,6 +559,396 @@ int kfacts_diag_check(int nsfd, const struct kconn *k)
 	if (r == -ENOENT || r == -ESTALE)
 		return 0;
 	return r < 0 ? r : d.yes;
+}
+
+/* ---- are two namespaces joined by a link? ------------------------------ */
+
+#define KIND_LEN 16
+#define NL_REQ_BODY 128 /* family header and a few attributes */
+
+/* A request: the netlink header, the family's header, attributes. */
+struct nl_req {
+	struct nlmsghdr h;
+	char body[NL_REQ_BODY];
+};
+
+/* A device, as RTM_GETLINK tells. */
+struct kdev {
+	int index;
+	int peer;	     /* IFLA_LINK: a veth's peer ifindex */
+	int peer_nsid;	     /* IFLA_LINK_NETNSID; -1: none (the same netns) */
+	int master;	     /* IFLA_MASTER: the bridge of a port */
+	char kind[KIND_LEN]; /* IFLA_INFO_KIND: "veth", "bridge", ... */
+};
+
+/* One end's way out to its peer address, in the end's netns. */
+struct kpath {
+	int s;		/* NETLINK_ROUTE socket in that netns */
+	int nsfd;	/* the netns itself */
+	bool gateway;	/* the route goes through a router */
+	uint8_t gw[16]; /* its address, IPv6 form */
+	struct kdev dev; /* the route's device; index 0: no unicast route */
+};
+
+static void *nl_init(struct nl_req *q, uint16_t type, size_t hdrlen)
+{
+	memset(q, 0, sizeof(*q));
+	q->h.nlmsg_len = NLMSG_LENGTH(hdrlen);
+	q->h.nlmsg_type = type;
+	q->h.nlmsg_flags = NLM_F_REQUEST;
+	return NLMSG_DATA(&q->h);
+}
+
+/* Append an attribute. An attribute left out could change the question
+ * (a missing IFLA_TARGET_NETNSID asks about our own netns): no room is an
+ * error. */
+static int nl_attr(struct nl_req *q, uint16_t type, const void *data,
+		   size_t len)
+{
+	size_t off = NLMSG_ALIGN(q->h.nlmsg_len);
+	struct rtattr *rta = (struct rtattr *)((char *)q + off);
+
+	if (off + RTA_SPACE(len) > sizeof(*q))
+		return -EMSGSIZE;
+	rta->rta_type = type;
+	rta->rta_len = (unsigned short)RTA_LENGTH(len);
+	memcpy(RTA_DATA(rta), data, len);
+	q->h.nlmsg_len = (uint32_t)(off + RTA_SPACE(len));
+	return 0;
+}
+
+/* Index the attributes of one level by type; later duplicates win. */
+static void nl_attrs(const struct rtattr *rta, int len,
+		     const struct rtattr **tb, int max)
+{
+	memset(tb, 0, sizeof(*tb) * (size_t)(max + 1));
+	for (; RTA_OK(rta, len); rta = RTA_NEXT(rta, len))
+		if (rta->rta_type <= max)
+			tb[rta->rta_type] = rta;
+}
+
+static bool rta_s32(const struct rtattr *rta, int32_t *v)
+{
+	if (!rta || RTA_PAYLOAD(rta) < sizeof(*v))
+		return false;
+	memcpy(v, RTA_DATA(rta), sizeof(*v));
+	return true;
+}
+
+/* Errors that say we could not ask (as opposed to the kernel's "no such
+ * route or device"): passed on as -errno. */
+static bool nl_failed(int r)
+{
+	return r == -ETIMEDOUT || r == -ENOBUFS || r == -ENOMEM ||
+	       r == -EMSGSIZE || r == -EAGAIN || r == -EPROTO ||
+	       r == -EBADF || r == -EPERM || r == -EACCES;
+}
+
+struct route_ans {
+	int oif, type;
+	bool gateway;
+	uint8_t gw[16];
+};
+
+static int route_cb(const struct nlmsghdr *h, void *arg)
+{
+	const struct rtmsg *rtm = NLMSG_DATA(h);
+	const struct rtattr *tb[RTA_MAX + 1], *gw;
+	struct route_ans *a = arg;
+	int32_t oif;
+
+	if (h->nlmsg_type != RTM_NEWROUTE ||
+	    h->nlmsg_len < NLMSG_LENGTH(sizeof(*rtm)))
+		return -EPROTO;
+	nl_attrs(RTM_RTA(rtm), (int)RTM_PAYLOAD(h), tb, RTA_MAX);
+	a->type = rtm->rtm_type;
+	if (tb[RTA_MULTIPATH] || !rta_s32(tb[RTA_OIF], &oif) || oif <= 0)
+		return 0; /* oif 0: not one device we can follow */
+	a->oif = oif;
+	gw = tb[RTA_GATEWAY];
+	if (gw && (RTA_PAYLOAD(gw) == 4 || RTA_PAYLOAD(gw) == 16)) {
+		a->gateway = true;
+		put_addr(a->gw, RTA_DATA(gw), RTA_PAYLOAD(gw));
+	} else if (gw || tb[RTA_VIA]) {
+		a->gateway = true; /* a router we cannot name: none is local */
+		memset(a->gw, 0, sizeof(a->gw));
+	}
+	return 0;
+}
+
+/* The route from src (NULL: any) to dst in the netns of s. Returns 0 with
+ * a->oif 0 when there is none (unreachable, prohibited, ...), -errno. */
+static int route_get(int s, const uint8_t *src, const uint8_t dst[16],
+		     struct route_ans *a)
+{
+	struct nl_req q;
+	struct rtmsg *rtm = nl_init(&q, RTM_GETROUTE, sizeof(*rtm));
+	bool v4 = is_v4mapped(dst) && (!src || is_v4mapped(src));
+	size_t off = v4 ? 12 : 0, alen = 16 - off;
+	int r;
+
+	memset(a, 0, sizeof(*a));
+	rtm->rtm_family = v4 ? AF_INET : AF_INET6;
+	rtm->rtm_dst_len = (uint8_t)(alen * 8);
+	r = nl_attr(&q, RTA_DST, dst + off, alen);
+	if (!r && src) {
+		rtm->rtm_src_len = (uint8_t)(alen * 8);
+		r = nl_attr(&q, RTA_SRC, src + off, alen);
+	}
+	if (!r)
+		r = nl_talk(s, &q.h, route_cb, a);
+	if (r && !nl_failed(r)) { /* -ENETUNREACH, -EINVAL, ... */
+		memset(a, 0, sizeof(*a));
+		r = 0;
+	}
+	return r;
+}
+
+/* Is a local to the netns of s (a route of type local)? 1, 0, -errno. */
+static int route_local(int s, const uint8_t a[16])
+{
+	static const uint8_t any[16];
+	struct route_ans ans;
+	int r;
+
+	if (!memcmp(a, any, sizeof(any)))
+		return 0;
+	r = route_get(s, NULL, a, &ans);
+	return r < 0 ? r : ans.type == RTN_LOCAL;
+}
+
+static int dev_cb(const struct nlmsghdr *h, void *arg)
+{
+	const struct ifinfomsg *ifi = NLMSG_DATA(h);
+	const struct rtattr *tb[IFLA_MAX + 1], *info[IFLA_INFO_MAX + 1];
+	struct kdev *d = arg;
+	int32_t v;
+
+	if (h->nlmsg_type != RTM_NEWLINK ||
+	    h->nlmsg_len < NLMSG_LENGTH(sizeof(*ifi)))
+		return -EPROTO;
+	if (ifi->ifi_index != d->index)
+		return -EPROTO;
+	nl_attrs(IFLA_RTA(ifi), (int)IFLA_PAYLOAD(h), tb, IFLA_MAX);
+	d->peer = rta_s32(tb[IFLA_LINK], &v) ? v : 0;
+	d->peer_nsid = rta_s32(tb[IFLA_LINK_NETNSID], &v) ? v : -1;
+	d->master = rta_s32(tb[IFLA_MASTER], &v) ? v : 0;
+	d->kind[0] = 0;
+	if (tb[IFLA_LINKINFO]) {
+		const struct rtattr *li = tb[IFLA_LINKINFO], *k;
+
+		nl_attrs(RTA_DATA(li), (int)RTA_PAYLOAD(li), info, IFLA_INFO_MAX);
+		k = info[IFLA_INFO_KIND];
+		if (k && RTA_PAYLOAD(k) > 0 && RTA_PAYLOAD(k) <= KIND_LEN) {
+			memcpy(d->kind, RTA_DATA(k), RTA_PAYLOAD(k));
+			d->kind[KIND_LEN - 1] = 0;
+		}
+	}
+	return 0;
+}
+
+/* Device index of the netns of s, or (nsid >= 0) of the netns that has id
+ * nsid there. Returns 1, 0 (no such device or netns), -errno. */
+static int link_get(int s, int nsid, int index, struct kdev *d)
+{
+	struct nl_req q;
+	struct ifinfomsg *ifi = nl_init(&q, RTM_GETLINK, sizeof(*ifi));
+	uint32_t mask = RTEXT_FILTER_SKIP_STATS;
+	int32_t target = nsid;
+	int r;
+
+	memset(d, 0, sizeof(*d));
+	if (index <= 0)
+		return 0;
+	d->index = index;
+	ifi->ifi_family = AF_UNSPEC;
+	ifi->ifi_index = index;
+	r = nl_attr(&q, IFLA_EXT_MASK, &mask, sizeof(mask));
+	if (!r && nsid >= 0)
+		r = nl_attr(&q, IFLA_TARGET_NETNSID, &target, sizeof(target));
+	if (!r)
+		r = nl_talk(s, &q.h, dev_cb, d);
+	if (r && !nl_failed(r)) /* -ENODEV; -EINVAL: no such nsid */
+		return 0;
+	return r < 0 ? r : 1;
+}
+
+static int nsid_cb(const struct nlmsghdr *h, void *arg)
+{
+	const struct rtattr *tb[NETNSA_MAX + 1];
+	size_t hl = NLMSG_ALIGN(sizeof(struct rtgenmsg));
+	int32_t *nsid = arg;
+
+	if (h->nlmsg_type != RTM_NEWNSID || h->nlmsg_len < NLMSG_LENGTH(hl))
+		return -EPROTO;
+	nl_attrs((const struct rtattr *)((const char *)NLMSG_DATA(h) + hl),
+		 (int)(h->nlmsg_len - NLMSG_LENGTH(hl)), tb, NETNSA_MAX);
+	if (!rta_s32(tb[NETNSA_NSID], nsid))
+		return -EPROTO;
+	return 0;
+}
+
+/* The id the netns of s has for the netns behind fd, without making one:
+ * -1 when there is none. Returns 0, -errno. */
+static int nsid_get(int s, int fd, int32_t *nsid)
+{
+	struct nl_req q;
+	struct rtgenmsg *g = nl_init(&q, RTM_GETNSID, sizeof(*g));
+	uint32_t ufd = (uint32_t)fd;
+	int r;
+
+	*nsid = -1;
+	g->rtgen_family = AF_UNSPEC;
+	r = nl_attr(&q, NETNSA_FD, &ufd, sizeof(ufd));
+	if (!r)
+		r = nl_talk(s, &q.h, nsid_cb, nsid);
+	if (r && !nl_failed(r))
+		r = 0, *nsid = -1;
+	return r;
+}
+
+static bool is_kind(const struct kdev *d, const char *kind)
+{
+	return d->index > 0 && !strcmp(d->kind, kind);
+}
+
+/* Does the end's way out lead into another netns at all: a veth whose
+ * peer is elsewhere, or a bridge (whose port may be such a veth's peer)
+ * reached without a router? */
+static bool path_usable(const struct kpath *p)
+{
+	if (is_kind(&p->dev, "veth"))
+		return p->dev.peer > 0 && p->dev.peer_nsid >= 0;
+	return is_kind(&p->dev, "bridge") && !p->gateway;
+}
+
+static int path_of(struct kpath *p, int nsfd, const struct kconn *k)
+{
+	struct route_ans a;
+	int r;
+
+	p->nsfd = nsfd;
+	p->s = nl_open(nsfd, NETLINK_ROUTE);
+	if (p->s < 0)
+		return p->s;
+	r = route_get(p->s, k->local.a, k->remote.a, &a);
+	if (r)
+		return r;
+	if (a.type != RTN_UNICAST || a.oif <= 0)
+		return 0; /* no way out: not usable */
+	p->gateway = a.gateway;
+	memcpy(p->gw, a.gw, sizeof(p->gw));
+	r = link_get(p->s, -1, a.oif, &p->dev);
+	return r < 0 ? r : 0;
+}
+
+/* Not 1: "found" from link_get() must never pass for one of them. */
+#define J_BRIDGE 2 /* joined through a bridge */
+#define J_DIRECT 3 /* joined by one veth pair */
+
+/* Is the veth of p, whose peer is in the netns of q, joined to q's way
+ * out: that peer itself (J_DIRECT), or a port of q's bridge (J_BRIDGE)?
+ * Returns one of them, 0, -errno. The link query came before this id
+ * query: a link query gives the peer's netns an id in p's netns
+ * (peernet2id_alloc()), RTM_GETNSID makes none. */
+static int veth_into(const struct kpath *p, const struct kpath *q)
+{
+	struct kdev port;
+	int32_t id;
+	int r = nsid_get(p->s, q->nsfd, &id);
+
+	if (r || id < 0 || id != p->dev.peer_nsid)
+		return r; /* the peer is not in q's netns */
+	if (p->dev.peer == q->dev.index) { /* q's own device: a veth pair */
+		if (!is_kind(&q->dev, "veth") || q->dev.peer != p->dev.index)
+			return 0;
+		return J_DIRECT;
+	}
+	if (!is_kind(&q->dev, "bridge"))
+		return 0;
+	/* q's bridge: the peer must be one of its ports. */
+	r = link_get(q->s, -1, p->dev.peer, &port);
+	if (r != 1 || !is_kind(&port, "veth") || port.peer != p->dev.index ||
+	    port.master != q->dev.index)
+		return r < 0 ? r : 0;
+	return J_BRIDGE;
+}
+
+/* Both veths, their peers ports of one bridge in a third netns X. X is
+ * asked through q's netns (IFLA_TARGET_NETNSID: q's id for it); that the
+ * port found there is p's peer is proven by the port itself: a veth whose
+ * peer is p's device in p's netns, which only p's one peer can be. */
+static int bridged(const struct kpath *p, const struct kpath *q)
+{
+	struct kdev qport, pport, br;
+	int32_t id;
+	int r = link_get(q->s, q->dev.peer_nsid, q->dev.peer, &qport);
+
+	if (r != 1 || !qport.master)
+		return r < 0 ? r : 0;
+	r = link_get(q->s, q->dev.peer_nsid, qport.master, &br);
+	if (r != 1 || !is_kind(&br, "bridge"))
+		return r < 0 ? r : 0;
+	r = link_get(q->s, q->dev.peer_nsid, p->dev.peer, &pport);
+	if (r != 1 || !is_kind(&pport, "veth") || pport.peer != p->dev.index ||
+	    pport.master != qport.master || pport.peer_nsid < 0)
+		return r < 0 ? r : 0;
+	/* pport's peer netns, by q's ids (the link query made the id). */
+	r = nsid_get(q->s, p->nsfd, &id);
+	return r < 0 ? r : id == pport.peer_nsid ? J_BRIDGE : 0;
+}
+
+/* A router on a shared segment could be anybody on it: the gateway of
+ * either end must be the other end's netns. */
+static int gateways_ok(const struct kpath *p, const struct kpath *q)
+{
+	int r = p->gateway ? route_local(q->s, p->gw) : 1;
+
+	if (r == 1 && q->gateway)
+		r = route_local(p->s, q->gw);
+	return r;
+}
+
+/* 1, 0, -errno, as kfacts_link_check(). */
+static int joined(const struct kpath *pa, const struct kpath *pb)
+{
+	bool va = is_kind(&pa->dev, "veth"), vb = is_kind(&pb->dev, "veth");
+	int r = 0;
+
+	if (va)
+		r = veth_into(pa, pb);
+	if (!r && vb)
+		r = veth_into(pb, pa);
+	if (!r && va && vb)
+		r = bridged(pa, pb);
+	/* A veth pair carries each end's packets to the other's netns and
+	 * nowhere else, through a gateway or not. */
+	if (r == J_DIRECT)
+		return 1;
+	return r == J_BRIDGE ? gateways_ok(pa, pb) : r;
+}
+
+int kfacts_link_check(int nsfd_a, const struct kconn *a, int nsfd_b,
+		      const struct kconn *b, unsigned int *dead)
+{
+	struct kpath pa = { .s = -1 }, pb = { .s = -1 };
+	int r = path_of(&pa, nsfd_a, a);
+
+	if (!r)
+		r = path_of(&pb, nsfd_b, b);
+	if (dead)
+		*dead = 0;
+	if (!r && dead && !path_usable(&pa))
+		*dead |= KLINK_DEAD_A;
+	if (!r && dead && !path_usable(&pb))
+		*dead |= KLINK_DEAD_B;
+	if (!r && path_usable(&pa) && path_usable(&pb))
+		r = joined(&pa, &pb);
+	if (pa.s >= 0)
+		close(pa.s);
+	if (pb.s >= 0)
+		close(pb.s);
+	return r;
 }
 
 /* ---- netns names --------------------------------------------------------- */

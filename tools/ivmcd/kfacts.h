@@ -61,6 +61,26 @@ bool kfacts_is_local(const struct klocal *l, int n, const uint8_t a[16]);
  * not found and give 0. */
 int kfacts_diag_check(int nsfd, const struct kconn *k);
 
+/* Ends of kfacts_link_check() whose way out leads into no other netns at
+ * all (no route, a physical NIC, macvlan, ipvlan, tun, a router on a
+ * bridge...): they can be joined to no namespace, whatever the partner. */
+#define KLINK_DEAD_A 1u
+#define KLINK_DEAD_B 2u
+
+/* Are the netns of a (behind nsfd_a) and of b joined by the path their
+ * packets take, as the kernel's links say now? Each end's route to its
+ * peer address (from its local one) must go out of a veth whose peer is
+ * the other end's device (a veth pair), or a port of the bridge the
+ * other end's route goes out of, or a port of one bridge with the other
+ * end's veth's peer, in a third netns (through a router on a bridge only
+ * when the router is the other end's netns). Not NAT, routers, physical
+ * NICs, macvlan, ipvlan, tun. For ends in two namespaces; addresses are
+ * not checked here. *dead (may be NULL) gets KLINK_DEAD_* bits. Each
+ * netlink answer waits at most 1 s. Returns 1 joined, 0 not, -errno
+ * (could not ask: -ETIMEDOUT, -ENOMEM, ...). */
+int kfacts_link_check(int nsfd_a, const struct kconn *a, int nsfd_b,
+		      const struct kconn *b, unsigned int *dead);
+
 /* The name of a netns inode under /run/netns, or "host" for the daemon's
  * own netns when it has no name there. Returns 0, -ENOENT, -ENAMETOOLONG. */
 int kfacts_netns_name(uint64_t ino, char *name, size_t len);

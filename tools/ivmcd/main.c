@@ -263,7 +263,7 @@ static void run(void)
 	struct epoll_event evs[64];
 
 	while (!D.stop) {
-		int n = epoll_wait(D.epfd, evs, 64, -1);
+		int n = epoll_wait(D.epfd, evs, 64, D.accept_paused_ms ? 100 : -1);
 
 		if (n < 0 && errno != EINTR) {
 			log_err("epoll_wait: %s", strerror(errno));
@@ -287,7 +287,14 @@ static void run(void)
 				client_event(p, evs[i].events);
 			}
 		}
+		if (D.table_dirty) {
+			D.table_dirty = false;
+			table_rebuild();
+		}
 		netns_reap();
+		if (D.accept_paused_ms && now_ms() - D.accept_paused_ms >= 100 &&
+		    ep_add(D.lfd, EPOLLIN, EV_LISTEN) == 0)
+			D.accept_paused_ms = 0;
 		timer_arm();
 	}
 }

@@ -38,7 +38,7 @@ static void netns_refresh(struct netns *ns, bool force)
 	memcpy(ns->addrs, tmp, sizeof(tmp[0]) * (size_t)n);
 	ns->naddrs = n;
 	if (ns->node.next) /* listed: the table shows its addresses */
-		table_rebuild();
+		D.table_dirty = true;
 }
 
 void netns_event(struct netns *ns)
@@ -298,6 +298,7 @@ void reg_free(struct reg *r)
 	link_del(&r->cnode);
 	if (r->listener) {
 		D.nlisteners--;
+		r->cl->listeners--;
 	} else {
 		hash_del(r);
 		link_del(&r->tnode);
@@ -638,7 +639,18 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 		client_nochan(cand[0]->cl, cand[0]->token, CTL_R_NOT_TCP);
 		reg_free(cand[0]);
 	}
+	/* The pending list is ordered by deadline (a reload may have made
+	 * pending_timeout shorter than for those before us). */
 	r->deadline_ms = now_ms() + policy_pending_ms(D.pol);
+	link_del(&r->tnode);
+	{
+		struct link *at = D.pending.prev;
+
+		while (at != &D.pending &&
+		       link_entry(at, struct reg, tnode)->deadline_ms > r->deadline_ms)
+			at = at->prev;
+		link_add(at->next, &r->tnode);
+	}
 	r->hnext = D.hash[tuple_hash(&r->k.local, &r->k.remote)];
 	D.hash[tuple_hash(&r->k.local, &r->k.remote)] = r;
 }
@@ -653,14 +665,29 @@ void reg_listen(struct client *cl, const struct ctl_reg *m, int fd)
 		client_nochan(cl, m->token, CTL_R_DUPLICATE);
 		return;
 	}
+	if (cl->listeners >= policy_pending_max(D.pol)) {
+		close(fd);
+		client_nochan(cl, m->token, CTL_R_LIMIT);
+		return;
+	}
 	r = reg_new(cl, m, fd, true, &reason);
 	close(fd);
 	if (!r) {
 		client_nochan(cl, m->token, reason);
 		return;
 	}
+	cl->listeners++;
 	D.nlisteners++;
-	table_rebuild();
+	for (struct link *l = cl->regs.next; l != &cl->regs; l = l->next) {
+		struct reg *o = link_entry(l, struct reg, cnode);
+
+		if (o != r && o->listener && o->k.sock_cookie == r->k.sock_cookie) {
+			reg_free(r); /* that socket is announced already */
+			client_nochan(cl, m->token, CTL_R_DUPLICATE);
+			return;
+		}
+	}
+	D.table_dirty = true;
 }
 
 void reg_unreg(struct client *cl, const struct ctl_unreg *m)
@@ -673,7 +700,7 @@ void reg_unreg(struct client *cl, const struct ctl_unreg *m)
 
 			reg_free(r);
 			if (lis)
-				table_rebuild();
+				D.table_dirty = true;
 			return;
 		}
 	}

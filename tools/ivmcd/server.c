@@ -105,6 +105,15 @@ int server_accept(void)
 	for (int i = 0; i < 64; i++) {
 		int fd = accept4(D.lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
+		if (fd < 0 && (errno == EMFILE || errno == ENFILE ||
+			       errno == ENOBUFS || errno == ENOMEM)) {
+			/* Level-triggered: stop watching the socket for a
+			 * while rather than spin (run() re-arms it). */
+			log_warn("accept: %s: pausing", strerror(errno));
+			epoll_ctl(D.epfd, EPOLL_CTL_DEL, D.lfd, NULL);
+			D.accept_paused_ms = now_ms();
+			return -errno;
+		}
 		if (fd < 0)
 			return errno == EAGAIN ? 0 : -errno;
 		(void)client_new(fd);
@@ -128,7 +137,7 @@ void client_drop(struct client *cl, const char *why)
 		munmap(cl->mbox, CTL_MAILBOX_SIZE);
 	if (cl->ns) {
 		netns_put(cl->ns);
-		table_rebuild();
+		D.table_dirty = true;
 	}
 	link_del(&cl->node);
 	D.nclients--;
@@ -147,6 +156,7 @@ static void on_hello(struct client *cl, int nfds, const int *fds)
 
 	if (cl->hello) {
 		result(cl, EPROTO, -1, 0, "second HELLO");
+		cl->bad++; /* counts like any malformed message */
 		return;
 	}
 	if (nfds == 1 && xport_memfd_verify(fds[0], &size) == 0 &&
@@ -156,7 +166,7 @@ static void on_hello(struct client *cl, int nfds, const int *fds)
 	cl->hello = true;
 	cl->ns = netns_get(cl->fd, 0);
 	if (cl->ns)
-		table_rebuild();
+		table_rebuild(); /* before the welcome: it maps the table */
 	/* A read-only fd of the table: the client cannot map it writable. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", D.table_fd);
 	tfd = open(path, O_RDONLY | O_CLOEXEC);
