@@ -249,13 +249,16 @@ static void check_limits(void)
 	char *t = malloc(cap);
 
 	T_ASSERT(t);
-	/* The 1 KiB line limit counts the bytes before a comment. */
-	memset(t, ' ', 1024);
-	memset(t + 1024, '#', 2000);
-	policy_free(parse_ok(t, 3024));
+	/* The 1 KiB line limit leaves out a comment and the blanks before
+	 * it: "allow ... any" of 1024 bytes is fine, of 1025 not. */
+	memset(t, ' ', 3000);
+	memcpy(t + 2, "allow", 5);
+	memcpy(t + 1023, "any", 3);
+	t[2000] = '#';
 	t[0] = t[1] = '\n';
-	memset(t + 2, ' ', 1025);
-	expect_bad(t, 1027, 3);
+	policy_free(parse_ok(t, 3000));
+	memcpy(t + 1023, " any", 4);
+	expect_bad(t, 3000, 3);
 
 	n = 0;
 	for (int i = 0; i < 4096; i++)
@@ -357,8 +360,8 @@ static void strip_lines(char *s)
 	*o = '\0';
 }
 
-/* The longest rule there is, far down a 1 MiB file: written back with
- * "  # line 1000001" it must still parse. */
+/* The longest rule there is, far down a file, already as policy_write()
+ * writes it: written back with "  # line 1000001" it must still parse. */
 static void check_long_rule(void)
 {
 	size_t n = 1000000;
@@ -368,16 +371,20 @@ static void check_long_rule(void)
 	T_ASSERT(t);
 	memset(t, '\n', n);
 	n += (size_t)sprintf(t + n, "allow port=1");
-	while (n < 1000000 + 1024 - 6)
+	for (int i = 0; i < 168; i++)
 		n += (size_t)sprintf(t + n, ",65535");
-	n += (size_t)sprintf(t + n, ",%0*d", (int)(1000000 + 1024 - n - 1), 7);
-	T_ASSERT_EQ(n, 1000000 + 1024);
+	n += (size_t)sprintf(t + n, ",999 \t # comment");
 	p = parse_ok(t, n);
 	w = write_str(p, false);
-	T_ASSERT(strstr(w, ",7  # line 1000001\n"));
+	T_ASSERT(strstr(w, ",999  # line 1000001\n"));
+	T_ASSERT_EQ(strchr(strstr(w, "allow"), '#') - strstr(w, "allow"),
+		    1024 + 2);
 	policy_free(p);
 	policy_free(parse_ok(w, strlen(w)));
 	free(w);
+	/* One more byte is too long, wherever it goes. */
+	memcpy(t + 1000000, " allow", 6);
+	expect_bad(t, n, 1000001);
 	free(t);
 }
 

@@ -466,13 +466,17 @@ static int parse_global(struct ps *ps, const char *pos, const char *end,
 }
 
 /* One line of n bytes (no '\n'), which ends at end_off in the text. The
- * length limit leaves out the comment: written text adds "  # line N" to
- * every rule, and a rule never comes out longer than it went in. */
+ * length limit leaves out a comment and the blanks before it: written text
+ * adds "  # line N" to every rule, and a rule never comes out longer than
+ * it went in. */
 static int parse_line(struct ps *ps, const char *s, size_t n, size_t end_off)
 {
 	const char *hash = memchr(s, '#', n);
 	const char *end = hash ? hash : s + n;
 	struct tok t;
+
+	while (end > s && blank(end[-1]))
+		end--;
 
 	if (end_off > TEXT_MAX)
 		return perr(ps, "text longer than %u bytes", TEXT_MAX);
