@@ -8,7 +8,15 @@
  * netns joined by a veth pair: a server inside it hands its accepted socket
  * over SCM_RIGHTS, and both ends must show the other netns, the right local
  * addresses, names, and sock_diag answers that turn to "no" after a close
- * or with a wrong cookie or netns. Last, SO_PEERPIDFD on a socketpair.
+ * or with a wrong cookie or netns, and kfacts_link_check() says the two
+ * are joined. Then two bridged networks and two veth pairs, all with the
+ * same addresses, a veth within one netns and routers: kfacts_link_check()
+ * says yes for a veth pair, two ports of one bridge and a port of the
+ * other end's bridge (also through a gateway that is the other end); no
+ * for ends of different networks with the same addresses and for a router
+ * namespace in the way; no, that end being dead, for no route and a veth
+ * within one netns. Its cost per call is printed. Last, SO_PEERPIDFD on a
+ * socketpair.
  */
 #include "../tools/ivmcd/kfacts.c"
 
@@ -26,9 +34,14 @@
 
 #define MAX_LOCAL 64
 
+#define LK_MAX 12 /* namespaces of the link tests */
+#define LK_CALLS 1000
+
 static pid_t main_pid, server_pid;
 static char ns_name[32], ns_path[64];
 static volatile sig_atomic_t ns_made;
+static char lk_name[LK_MAX][32], lk_path[LK_MAX][64];
+static volatile sig_atomic_t lk_made;
 static uint64_t own_ino;
 static int own_nsfd;
 
@@ -383,6 +396,44 @@ static void test_not_tcp(void)
 	printf("errors: ok%s\n", mp >= 0 ? "" : " (no MPTCP here)");
 }
 
+/* kfacts_link_check() both ways round: want, and the dead ends. */
+static void expect_link(int nsa, const struct kconn *a, int nsb,
+			const struct kconn *b, int want, unsigned int want_dead,
+			const char *what)
+{
+	unsigned int dead = 99, swapped = 0;
+	int r = kfacts_link_check(nsa, a, nsb, b, &dead);
+
+	if (want_dead & KLINK_DEAD_A)
+		swapped |= KLINK_DEAD_B;
+	if (want_dead & KLINK_DEAD_B)
+		swapped |= KLINK_DEAD_A;
+
+	if (r != want || dead != want_dead)
+		t_fail("%s: kfacts_link_check gave %d (%s), dead %u; want %d, "
+		       "dead %u",
+		       what, r, t_strerror(r), dead, want, want_dead);
+	r = kfacts_link_check(nsb, b, nsa, a, &dead);
+	if (r != want || dead != swapped)
+		t_fail("%s, the other way round: kfacts_link_check gave %d (%s), "
+		       "dead %u; want %d, dead %u",
+		       what, r, t_strerror(r), dead, want, swapped);
+	T_ASSERT_EQ(kfacts_link_check(nsa, a, nsb, b, NULL), want);
+}
+
+/* What a check costs (printed, never asserted: a shared machine). */
+static void time_link(int nsa, const struct kconn *a, int nsb,
+		      const struct kconn *b, const char *what)
+{
+	int want = kfacts_link_check(nsa, a, nsb, b, NULL);
+	uint64_t t0 = t_now_ns();
+
+	for (int i = 0; i < LK_CALLS; i++)
+		T_ASSERT_EQ(kfacts_link_check(nsa, a, nsb, b, NULL), want);
+	printf("kfacts_link_check, %s (%d): %.1f us per call\n", what, want,
+	       (double)(t_now_ns() - t0) / LK_CALLS / 1000.0);
+}
+
 /* ---- (3) two network namespaces ------------------------------------------ */
 
 /* Async-signal-safe: runs at exit and from SIGTERM/SIGALRM. */
@@ -398,6 +449,17 @@ static void ns_remove(void)
 	ns_made = 0;
 }
 
+static void lk_remove(void)
+{
+	if (getpid() != main_pid)
+		return;
+	for (int i = 0; i < lk_made; i++) {
+		umount2(lk_path[i], MNT_DETACH);
+		unlink(lk_path[i]);
+	}
+	lk_made = 0;
+}
+
 static void on_signal(int sig)
 {
 	static const char msg[] = "ctl-kfacts: timeout or killed\n";
@@ -405,6 +467,7 @@ static void on_signal(int sig)
 
 	(void)sig;
 	ns_remove();
+	lk_remove();
 	r = write(STDERR_FILENO, msg, sizeof(msg) - 1);
 	(void)r;
 	_exit(T_FAIL);
@@ -599,6 +662,8 @@ static void test_netns(void)
 	expect_locals(ns_in, ip_in, ip_out);
 	expect_ptp(ns_in);
 	expect_diags(ns_out, ns_in, &kc, &ks);
+	expect_link(ns_out, &kc, ns_in, &ks, 1, 0, "veth host <-> netns");
+	time_link(ns_out, &kc, ns_in, &ks, "veth pair with the host");
 
 	close(c);
 	expect_diag(ns_out, &kc, 0, "outside end after close");
@@ -611,7 +676,243 @@ static void test_netns(void)
 	printf("netns %s, 10.213.%u.0/24: ok\n", ns_name, subnet);
 }
 
-/* ---- (4) SO_PEERPIDFD ----------------------------------------------------- */
+/* ---- (4) links between namespaces ---------------------------------------- */
+
+static int lk_ns(const char *tag)
+{
+	int i = lk_made, fd;
+
+	if (i == LK_MAX)
+		t_fail("too many namespaces");
+	snprintf(lk_name[i], sizeof(lk_name[i]), "ivmc-kf%s-%d", tag,
+		 (int)main_pid);
+	snprintf(lk_path[i], sizeof(lk_path[i]), NETNS_DIR "/%s", lk_name[i]);
+	lk_made = i + 1; /* before the command: a half-made one goes too */
+	sh("ip netns add %s && ip -n %s link set lo up", lk_name[i],
+	   lk_name[i]);
+	fd = open(lk_path[i], O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		t_fail("open %s: %s", lk_path[i], strerror(errno));
+	return fd;
+}
+
+/* An IPv4 TCP socket made in the netns behind nsfd. */
+static int lk_socket(int nsfd)
+{
+	int one = 1, fd = socket_in(nsfd, AF_INET, SOCK_STREAM, 0);
+
+	if (fd < 0)
+		t_fail("socket in a netns: %s", t_strerror(fd));
+	set_timeouts(fd);
+	T_ASSERT(!setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)));
+	return fd;
+}
+
+static int lk_listen(int nsfd, const char *ip, uint16_t port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sa_fill(&ss, AF_INET, ip, port);
+	int fd = lk_socket(nsfd);
+
+	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 8))
+		t_fail("bind/listen %s:%u: %s", ip, port, strerror(errno));
+	return fd;
+}
+
+/* Connect from src:sport (sport 0: any); a fresh link may take a moment
+ * to carry packets, so retry briefly. */
+static int lk_connect(int nsfd, const char *src, uint16_t sport,
+		      const char *dst, uint16_t dport)
+{
+	struct sockaddr_storage sa, da;
+	socklen_t slen = sa_fill(&sa, AF_INET, src, sport);
+	socklen_t dlen = sa_fill(&da, AF_INET, dst, dport);
+
+	for (int i = 0;; i++) {
+		int fd = lk_socket(nsfd);
+
+		if (bind(fd, (struct sockaddr *)&sa, slen))
+			t_fail("bind %s:%u: %s", src, sport, strerror(errno));
+		if (!connect(fd, (struct sockaddr *)&da, dlen))
+			return fd;
+		if (i == 100 || (errno != ECONNREFUSED &&
+				 errno != ENETUNREACH && errno != EHOSTUNREACH))
+			t_fail("connect %s -> %s:%u: %s", src, dst, dport,
+			       strerror(errno));
+		close(fd);
+		usleep(20000);
+	}
+}
+
+/* A connection src -> dst:dport from the netns behind nc to a listener
+ * in the one behind ns: *c and *s its ends, kc and ks their facts. */
+static void lk_conn(int nc, const char *src, uint16_t sport, int ns,
+		    const char *dst, uint16_t dport, int *c, int *s,
+		    struct kconn *kc, struct kconn *ks, const char *what)
+{
+	int l = lk_listen(ns, dst, dport);
+
+	*c = lk_connect(nc, src, sport, dst, dport);
+	*s = tcp_accept(l);
+	close(l);
+	conn_pair(*c, *s, kc, ks, what);
+}
+
+/* A made-up end: the check reads addresses only. */
+static struct kconn lk_fake(const char *local, uint16_t lport,
+			    const char *remote, uint16_t rport)
+{
+	struct kconn k = { .local = kaddr_of(local, lport),
+			   .remote = kaddr_of(remote, rport) };
+
+	return k;
+}
+
+static void test_links(void)
+{
+	enum { BR, N1, N2, L1, L2, M1, M2, DD, BR2, O1, O2 };
+	char ip[8][40], a6[40], b6[40];
+	int fd[LK_MAX], c[4], s[4];
+	struct kconn kc[4], ks[4], x, y;
+	uint16_t sport, dport = 7000;
+	unsigned int S = subnet;
+
+	fd[BR] = lk_ns("br");
+	fd[N1] = lk_ns("n1");
+	fd[N2] = lk_ns("n2");
+	fd[L1] = lk_ns("l1");
+	fd[L2] = lk_ns("l2");
+	fd[M1] = lk_ns("m1");
+	fd[M2] = lk_ns("m2");
+	fd[DD] = lk_ns("dd");
+	fd[BR2] = lk_ns("br2");
+	fd[O1] = lk_ns("o1");
+	fd[O2] = lk_ns("o2");
+	/* Ids that differ between n2 and br for the same namespace: a port
+	 * in br asked through n2 names its peer's netns by n2's ids (what
+	 * bridged() relies on), not by br's. */
+	sh("ip -n %s netns set %s 7 && ip -n %s netns set %s 8", lk_name[N2],
+	   lk_name[N1], lk_name[N2], lk_name[BR]);
+	sh("ip -n %s netns set %s 3 && ip -n %s netns set %s 4", lk_name[BR],
+	   lk_name[N1], lk_name[BR], lk_name[N2]);
+	snprintf(ip[0], sizeof(ip[0]), "10.214.%u.254", S);
+	snprintf(ip[1], sizeof(ip[1]), "10.214.%u.1", S);
+	snprintf(ip[2], sizeof(ip[2]), "10.214.%u.2", S);
+	snprintf(ip[3], sizeof(ip[3]), "10.215.%u.254", S); /* br's, on lo */
+	snprintf(ip[4], sizeof(ip[4]), "10.216.%u.254", S); /* br's, on lo */
+	snprintf(a6, sizeof(a6), "fd00:214:%x::1", S);
+	snprintf(b6, sizeof(b6), "fd00:214:%x::2", S);
+	/* n1 and n2 on br0 in br, which has an address on it too; o1 and o2
+	 * the same way on br2, with the same addresses. */
+	for (int j = 0; j < 2; j++) {
+		int b = j ? BR2 : BR;
+
+		sh("ip -n %s link add br0 type bridge && ip -n %s link set br0 "
+		   "up && ip -n %s addr add %s/24 dev br0",
+		   lk_name[b], lk_name[b], lk_name[b], ip[0]);
+		for (int i = 1; i <= 2; i++) {
+			sh("ip -n %s link add p%d type veth peer name eth0 netns "
+			   "%s && ip -n %s link set p%d master br0 up",
+			   lk_name[b], i, lk_name[b + i], lk_name[b], i);
+			sh("ip -n %s addr add %s/24 dev eth0 && ip -n %s addr "
+			   "add %s/64 dev eth0 nodad && ip -n %s link set eth0 up",
+			   lk_name[b + i], ip[i], lk_name[b + i],
+			   i == 1 ? a6 : b6, lk_name[b + i]);
+		}
+	}
+	/* Two more networks with the same addresses: veth pairs l1-l2 and
+	 * m1-m2. */
+	for (int i = L1; i <= M1; i += 2) {
+		sh("ip -n %s link add eth0 type veth peer name eth0 netns %s",
+		   lk_name[i], lk_name[i + 1]);
+		sh("ip -n %s addr add %s/24 dev eth0 && ip -n %s link set eth0 up",
+		   lk_name[i], ip[1], lk_name[i]);
+		sh("ip -n %s addr add %s/24 dev eth0 && ip -n %s link set eth0 up",
+		   lk_name[i + 1], ip[2], lk_name[i + 1]);
+	}
+	/* dd: n1's address on a veth whose peer is in dd too. */
+	sh("ip -n %s link add d0 type veth peer name d1 && ip -n %s addr add "
+	   "%s/24 dev d0 && ip -n %s link set d0 up && ip -n %s link set d1 up",
+	   lk_name[DD], lk_name[DD], ip[1], lk_name[DD], lk_name[DD]);
+	/* From n1, br's other addresses: through br's own address, or
+	 * through n2 (a router namespace). */
+	sh("ip -n %s addr add %s/32 dev lo && ip -n %s addr add %s/32 dev lo",
+	   lk_name[BR], ip[3], lk_name[BR], ip[4]);
+	sh("ip -n %s route add %s via %s && ip -n %s route add %s via %s",
+	   lk_name[N1], ip[3], ip[0], lk_name[N1], ip[4], ip[2]);
+
+	/* Ports of one bridge in a third netns; a port of the other end's
+	 * bridge. */
+	lk_conn(fd[N1], ip[1], 0, fd[N2], ip[2], dport, &c[0], &s[0], &kc[0],
+		&ks[0], "n1 -> n2");
+	sport = kc[0].local.port;
+	expect_link(fd[N1], &kc[0], fd[N2], &ks[0], 1, 0,
+		    "bridge in a third netns");
+	lk_conn(fd[N1], ip[1], 0, fd[BR], ip[0], dport, &c[1], &s[1], &kc[1],
+		&ks[1], "n1 -> br");
+	expect_link(fd[N1], &kc[1], fd[BR], &ks[1], 1, 0,
+		    "bridge of the other end");
+	/* The same 4-tuple as n1 -> n2 in l1-l2 and in m1-m2. */
+	lk_conn(fd[L1], ip[1], sport, fd[L2], ip[2], dport, &c[2], &s[2],
+		&kc[2], &ks[2], "l1 -> l2");
+	lk_conn(fd[M1], ip[1], sport, fd[M2], ip[2], dport, &c[3], &s[3],
+		&kc[3], &ks[3], "m1 -> m2");
+	T_ASSERT(kaddr_eq(&kc[2].local, &kc[0].local) &&
+		 kaddr_eq(&kc[3].remote, &kc[0].remote));
+	expect_link(fd[L1], &kc[2], fd[L2], &ks[2], 1, 0, "veth pair l1-l2");
+	expect_link(fd[M1], &kc[3], fd[M2], &ks[3], 1, 0, "veth pair m1-m2");
+	expect_link(fd[L1], &kc[2], fd[M2], &ks[3], 0, 0,
+		    "lookalike l1 <-> m2");
+	expect_link(fd[M1], &kc[3], fd[L2], &ks[2], 0, 0,
+		    "lookalike m1 <-> l2");
+	expect_link(fd[N1], &kc[0], fd[L2], &ks[2], 0, 0,
+		    "lookalike n1 <-> l2");
+	expect_link(fd[L1], &kc[2], fd[N2], &ks[0], 0, 0,
+		    "lookalike l1 <-> n2");
+	/* n2's end, said to be in br (where its address is not): no route
+	 * from there. */
+	expect_link(fd[N1], &kc[0], fd[BR], &ks[0], 0, KLINK_DEAD_B,
+		    "n1 <-> n2's end in br");
+	/* Two bridged networks alike (their devices likely have the same
+	 * indexes too). */
+	expect_link(fd[O1], &kc[0], fd[O2], &ks[0], 1, 0, "bridge br2");
+	expect_link(fd[N1], &kc[0], fd[O2], &ks[0], 0, 0,
+		    "lookalike n1 <-> o2");
+	expect_link(fd[O1], &kc[0], fd[N2], &ks[0], 0, 0,
+		    "lookalike o1 <-> n2");
+	expect_link(fd[O1], &kc[1], fd[BR], &ks[1], 0, 0,
+		    "lookalike o1 <-> br");
+	/* IPv6 on the bridge, made-up ends. */
+	x = lk_fake(a6, 40000, b6, 7000);
+	y = lk_fake(b6, 7000, a6, 40000);
+	expect_link(fd[N1], &x, fd[N2], &y, 1, 0,
+		    "IPv6, bridge in a third netns");
+	/* Through br's own address as a gateway: yes; through n2: no. */
+	x = lk_fake(ip[1], 40000, ip[3], 7000);
+	y = lk_fake(ip[3], 7000, ip[1], 40000);
+	expect_link(fd[N1], &x, fd[BR], &y, 1, 0, "gateway: the other end");
+	x = lk_fake(ip[1], 40000, ip[4], 7000);
+	y = lk_fake(ip[4], 7000, ip[1], 40000);
+	expect_link(fd[N1], &x, fd[BR], &y, 0, 0, "gateway: a router netns");
+	/* A veth into its own netns, no route at all: those ends are dead. */
+	x = lk_fake(ip[1], sport, ip[2], dport);
+	expect_link(fd[DD], &x, fd[N2], &ks[0], 0, KLINK_DEAD_A,
+		    "veth within one netns");
+	y = lk_fake(ip[2], dport, "10.217.0.1", sport);
+	expect_link(fd[N1], &kc[0], fd[N2], &y, 0, KLINK_DEAD_B, "no route");
+	time_link(fd[N1], &kc[0], fd[N2], &ks[0], "bridge in a third netns");
+	time_link(fd[N1], &kc[1], fd[BR], &ks[1], "bridge of the other end");
+	time_link(fd[L1], &kc[2], fd[L2], &ks[2], "veth pair");
+	time_link(fd[L1], &kc[2], fd[M2], &ks[3], "lookalike");
+	for (int i = 0; i < 4; i++)
+		close(c[i]), close(s[i]);
+	for (int i = 0; i <= O2; i++)
+		close(fd[i]);
+	lk_remove();
+	printf("links: veth pairs, bridges, gateways, lookalikes: ok\n");
+}
+
+/* ---- (5) SO_PEERPIDFD ----------------------------------------------------- */
 
 static bool kernel_before(int major, int minor)
 {
@@ -676,6 +977,7 @@ int main(void)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGALRM, &sa, NULL);
 	atexit(ns_remove);
+	atexit(lk_remove);
 	alarm(60);
 
 	test_loopback();
@@ -683,6 +985,7 @@ int main(void)
 	test_not_tcp();
 	test_pidfd();
 	test_netns();
+	test_links();
 	close(own_nsfd);
 	return T_PASS;
 }

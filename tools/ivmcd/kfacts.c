@@ -621,7 +621,8 @@ static int nl_attr(struct nl_req *q, uint16_t type, const void *data,
 static void nl_attrs(const struct rtattr *rta, int len,
 		     const struct rtattr **tb, int max)
 {
-	memset(tb, 0, sizeof(*tb) * (size_t)(max + 1));
+	for (int i = 0; i <= max; i++)
+		tb[i] = NULL;
 	for (; RTA_OK(rta, len); rta = RTA_NEXT(rta, len))
 		if (rta->rta_type <= max)
 			tb[rta->rta_type] = rta;
@@ -640,8 +641,8 @@ static bool rta_s32(const struct rtattr *rta, int32_t *v)
 static bool nl_failed(int r)
 {
 	return r == -ETIMEDOUT || r == -ENOBUFS || r == -ENOMEM ||
-	       r == -EMSGSIZE || r == -EAGAIN || r == -EPROTO ||
-	       r == -EBADF || r == -EPERM || r == -EACCES;
+	       r == -EMSGSIZE || r == -EAGAIN || r == -EPROTO || r == -EBADF ||
+	       r == -EPERM || r == -EACCES;
 }
 
 struct route_ans {
@@ -737,7 +738,8 @@ static int dev_cb(const struct nlmsghdr *h, void *arg)
 	if (tb[IFLA_LINKINFO]) {
 		const struct rtattr *li = tb[IFLA_LINKINFO], *k;
 
-		nl_attrs(RTA_DATA(li), (int)RTA_PAYLOAD(li), info, IFLA_INFO_MAX);
+		nl_attrs(RTA_DATA(li), (int)RTA_PAYLOAD(li), info,
+			 IFLA_INFO_MAX);
 		k = info[IFLA_INFO_KIND];
 		if (k && RTA_PAYLOAD(k) > 0 && RTA_PAYLOAD(k) <= KIND_LEN) {
 			memcpy(d->kind, RTA_DATA(k), RTA_PAYLOAD(k));

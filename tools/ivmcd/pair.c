@@ -3,7 +3,8 @@
  * Description: registrations, pairing and channels. A connection is paired
  * from kernel facts only: the two ends' 4-tuples mirror each other, each
  * end's peer address is local to the other end's network namespace (and
- * not to its own, across namespaces), exactly one candidate matches, and
+ * not to its own, across namespaces), across namespaces a veth pair or a
+ * bridge joins the two (rtnetlink), exactly one candidate matches, and
  * both sockets still exist (sock_diag). Anything else stays TCP.
  */
 #include <errno.h>
@@ -20,6 +21,10 @@
 #include "chan/shm_layout.h"
 #include "transport/transport.h"
 #include "ivmcd.h"
+
+/* Link checks per registration: each costs tens of microseconds, and a
+ * lookalike is cheap to make. */
+#define MAX_LINK_CHECKS 8
 
 /* ---- network namespaces and domains ---------------------------------- */
 
@@ -347,9 +352,41 @@ static bool mirrors(struct reg *a, struct reg *b)
 	if (a->ns == b->ns)
 		return ns_local(a->ns, a->k.remote.a);
 	/* Across namespaces (veth, bridge; no NAT): each peer address is
-	 * local to the other namespace and not to its own. */
+	 * local to the other namespace and not to its own; joined() then
+	 * asks the links. */
 	return ns_local(b->ns, a->k.remote.a) && ns_local(a->ns, b->k.remote.a) &&
 	       !ns_local(a->ns, a->k.remote.a) && !ns_local(b->ns, b->k.remote.a);
+}
+
+/* Two ends whose addresses mirror across namespaces: are the namespaces
+ * joined by the path their packets take? The addresses alone prove
+ * nothing there: anybody who can make namespaces (user namespaces) can
+ * build a network with the same addresses, or two networks may simply
+ * use the same ones. Within one netns the kernel keeps 4-tuples unique.
+ * Returns 1 or 0; *dead gets the KLINK_DEAD_* bits of ends no link can
+ * ever join. */
+static int joined(struct reg *a, struct reg *b, unsigned int *dead)
+{
+	char x[KADDR_STRLEN], y[KADDR_STRLEN];
+	int r;
+
+	*dead = 0;
+	if (a->ns == b->ns)
+		return 1;
+	r = kfacts_link_check(a->ns->fd, &a->k, b->ns->fd, &b->k, dead);
+	if (r == 1)
+		return 1;
+	if (r < 0)
+		log_warn("link check %s <-> %s: %s",
+			 kaddr_str(&a->k.local, x, sizeof(x)),
+			 kaddr_str(&b->k.local, y, sizeof(y)), strerror(-r));
+	else
+		log_info("%s (pid %d) <-> %s (pid %d): no veth or bridge "
+			 "joins their namespaces%s",
+			 kaddr_str(&a->k.local, x, sizeof(x)), (int)a->cl->pid,
+			 kaddr_str(&b->k.local, y, sizeof(y)), (int)b->cl->pid,
+			 *dead ? " (a way out joins none)" : "");
+	return 0;
 }
 
 /* Both sockets must still exist, established, with these facts. */
@@ -583,8 +620,10 @@ static struct reg *cookie_pending(uint64_t cookie, const struct reg *self)
 
 void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 {
-	struct reg *r, *cand[2];
-	int reason, n = 0;
+	struct reg *r, *c, *next, *cand[2];
+	unsigned int dead, dead_r = 0;
+	int reason, n = 0, checks = 0;
+	char x[KADDR_STRLEN];
 
 	if (cl->pending >= policy_pending_max(D.pol)) {
 		close(fd);
@@ -614,17 +653,39 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 		reg_free(r);
 		return;
 	}
-	for (struct reg *c = D.hash[tuple_hash(&r->k.remote, &r->k.local)]; c;
-	     c = c->hnext)
-		if (mirrors(r, c) && n < 2)
+	for (c = D.hash[tuple_hash(&r->k.remote, &r->k.local)]; c && n < 2;
+	     c = next) {
+		next = c->hnext;
+		if (!mirrors(r, c))
+			continue;
+		if (r->ns != c->ns && ++checks > MAX_LINK_CHECKS) {
+			log_warn("%s: more than %d lookalikes, not all checked",
+				 kaddr_str(&r->k.local, x, sizeof(x)),
+				 MAX_LINK_CHECKS);
+			break;
+		}
+		if (joined(r, c, &dead)) {
 			cand[n++] = c;
+			continue;
+		}
+		/* Either may be waiting for another partner; one whose way
+		 * out joins no netns never will. */
+		dead_r |= dead & KLINK_DEAD_A;
+		if (dead & KLINK_DEAD_B) {
+			client_nochan(c->cl, c->token, CTL_R_NOT_LOCAL);
+			reg_free(c);
+		}
+	}
+	if (!n && dead_r) {
+		client_nochan(cl, m->token, CTL_R_NOT_LOCAL);
+		reg_free(r);
+		return;
+	}
 	if (n == 1 && alive(r) && alive(cand[0])) {
 		pair(cand[0], r);
 		return;
 	}
 	if (n > 1) {
-		char x[64];
-
 		log_warn("ambiguous connection %s: more than one candidate",
 			 kaddr_str(&r->k.local, x, sizeof(x)));
 		for (int i = 0; i < n; i++) {
