@@ -183,7 +183,9 @@ int ivmc_tcp(int fd, const struct ivmc_opts *opts, struct ivmc_chan **out);
  * or why it stays on TCP for good: -ECONNREFUSED (no daemon), -ETIMEDOUT
  * (the other end never came), -EACCES (policy), -EDQUOT (quota),
  * -EADDRNOTAVAIL (not co-located, or ambiguous), -ECANCELED (shut down,
- * forked or evacuated first), -EPROTO, -ENOMEM. -EINVAL for a native
+ * forked or evacuated first), -ECONNABORTED (ivmcd could not hand the
+ * other end its half), -ENOBUFS (too many waiting in this process),
+ * -EPROTO, -ENOMEM. -EINVAL for a native
  * channel. */
 int ivmc_tcp_state(struct ivmc_chan *c);
 

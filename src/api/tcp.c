@@ -108,6 +108,8 @@ static int reason_errno(uint32_t r)
 	case CTL_R_AMBIGUOUS:
 	case CTL_R_NOT_LOCAL: return -EADDRNOTAVAIL;
 	case CTL_R_NO_MEMORY: return -ENOMEM;
+	case CTL_R_PEER_FAILED: return -ECONNABORTED;
+	case CTL_R_LIMIT: return -ENOBUFS;
 	default: return -EPROTO;
 	}
 }
@@ -509,11 +511,21 @@ static bool worth_it(const uint8_t a[16])
 /* Register w with the daemon (under G.mu). */
 static void do_register(struct tcpw *w)
 {
-	if (send_reg(CTL_REG_CONN, w->fd, w->token, (uint32_t)w->ring_wish,
-		     true) == 0) {
+	int err = send_reg(CTL_REG_CONN, w->fd, w->token,
+			   (uint32_t)w->ring_wish, true);
+
+	if (!err) {
 		w->registered = true;
 		hash_add(w);
 		ivmc_store_release(&w->state, W_PENDING);
+	} else if (err == -EAGAIN || err == -ENOBUFS) {
+		/* A burst filled our control socket: the handle tries again
+		 * on its next calls, as for a peer the table did not list. */
+		if (ivmc_load_once(&w->state) != W_UNSEEN) {
+			w->recheck_left = RECHECK_CALLS;
+			w->recheck_until = mono_ms() + RECHECK_MS;
+		}
+		ivmc_store_release(&w->state, W_UNSEEN);
 	} else {
 		ivmc_store_release(&w->state, -ECONNREFUSED);
 	}

@@ -140,6 +140,7 @@ struct daemon {
 	uint64_t paired, bad_msgs, refused_clients;
 	uint64_t own_netns_ino;
 	uint64_t accept_paused_ms; /* accept() ran out of fds at; 0: not */
+	uint64_t timer_armed; /* deadline the timer is set for; 0: none */
 	bool table_dirty; /* rebuild the table after this round */
 	bool stop;
 };

@@ -246,8 +246,14 @@ static void on_signal(void)
 void timer_arm(void)
 {
 	struct itimerspec it = { 0 };
+	uint64_t head = link_empty(&D.pending) ? 0 :
+		link_entry(D.pending.next, struct reg, tnode)->deadline_ms;
 
-	if (!link_empty(&D.pending)) {
+	/* A system call only when the earliest deadline changed. */
+	if (head == D.timer_armed)
+		return;
+	D.timer_armed = head;
+	if (head) {
 		struct reg *r = link_entry(D.pending.next, struct reg, tnode);
 		uint64_t now = now_ms();
 		uint64_t d = r->deadline_ms > now ? r->deadline_ms - now : 1;
@@ -280,6 +286,7 @@ static void run(void)
 				uint64_t x;
 
 				(void)!read(D.tfd, &x, sizeof(x));
+				D.timer_armed = 0; /* fired: set it again */
 				pending_expire();
 			} else if ((uintptr_t)p & 1) {
 				netns_event((void *)((uintptr_t)p & ~(uintptr_t)1));

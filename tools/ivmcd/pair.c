@@ -490,7 +490,8 @@ static int make_channel(struct reg *a, struct reg *b,
 			const struct pol_verdict *v, struct domain *dom[2])
 {
 	struct channel *ch = calloc(1, sizeof(*ch));
-	int bell[2], err, sent;
+	int bell[2], err;
+	bool sent[2];
 	uint64_t size;
 
 	if (!ch || chan_region_size(v->ring_size, &size)) {
@@ -533,17 +534,22 @@ static int make_channel(struct reg *a, struct reg *b,
 	link_add(&D.channels, &ch->node);
 	D.nchannels++;
 	D.paired++;
-	/* If one end cannot take its half, its doorbell end closes with
-	 * ours: the other end sees its peer gone and stays on TCP. */
-	sent = !send_chan(&ch->end[0], 0, ch->region_fd, bell[0]);
-	if (sent && send_chan(&ch->end[1], 1, ch->region_fd, bell[1]))
-		sent = 0;
+	/* An end that gets no half must be told, or it waits for ever; one
+	 * that got its half finds the other's doorbell end closed with ours
+	 * and its bytes stay on TCP. A channel neither end holds goes now. */
+	sent[0] = !send_chan(&ch->end[0], 0, ch->region_fd, bell[0]);
+	sent[1] = sent[0] && !send_chan(&ch->end[1], 1, ch->region_fd, bell[1]);
 	close(bell[0]);
 	close(bell[1]);
-	if (!sent) {
-		log_warn("channel %llu: an end could not take its half",
-			 (unsigned long long)ch->id);
-		D.why.n[CTL_R_PEER_FAILED]++;
+	if (sent[1])
+		return 0;
+	log_warn("channel %llu: an end could not take its half",
+		 (unsigned long long)ch->id);
+	for (int i = 0; i < 2; i++) {
+		if (sent[i])
+			continue;
+		client_nochan(ch->end[i].cl, ch->end[i].token, CTL_R_PEER_FAILED);
+		end_gone(&ch->end[i]); /* the second one frees ch */
 	}
 	return 0;
 }
