@@ -46,6 +46,7 @@ struct netns {
 	uint64_t ino;
 	int fd;		    /* nsfd, for netlink and sock_diag */
 	int mon;	    /* rtnetlink: its addresses changed (epoll) */
+	int diag;	    /* sock_diag socket in it, kept; -1: none yet */
 	int refs;	    /* clients, registrations and channel ends in it */
 	int naddrs;
 	uint64_t refreshed_ms;

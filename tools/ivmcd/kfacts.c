@@ -538,6 +538,16 @@ static void diag_req(struct inet_diag_req_v2 *r, const struct kconn *k)
 
 int kfacts_diag_check(int nsfd, const struct kconn *k)
 {
+	int s = -1;
+	int r = kfacts_diag_check_cached(nsfd, &s, k);
+
+	if (s >= 0)
+		close(s);
+	return r;
+}
+
+int kfacts_diag_check_cached(int nsfd, int *sock, const struct kconn *k)
+{
 	struct {
 		struct nlmsghdr h;
 		struct inet_diag_req_v2 r;
@@ -550,11 +560,18 @@ int kfacts_diag_check(int nsfd, const struct kconn *k)
 	req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
 	req.h.nlmsg_flags = NLM_F_REQUEST;
 	diag_req(&req.r, k);
-	s = nl_open(nsfd, NETLINK_SOCK_DIAG);
+	/* Opening it means entering the namespace and back (setns twice):
+	 * the caller keeps it for the next check. */
+	if (*sock < 0)
+		*sock = nl_open(nsfd, NETLINK_SOCK_DIAG);
+	s = *sock;
 	if (s < 0)
 		return s;
 	r = nl_talk(s, &req.h, diag_cb, &d);
-	close(s);
+	if (r < 0 && r != -ENOENT && r != -ESTALE) {
+		close(s); /* out of step, perhaps: a fresh one next time */
+		*sock = -1;
+	}
 	/* -ENOENT: no such 4-tuple; -ESTALE: it is another socket now. */
 	if (r == -ENOENT || r == -ESTALE)
 		return 0;

@@ -61,6 +61,10 @@ bool kfacts_is_local(const struct klocal *l, int n, const uint8_t a[16]);
  * not found and give 0. */
 int kfacts_diag_check(int nsfd, const struct kconn *k);
 
+/* The same with a sock_diag socket kept in *sock (-1: open one and keep
+ * it there; closed and reset to -1 after an error). */
+int kfacts_diag_check_cached(int nsfd, int *sock, const struct kconn *k);
+
 /* Ends of kfacts_link_check() whose way out leads into no other netns at
  * all (no route, a physical NIC, macvlan, ipvlan, tun, a router on a
  * bridge...): they can be joined to no namespace, whatever the partner. */

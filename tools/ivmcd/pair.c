@@ -98,6 +98,7 @@ struct netns *netns_get(int sockfd, uint64_t ino)
 	}
 	ns->ino = st.st_ino;
 	ns->fd = fd;
+	ns->diag = -1;
 	ns->refs = 1;
 	netns_refresh(ns, true);
 	link_add(&D.nss, &ns->node);
@@ -124,6 +125,8 @@ void netns_put(struct netns *ns)
 		close(ns->mon);
 	}
 	close(ns->fd);
+	if (ns->diag >= 0)
+		close(ns->diag);
 	/* Its monitor may still be in this round's epoll events: free it
 	 * after the round (netns_reap()). */
 	ns->fd = ns->mon = -1;
@@ -392,7 +395,7 @@ static int joined(struct reg *a, struct reg *b, unsigned int *dead)
 /* Both sockets must still exist, established, with these facts. */
 static bool alive(const struct reg *r)
 {
-	return kfacts_diag_check(r->ns->fd, &r->k) != 0;
+	return kfacts_diag_check_cached(r->ns->fd, &r->ns->diag, &r->k) != 0;
 }
 
 static void end_init(struct chan_end *e, struct channel *ch, struct reg *r)
