@@ -558,8 +558,9 @@ IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
 	if (!out || fd < 0 || o->n_allow_uids || o->n_allow_gids ||
 	    (o->flags & ~IVMC_NONBLOCK) || o->wait_mode < IVMC_WAIT_ADAPTIVE ||
 	    o->wait_mode > IVMC_WAIT_SLEEP || o->spin_ns > IVMC_SPIN_MAX_NS ||
-	    o->ring_size > (1u << 30))
-		return -EINVAL;
+	    (o->ring_size && (o->ring_size < 4096 || o->ring_size > (1u << 30) ||
+			      (o->ring_size & (o->ring_size - 1)))))
+		return -EINVAL; /* ivmcd would refuse the registration */
 	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
 		return errno == ENOTSOCK ? -ENOTSOCK : -errno;
 	h = calloc(1, sizeof(*h));
@@ -856,4 +857,6 @@ void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st)
 	st->bytes_sent = w->off[CHAN_TX];
 	st->bytes_received = w->off[CHAN_RX];
 	st->tcp_state = ivmc_load_acquire(&w->state);
+	if (st->tcp_state == W_UNSEEN)
+		st->tcp_state = 0; /* as ivmc_tcp_state(): still looking */
 }

@@ -312,6 +312,10 @@ static void shutdown_all(void)
 		client_drop(link_entry(D.clients.next, struct client, node),
 			    "daemon stopping");
 	unlink(D.sock_path);
+	/* Clients keep their map of the table: from now on it says "maybe"
+	 * for everything, so they try (and reach a new daemon) again. */
+	if (D.table)
+		D.table->overflow = 1;
 	log_info("stopped");
 }
 
