@@ -127,7 +127,8 @@ static void ep_start(struct chan *c, const struct hdr_copy *hc, int side)
 	ep->tx.pw = ivmc_w_make(e, ep->tx.ctr) |
 		    (c->has_side ? IVMC_PW_CLOSED : 0);
 	ep->rx.ctr = ep->rx.peer_prod = hc->init_ctr[1 - side];
-	ep->rx_seen_pw = ivmc_w_make(e, ep->rx.ctr);
+	ep->rx_seen_pw = ivmc_w_make(e, ep->rx.ctr) |
+			 (c->has_side ? IVMC_PW_CLOSED : 0); /* as dir_init() */
 	ep->rx_mode = c->has_side ? RX_SIDE : RX_RING;
 	ep->rx_epoch = 1;
 	ep->rx.ready = e;

@@ -662,6 +662,16 @@ int chan_shutdown(struct chan *c, int how)
 	return how == SHUT_RD ? 0 : shut_wr(c);
 }
 
+/* On the side stream: ready if the stream is, now. */
+static bool side_ready(const struct chan *c, short ev)
+{
+	struct pollfd p = { c->side_fd, ev, 0 };
+
+	if (ev == POLLIN)
+		p.events |= POLLRDHUP;
+	return poll(&p, 1, 0) != 0; /* ready, an error, or poll failed */
+}
+
 static short arm_one(struct chan *c, short ev)
 {
 	struct chan_ep *ep = c->ep;
@@ -671,11 +681,30 @@ static short arm_one(struct chan *c, short ev)
 	if (ev == POLLIN) {
 		if (chan_flag(c, EP_SHUT_RD)) /* recv returns 0 at once */
 			return POLLIN;
+		/* Reading the side stream: its own readiness, or an epoch
+		 * opening (the producer rings for it once we are armed);
+		 * the caller polls the side fd beside ivmc_fd(). */
+		if (c->has_side && ep->rx_mode == RX_SIDE && !ep->rx_att_known &&
+		    !chan_flag(c, EP_SIDE_EOF) && !side_ready(c, POLLIN)) {
+			/* What chan_arm() compares against: the word now. */
+			ep->rx_seen_pw = ivmc_load_acquire(&c->rx.shm->prod);
+			if (chan_arm(c, CHAN_RX))
+				return POLLIN;
+			/* Armed /then/ a look for an epoch opened meanwhile
+			 * (one opened after this look rings us). */
+			w = ivmc_load_sc(&c->rx.shm->prod);
+			return ivmc_w_epoch(w) ==
+					       ((ep->rx_epoch - 1) & IVMC_W_EPOCH_MASK)
+				       ? 0 : POLLIN;
+		}
 		if (ep->rx_mode != RX_RING || rx_avail(c, &n, &w) || n ||
 		    (w & IVMC_PW_CLOSED) || ivmc_load_once(&c->rx.shm->fin))
 			return POLLIN; /* data, a switch, an end or an error */
 		return chan_arm(c, CHAN_RX) ? POLLIN : 0;
 	}
+	if ((ep->tx.pw & IVMC_PW_CLOSED) && !chan_flag(c, EP_SHUT_WR) &&
+	    !ep->tx_pend && !side_ready(c, POLLOUT))
+		return 0; /* the caller polls the side fd for POLLOUT */
 	if (chan_flag(c, EP_SHUT_WR) || (ep->tx.pw & IVMC_PW_CLOSED) ||
 	    ring_free(&c->tx, &ep->tx, 1, &n) || n)
 		return POLLOUT; /* space, a switch, an error or -EPIPE */
