@@ -47,6 +47,12 @@ static void dir_init(struct ivmc_shm_dir *d, bool with_side, uint32_t ctr)
 int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
 		       int *out)
 {
+	return chan_region_create_map(ring_size, with_side, init_ctr, out, NULL);
+}
+
+int chan_region_create_map(uint32_t ring_size, bool with_side,
+			   uint32_t init_ctr, int *out, void **hdr)
+{
 	struct ivmc_shm_hdr *h;
 	uint64_t size;
 	int fd, err;
@@ -71,7 +77,10 @@ int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
 	h->init_ctr[0] = h->init_ctr[1] = init_ctr;
 	for (int d = 0; d < 2; d++)
 		dir_init(&h->dir[d], with_side, init_ctr);
-	munmap(h, IVMC_SHM_HDR_SIZE);
+	if (hdr)
+		*hdr = h;
+	else
+		munmap(h, IVMC_SHM_HDR_SIZE);
 	*out = fd;
 	return 0;
 }

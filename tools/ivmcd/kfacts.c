@@ -137,21 +137,32 @@ static int sock_addr(int fd, bool peer, struct kaddr *a)
 	return 0;
 }
 
-/* Is fd TCP over IPv4 or IPv6? Returns 0, -ENOTSOCK, -EPROTOTYPE, -errno. */
+/* Is fd TCP? Returns 0, -ENOTSOCK, -EPROTOTYPE, -errno. Only TCP has
+ * IPPROTO_TCP (a stream of AF_INET or AF_INET6); the family is checked
+ * again by sock_addr(). One system call: ivmcd does this per connection. */
 static int check_tcp(int fd)
 {
-	int dom = 0, type = 0, proto = 0;
-	int r = sockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, sizeof(dom));
+	int proto = 0;
+	int r = sockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, sizeof(proto));
 
-	if (!r)
-		r = sockopt(fd, SOL_SOCKET, SO_TYPE, &type, sizeof(type));
-	if (!r)
-		r = sockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, sizeof(proto));
 	if (r)
 		return r;
-	if ((dom != AF_INET && dom != AF_INET6) || type != SOCK_STREAM ||
-	    proto != IPPROTO_TCP)
-		return -EPROTOTYPE;
+	return proto == IPPROTO_TCP ? 0 : -EPROTOTYPE;
+}
+
+/* Netns cookies are never reused while the system runs, so the inode of
+ * a namespace seen once is known for good: no SIOCGSKNS per connection. */
+#define INO_CACHE 32
+static struct {
+	uint64_t cookie, ino;
+} ino_cache[INO_CACHE];
+static unsigned int ino_next;
+
+static uint64_t ino_cached(uint64_t cookie)
+{
+	for (unsigned int i = 0; i < INO_CACHE; i++)
+		if (ino_cache[i].cookie == cookie && cookie)
+			return ino_cache[i].ino;
 	return 0;
 }
 
@@ -167,13 +178,20 @@ static int sock_ids(int fd, struct kconn *k)
 			    sizeof(k->netns_cookie));
 	if (r)
 		return r;
+	k->netns_ino = ino_cached(k->netns_cookie);
+	if (k->netns_ino)
+		return 0;
 	nsfd = kfacts_netns_fd(fd);
 	if (nsfd < 0)
 		return nsfd;
 	r = fstat(nsfd, &st) ? -errno : 0;
 	close(nsfd);
-	if (!r)
+	if (!r) {
 		k->netns_ino = st.st_ino;
+		ino_cache[ino_next].cookie = k->netns_cookie;
+		ino_cache[ino_next].ino = st.st_ino;
+		ino_next = (ino_next + 1) % INO_CACHE;
+	}
 	return r;
 }
 

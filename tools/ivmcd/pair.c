@@ -496,6 +496,7 @@ static int make_channel(struct reg *a, struct reg *b,
 	int bell[2], err;
 	bool sent[2];
 	uint64_t size;
+	void *hdr = NULL;
 
 	if (!ch || chan_region_size(v->ring_size, &size)) {
 		free(ch);
@@ -507,7 +508,8 @@ static int make_channel(struct reg *a, struct reg *b,
 	}
 	ch->region_size = size;
 	ch->region_fd = -1;
-	err = chan_region_create(v->ring_size, true, 0, &ch->region_fd);
+	err = chan_region_create_map(v->ring_size, true, 0, &ch->region_fd,
+				     &hdr);
 	if (!err)
 		err = xport_doorbell_pair(bell);
 	if (err) {
@@ -517,6 +519,8 @@ static int make_channel(struct reg *a, struct reg *b,
 			d[i]->channels--;
 			d[i]->bytes -= size;
 		}
+		if (hdr)
+			munmap(hdr, IVMC_SHM_HDR_SIZE);
 		if (ch->region_fd >= 0)
 			close(ch->region_fd);
 		free(ch);
@@ -526,10 +530,7 @@ static int make_channel(struct reg *a, struct reg *b,
 	ch->created_ms = now_ms();
 	ch->ring_size = v->ring_size;
 	ch->rule_line = v->line;
-	ch->hdr = mmap(NULL, IVMC_SHM_HDR_SIZE, PROT_READ, MAP_SHARED,
-		       ch->region_fd, 0);
-	if (ch->hdr == MAP_FAILED)
-		ch->hdr = NULL;
+	ch->hdr = hdr; /* the page it was formatted through, read for status */
 	end_init(&ch->end[0], ch, a);
 	end_init(&ch->end[1], ch, b);
 	ch->end[0].dom = dom[0];
