@@ -219,8 +219,15 @@ static void on_detach(uint64_t token)
 	struct tcpw *w = hash_find(token);
 	struct chan *c = w ? ivmc_load_acquire(&w->h->c) : NULL;
 
-	if (!c)
+	if (!w)
 		return;
+	if (!c) {
+		/* Its channel came but is not open yet: never open it (the
+		 * other end sees our doorbell end close and stays on TCP). */
+		send_unreg(w->token, 0, 0);
+		give_up(w, -ECANCELED);
+		return;
+	}
 	(void)chan_detach(c, CHAN_TX);
 	(void)chan_detach(c, CHAN_RX);
 	ivmc_store_release(&w->state, -ECANCELED); /* on TCP for good */
