@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -66,6 +67,8 @@ static inline pid_t t_daemon_start(const char *conf)
 	if (pid < 0)
 		t_fail("fork");
 	if (pid == 0) {
+		/* A test that dies (failure, timeout) takes its daemon along. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		execl(bin, "ivmcd", "-f", "-s", t_sock, "-c", cpath, "-l",
 		      "debug", "-L", lpath, (char *)NULL);
 		_exit(127);
