@@ -3,7 +3,8 @@
  * Description: two ends of a loopback TCP connection, each wrapped with
  * ivmc_tcp(), attach through a private ivmcd: bytes sent before, during
  * and after the attach arrive once and in order, both directions end up
- * on the ring, and ivmcctl status lists the channel. Over IPv4 and IPv6.
+ * on the ring, and ivmcctl status lists the channel. Over IPv4 and IPv6,
+ * and again with a daemon started with --linger-us.
  */
 #include "t_ctl.h"
 
@@ -109,6 +110,13 @@ int main(void)
 		 bin, bin);
 	if (system(cmd) != 0)
 		t_fail("ivmcctl status: %s", cmd);
+	st = t_daemon_stop(d);
+	T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	/* The same through a daemon that lingers after each round. */
+	t_dextra = "--linger-us=200";
+	d = t_daemon_start(NULL);
+	one(false);
+	one(true);
 	st = t_daemon_stop(d);
 	T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	return T_PASS;

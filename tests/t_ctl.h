@@ -22,6 +22,7 @@
 
 static char t_sock[128];
 static pid_t t_dpid;
+static const char *t_dextra; /* one more ivmcd argument, e.g. "--linger-us=200" */
 
 /* Path of a binary built beside the tests: ../bin/NAME. */
 static inline void t_bin(char *buf, size_t n, const char *name)
@@ -70,7 +71,7 @@ static inline pid_t t_daemon_start(const char *conf)
 		/* A test that dies (failure, timeout) takes its daemon along. */
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		execl(bin, "ivmcd", "-f", "-s", t_sock, "-c", cpath, "-l",
-		      "debug", "-L", lpath, (char *)NULL);
+		      "debug", "-L", lpath, t_dextra, (char *)NULL);
 		_exit(127);
 	}
 	for (int i = 0; i < 500; i++) {

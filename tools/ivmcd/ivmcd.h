@@ -21,6 +21,9 @@
 #define MAX_BAD_MSGS	   16	/* malformed messages before we hang up */
 #define MAX_NS_ADDRS	   64	/* local addresses kept per namespace */
 #define NS_REFRESH_MS	   1000 /* re-read a namespace's addresses at most this often */
+#ifndef IVMCD_LINGER_US_DEFAULT
+#define IVMCD_LINGER_US_DEFAULT 0 /* --linger-us: stay awake after work */
+#endif
 
 enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -141,6 +144,7 @@ struct daemon {
 	uint64_t paired, bad_msgs, refused_clients;
 	uint64_t own_netns_ino;
 	uint64_t accept_paused_ms; /* accept() ran out of fds at; 0: not */
+	unsigned int linger_us; /* stay awake after work (--linger-us) */
 	uint64_t timer_armed; /* deadline the timer is set for; 0: none */
 	bool table_dirty; /* rebuild the table after this round */
 	bool stop;

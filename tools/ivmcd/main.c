@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -94,14 +95,17 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ivmcd [-f | -d] [-s PATH] [-c FILE] [-l LEVEL] [-L FILE]\n"
+		"             [--linger-us N]\n"
 		"  -f, --foreground   stay in the foreground, log to stderr (default)\n"
 		"  -d, --daemon       detach once the socket is ready\n"
 		"  -s, --socket PATH  control socket (default $%s or %s)\n"
 		"  -c, --config FILE  policy (default %s)\n"
 		"  -l, --log-level L  error, warn, info (default) or debug\n"
 		"  -L, --log-file F   log here (daemon mode: default PATH.log)\n"
+		"  --linger-us N      stay awake N us after work (default %d)\n"
 		"  -h, --help\n",
-		CTL_SOCKET_ENV, CTL_SOCKET_DEFAULT, POLICY_PATH_DEFAULT);
+		CTL_SOCKET_ENV, CTL_SOCKET_DEFAULT, POLICY_PATH_DEFAULT,
+		IVMCD_LINGER_US_DEFAULT);
 }
 
 static int parse_level(const char *s)
@@ -264,12 +268,43 @@ void timer_arm(void)
 	timerfd_settime(D.tfd, 0, &it, NULL);
 }
 
+static uint64_t mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* After a round with work, stay awake for D.linger_us looking for more
+ * (yielding the CPU between looks): a connection's second registration,
+ * or the next connection of a burst, then costs its sender no wake-up.
+ * An idle daemon sleeps in the kernel. */
+static int wait_events(struct epoll_event *evs, bool busy)
+{
+	int block = D.accept_paused_ms ? 100 : -1;
+	uint64_t until;
+	int n;
+
+	if (!busy || !D.linger_us)
+		return epoll_wait(D.epfd, evs, 64, block);
+	until = mono_us() + D.linger_us;
+	do {
+		n = epoll_wait(D.epfd, evs, 64, 0);
+		if (n)
+			return n;
+		sched_yield();
+	} while (mono_us() < until);
+	return epoll_wait(D.epfd, evs, 64, block);
+}
+
 static void run(void)
 {
 	struct epoll_event evs[64];
+	bool busy = false;
 
 	while (!D.stop) {
-		int n = epoll_wait(D.epfd, evs, 64, D.accept_paused_ms ? 100 : -1);
+		int n = wait_events(evs, busy);
 
 		if (n < 0 && errno != EINTR) {
 			log_err("epoll_wait: %s", strerror(errno));
@@ -294,6 +329,7 @@ static void run(void)
 				client_event(p, evs[i].events);
 			}
 		}
+		busy = n > 0;
 		if (D.table_dirty) {
 			D.table_dirty = false;
 			table_rebuild();
@@ -402,6 +438,7 @@ int main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "log-file", required_argument, NULL, 'L' },
+		{ "linger-us", required_argument, NULL, 'W' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -415,6 +452,7 @@ int main(int argc, char **argv)
 	if (!D.sock_path || !*D.sock_path)
 		D.sock_path = CTL_SOCKET_DEFAULT;
 	D.conf_path = POLICY_PATH_DEFAULT;
+	D.linger_us = IVMCD_LINGER_US_DEFAULT;
 	while ((c = getopt_long(argc, argv, "fds:c:l:L:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'f': detach = false; break;
@@ -422,6 +460,21 @@ int main(int argc, char **argv)
 		case 's': D.sock_path = optarg; break;
 		case 'c': D.conf_path = optarg; break;
 		case 'L': log_file = optarg; break;
+		case 'W': {
+			char *end;
+			unsigned long v;
+
+			errno = 0;
+			v = strtoul(optarg, &end, 10);
+			if (errno || end == optarg || *end || v > 100000 ||
+			    optarg[0] == '-') {
+				fprintf(stderr, "ivmcd: bad --linger-us '%s' "
+					"(0..100000)\n", optarg);
+				return 2;
+			}
+			D.linger_us = (unsigned int)v;
+			break;
+		}
 		case 'l':
 			log_level = parse_level(optarg);
 			if (log_level < 0) {
