@@ -71,7 +71,18 @@ TOOLS := $(strip $(TOOL_SRCS:tools/%.c=$(O)/bin/%) $(TOOL_DIRS:tools/%=$(O)/bin/
 
 TEST_HELPERS := tests/helpers.c
 TEST_SRCS := $(sort $(filter-out $(TEST_HELPERS),$(wildcard tests/*.c)))
-TESTS := $(TEST_SRCS:tests/%.c=$(O)/tests/%)
+# tests/NAME.sh: a test that drives real programs (copied, run like the rest)
+TEST_SCRIPTS := $(sort $(wildcard tests/*.sh))
+TESTS := $(TEST_SRCS:tests/%.c=$(O)/tests/%) \
+	$(filter-out $(O)/tests/run,$(TEST_SCRIPTS:tests/%.sh=$(O)/tests/%))
+
+# libivmc-preload.so: src/preload/*.c over the library's objects, and the
+# ivmc-run launcher beside the tools.
+PRELOAD_SRCS := $(sort $(wildcard src/preload/*.c))
+PRELOAD_OBJS := $(PRELOAD_SRCS:%.c=$(O)/obj/%.o)
+ifneq ($(PRELOAD_SRCS),)
+PRELOAD_SO := $(O)/lib/libivmc-preload.so
+endif
 
 EXAMPLE_SRCS := $(sort $(wildcard examples/*.c))
 EXAMPLES := $(EXAMPLE_SRCS:examples/%.c=$(O)/examples/%)
@@ -89,7 +100,7 @@ LIBS_BUILT := $(LIB_A) $(LIB_SO) $(LIB_SO_LINK)
 endif
 
 ALL_SRCS := $(LIB_SRCS) $(TOOL_SRCS) $(wildcard tools/*/*.c) \
-	$(TEST_HELPERS) $(TEST_SRCS) $(EXAMPLE_SRCS)
+	$(TEST_HELPERS) $(TEST_SRCS) $(EXAMPLE_SRCS) $(PRELOAD_SRCS)
 ALL_OBJS := $(ALL_SRCS:%.c=$(O)/obj/%.o)
 DEPS := $(ALL_OBJS:.o=.d)
 
@@ -104,7 +115,7 @@ BUILD_FLAGS := $(CC) | $(ALL_CFLAGS) | $(ALL_LDFLAGS)
 	check-install bench demo install uninstall clean lint FORCE
 
 all: lib tools tests examples
-lib: $(LIBS_BUILT)
+lib: $(LIBS_BUILT) $(PRELOAD_SO)
 tools: $(TOOLS)
 tests: $(TESTS)
 examples: $(EXAMPLES)
@@ -142,6 +153,14 @@ $(LIB_SO): $(LIB_OBJS) $(LIB_MAP_DEP)
 $(LIB_SO_LINK): $(LIB_SO)
 	$(Q)ln -sf $(notdir $<) $@
 
+# Everything it needs inside (no libivmc.so beside it); only the
+# interposed libc calls are exported (src/preload/preload.map).
+$(PRELOAD_SO): $(PRELOAD_OBJS) $(LIB_OBJS) src/preload/preload.map
+	@mkdir -p $(@D)
+	$(msg) LD $@
+	$(Q)$(CC) -shared -Wl,-z,defs -Wl,--version-script=src/preload/preload.map \
+		$(ALL_LDFLAGS) -o $@ $(PRELOAD_OBJS) $(LIB_OBJS) $(LIB_LIBS) -ldl
+
 # ---- programs (all link libivmc.a statically: no LD_LIBRARY_PATH) ----------
 tool_objs = $(patsubst %.c,$(O)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c))
 
@@ -155,6 +174,11 @@ $(O)/tests/%: $(O)/obj/tests/%.o $(O)/obj/tests/helpers.o $(LIB_A)
 	@mkdir -p $(@D)
 	$(msg) LD $@
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $(filter %.o,$^) $(LIB_A) $(BIN_LIBS)
+
+$(O)/tests/%: tests/%.sh
+	@mkdir -p $(@D)
+	$(msg) CP $@
+	$(Q)install -m 755 $< $@
 
 $(O)/examples/%: $(O)/obj/examples/%.o $(LIB_A)
 	@mkdir -p $(@D)

@@ -7,6 +7,7 @@
 #define IVMC_API_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -39,5 +40,15 @@ void tcp_set_nonblock(struct ivmc_chan *h, int on);
 int tcp_shutdown(struct ivmc_chan *h, int how);
 void tcp_close(struct ivmc_chan *h);
 void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st);
+
+/* For the preload: the ring's readiness for POLLIN/POLLOUT by shared
+ * memory alone (no system call, nothing armed); 0 on TCP alone or where
+ * only ivmc_poll_arm() can tell; -EBUSY. */
+int api_poll_peek(struct ivmc_chan *h, short events);
+
+/* For the preload: is the TCP socket fd's peer possibly co-located (the
+ * daemon answers and its table, or loopback, says so)? One getpeername();
+ * a false answer means ivmc_tcp() would never attach it. */
+bool tcp_colocated(int fd);
 
 #endif

@@ -506,6 +506,13 @@ IVMC_API int ivmc_poll_arm(struct ivmc_chan *h, short events)
 	return c ? chan_poll_arm(c, events) : tcp_poll_arm(h, events);
 }
 
+int api_poll_peek(struct ivmc_chan *h, short events)
+{
+	struct chan *c = api_chan(h);
+
+	return c ? chan_poll_peek(c, events) : 0;
+}
+
 IVMC_API int ivmc_set_nonblock(struct ivmc_chan *h, int on)
 {
 	struct chan *c;

@@ -278,6 +278,7 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 		err = -errno;
 		goto fail;
 	}
+	c->kick = xport_fd_high(c->kick);
 	c->doorbell = doorbell_fd;
 	c->wait_mode = cfg->wait_mode;
 	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
@@ -294,6 +295,7 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	if (cfg->nonblock)
 		c->ep->flags = EP_NONBLOCK;
 	ends_add(c);
+	c->doorbell = xport_fd_high(doorbell_fd); /* ours from here on */
 	*out = c;
 	return 0;
 fail:

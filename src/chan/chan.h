@@ -105,6 +105,13 @@ int chan_fd(const struct chan *c);
  * stream the caller polls side_fd as well. */
 int chan_poll_arm(struct chan *c, short events);
 
+/* Ready for POLLIN/POLLOUT now, by what shared memory says (no system
+ * call, nothing armed)? 0 where only chan_poll_arm() can tell; -EBUSY. */
+int chan_poll_peek(struct chan *c, short events);
+
+/* May a waiter spin now (the CPUs are not oversubscribed)? */
+bool chan_may_spin(void);
+
 void chan_set_nonblock(struct chan *c, bool on);
 void chan_stats(const struct chan *c, struct chan_stats *st);
 

@@ -672,7 +672,10 @@ static bool side_ready(const struct chan *c, short ev)
 	return poll(&p, 1, 0) != 0; /* ready, an error, or poll failed */
 }
 
-static short arm_one(struct chan *c, short ev)
+/* Ready for ev (POLLIN or POLLOUT) now? arm: if not, arm the doorbell
+ * (and say ready if the arm found it so); !arm: look only, no system
+ * call, and answer 0 where only a system call could tell. */
+static short arm_one(struct chan *c, short ev, bool arm)
 {
 	struct chan_ep *ep = c->ep;
 	uint64_t w;
@@ -685,39 +688,45 @@ static short arm_one(struct chan *c, short ev)
 		 * opening (the producer rings for it once we are armed);
 		 * the caller polls the side fd beside ivmc_fd(). */
 		if (c->has_side && ep->rx_mode == RX_SIDE && !ep->rx_att_known &&
-		    !chan_flag(c, EP_SIDE_EOF) && !side_ready(c, POLLIN)) {
-			/* What chan_arm() compares against: the word now. */
-			ep->rx_seen_pw = ivmc_load_acquire(&c->rx.shm->prod);
-			if (chan_arm(c, CHAN_RX))
-				return POLLIN;
-			/* Armed /then/ a look for an epoch opened meanwhile
-			 * (one opened after this look rings us). */
-			w = ivmc_load_sc(&c->rx.shm->prod);
-			return ivmc_w_epoch(w) ==
-					       ((ep->rx_epoch - 1) & IVMC_W_EPOCH_MASK)
-				       ? 0 : POLLIN;
+		    !chan_flag(c, EP_SIDE_EOF)) {
+			if (!arm)
+				return 0;
+			if (!side_ready(c, POLLIN)) {
+				/* What chan_arm() compares against: the word now. */
+				ep->rx_seen_pw = ivmc_load_acquire(&c->rx.shm->prod);
+				if (chan_arm(c, CHAN_RX))
+					return POLLIN;
+				/* Armed /then/ a look for an epoch opened
+				 * meanwhile (one opened after this look rings us). */
+				w = ivmc_load_sc(&c->rx.shm->prod);
+				return ivmc_w_epoch(w) ==
+						       ((ep->rx_epoch - 1) & IVMC_W_EPOCH_MASK)
+					       ? 0 : POLLIN;
+			}
 		}
 		if (ep->rx_mode != RX_RING || rx_avail(c, &n, &w) || n ||
 		    (w & IVMC_PW_CLOSED) || ivmc_load_once(&c->rx.shm->fin))
 			return POLLIN; /* data, a switch, an end or an error */
+		if (!arm)
+			return 0;
 		return chan_arm(c, CHAN_RX) ? POLLIN : 0;
 	}
 	if ((ep->tx.pw & IVMC_PW_CLOSED) && !chan_flag(c, EP_SHUT_WR) &&
-	    !ep->tx_pend && !side_ready(c, POLLOUT))
+	    !ep->tx_pend && (!arm || !side_ready(c, POLLOUT)))
 		return 0; /* the caller polls the side fd for POLLOUT */
 	if (chan_flag(c, EP_SHUT_WR) || (ep->tx.pw & IVMC_PW_CLOSED) ||
 	    ring_free(&c->tx, &ep->tx, 1, &n) || n)
 		return POLLOUT; /* space, a switch, an error or -EPIPE */
+	if (!arm)
+		return 0;
 	return chan_arm(c, CHAN_TX) ? POLLOUT : 0;
 }
 
-int chan_poll_arm(struct chan *c, short events)
+/* Both directions' arm_one() under their locks; -EBUSY if one is held. */
+static int arm_both(struct chan *c, short events, bool arm)
 {
 	short ready = 0;
 
-	(void)chan_drain_nowait(c);
-	if (chan_dead(c) || chan_flag(c, EP_PEER_GONE))
-		return events & (POLLIN | POLLOUT);
 	for (int i = 0; i < 2; i++) {
 		short ev = i ? POLLOUT : POLLIN;
 		_Atomic uint32_t *m = i ? &c->ep->tx_lock : &c->ep->rx_lock;
@@ -726,8 +735,29 @@ int chan_poll_arm(struct chan *c, short events)
 			continue;
 		if (chan_lock(c, m, true))
 			return -EBUSY; /* another thread is in a call on it */
-		ready |= arm_one(c, ev);
+		ready |= arm_one(c, ev, arm);
 		chan_unlock(c, m);
 	}
 	return ready;
+}
+
+int chan_poll_peek(struct chan *c, short events)
+{
+	if (chan_dead(c) || chan_flag(c, EP_PEER_GONE))
+		return events & (POLLIN | POLLOUT);
+	return arm_both(c, events, false);
+}
+
+int chan_poll_arm(struct chan *c, short events)
+{
+	int ready = chan_poll_peek(c, events);
+
+	/* Ready: say so without a system call. Else drain the doorbell (it
+	 * rang for an earlier arm), then arm it and look again. */
+	if (ready)
+		return ready;
+	(void)chan_drain_nowait(c);
+	if (chan_dead(c) || chan_flag(c, EP_PEER_GONE))
+		return events & (POLLIN | POLLOUT);
+	return arm_both(c, events, true);
 }

@@ -118,6 +118,11 @@ static bool oversubscribed(uint64_t now)
 	return true;
 }
 
+bool chan_may_spin(void)
+{
+	return !oversubscribed(now_ns());
+}
+
 /* On the ring (not the side stream) in direction d? */
 static bool on_ring(const struct chan *c, enum chan_dir d)
 {

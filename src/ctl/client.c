@@ -48,6 +48,7 @@ static int sock_connect(const char *path, int *out)
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
+	fd = xport_fd_high(fd);
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int err = errno == EINPROGRESS ? EAGAIN : errno;
 
@@ -80,6 +81,7 @@ int ctl_mailbox_create(int *fd, struct ctl_mailbox **mb)
 
 	if (err)
 		return err;
+	*fd = xport_fd_high(*fd);
 	err = xport_map(*fd, 0, CTL_MAILBOX_SIZE, &p);
 	if (err) {
 		close(*fd);
@@ -104,22 +106,16 @@ static int table_map(struct ctl_client *c, int fd)
 	return 0;
 }
 
-static int hello(struct ctl_client *c, int mfd, unsigned int budget_us)
+/* Take in the welcome if it is there (non-blocking). Returns 0, -EAGAIN
+ * (not yet) or another -errno. */
+static int welcome(struct ctl_client *c)
 {
 	union { struct ctl_welcome w; char b[CTL_MSG_MAX]; } m;
-	struct ctl_hello h = { 0 };
 	int fds[1], nfds = 1, err;
 
-	ctl_hdr_init(&h.h, CTL_HELLO, 0);
-	err = ctl_send(c, &h, &mfd, 1);
-	if (err)
-		return err;
-	err = wait_readable(c->fd, budget_us);
-	if (err)
-		return err;
 	err = ctl_recv(c, &m, fds, &nfds);
 	if (err < 0)
-		return err == -EAGAIN ? -ETIMEDOUT : err;
+		return err;
 	if (err != CTL_WELCOME) {
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
@@ -130,6 +126,22 @@ static int hello(struct ctl_client *c, int mfd, unsigned int budget_us)
 	c->client_id = m.w.client_id;
 	c->daemon_id = m.w.daemon_id;
 	return err;
+}
+
+static int hello(struct ctl_client *c, int mfd, unsigned int budget_us)
+{
+	struct ctl_hello h = { 0 };
+	int err;
+
+	ctl_hdr_init(&h.h, CTL_HELLO, 0);
+	err = ctl_send(c, &h, &mfd, 1);
+	if (err)
+		return err;
+	err = wait_readable(c->fd, budget_us);
+	if (err)
+		return err == -ETIMEDOUT ? -EINPROGRESS : err;
+	err = welcome(c);
+	return err == -EAGAIN ? -EINPROGRESS : err;
 }
 
 int ctl_open(const char *path, unsigned int budget_us, int mbox_fd,
@@ -146,12 +158,17 @@ int ctl_open(const char *path, unsigned int budget_us, int mbox_fd,
 	err = sock_connect(path, &c->fd);
 	if (!err)
 		err = hello(c, mbox_fd, budget_us);
-	if (err) {
+	if (err && err != -EINPROGRESS) {
 		ctl_close(c);
 		return err;
 	}
 	*out = c;
-	return 0;
+	return err;
+}
+
+int ctl_open_finish(struct ctl_client *c)
+{
+	return welcome(c);
 }
 
 void ctl_close(struct ctl_client *c)

@@ -26,11 +26,15 @@ int ctl_mailbox_create(int *fd, struct ctl_mailbox **mb);
 
 /* Connect to ivmcd at path and say hello (handing it the mailbox),
  * waiting at most budget_us for the welcome. Returns 0 and *out, or
- * -errno: -ENOENT/-ECONNREFUSED (no daemon), -EAGAIN (its backlog is
- * full), -ETIMEDOUT (it did not answer: stopped or overloaded), -EPROTO
- * (it spoke garbage). */
+ * -EINPROGRESS and *out (no welcome yet: finish with ctl_open_finish()
+ * later, or ctl_close() it), or -errno: -ENOENT/-ECONNREFUSED (no daemon),
+ * -EAGAIN (its backlog is full), -EPROTO (it spoke garbage). */
 int ctl_open(const char *path, unsigned int budget_us, int mbox_fd,
 	     struct ctl_mailbox *mb, struct ctl_client **out);
+
+/* Take in a late welcome without waiting. Returns 0 (open now), -EAGAIN
+ * (not yet), or -errno (give up: ctl_close()). */
+int ctl_open_finish(struct ctl_client *c);
 
 /* Close the connection; the daemon forgets everything it registered.
  * The mailbox stays the caller's. */

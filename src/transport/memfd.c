@@ -276,3 +276,18 @@ ssize_t xport_recv_fds(int sock, void *msg, size_t len, int *fds, int *nfds,
 	}
 	return n;
 }
+
+int xport_fd_floor;
+
+int xport_fd_high(int fd)
+{
+	int nfd;
+
+	if (fd < 0 || xport_fd_floor <= 0 || fd >= xport_fd_floor)
+		return fd;
+	nfd = fcntl(fd, F_DUPFD_CLOEXEC, xport_fd_floor);
+	if (nfd < 0)
+		return fd;
+	close(fd);
+	return nfd;
+}

@@ -53,4 +53,14 @@ int xport_send_fds(int sock, const void *msg, size_t len, const int *fds,
 ssize_t xport_recv_fds(int sock, void *msg, size_t len, int *fds, int *nfds,
 		       int flags);
 
+/* Where the process's own long-lived fds go: 0 (the default) leaves them
+ * where the kernel puts them; the preload sets it high so that they stay
+ * out of the application's way (fds below it are the application's). */
+extern int xport_fd_floor;
+
+/* Move fd to the lowest free number >= xport_fd_floor, close-on-exec,
+ * closing the old one. Returns the fd to use (fd itself when the floor is 0
+ * or no number is free up there). */
+int xport_fd_high(int fd);
+
 #endif
