@@ -46,9 +46,15 @@ void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st);
  * only ivmc_poll_arm() can tell; -EBUSY. */
 int api_poll_peek(struct ivmc_chan *h, short events);
 
-/* For the preload: is the TCP socket fd's peer possibly co-located (the
- * daemon answers and its table, or loopback, says so)? One getpeername();
- * a false answer means ivmc_tcp() would never attach it. */
-bool tcp_colocated(int fd);
+/* For the preload: is the TCP socket fd's peer possibly co-located? 1:
+ * yes (loopback, or the daemon's table lists it); -1: the daemon answers
+ * but does not list it (yet: a namespace it has not seen may appear);
+ * 0: no (no daemon, not connected). One getpeername(). */
+int tcp_colocated(int fd);
+
+/* For the preload: open the daemon connection now if it is time to try,
+ * without waiting for the welcome (a later call takes it in), so that
+ * ivmcd learns this process's namespace before its first connection. */
+void tcp_warmup(void);
 
 #endif

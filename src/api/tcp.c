@@ -271,6 +271,7 @@ static void pump(void)
 }
 
 static struct ctl_client *ctl_get(void);
+static struct ctl_client *ctl_get_within(unsigned int budget_us);
 
 static int send_reg(uint32_t type, int fd, uint64_t token, uint32_t ring,
 		    bool retry)
@@ -372,6 +373,12 @@ static void once_init(void)
 /* The daemon connection, opening it if it is time to try. */
 static struct ctl_client *ctl_get(void)
 {
+	return ctl_get_within((unsigned int)env_ul("IVMC_CTL_BUDGET_US", 2000));
+}
+
+/* The same, waiting at most budget_us for a welcome (0: not at all). */
+static struct ctl_client *ctl_get_within(unsigned int budget_us)
+{
 	const char *path = ctl_socket_path();
 	uint64_t now;
 	int err;
@@ -404,8 +411,7 @@ static struct ctl_client *ctl_get(void)
 		G.retry_ms = now + env_ul("IVMC_CTL_RETRY_MS", 1000);
 		return NULL;
 	}
-	err = ctl_open(path, (unsigned int)env_ul("IVMC_CTL_BUDGET_US", 2000),
-		       G.mbox_fd, G.mbox, &G.cli);
+	err = ctl_open(path, budget_us, G.mbox_fd, G.mbox, &G.cli);
 	if (err == -EINPROGRESS) {
 		/* Stopped, or only slow (a loaded machine): later calls take
 		 * the welcome in if it comes within a second. */
@@ -647,13 +653,26 @@ IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
 	return 0;
 }
 
-bool tcp_colocated(int fd)
+void tcp_warmup(void)
+{
+	pthread_once(&G.once, once_init);
+	if (pthread_mutex_trylock(&G.mu))
+		return;
+	if (G.pid != getpid()) {
+		G.pid = getpid();
+		G.retry_ms = 0;
+	}
+	(void)ctl_get_within(0);
+	pthread_mutex_unlock(&G.mu);
+}
+
+int tcp_colocated(int fd)
 {
 	uint8_t a[16];
-	bool yes;
+	int yes;
 
 	if (!peer_addr(fd, a))
-		return false;
+		return 0;
 	pthread_once(&G.once, once_init);
 	pthread_mutex_lock(&G.mu);
 	if (G.pid != getpid()) {
@@ -662,7 +681,7 @@ bool tcp_colocated(int fd)
 	}
 	if (G.cli && ctl_mail(G.cli))
 		pump();
-	yes = ctl_get() && worth_it(a);
+	yes = !ctl_get() ? 0 : worth_it(a) ? 1 : -1;
 	pthread_mutex_unlock(&G.mu);
 	return yes;
 }

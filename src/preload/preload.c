@@ -221,11 +221,17 @@ __attribute__((constructor)) static void ctor(void)
 #define PAGE_SIZE_ (1 << PAGE_BITS)
 #define NPAGES 1024 /* fds up to 4M */
 
-enum { K_NONE, K_TCP, K_LISTEN, K_PLAIN };
+/* K_UNSEEN: connected, the daemon's table did not list the peer; a
+ * namespace it has not seen yet may appear, so look again now and then
+ * for a while (UNSEEN_MS, every UNSEEN_EVERY_MS), then K_PLAIN. */
+enum { K_NONE, K_TCP, K_LISTEN, K_PLAIN, K_UNSEEN };
+#define UNSEEN_MS	2000
+#define UNSEEN_EVERY_MS 20
 
 struct slot {
 	struct pl_conn *_Atomic conn;
 	_Atomic unsigned char kind;
+	int64_t unseen_next, unseen_end; /* K_UNSEEN: ms (CLOCK_MONOTONIC) */
 };
 
 static struct slot *_Atomic pages[NPAGES];
@@ -350,13 +356,32 @@ static bool ports_allow(int fd)
 
 /* A connected TCP socket of ours: give it to ivmc_tcp() if its peer may
  * be co-located. Returns the connection, or NULL (then plain for good). */
+static int64_t now_ms(void);
+
 static struct pl_conn *wrap(int fd)
 {
 	struct pl_conn *c;
-	int fl, priv, err;
+	int fl, priv, err, where;
+	struct slot *s;
 
-	if (cfg.disabled || !ports_allow(fd) || !tcp_colocated(fd)) {
+	if (cfg.disabled || !ports_allow(fd)) {
 		set_kind(fd, K_PLAIN);
+		return NULL;
+	}
+	where = tcp_colocated(fd);
+	if (where <= 0) {
+		s = slot_of(fd, true);
+		if (where < 0 && s) {
+			int64_t now = now_ms();
+
+			if (atomic_load(&s->kind) != K_UNSEEN) {
+				s->unseen_end = now + UNSEEN_MS;
+				atomic_store(&s->kind, K_UNSEEN);
+			}
+			s->unseen_next = now + UNSEEN_EVERY_MS;
+		} else {
+			set_kind(fd, K_PLAIN);
+		}
 		return NULL;
 	}
 	priv = REAL(fcntl)(fd, F_DUPFD_CLOEXEC,
@@ -399,8 +424,23 @@ struct pl_conn *pl_conn(int fd)
 	c = atomic_load_explicit(&s->conn, memory_order_acquire);
 	if (c)
 		return c->h ? c : NULL;
-	if (atomic_load_explicit(&s->kind, memory_order_relaxed) != K_TCP)
+	switch (atomic_load_explicit(&s->kind, memory_order_relaxed)) {
+	case K_TCP:
+		break;
+	case K_UNSEEN: {
+		int64_t now = now_ms();
+
+		if (now < s->unseen_next)
+			return NULL;
+		if (now > s->unseen_end) {
+			atomic_store(&s->kind, K_PLAIN);
+			return NULL;
+		}
+		return wrap(fd);
+	}
+	default:
 		return NULL;
+	}
 	/* A connect() that was in progress: wrap once it is done. */
 	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
 		return NULL;
@@ -828,6 +868,12 @@ PL_API int socket(int domain, int type, int proto)
 
 		forget(fd); /* a number closed behind our back */
 		set_kind(fd, tcp ? K_TCP : K_NONE);
+		if (tcp && !cfg.disabled) {
+			int e = errno;
+
+			tcp_warmup(); /* ivmcd learns our namespace early */
+			errno = e;
+		}
 	}
 	return fd;
 }
