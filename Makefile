@@ -269,6 +269,10 @@ ifneq ($(LIB_SRCS),)
 	ln -sf libivmc.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libivmc.so
 	$(INSTALL) -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/libivmc.a
 endif
+ifneq ($(PRELOAD_SO),)
+	$(INSTALL) -d $(DESTDIR)$(LIBDIR)/ivmc
+	$(INSTALL) -m 755 $(PRELOAD_SO) $(DESTDIR)$(LIBDIR)/ivmc/libivmc-preload.so
+endif
 	$(INSTALL) -m 644 $(O)/ivmc.pc $(DESTDIR)$(PKGCONFIGDIR)/ivmc.pc
 ifneq ($(TOOLS),)
 	$(INSTALL) -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
@@ -282,7 +286,7 @@ endif
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/ivmc.h $(DESTDIR)$(PKGCONFIGDIR)/ivmc.pc \
 		$(DESTDIR)$(LIBDIR)/libivmc.so $(DESTDIR)$(LIBDIR)/libivmc.so.$(SOVERSION) \
-		$(DESTDIR)$(LIBDIR)/libivmc.a \
+		$(DESTDIR)$(LIBDIR)/libivmc.a $(DESTDIR)$(LIBDIR)/ivmc/libivmc-preload.so \
 		$(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(TOOLS)))
 	@for m in $(MANPAGES); do \
 		rm -f '$(DESTDIR)$(MANDIR)'/man$${m##*.}/$$(basename $$m); \
