@@ -226,6 +226,8 @@ demo: all
 	@test -x $(O)/bin/ivmc-bench || \
 		{ echo "demo: $(O)/bin/ivmc-bench not built (no tools/ivmc-bench.c)" >&2; exit 1; }
 	$(O)/bin/ivmc-bench --quick
+	IVMC_RUN=$(O)/bin/ivmc-run IVMCD=$(O)/bin/ivmcd IVMCCTL=$(O)/bin/ivmcctl \
+	IVMC_PRELOAD=$(PRELOAD_SO) bash bench/preload.sh --quick --rounds 2
 
 # Install into a scratch DESTDIR, then build every example against the
 # installed header and shared library only (found through pkg-config), the
