@@ -464,6 +464,7 @@ static struct eset *set_get(int epfd)
 	if (!s)
 		return NULL;
 	s->epfd = epfd;
+	pl_mark_epfd(epfd);
 	pthread_mutex_init(&s->mu, NULL);
 	s->all.next = s->all.prev = &s->all;
 	s->act.anext = s->act.aprev = &s->act;

@@ -224,7 +224,7 @@ __attribute__((constructor)) static void ctor(void)
 /* K_UNSEEN: connected, the daemon's table did not list the peer; a
  * namespace it has not seen yet may appear, so look again now and then
  * for a while (UNSEEN_MS, every UNSEEN_EVERY_MS), then K_PLAIN. */
-enum { K_NONE, K_TCP, K_LISTEN, K_PLAIN, K_UNSEEN };
+enum { K_NONE, K_TCP, K_LISTEN, K_PLAIN, K_UNSEEN, K_EPOLL };
 #define UNSEEN_MS	2000
 #define UNSEEN_EVERY_MS 20
 
@@ -976,10 +976,49 @@ static void forget(int fd)
 	}
 }
 
+/* An epoll fd events.c keeps state for: closing it drops that state.
+ * (Looked up by kind, so closing any other fd takes no lock of events.c:
+ * the library closes fds while events.c holds a set's lock.) */
+static void forget_epfd(int fd)
+{
+	if (kind_of(fd) == K_EPOLL) {
+		set_kind(fd, K_NONE);
+		pl_events_close_epfd(fd);
+	}
+}
+
+void pl_mark_epfd(int epfd)
+{
+	set_kind(epfd, K_EPOLL);
+}
+
+/* A new epoll fd: whatever a closed one of that number left goes. */
+PL_API int epoll_create(int size)
+{
+	int fd = REAL(epoll_create)(size);
+
+	if (fd >= 0) {
+		forget_epfd(fd);
+		forget(fd);
+	}
+	return fd;
+}
+
+PL_API int epoll_create1(int flags)
+{
+	int fd = REAL(epoll_create1)(flags);
+
+	if (fd >= 0) {
+		forget_epfd(fd);
+		forget(fd);
+	}
+	return fd;
+}
+
 PL_API int close(int fd)
 {
+	forget_epfd(fd);
 	forget(fd);
-	pl_events_close_epfd(fd);
 	return REAL(close)(fd);
 }
 
@@ -1002,8 +1041,9 @@ PL_API int shutdown(int fd, int how)
 static void dup_to(int old, int nfd)
 {
 	struct pl_conn *c = pl_peek(old);
+	int k = kind_of(old);
 
-	set_kind(nfd, kind_of(old));
+	set_kind(nfd, k == K_EPOLL ? K_NONE : k);
 	if (c)
 		bind_fd(nfd, c);
 }
@@ -1027,8 +1067,8 @@ PL_API int dup2(int old, int nfd)
 		return REAL(dup2)(old, nfd);
 	r = REAL(dup2)(old, nfd);
 	if (r >= 0) {
+		forget_epfd(nfd);
 		forget(nfd);
-		pl_events_close_epfd(nfd);
 		dup_to(old, nfd);
 	}
 	return r;
@@ -1039,8 +1079,8 @@ PL_API int dup3(int old, int nfd, int flags)
 	int r = REAL(dup3)(old, nfd, flags);
 
 	if (r >= 0) {
+		forget_epfd(nfd);
 		forget(nfd);
-		pl_events_close_epfd(nfd);
 		dup_to(old, nfd);
 	}
 	return r;

@@ -123,6 +123,9 @@ int pl_wait_fds(struct pl_conn *c, short events, struct pollfd *out);
 void pl_events_forget_fd(int fd);
 void pl_events_close_epfd(int epfd);
 
+/* events.c keeps state for epfd: close() must tell it. */
+void pl_mark_epfd(int epfd);
+
 void pl_init(void);
 
 #endif
