@@ -46,6 +46,10 @@ void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st);
  * only ivmc_poll_arm() can tell; -EBUSY. */
 int api_poll_peek(struct ivmc_chan *h, short events);
 
+/* For the preload: does h send on the ring now (else on TCP: POLLOUT is
+ * the socket's)? */
+bool api_tx_on_ring(struct ivmc_chan *h);
+
 /* For the preload: is the TCP socket fd's peer possibly co-located? 1:
  * yes (loopback, or the daemon's table lists it); -1: the daemon answers
  * but does not list it (yet: a namespace it has not seen may appear);

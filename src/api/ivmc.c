@@ -513,6 +513,13 @@ int api_poll_peek(struct ivmc_chan *h, short events)
 	return c ? chan_poll_peek(c, events) : 0;
 }
 
+bool api_tx_on_ring(struct ivmc_chan *h)
+{
+	struct chan *c = ivmc_load_acquire(&h->c);
+
+	return c && chan_tx_on_ring(c);
+}
+
 IVMC_API int ivmc_set_nonblock(struct ivmc_chan *h, int on)
 {
 	struct chan *c;

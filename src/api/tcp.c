@@ -387,7 +387,14 @@ static struct ctl_client *ctl_get_within(unsigned int budget_us)
 		return G.cli;
 	now = mono_ms();
 	if (G.opening) {
-		/* The welcome was late for its caller: maybe it is here. */
+		/* The welcome was late for its caller: maybe it is here, or
+		 * comes within our budget. */
+		struct pollfd p = { ctl_fd(G.opening), POLLIN, 0 };
+		struct timespec ts = { budget_us / 1000000,
+				       (long)(budget_us % 1000000) * 1000 };
+
+		if (budget_us)
+			(void)ppoll(&p, 1, &ts, NULL);
 		err = ctl_open_finish(G.opening);
 		if (err == -EAGAIN && now < G.opening_until)
 			return NULL;
@@ -681,7 +688,10 @@ int tcp_colocated(int fd)
 	}
 	if (G.cli && ctl_mail(G.cli))
 		pump();
-	yes = !ctl_get() ? 0 : worth_it(a) ? 1 : -1;
+	if (!ctl_get())
+		yes = G.opening ? -1 : 0; /* a slow welcome: look again */
+	else
+		yes = worth_it(a) ? 1 : -1;
 	pthread_mutex_unlock(&G.mu);
 	return yes;
 }

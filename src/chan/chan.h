@@ -109,6 +109,10 @@ int chan_poll_arm(struct chan *c, short events);
  * call, nothing armed)? 0 where only chan_poll_arm() can tell; -EBUSY. */
 int chan_poll_peek(struct chan *c, short events);
 
+/* Is our sending direction on the ring (not on the side stream)? A hint,
+ * read without the lock. */
+bool chan_tx_on_ring(const struct chan *c);
+
 /* May a waiter spin now (the CPUs are not oversubscribed)? */
 bool chan_may_spin(void);
 

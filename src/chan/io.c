@@ -198,6 +198,15 @@ static ssize_t tx_step(struct chan *c, struct iovc *ic, size_t left,
 	struct chan_ep *ep = c->ep;
 	int err;
 
+	/* A peer gone after closing our epoch (it went back to the side
+	 * stream: exec, fd passing) left the side stream to carry on: look
+	 * for that close before calling the peer gone. */
+	if (!(ep->tx.pw & IVMC_PW_CLOSED) && c->has_side &&
+	    chan_flag(c, EP_PEER_GONE)) {
+		err = sw_tx_check_closed(c);
+		if (err < 0)
+			return err;
+	}
 	if (ep->tx.pw & IVMC_PW_CLOSED) {
 		err = sw_tx_flush_pending(c);
 		if (err)
@@ -741,11 +750,37 @@ static int arm_both(struct chan *c, short events, bool arm)
 	return ready;
 }
 
+/* The peer's end is gone. Without a side stream, or with our epoch still
+ * open (it died without closing it), every call now fails at once: ready.
+ * If it closed our epoch first (it went back to the side stream), the
+ * side stream carries on and readiness is its own. */
+static bool gone_for_good(struct chan *c)
+{
+	bool open;
+
+	if (!chan_flag(c, EP_PEER_GONE))
+		return false;
+	if (!c->has_side)
+		return true;
+	if (chan_lock(c, &c->ep->tx_lock, true))
+		return true; /* a call is in: it will tell */
+	if (!(c->ep->tx.pw & IVMC_PW_CLOSED))
+		(void)sw_tx_check_closed(c);
+	open = !(c->ep->tx.pw & IVMC_PW_CLOSED);
+	chan_unlock(c, &c->ep->tx_lock);
+	return open;
+}
+
 int chan_poll_peek(struct chan *c, short events)
 {
-	if (chan_dead(c) || chan_flag(c, EP_PEER_GONE))
+	if (chan_dead(c) || gone_for_good(c))
 		return events & (POLLIN | POLLOUT);
 	return arm_both(c, events, false);
+}
+
+bool chan_tx_on_ring(const struct chan *c)
+{
+	return !(c->ep->tx.pw & IVMC_PW_CLOSED);
 }
 
 int chan_poll_arm(struct chan *c, short events)
@@ -757,7 +792,7 @@ int chan_poll_arm(struct chan *c, short events)
 	if (ready)
 		return ready;
 	(void)chan_drain_nowait(c);
-	if (chan_dead(c) || chan_flag(c, EP_PEER_GONE))
+	if (chan_dead(c) || gone_for_good(c))
 		return events & (POLLIN | POLLOUT);
 	return arm_both(c, events, true);
 }

@@ -76,7 +76,10 @@ int pl_wait_fds(struct pl_conn *c, short events, struct pollfd *out)
 		out[0] = (struct pollfd){ c->priv, events, 0 };
 		return 1;
 	}
-	out[0] = (struct pollfd){ c->priv, (short)(POLLIN | POLLRDHUP), 0 };
+	out[0] = (struct pollfd){ c->priv,
+				  (short)(POLLIN | POLLRDHUP |
+					  (c->tx_ring ? 0 : (events & POLLOUT))),
+				  0 };
 	out[1] = (struct pollfd){ ivmc_fd(c->h), POLLIN, 0 };
 	return 2;
 }
@@ -195,8 +198,9 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 			if (!c || !c->attached)
 				continue;
 			/* The socket for what only it can say; the ring
-			 * answers for POLLOUT. */
-			k[i].events &= (short)~POLLOUT;
+			 * answers for POLLOUT while we send on it. */
+			if (c->tx_ring)
+				k[i].events &= (short)~POLLOUT;
 			if (!ring[i] && !peeked &&
 			    (fds[i].events & (POLLIN | POLLOUT)))
 				k[nk++] = (struct pollfd){ ivmc_fd(c->h), POLLIN, 0 };
@@ -526,7 +530,7 @@ static uint32_t kernel_events(const struct member *m)
 {
 	uint32_t ev = m->events;
 
-	if (m->on_chan)
+	if (m->on_chan && m->c->tx_ring)
 		ev &= ~(uint32_t)EPOLLOUT; /* the ring says */
 	return ev;
 }

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/close_range.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -117,6 +118,8 @@ static unsigned long env_num(const char *name, unsigned long def,
 	return v;
 }
 
+static void mark_ours(int fd);
+
 #define RESOLVE(name) \
 	(pl_real.name = (__typeof__(pl_real.name))dlsym(RTLD_NEXT, #name))
 
@@ -183,6 +186,7 @@ static void init(void)
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur >= 256)
 		xport_fd_floor = (int)(rl.rlim_cur > INT_MAX ? INT_MAX / 2
 							     : rl.rlim_cur / 2);
+	xport_fd_hook = mark_ours;
 	plog(1, "loaded%s", cfg.disabled ? " (IVMC_DISABLE: off)" : "");
 }
 
@@ -224,7 +228,8 @@ __attribute__((constructor)) static void ctor(void)
 /* K_UNSEEN: connected, the daemon's table did not list the peer; a
  * namespace it has not seen yet may appear, so look again now and then
  * for a while (UNSEEN_MS, every UNSEEN_EVERY_MS), then K_PLAIN. */
-enum { K_NONE, K_TCP, K_LISTEN, K_PLAIN, K_UNSEEN, K_EPOLL };
+/* K_OURS: one of the library's own fds (kept out of close_range). */
+enum { K_NONE, K_TCP, K_LISTEN, K_PLAIN, K_UNSEEN, K_EPOLL, K_OURS };
 #define UNSEEN_MS	2000
 #define UNSEEN_EVERY_MS 20
 
@@ -266,6 +271,11 @@ static void set_kind(int fd, int kind)
 	if (s)
 		atomic_store_explicit(&s->kind, (unsigned char)kind,
 				      memory_order_relaxed);
+}
+
+static void mark_ours(int fd)
+{
+	set_kind(fd, K_OURS);
 }
 
 static int kind_of(int fd)
@@ -406,6 +416,7 @@ static struct pl_conn *wrap(int fd)
 		return NULL;
 	}
 	c->priv = priv;
+	mark_ours(priv);
 	plog(2, "fd %d: registered (priv %d)", fd, priv);
 	if (bind_fd(fd, c)) /* cannot happen: the slot was free */
 		plog(0, "fd %d: was bound twice", fd);
@@ -450,9 +461,11 @@ struct pl_conn *pl_conn(int fd)
 bool pl_attached(struct pl_conn *c)
 {
 	bool now = c->h && ivmc_load_acquire(&c->h->c) != NULL;
+	bool tx = now && api_tx_on_ring(c->h);
 
-	if (now != c->attached) {
+	if (now != c->attached || tx != c->tx_ring) {
 		c->attached = now;
+		c->tx_ring = tx;
 		atomic_fetch_add(&c->gen, 1);
 		atomic_fetch_add(&pl_gen, 1);
 		plog(2, "priv %d: %s", c->priv, now ? "on the channel" : "off");
@@ -1020,6 +1033,64 @@ PL_API int close(int fd)
 	forget_epfd(fd);
 	forget(fd);
 	return REAL(close)(fd);
+}
+
+/* close_range(2) and closefrom(3) close the application's fds in the
+ * range, never the library's (its daemon connection, socket duplicates,
+ * doorbells): those are skipped, the gaps between them closed. */
+static int close_range_ours(unsigned int first, unsigned int last, int flags)
+{
+	static int (*real_cr)(unsigned int, unsigned int, int);
+	unsigned int lo = first;
+	int r = 0;
+
+	if (!real_cr)
+		real_cr = (int (*)(unsigned int, unsigned int, int))dlsym(RTLD_NEXT,
+									"close_range");
+	if (!real_cr) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (first > last || (flags & CLOSE_RANGE_CLOEXEC))
+		return real_cr(first, last, flags);
+	for (int p = 0; p < NPAGES; p++) {
+		struct slot *s = atomic_load(&pages[p]);
+		unsigned int base = (unsigned int)p << PAGE_BITS;
+
+		if (!s || base + PAGE_SIZE_ - 1 < first)
+			continue;
+		if (base > last)
+			break;
+		for (int i = 0; i < PAGE_SIZE_; i++) {
+			unsigned int fd = base + (unsigned int)i;
+			int k;
+
+			if (fd < first || fd > last)
+				continue;
+			k = atomic_load_explicit(&s[i].kind, memory_order_relaxed);
+			if (k == K_OURS) {
+				if (fd > lo && real_cr(lo, fd - 1, flags) < 0)
+					r = -1;
+				lo = fd + 1;
+			} else if (k != K_NONE || atomic_load(&s[i].conn)) {
+				forget_epfd((int)fd);
+				forget((int)fd);
+			}
+		}
+	}
+	if (lo <= last && lo >= first && real_cr(lo, last, flags) < 0)
+		r = -1;
+	return r;
+}
+
+PL_API int close_range(unsigned int first, unsigned int last, int flags)
+{
+	return close_range_ours(first, last, flags);
+}
+
+PL_API void closefrom(int lowfd)
+{
+	(void)close_range_ours(lowfd < 0 ? 0 : (unsigned int)lowfd, ~0u, 0);
 }
 
 PL_API int shutdown(int fd, int how)

@@ -84,6 +84,8 @@ struct pl_conn {
 	int rcvtimeo_ms;	/* SO_RCVTIMEO, 0: none */
 	int sndtimeo_ms;	/* SO_SNDTIMEO */
 	bool attached;		/* last seen on the channel (for events.c) */
+	bool tx_ring;		/* ... and sending on the ring (POLLOUT is
+				 * the ring's, not the socket's) */
 };
 
 /* The connection an application fd carries, or NULL (plain fd). The first

@@ -282,16 +282,20 @@ ssize_t xport_recv_fds(int sock, void *msg, size_t len, int *fds, int *nfds,
 }
 
 int xport_fd_floor;
+void (*xport_fd_hook)(int fd);
 
 int xport_fd_high(int fd)
 {
-	int nfd;
+	int nfd = fd;
 
-	if (fd < 0 || xport_fd_floor <= 0 || fd >= xport_fd_floor)
-		return fd;
-	nfd = fcntl(fd, F_DUPFD_CLOEXEC, xport_fd_floor);
-	if (nfd < 0)
-		return fd;
-	close(fd);
+	if (fd >= 0 && xport_fd_floor > 0 && fd < xport_fd_floor) {
+		nfd = fcntl(fd, F_DUPFD_CLOEXEC, xport_fd_floor);
+		if (nfd < 0)
+			nfd = fd;
+		else
+			close(fd);
+	}
+	if (nfd >= 0 && xport_fd_hook)
+		xport_fd_hook(nfd);
 	return nfd;
 }

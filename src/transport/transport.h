@@ -63,4 +63,8 @@ extern int xport_fd_floor;
  * or no number is free up there). */
 int xport_fd_high(int fd);
 
+/* Called (when set) with each fd xport_fd_high() returns: the preload
+ * keeps them out of the application's close_range(). */
+extern void (*xport_fd_hook)(int fd);
+
 #endif
