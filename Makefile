@@ -175,10 +175,15 @@ $(O)/tests/%: $(O)/obj/tests/%.o $(O)/obj/tests/helpers.o $(LIB_A)
 	$(msg) LD $@
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $(filter %.o,$^) $(LIB_A) $(BIN_LIBS)
 
-$(O)/tests/%: tests/%.sh
+$(O)/tests/%: tests/%.sh $(O)/tests/preload-lib.bash
 	@mkdir -p $(@D)
 	$(msg) CP $@
 	$(Q)install -m 755 $< $@
+
+# Shared by the script tests; not itself a test (not executable).
+$(O)/tests/preload-lib.bash: tests/preload-lib.bash
+	@mkdir -p $(@D)
+	$(Q)install -m 644 $< $@
 
 $(O)/examples/%: $(O)/obj/examples/%.o $(LIB_A)
 	@mkdir -p $(@D)

@@ -46,6 +46,10 @@ void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st);
  * only ivmc_poll_arm() can tell; -EBUSY. */
 int api_poll_peek(struct ivmc_chan *h, short events);
 
+/* For the preload: ivmc_poll_arm() that also says POLLRDHUP when the
+ * peer shut down writing on the ring. */
+int api_poll_arm(struct ivmc_chan *h, short events);
+
 /* For the preload: does h send on the ring now (else on TCP: POLLOUT is
  * the socket's)? */
 bool api_tx_on_ring(struct ivmc_chan *h);

@@ -499,10 +499,19 @@ IVMC_API int ivmc_fd(const struct ivmc_chan *h)
 IVMC_API int ivmc_poll_arm(struct ivmc_chan *h, short events)
 {
 	struct chan *c;
+	int r;
 
 	if (!h || !events || (events & ~(POLLIN | POLLOUT)))
 		return -EINVAL;
 	c = api_chan(h);
+	r = c ? chan_poll_arm(c, events) : tcp_poll_arm(h, events);
+	return r;
+}
+
+int api_poll_arm(struct ivmc_chan *h, short events)
+{
+	struct chan *c = api_chan(h);
+
 	return c ? chan_poll_arm(c, events) : tcp_poll_arm(h, events);
 }
 

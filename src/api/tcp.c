@@ -12,9 +12,13 @@
  * system call, on the busy path.
  */
 #include <errno.h>
+#include <sys/syscall.h>
+#include <signal.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <spawn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -305,21 +309,54 @@ static void autostart(const char *path)
 	const char *bin = getenv("IVMC_DAEMON");
 	char *argv[] = { (char *)"ivmcd", (char *)"-d", (char *)"-s",
 			 (char *)path, NULL };
-	posix_spawnattr_t at;
 	sigset_t none;
 	pid_t pid;
 
 	if (!bin || !*bin)
 		bin = "ivmcd";
-	posix_spawnattr_init(&at);
-	sigemptyset(&none);
-	posix_spawnattr_setsigmask(&at, &none);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSID);
-	/* ivmcd -d returns once its socket is ready: it is reaped by our
-	 * next attempt (WNOHANG), never waited for here. */
-	if (posix_spawnp(&pid, bin, NULL, &at, argv, environ) == 0)
-		G.spawned = pid;
-	posix_spawnattr_destroy(&at);
+	/* _Fork (no atfork handlers: we hold G.mu) and the raw execve system
+	 * call, not posix_spawn: under the preload the libc calls are
+	 * interposed and must not treat our daemon as the application's
+	 * child. The daemon gets none of the application's fds (a pipe it
+	 * held would never see end of file) and /dev/null for the standard
+	 * ones. */
+	pid = _Fork();
+	if (pid != 0) {
+		if (pid > 0)
+			G.spawned = pid; /* reaped by a later attempt (WNOHANG) */
+		return;
+	}
+	{
+		int nul = open("/dev/null", O_RDWR);
+
+		if (nul >= 0) {
+			(void)syscall(SYS_dup3, nul, 0, 0);
+			(void)syscall(SYS_dup3, nul, 1, 0);
+			(void)syscall(SYS_dup3, nul, 2, 0);
+		}
+		(void)syscall(SYS_close_range, 3u, ~0u, 0u);
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		setsid();
+		if (strchr(bin, '/')) {
+			(void)syscall(SYS_execve, bin, argv, environ);
+		} else {
+			const char *pathv = getenv("PATH");
+			char buf[4096];
+
+			for (const char *p = pathv ? pathv : "/usr/sbin:/usr/bin";
+			     p && *p;) {
+				const char *e = strchr(p, ':');
+				size_t n = e ? (size_t)(e - p) : strlen(p);
+
+				if (n && (size_t)snprintf(buf, sizeof(buf), "%.*s/%s",
+							  (int)n, p, bin) < sizeof(buf))
+					(void)syscall(SYS_execve, buf, argv, environ);
+				p = e ? e + 1 : NULL;
+			}
+		}
+		_exit(127);
+	}
 }
 
 static void atfork_prepare(void)

@@ -102,7 +102,8 @@ int chan_shutdown(struct chan *c, int how);
 int chan_fd(const struct chan *c);
 
 /* Arm the doorbell for POLLIN/POLLOUT; see ivmc_poll_arm(). On the side
- * stream the caller polls side_fd as well. */
+ * stream the caller polls side_fd as well. With POLLRDHUP in events, says
+ * POLLRDHUP too when the peer shut down writing on the ring. */
 int chan_poll_arm(struct chan *c, short events);
 
 /* Ready for POLLIN/POLLOUT now, by what shared memory says (no system

@@ -594,8 +594,15 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 		if (chan_flag(c, EP_SHUT_RD))
 			break; /* end of stream, as recv */
 		r = chan_dead(c);
-		if (!r && ep->rx_mode == RX_SIDE)
-			r = -EOPNOTSUPP; /* on the side stream: use recv */
+		if (!r && ep->rx_mode == RX_SIDE) {
+			/* An epoch that opens where we are moves us onto the
+			 * ring; else the bytes are on the side stream. */
+			uint64_t limit;
+
+			r = sw_rx_side_limit(c, &limit);
+			if (!r && ep->rx_mode == RX_SIDE)
+				r = -EOPNOTSUPP; /* use recv (MSG_PEEK) */
+		}
 		if (!r)
 			r = rx_avail(c, &avail, &w);
 		if (r || avail)
@@ -693,32 +700,53 @@ static short arm_one(struct chan *c, short ev, bool arm)
 	if (ev == POLLIN) {
 		if (chan_flag(c, EP_SHUT_RD)) /* recv returns 0 at once */
 			return POLLIN;
-		/* Reading the side stream: its own readiness, or an epoch
-		 * opening (the producer rings for it once we are armed);
-		 * the caller polls the side fd beside ivmc_fd(). */
-		if (c->has_side && ep->rx_mode == RX_SIDE && !ep->rx_att_known &&
-		    !chan_flag(c, EP_SIDE_EOF)) {
-			if (!arm)
-				return 0;
-			if (!side_ready(c, POLLIN)) {
-				/* What chan_arm() compares against: the word now. */
-				ep->rx_seen_pw = ivmc_load_acquire(&c->rx.shm->prod);
-				if (chan_arm(c, CHAN_RX))
-					return POLLIN;
-				/* Armed /then/ a look for an epoch opened
-				 * meanwhile (one opened after this look rings us). */
-				w = ivmc_load_sc(&c->rx.shm->prod);
-				return ivmc_w_epoch(w) ==
-						       ((ep->rx_epoch - 1) & IVMC_W_EPOCH_MASK)
-					       ? 0 : POLLIN;
+		/* Twice at most: an epoch that ended, drained, is passed
+		 * here as recv would pass it, so that what follows (the side
+		 * stream) answers, not the switch. */
+		for (int pass = 0; pass < 2; pass++) {
+			ssize_t e;
+			short rd;
+
+			/* Reading the side stream: its own readiness, or an
+			 * epoch opening (the producer rings for it once we
+			 * are armed); the caller polls the side fd beside
+			 * ivmc_fd(). */
+			if (c->has_side && ep->rx_mode == RX_SIDE &&
+			    !ep->rx_att_known && !chan_flag(c, EP_SIDE_EOF)) {
+				if (!arm)
+					return 0;
+				if (!side_ready(c, POLLIN)) {
+					/* What chan_arm() compares against:
+					 * the word now. */
+					ep->rx_seen_pw =
+						ivmc_load_acquire(&c->rx.shm->prod);
+					if (chan_arm(c, CHAN_RX))
+						return POLLIN;
+					/* Armed /then/ a look for an epoch
+					 * opened meanwhile (one opened after
+					 * this look rings us). */
+					w = ivmc_load_sc(&c->rx.shm->prod);
+					return ivmc_w_epoch(w) ==
+							       ((ep->rx_epoch - 1) &
+								IVMC_W_EPOCH_MASK)
+						       ? 0 : POLLIN;
+				}
 			}
+			if (ep->rx_mode != RX_RING || rx_avail(c, &n, &w))
+				return POLLIN; /* the side, or an error */
+			rd = ivmc_load_once(&c->rx.shm->fin) ? POLLRDHUP : 0;
+			if (n)
+				return POLLIN | rd; /* data */
+			e = rx_ring_empty(c, w);
+			if (e == STEP_AGAIN)
+				continue; /* the epoch ended: look again */
+			if (e != -EAGAIN)
+				return POLLIN | rd; /* end of stream, error */
+			if (!arm)
+				return rd;
+			return chan_arm(c, CHAN_RX) ? POLLIN : rd;
 		}
-		if (ep->rx_mode != RX_RING || rx_avail(c, &n, &w) || n ||
-		    (w & IVMC_PW_CLOSED) || ivmc_load_once(&c->rx.shm->fin))
-			return POLLIN; /* data, a switch, an end or an error */
-		if (!arm)
-			return 0;
-		return chan_arm(c, CHAN_RX) ? POLLIN : 0;
+		return POLLIN;
 	}
 	if ((ep->tx.pw & IVMC_PW_CLOSED) && !chan_flag(c, EP_SHUT_WR) &&
 	    !ep->tx_pend && (!arm || !side_ready(c, POLLOUT)))
@@ -771,11 +799,17 @@ static bool gone_for_good(struct chan *c)
 	return open;
 }
 
+/* Only what was asked for: POLLRDHUP comes with POLLIN when asked. */
+static int asked(int r, short events)
+{
+	return r < 0 ? r : r & (events & (POLLIN | POLLOUT | POLLRDHUP));
+}
+
 int chan_poll_peek(struct chan *c, short events)
 {
 	if (chan_dead(c) || gone_for_good(c))
 		return events & (POLLIN | POLLOUT);
-	return arm_both(c, events, false);
+	return asked(arm_both(c, events, false), events);
 }
 
 bool chan_tx_on_ring(const struct chan *c)
@@ -794,5 +828,5 @@ int chan_poll_arm(struct chan *c, short events)
 	(void)chan_drain_nowait(c);
 	if (chan_dead(c) || gone_for_good(c))
 		return events & (POLLIN | POLLOUT);
-	return arm_both(c, events, true);
+	return asked(arm_both(c, events, true), events);
 }

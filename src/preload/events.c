@@ -38,7 +38,7 @@ short pl_ready(struct pl_conn *c, short events)
 
 	if (!want || !pl_attached(c))
 		return 0;
-	r = ivmc_poll_arm(c->h, want);
+	r = api_poll_arm(c->h, (short)(want | POLLRDHUP));
 	if (r < 0)
 		return want; /* -EBUSY: a call is in progress; look again */
 	pl_attached(c); /* a detach seen by the arm */
@@ -53,7 +53,7 @@ static short peek_ready(struct pl_conn *c, short events)
 
 	if (!want || !pl_attached(c))
 		return 0;
-	r = api_poll_peek(c->h, want);
+	r = api_poll_peek(c->h, (short)(want | POLLRDHUP));
 	return r < 0 ? want : (short)r;
 }
 
@@ -113,7 +113,9 @@ static bool spin_fds(const struct pollfd *fds, nfds_t n, short *ring)
 				struct pl_conn *c = pl_peek(fds[j].fd);
 
 				if (c && c->attached) {
-					ring[j] = peek_ready(c, fds[j].events);
+					ring[j] = peek_ready(c, fds[j].events) &
+						  (fds[j].events | POLLHUP |
+						   POLLERR);
 					any |= ring[j] != 0;
 				}
 			}
@@ -158,7 +160,9 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 		for (nfds_t i = 0; i < n; i++) {
 			struct pl_conn *c = pl_peek(fds[i].fd);
 
-			ring[i] = c ? peek_ready(c, fds[i].events) : 0;
+			ring[i] = c ? peek_ready(c, fds[i].events) &
+					      (fds[i].events | POLLHUP | POLLERR)
+				    : 0;
 			any |= ring[i] != 0;
 		}
 		if (!any && timeout_ns != 0 && may_spin(now, t_last_busy))
@@ -170,7 +174,9 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 				struct pl_conn *c = pl_peek(fds[i].fd);
 
 				if (c) {
-					ring[i] = pl_ready(c, fds[i].events);
+					ring[i] = pl_ready(c, fds[i].events) &
+						  (fds[i].events | POLLHUP |
+						   POLLERR);
 					any |= ring[i] != 0;
 				}
 			}
@@ -425,6 +431,7 @@ struct member {
 	bool ghost;			/* deleted; the kernel still has it */
 	uint32_t kev;			/* events the kernel has for fd */
 	uint32_t et_seen;		/* EPOLLET: reported, not yet idle */
+	unsigned int et_gen[2];		/* c->eagain[] when last reported */
 };
 
 struct eset {
@@ -554,7 +561,10 @@ static int sync_member(struct eset *s, struct member *m, int op)
 		m->bell = -1;
 	}
 	if (bell >= 0 && m->bell < 0) {
-		struct epoll_event bev = { EPOLLIN, { .u64 = tag_of(m) | TAG_BELL } };
+		/* Edge-triggered: a ring is news once; the doorbell is
+		 * drained only when the member is next armed. */
+		struct epoll_event bev = { EPOLLIN | EPOLLET,
+					   { .u64 = tag_of(m) | TAG_BELL } };
 
 		if (pl_real.epoll_ctl(s->epfd, EPOLL_CTL_ADD, bell, &bev) == 0)
 			m->bell = bell;
@@ -584,6 +594,7 @@ static void member_free(struct eset *s, struct member *m, bool kernel)
 	m->prev->next = m->next;
 	m->next->prev = m->prev;
 	s->nmembers--;
+	atomic_fetch_sub(&m->c->nsets, 1);
 	free(m);
 }
 
@@ -710,6 +721,7 @@ PL_API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 		s->hash[hash_ptr(m)] = m;
 		m->fnext = s->fhash[(unsigned int)fd % NHASH];
 		s->fhash[(unsigned int)fd % NHASH] = m;
+		atomic_fetch_add(&c->nsets, 1);
 		m->next = &s->all;
 		m->prev = s->all.prev;
 		s->all.prev->next = m;
@@ -764,9 +776,25 @@ out:
  * idle). Returns whether it went into out[k]. */
 static bool report(struct member *m, short r, struct epoll_event *out)
 {
+	r &= (short)(m->events | EPOLLHUP | EPOLLERR);
+	if (!r)
+		return false;
 	if (m->events & EPOLLET) {
-		uint32_t fresh = (uint32_t)r & ~m->et_seen;
+		uint32_t fresh;
+		unsigned int g0 = atomic_load_explicit(&m->c->eagain[0],
+						       memory_order_relaxed);
+		unsigned int g1 = atomic_load_explicit(&m->c->eagain[1],
+						       memory_order_relaxed);
 
+		/* The application read (wrote) until EAGAIN since: what is
+		 * ready now is a new edge. */
+		if (g0 != m->et_gen[0])
+			m->et_seen &= ~(uint32_t)(EPOLLIN | EPOLLRDHUP);
+		if (g1 != m->et_gen[1])
+			m->et_seen &= ~(uint32_t)EPOLLOUT;
+		m->et_gen[0] = g0;
+		m->et_gen[1] = g1;
+		fresh = (uint32_t)r & ~m->et_seen;
 		m->et_seen |= (uint32_t)r;
 		if (!fresh)
 			return false;
@@ -802,8 +830,13 @@ static int scan_active(struct eset *s, struct epoll_event *out, int max,
 		r = arm ? pl_ready(m->c, want) : peek_ready(m->c, want);
 		if (!r) {
 			m->et_seen = 0; /* seen idle: the next data is an edge */
-			if (arm)
-				act_del(m); /* armed: its doorbell brings it back */
+			/* Armed: its doorbell brings it back. Not when another
+			 * set holds the connection too: that set's look may
+			 * drain the doorbell first, so this one keeps looking
+			 * (and sleeps in short steps, epoll_core()). */
+			if (arm && atomic_load_explicit(&m->c->nsets,
+						       memory_order_relaxed) < 2)
+				act_del(m);
 			continue;
 		}
 		if (report(m, r, &out[k]))
@@ -837,6 +870,7 @@ static int epoll_core(struct eset *s, struct epoll_event *evs, int max,
 	struct epoll_event kev[64];
 	int64_t now = mono_ns();
 	int64_t end = timeout < 0 ? -1 : now + (int64_t)timeout * 1000000;
+	int late = 0;
 
 	for (;;) {
 		int k, r, tmo;
@@ -871,6 +905,10 @@ static int epoll_core(struct eset *s, struct epoll_event *evs, int max,
 
 			tmo = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
 		}
+		/* Members still active after the arm are shared with another
+		 * set (scan_active()): sleep in steps of a millisecond. */
+		if (!k && tmo != 0 && s->act.anext != &s->act)
+			tmo = 1;
 		r = pl_real.epoll_pwait(s->epfd, kev,
 					max - k < 64 ? max - k : 64, tmo, mask);
 		if (r < 0) {
@@ -915,7 +953,7 @@ static int epoll_core(struct eset *s, struct epoll_event *evs, int max,
 		if (k)
 			return k;
 		now = mono_ns();
-		if (!rang && tmo >= 0 && (tmo == 0 || now >= end))
+		if (end >= 0 && now >= end && (!rang || ++late > 1))
 			return 0;
 		/* A doorbell rang (or time is not up): look again. */
 	}

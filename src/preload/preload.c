@@ -542,36 +542,64 @@ static ssize_t timed(struct pl_conn *c, bool tx, const struct iovec *iov,
 	}
 }
 
+/* MSG_PEEK: the ring's bytes if it is there, else the socket's (before a
+ * channel, or while the stream is still on TCP), without waiting in
+ * either; a blocking peek sleeps on both. */
 static ssize_t peek(struct pl_conn *c, const struct iovec *iov, int n,
-		    bool nb)
+		    int flags)
 {
-	const void *p;
-	ssize_t r;
-	size_t done = 0;
+	bool nb = (flags & MSG_DONTWAIT) || (REAL(fcntl)(c->priv, F_GETFL) &
+					       O_NONBLOCK);
+	int64_t end = c->rcvtimeo_ms ? now_ms() + c->rcvtimeo_ms : -1;
 
-	if (!pl_attached(c))
-		return -EOPNOTSUPP;
 	for (;;) {
-		r = ivmc_peek(c->h, &p, IVMC_NONBLOCK);
-		if (r != -EAGAIN || nb)
-			break;
-		r = wait_ready(c, POLLIN, c->rcvtimeo_ms ? c->rcvtimeo_ms : -1);
-		if (r)
-			return r;
-	}
-	if (r <= 0)
-		return r;
-	for (int i = 0; i < n && done < (size_t)r; i++) {
-		size_t k = iov[i].iov_len < (size_t)r - done ? iov[i].iov_len
-							     : (size_t)r - done;
+		ssize_t r = -EOPNOTSUPP;
+		int err;
 
-		memcpy(iov[i].iov_base, (const char *)p + done, k);
-		done += k;
+		if (pl_attached(c)) {
+			const void *p;
+
+			r = ivmc_peek(c->h, &p, IVMC_NONBLOCK);
+			if (r > 0) {
+				size_t done = 0;
+
+				for (int i = 0; i < n && done < (size_t)r; i++) {
+					size_t k = iov[i].iov_len < (size_t)r - done
+							   ? iov[i].iov_len
+							   : (size_t)r - done;
+
+					memcpy(iov[i].iov_base, (const char *)p + done, k);
+					done += k;
+				}
+				return (ssize_t)done;
+			}
+			if (r == 0 || (r != -EAGAIN && r != -EOPNOTSUPP))
+				return r;
+		}
+		if (r == -EOPNOTSUPP) {
+			struct msghdr m = { .msg_iov = (struct iovec *)iov,
+					    .msg_iovlen = (size_t)n };
+			ssize_t k = REAL(recvmsg)(c->priv, &m,
+						  (flags & ~MSG_WAITALL) |
+							  MSG_PEEK | MSG_DONTWAIT);
+
+			if (k >= 0)
+				return k;
+			if (errno != EAGAIN)
+				return -errno;
+		}
+		if (nb)
+			return -EAGAIN;
+		if (end >= 0 && now_ms() >= end)
+			return -EAGAIN;
+		err = wait_ready(c, POLLIN,
+				 end < 0 ? -1 : (int)(end - now_ms()));
+		if (err == -EINTR)
+			return err;
 	}
-	return (ssize_t)done;
 }
 
-static ssize_t do_recv(int fd, struct pl_conn *c, const struct iovec *iov,
+static ssize_t do_recv(struct pl_conn *c, const struct iovec *iov,
 		       int n, int flags)
 {
 	unsigned int f = 0;
@@ -585,21 +613,15 @@ static ssize_t do_recv(int fd, struct pl_conn *c, const struct iovec *iov,
 		f |= IVMC_NONBLOCK;
 	if (flags & MSG_WAITALL)
 		f |= IVMC_WAITALL;
-	if (flags & MSG_PEEK) {
-		r = peek(c, iov, n, f & IVMC_NONBLOCK);
-		if (r != -EOPNOTSUPP)
-			return r;
-		/* On TCP alone: the socket has the bytes. */
-		struct msghdr m = { .msg_iov = (struct iovec *)iov,
-				    .msg_iovlen = (size_t)n };
-		r = REAL(recvmsg)(fd, &m, flags);
-		return r < 0 ? -errno : r;
-	}
+	if (flags & MSG_PEEK)
+		return peek(c, iov, n, flags);
 	if (c->rcvtimeo_ms && !(f & IVMC_NONBLOCK))
 		r = timed(c, false, iov, n, f, c->rcvtimeo_ms);
 	else
 		r = ivmc_recvv(c->h, iov, n, f);
 	pl_attached(c);
+	if (r == -EAGAIN)
+		atomic_fetch_add_explicit(&c->eagain[0], 1, memory_order_relaxed);
 	return r;
 }
 
@@ -618,6 +640,8 @@ static ssize_t do_send(struct pl_conn *c, const struct iovec *iov, int n,
 	else
 		r = ivmc_sendv(c->h, iov, n, f);
 	pl_attached(c);
+	if (r == -EAGAIN)
+		atomic_fetch_add_explicit(&c->eagain[1], 1, memory_order_relaxed);
 	if (r == -EPIPE && !(flags & MSG_NOSIGNAL))
 		pthread_kill(pthread_self(), SIGPIPE);
 	return r;
@@ -633,7 +657,7 @@ PL_API ssize_t read(int fd, void *buf, size_t len)
 
 	if (!c)
 		return REAL(read)(fd, buf, len);
-	r = do_recv(fd, c, &v, 1, 0);
+	r = do_recv(c, &v, 1, 0);
 	return RET(r);
 }
 
@@ -663,7 +687,7 @@ PL_API ssize_t readv(int fd, const struct iovec *iov, int n)
 
 	if (!c)
 		return REAL(readv)(fd, iov, n);
-	r = do_recv(fd, c, iov, n, 0);
+	r = do_recv(c, iov, n, 0);
 	return RET(r);
 }
 
@@ -686,7 +710,7 @@ PL_API ssize_t recv(int fd, void *buf, size_t len, int flags)
 
 	if (!c)
 		return REAL(recv)(fd, buf, len, flags);
-	r = do_recv(fd, c, &v, 1, flags);
+	r = do_recv(c, &v, 1, flags);
 	if (r == -EOPNOTSUPP && (flags & MSG_OOB))
 		return REAL(recv)(fd, buf, len, flags);
 	return RET(r);
@@ -709,7 +733,7 @@ PL_API ssize_t recvfrom(int fd, void *buf, size_t len, int flags,
 
 	if (!c)
 		return REAL(recvfrom)(fd, buf, len, flags, sa, salen);
-	r = do_recv(fd, c, &v, 1, flags);
+	r = do_recv(c, &v, 1, flags);
 	if (r == -EOPNOTSUPP && (flags & MSG_OOB))
 		return REAL(recvfrom)(fd, buf, len, flags, sa, salen);
 	if (r >= 0 && salen)
@@ -734,7 +758,7 @@ PL_API ssize_t recvmsg(int fd, struct msghdr *m, int flags)
 		return REAL(recvmsg)(fd, m, flags);
 	if (!m || (m->msg_iovlen && !m->msg_iov) || m->msg_iovlen > IOV_MAX)
 		return fail(m ? EMSGSIZE : EFAULT);
-	r = do_recv(fd, c, m->msg_iov, (int)m->msg_iovlen, flags);
+	r = do_recv(c, m->msg_iov, (int)m->msg_iovlen, flags);
 	if (r == -EOPNOTSUPP && (flags & MSG_OOB))
 		return REAL(recvmsg)(fd, m, flags);
 	if (r >= 0) {

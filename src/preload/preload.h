@@ -83,6 +83,9 @@ struct pl_conn {
 	_Atomic unsigned int gen; /* bumped when it attaches or detaches */
 	int rcvtimeo_ms;	/* SO_RCVTIMEO, 0: none */
 	int sndtimeo_ms;	/* SO_SNDTIMEO */
+	_Atomic int nsets;	/* epoll sets holding it (events.c) */
+	_Atomic unsigned int eagain[2]; /* recv, send calls that said EAGAIN:
+					 * an EPOLLET edge may come again */
 	bool attached;		/* last seen on the channel (for events.c) */
 	bool tx_ring;		/* ... and sending on the ring (POLLOUT is
 				 * the ring's, not the socket's) */

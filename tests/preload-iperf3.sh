@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# Description: iperf3 under ivmc-run (issue 4, transparent preload): one
+# iperf3 server on 127.0.0.1 and three 2-second client runs, all under
+# ivmc-run: a single stream, -P 4 and -R (the server sends). Each run must
+# exit 0 with JSON output (-J) that reports no error and, per stream and in
+# sum, bytes received > 0, no more than were sent and at least 90 % of them
+# (the rest was still in flight when the run ended). A second into each
+# run `ivmcctl --json status` must list a channel for the control
+# connection and each stream, with megabytes through their rings.
+# With IVMC_PLAIN=1 nothing runs under ivmc-run and only the counts are
+# checked.
+
+# shellcheck disable=SC2119 # optional arguments of free_port, pl_daemon_start
+here=$(cd "$(dirname "$0")" && pwd)
+for lib in "$here/preload-lib.bash" "$here/../../tests/preload-lib.bash" \
+	"${IVMC_SRC:-/nonexistent}/tests/preload-lib.bash"; do
+	[ -f "$lib" ] && break
+done
+# shellcheck source=tests/preload-lib.bash
+. "$lib" || {
+	echo "preload-lib.bash not found near $here (set IVMC_SRC)" >&2
+	exit 1
+}
+
+pl_init
+pl_need_cmd iperf3 iperf3
+pl_need_cmd python3 python3
+pl_need_preload
+pl_daemon_start
+
+SECS=2
+long && SECS=10
+
+PORT=$(free_port)
+bg_ivmc iperf3 -s -B 127.0.0.1 -p "$PORT" > "$PL_DIR/iperf3-server.log" 2>&1
+SPID=$PL_LAST_PID
+wait_port 127.0.0.1 "$PORT"
+
+# check_json FILE: the run's numbers on one line; exit status 1 (and the
+# reason) when they are wrong
+cat > "$PL_DIR/check.py" << 'EOF'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except ValueError as e:
+    sys.exit(f"output is not JSON: {e}")
+if d.get("error"):
+    sys.exit(f"iperf3 reports an error: {d['error']}")
+e = d.get("end", {})
+if "sum_sent" not in e or "sum_received" not in e:
+    sys.exit("no sum_sent/sum_received in the JSON end section")
+rows = [("sum", e["sum_sent"]["bytes"], e["sum_received"]["bytes"])]
+for i, s in enumerate(e.get("streams", [])):
+    rows.append((f"stream{i}", s["sender"]["bytes"], s["receiver"]["bytes"]))
+want = int(sys.argv[2])
+if len(rows) - 1 != want:
+    sys.exit(f"{len(rows) - 1} streams reported, {want} expected")
+msg = " ".join(f"{n}: sent {a} received {b}" for n, a, b in rows)
+print(msg)
+for n, sent, got in rows:
+    if got <= 0 or sent <= 0:
+        sys.exit(f"{n}: nothing transferred ({msg})")
+    if got > sent:
+        sys.exit(f"{n}: received {got} bytes, more than the {sent} sent ({msg})")
+    if got < sent * 0.9:
+        sys.exit(f"{n}: received {got} bytes, under 90 % of the {sent} sent ({msg})")
+EOF
+
+run() { # NAME STREAMS ARGS...
+	local name=$1 streams=$2 out=$PL_DIR/$1.json cpid rc n rb
+	shift 2
+	say "== $name: iperf3 -t $SECS $*"
+	bg_ivmc iperf3 -c 127.0.0.1 -p "$PORT" -t "$SECS" -J "$@" \
+		> "$out" 2> "$PL_DIR/$name.log"
+	cpid=$PL_LAST_PID
+	sleep 1
+	n=$(accel_count)
+	rb=$(ring_bytes)
+	say "$name: after 1 s: $(accel_summary)"
+	rc=0
+	wait_exit "$cpid" $((SECS + 20)) || rc=$?
+	[ $rc -eq 0 ] || {
+		head -c 2000 "$out"
+		fail "$name: iperf3 client exited $rc (124: still running after $((SECS + 20)) s)"
+	}
+	python3 "$PL_DIR/check.py" "$out" "$streams" > "$PL_DIR/$name.check" 2>&1 || {
+		grep -a '"error"' "$out"
+		fail "$name: $(tail -n 1 "$PL_DIR/$name.check")"
+	}
+	say "$name: $(cat "$PL_DIR/$name.check")"
+	if ! plain; then
+		[ "$n" -ge $((streams + 1)) ] ||
+			fail "$name: control connection and $streams streams, but $n channels listed after 1 s"
+		[ "$rb" -ge 1048576 ] ||
+			fail "$name: only $rb bytes through the rings after 1 s"
+	fi
+	pl_alive "$SPID" || fail "$name: the iperf3 server died"
+}
+
+run single 1
+run parallel4 4 -P 4
+run reverse 1 -R
+say "$(accel_summary)"
+say "all runs passed"
