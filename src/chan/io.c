@@ -713,8 +713,16 @@ static short arm_one(struct chan *c, short ev, bool arm)
 			 * ivmc_fd(). */
 			if (c->has_side && ep->rx_mode == RX_SIDE &&
 			    !ep->rx_att_known && !chan_flag(c, EP_SIDE_EOF)) {
-				if (!arm)
-					return 0;
+				if (!arm) {
+					/* Bytes on the side stream are the
+					 * caller's to poll for; an epoch that
+					 * opened is ours to say. */
+					w = ivmc_load_acquire(&c->rx.shm->prod);
+					return ivmc_w_epoch(w) ==
+							       ((ep->rx_epoch - 1) &
+								IVMC_W_EPOCH_MASK)
+						       ? 0 : POLLIN;
+				}
 				if (!side_ready(c, POLLIN)) {
 					/* What chan_arm() compares against:
 					 * the word now. */
@@ -778,25 +786,29 @@ static int arm_both(struct chan *c, short events, bool arm)
 	return ready;
 }
 
-/* The peer's end is gone. Without a side stream, or with our epoch still
- * open (it died without closing it), every call now fails at once: ready.
- * If it closed our epoch first (it went back to the side stream), the
- * side stream carries on and readiness is its own. */
-static bool gone_for_good(struct chan *c)
+/* The peer's end is gone. Without a side stream every call now fails at
+ * once: ready both ways. With one, receiving goes on from the side stream
+ * after the ring (its readiness is the socket's: end of stream comes with
+ * the peer's FIN); sending fails at once while our epoch is still open
+ * (the peer died in it), so POLLOUT then. Returns what is ready on that
+ * account, or -1: everything. */
+static int gone(struct chan *c, short events)
 {
 	bool open;
 
 	if (!chan_flag(c, EP_PEER_GONE))
-		return false;
+		return 0;
 	if (!c->has_side)
-		return true;
+		return -1;
+	if (!(events & POLLOUT))
+		return 0;
 	if (chan_lock(c, &c->ep->tx_lock, true))
-		return true; /* a call is in: it will tell */
+		return POLLOUT; /* a call is in: it will tell */
 	if (!(c->ep->tx.pw & IVMC_PW_CLOSED))
 		(void)sw_tx_check_closed(c);
 	open = !(c->ep->tx.pw & IVMC_PW_CLOSED);
 	chan_unlock(c, &c->ep->tx_lock);
-	return open;
+	return open ? POLLOUT : 0;
 }
 
 /* Only what was asked for: POLLRDHUP comes with POLLIN when asked. */
@@ -805,11 +817,19 @@ static int asked(int r, short events)
 	return r < 0 ? r : r & (events & (POLLIN | POLLOUT | POLLRDHUP));
 }
 
+static int with_gone(int g, int r, short events)
+{
+	return r < 0 ? r : g | asked(r, events);
+}
+
 int chan_poll_peek(struct chan *c, short events)
 {
-	if (chan_dead(c) || gone_for_good(c))
+	int g = chan_dead(c) ? -1 : gone(c, events);
+
+	if (g < 0)
 		return events & (POLLIN | POLLOUT);
-	return asked(arm_both(c, events, false), events);
+	return with_gone(g, arm_both(c, g ? (short)(events & ~POLLOUT) : events,
+				     false), events);
 }
 
 bool chan_tx_on_ring(const struct chan *c)
@@ -819,14 +839,16 @@ bool chan_tx_on_ring(const struct chan *c)
 
 int chan_poll_arm(struct chan *c, short events)
 {
-	int ready = chan_poll_peek(c, events);
+	int g, ready = chan_poll_peek(c, events);
 
 	/* Ready: say so without a system call. Else drain the doorbell (it
 	 * rang for an earlier arm), then arm it and look again. */
 	if (ready)
 		return ready;
 	(void)chan_drain_nowait(c);
-	if (chan_dead(c) || gone_for_good(c))
+	g = chan_dead(c) ? -1 : gone(c, events);
+	if (g < 0)
 		return events & (POLLIN | POLLOUT);
-	return asked(arm_both(c, events, true), events);
+	return with_gone(g, arm_both(c, g ? (short)(events & ~POLLOUT) : events,
+				     true), events);
 }

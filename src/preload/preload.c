@@ -225,19 +225,21 @@ __attribute__((constructor)) static void ctor(void)
 #define PAGE_SIZE_ (1 << PAGE_BITS)
 #define NPAGES 1024 /* fds up to 4M */
 
-/* K_UNSEEN: connected, the daemon's table did not list the peer; a
- * namespace it has not seen yet may appear, so look again now and then
- * for a while (UNSEEN_MS, every UNSEEN_EVERY_MS), then K_PLAIN. */
+/* K_UNSEEN: connected, the daemon's table did not list the peer (a
+ * namespace it has not seen yet may appear): look again at the first
+ * I/O call, if within UNSEEN_MS, then K_PLAIN. */
 /* K_OURS: one of the library's own fds (kept out of close_range). */
 enum { K_NONE, K_TCP, K_LISTEN, K_PLAIN, K_UNSEEN, K_EPOLL, K_OURS };
 #define UNSEEN_MS	2000
-#define UNSEEN_EVERY_MS 20
 
 struct slot {
 	struct pl_conn *_Atomic conn;
 	_Atomic unsigned char kind;
-	int64_t unseen_next, unseen_end; /* K_UNSEEN: ms (CLOCK_MONOTONIC) */
+	int64_t unseen_end; /* K_UNSEEN: ms (CLOCK_MONOTONIC) */
 };
+
+/* A K_UNSEEN fd is only wrapped before the application moved a byte on
+ * it: a handle counts stream offsets from its start. */
 
 static struct slot *_Atomic pages[NPAGES];
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -388,7 +390,6 @@ static struct pl_conn *wrap(int fd)
 				s->unseen_end = now + UNSEEN_MS;
 				atomic_store(&s->kind, K_UNSEEN);
 			}
-			s->unseen_next = now + UNSEEN_EVERY_MS;
 		} else {
 			set_kind(fd, K_PLAIN);
 		}
@@ -441,13 +442,12 @@ struct pl_conn *pl_conn(int fd)
 	case K_UNSEEN: {
 		int64_t now = now_ms();
 
-		if (now < s->unseen_next)
-			return NULL;
-		if (now > s->unseen_end) {
-			atomic_store(&s->kind, K_PLAIN);
-			return NULL;
-		}
-		return wrap(fd);
+		if (now <= s->unseen_end && (c = wrap(fd)) != NULL)
+			return c;
+		/* The caller moves bytes on the socket itself now: from
+		 * here on a handle would miscount the stream. */
+		atomic_store(&s->kind, K_PLAIN);
+		return NULL;
 	}
 	default:
 		return NULL;
@@ -1293,6 +1293,26 @@ PL_API int getsockopt(int fd, int level, int name, void *v, socklen_t *len)
 		errno = e;
 	}
 	return r;
+}
+
+/* stdio reads and writes a FILE's fd with libc's internal calls, which no
+ * preload sees: a socket handed to fdopen() goes back to plain TCP. */
+PL_API FILE *fdopen(int fd, const char *mode)
+{
+	static FILE *(*real_fdopen)(int, const char *);
+	struct pl_conn *c = pl_peek(fd);
+
+	if (!real_fdopen)
+		real_fdopen = (FILE * (*)(int, const char *))dlsym(RTLD_NEXT, "fdopen");
+	if (c)
+		release(c);
+	else if (kind_of(fd) == K_TCP || kind_of(fd) == K_UNSEEN)
+		set_kind(fd, K_PLAIN);
+	if (!real_fdopen) {
+		errno = ENOSYS;
+		return NULL;
+	}
+	return real_fdopen(fd, mode);
 }
 
 /* ---- exec, spawn ---------------------------------------------------------- */
