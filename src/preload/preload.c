@@ -1432,6 +1432,33 @@ PL_API int execle(const char *path, const char *arg, ...)
 	return ok ? execve(path, argv, envp) : -1;
 }
 
+/* system() and popen() spawn inside libc, unseen: the same first. */
+PL_API int system(const char *cmd)
+{
+	static int (*real_system)(const char *);
+
+	if (!real_system)
+		real_system = (int (*)(const char *))dlsym(RTLD_NEXT, "system");
+	if (cmd)
+		before_exec();
+	return real_system ? real_system(cmd) : -1;
+}
+
+PL_API FILE *popen(const char *cmd, const char *mode)
+{
+	static FILE *(*real_popen)(const char *, const char *);
+
+	if (!real_popen)
+		real_popen = (FILE * (*)(const char *, const char *))dlsym(RTLD_NEXT,
+									"popen");
+	before_exec();
+	if (!real_popen) {
+		errno = ENOSYS;
+		return NULL;
+	}
+	return real_popen(cmd, mode);
+}
+
 PL_API int posix_spawn(pid_t *pid, const char *path, const void *fa,
 		       const void *attr, char *const argv[], char *const envp[])
 {
