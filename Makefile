@@ -212,8 +212,11 @@ check-long: all
 # Sanitizer builds live in their own directories so they never mix objects
 # with the normal build; the recursive make rebuilds only what changed.
 # Sanitizer reports fail the test at once (the options can be overridden).
+# Programs run under ivmc-run (tests/preload-*) are not sanitized: the
+# ASan runtime goes in front of the sanitized preload (IVMC_PRELOAD_FIRST).
 check-asan:
-	+ASAN_OPTIONS=$${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1} \
+	+IVMC_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
+	ASAN_OPTIONS=$${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1} \
 	UBSAN_OPTIONS=$${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 	$(MAKE) O=build-asan EXTRA_CFLAGS='$(EXTRA_CFLAGS) $(ASAN_FLAGS)' check
 

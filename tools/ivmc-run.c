@@ -96,12 +96,24 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ivmc-run: libivmc-preload.so not found "
 				"(set IVMC_PRELOAD); running %s plainly\n", argv[1]);
 	} else {
+		const char *first = getenv("IVMC_PRELOAD_FIRST");
+		char lp[PATH_MAX * 3 + 16];
+
 		old = getenv("LD_PRELOAD");
-		if (old && *old)
-			snprintf(buf, sizeof(buf), "%s:%s", lib, old);
-		else
-			snprintf(buf, sizeof(buf), "%s", lib);
-		setenv("LD_PRELOAD", buf, 1);
+		snprintf(lp, sizeof(lp), "%s%s%s%s%s", first && *first ? first : "",
+			 first && *first ? ":" : "", lib, old && *old ? ":" : "",
+			 old && *old ? old : "");
+		setenv("LD_PRELOAD", lp, 1);
+		if (first && *first) {
+			/* A sanitizer runtime in front of a sanitized preload,
+			 * for programs that are not: their own leaks are not
+			 * ours to report. */
+			const char *o = getenv("ASAN_OPTIONS");
+
+			snprintf(lp, sizeof(lp), "%s%sdetect_leaks=0:verify_asan_link_order=0",
+				 o && *o ? o : "", o && *o ? ":" : "");
+			setenv("ASAN_OPTIONS", lp, 1);
+		}
 	}
 	/* The library may start a daemon when none answers: ours. */
 	if (!getenv("IVMC_DAEMON") && self_dir(dir, sizeof(dir))) {
