@@ -180,10 +180,6 @@ ssize_t xport_drain(int fd, size_t max_bytes)
 
 		if (n > 0) {
 			total += (size_t)n;
-			/* A stream socket that gave less than asked is empty
-			 * now: spare the read that would say EAGAIN. */
-			if ((size_t)n < sizeof(buf))
-				break;
 			continue;
 		}
 		if (n == 0)
