@@ -60,9 +60,10 @@ bool api_tx_on_ring(struct ivmc_chan *h);
  * 0: no (no daemon, not connected). One getpeername(). */
 int tcp_colocated(int fd);
 
-/* For the preload: open the daemon connection now if it is time to try,
- * without waiting for the welcome (a later call takes it in), so that
- * ivmcd learns this process's namespace before its first connection. */
+/* For the preload: open the daemon connection now if it is time to try
+ * (waiting at most the usual budget for the welcome; a later call takes a
+ * late one in), so that ivmcd knows this process's namespace before its
+ * first connection. */
 void tcp_warmup(void);
 
 #endif

@@ -72,6 +72,7 @@ static struct ctl_g {
 	struct ctl_client *cli;
 	struct ctl_client *opening; /* hello sent, welcome not yet in */
 	uint64_t opening_until;	    /* ... give up on it then (ms) */
+	bool opening_waited;	    /* a call already waited its budget */
 	pid_t pid;
 	uint64_t retry_ms, next_token;
 	int err;		 /* why there is no daemon, for state */
@@ -430,8 +431,12 @@ static struct ctl_client *ctl_get_within(unsigned int budget_us)
 		struct timespec ts = { budget_us / 1000000,
 				       (long)(budget_us % 1000000) * 1000 };
 
-		if (budget_us)
+		/* One wait per opening: a stopped daemon costs one budget,
+		 * not one per call. */
+		if (budget_us && !G.opening_waited) {
+			G.opening_waited = true;
 			(void)ppoll(&p, 1, &ts, NULL);
+		}
 		err = ctl_open_finish(G.opening);
 		if (err == -EAGAIN && now < G.opening_until)
 			return NULL;
@@ -460,6 +465,7 @@ static struct ctl_client *ctl_get_within(unsigned int budget_us)
 		/* Stopped, or only slow (a loaded machine): later calls take
 		 * the welcome in if it comes within a second. */
 		G.opening = G.cli;
+		G.opening_waited = budget_us != 0; /* this call waited */
 		G.cli = NULL;
 		G.err = -ECONNREFUSED; /* as for no daemon: plain TCP */
 		G.opening_until = now + env_ul("IVMC_CTL_RETRY_MS", 1000);
@@ -706,7 +712,10 @@ void tcp_warmup(void)
 		G.pid = getpid();
 		G.retry_ms = 0;
 	}
-	(void)ctl_get_within(0);
+	/* With the usual budget: ivmcd has taken in our hello (and learnt
+	 * our namespace) before this socket connects, so the peer's side
+	 * finds us in the table. */
+	(void)ctl_get();
 	pthread_mutex_unlock(&G.mu);
 }
 
