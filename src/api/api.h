@@ -60,6 +60,11 @@ bool api_tx_on_ring(struct ivmc_chan *h);
  * 0: no (no daemon, not connected). One getpeername(). */
 int tcp_colocated(int fd);
 
+/* For the preload: a handle made after the application moved bytes on
+ * the socket itself starts its stream offsets there (call before any
+ * other call on h). */
+void tcp_set_offsets(struct ivmc_chan *h, uint64_t tx, uint64_t rx);
+
 /* For the preload: open the daemon connection now if it is time to try
  * (waiting at most the usual budget for the welcome; a later call takes a
  * late one in), so that ivmcd knows this process's namespace before its

@@ -703,6 +703,18 @@ IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
 	return 0;
 }
 
+void tcp_set_offsets(struct ivmc_chan *h, uint64_t tx, uint64_t rx)
+{
+	struct tcpw *w = h->w;
+
+	pthread_mutex_lock(&w->mu[CHAN_TX]);
+	pthread_mutex_lock(&w->mu[CHAN_RX]);
+	w->off[CHAN_TX] = tx;
+	w->off[CHAN_RX] = rx;
+	pthread_mutex_unlock(&w->mu[CHAN_RX]);
+	pthread_mutex_unlock(&w->mu[CHAN_TX]);
+}
+
 void tcp_warmup(void)
 {
 	pthread_once(&G.once, once_init);

@@ -37,6 +37,7 @@
 
 struct pl_real pl_real;
 _Atomic int pl_nconns;
+static _Atomic int pl_nunseen; /* K_UNSEEN fds were ever made: count bytes */
 _Atomic unsigned int pl_gen;
 unsigned int pl_spin_ns = IVMC_SPIN_DEFAULT_NS;
 
@@ -226,20 +227,23 @@ __attribute__((constructor)) static void ctor(void)
 #define NPAGES 1024 /* fds up to 4M */
 
 /* K_UNSEEN: connected, the daemon's table did not list the peer (a
- * namespace it has not seen yet may appear): look again at the first
- * I/O call, if within UNSEEN_MS, then K_PLAIN. */
+ * namespace it has not seen yet may appear): look again at its calls, at
+ * most every UNSEEN_EVERY_MS, for UNSEEN_MS, then K_PLAIN. */
 /* K_OURS: one of the library's own fds (kept out of close_range). */
 enum { K_NONE, K_TCP, K_LISTEN, K_PLAIN, K_UNSEEN, K_EPOLL, K_OURS };
 #define UNSEEN_MS	2000
+#define UNSEEN_EVERY_MS 1
 
 struct slot {
 	struct pl_conn *_Atomic conn;
 	_Atomic unsigned char kind;
-	int64_t unseen_end; /* K_UNSEEN: ms (CLOCK_MONOTONIC) */
+	int64_t unseen_next, unseen_end; /* K_UNSEEN: ms (CLOCK_MONOTONIC) */
+	uint64_t moved[2];	/* K_UNSEEN: bytes sent [0], received [1] */
 };
 
-/* A K_UNSEEN fd is only wrapped before the application moved a byte on
- * it: a handle counts stream offsets from its start. */
+/* A K_UNSEEN fd's bytes are counted as they pass (every call that moves
+ * them is ours; splice and stdio make it K_PLAIN), so a handle made late
+ * starts at the right stream offsets. */
 
 static struct slot *_Atomic pages[NPAGES];
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -375,6 +379,7 @@ static struct pl_conn *wrap(int fd)
 	struct pl_conn *c;
 	int fl, priv, err, where;
 	struct slot *s;
+	uint64_t moved[2] = { 0, 0 };
 
 	if (cfg.disabled || !ports_allow(fd)) {
 		set_kind(fd, K_PLAIN);
@@ -388,8 +393,11 @@ static struct pl_conn *wrap(int fd)
 
 			if (atomic_load(&s->kind) != K_UNSEEN) {
 				s->unseen_end = now + UNSEEN_MS;
+				s->moved[0] = s->moved[1] = 0;
+				atomic_store(&pl_nunseen, 1);
 				atomic_store(&s->kind, K_UNSEEN);
 			}
+			s->unseen_next = now + UNSEEN_EVERY_MS;
 		} else {
 			set_kind(fd, K_PLAIN);
 		}
@@ -408,7 +416,14 @@ static struct pl_conn *wrap(int fd)
 	}
 	fl = REAL(fcntl)(fd, F_GETFL);
 	cfg.opts.flags = fl >= 0 && (fl & O_NONBLOCK) ? IVMC_NONBLOCK : 0;
+	s = slot_of(fd, false);
+	if (s && atomic_load(&s->kind) == K_UNSEEN) {
+		moved[0] = s->moved[0];
+		moved[1] = s->moved[1];
+	}
 	err = ivmc_tcp(priv, &cfg.opts, &c->h);
+	if (!err && (moved[0] || moved[1]))
+		tcp_set_offsets(c->h, moved[0], moved[1]);
 	if (err) {
 		plog(1, "fd %d: ivmc_tcp: %s; plain TCP", fd, strerror(-err));
 		REAL(close)(priv);
@@ -442,12 +457,13 @@ struct pl_conn *pl_conn(int fd)
 	case K_UNSEEN: {
 		int64_t now = now_ms();
 
-		if (now <= s->unseen_end && (c = wrap(fd)) != NULL)
-			return c;
-		/* The caller moves bytes on the socket itself now: from
-		 * here on a handle would miscount the stream. */
-		atomic_store(&s->kind, K_PLAIN);
-		return NULL;
+		if (now > s->unseen_end) {
+			atomic_store(&s->kind, K_PLAIN);
+			return NULL;
+		}
+		if (now < s->unseen_next)
+			return NULL;
+		return wrap(fd);
 	}
 	default:
 		return NULL;
@@ -488,6 +504,21 @@ static void release(struct pl_conn *c)
 }
 
 /* ---- the data path -------------------------------------------------------- */
+
+/* A call on a plain fd moved r bytes (dir 0 sent, 1 received): a K_UNSEEN
+ * fd counts them (see struct slot). */
+static ssize_t counted(int fd, int dir, ssize_t r)
+{
+	struct slot *s;
+
+	if (r <= 0 || !atomic_load_explicit(&pl_nunseen, memory_order_relaxed))
+		return r;
+	s = slot_of(fd, false);
+	if (dir < 2 && s &&
+	    atomic_load_explicit(&s->kind, memory_order_relaxed) == K_UNSEEN)
+		s->moved[dir] += (uint64_t)r;
+	return r;
+}
 
 static ssize_t fail(int err)
 {
@@ -656,7 +687,7 @@ PL_API ssize_t read(int fd, void *buf, size_t len)
 	ssize_t r;
 
 	if (!c)
-		return REAL(read)(fd, buf, len);
+		return counted(fd, 1, REAL(read)(fd, buf, len));
 	r = do_recv(c, &v, 1, 0);
 	return RET(r);
 }
@@ -675,7 +706,7 @@ PL_API ssize_t write(int fd, const void *buf, size_t len)
 	ssize_t r;
 
 	if (!c)
-		return REAL(write)(fd, buf, len);
+		return counted(fd, 0, REAL(write)(fd, buf, len));
 	r = do_send(c, &v, 1, 0);
 	return RET(r);
 }
@@ -686,7 +717,7 @@ PL_API ssize_t readv(int fd, const struct iovec *iov, int n)
 	ssize_t r;
 
 	if (!c)
-		return REAL(readv)(fd, iov, n);
+		return counted(fd, 1, REAL(readv)(fd, iov, n));
 	r = do_recv(c, iov, n, 0);
 	return RET(r);
 }
@@ -697,7 +728,7 @@ PL_API ssize_t writev(int fd, const struct iovec *iov, int n)
 	ssize_t r;
 
 	if (!c)
-		return REAL(writev)(fd, iov, n);
+		return counted(fd, 0, REAL(writev)(fd, iov, n));
 	r = do_send(c, iov, n, 0);
 	return RET(r);
 }
@@ -709,7 +740,8 @@ PL_API ssize_t recv(int fd, void *buf, size_t len, int flags)
 	ssize_t r;
 
 	if (!c)
-		return REAL(recv)(fd, buf, len, flags);
+		return counted(fd, (flags & MSG_PEEK) ? 2 : 1,
+			       REAL(recv)(fd, buf, len, flags));
 	r = do_recv(c, &v, 1, flags);
 	if (r == -EOPNOTSUPP && (flags & MSG_OOB))
 		return REAL(recv)(fd, buf, len, flags);
@@ -732,7 +764,8 @@ PL_API ssize_t recvfrom(int fd, void *buf, size_t len, int flags,
 	ssize_t r;
 
 	if (!c)
-		return REAL(recvfrom)(fd, buf, len, flags, sa, salen);
+		return counted(fd, (flags & MSG_PEEK) ? 2 : 1,
+			       REAL(recvfrom)(fd, buf, len, flags, sa, salen));
 	r = do_recv(c, &v, 1, flags);
 	if (r == -EOPNOTSUPP && (flags & MSG_OOB))
 		return REAL(recvfrom)(fd, buf, len, flags, sa, salen);
@@ -755,7 +788,8 @@ PL_API ssize_t recvmsg(int fd, struct msghdr *m, int flags)
 	ssize_t r;
 
 	if (!c)
-		return REAL(recvmsg)(fd, m, flags);
+		return counted(fd, (flags & MSG_PEEK) ? 2 : 1,
+			       REAL(recvmsg)(fd, m, flags));
 	if (!m || (m->msg_iovlen && !m->msg_iov) || m->msg_iovlen > IOV_MAX)
 		return fail(m ? EMSGSIZE : EFAULT);
 	r = do_recv(c, m->msg_iov, (int)m->msg_iovlen, flags);
@@ -778,7 +812,7 @@ PL_API ssize_t send(int fd, const void *buf, size_t len, int flags)
 	if (c && (flags & MSG_OOB))
 		release(c), c = NULL;
 	if (!c)
-		return REAL(send)(fd, buf, len, flags);
+		return counted(fd, 0, REAL(send)(fd, buf, len, flags));
 	r = do_send(c, &v, 1, flags);
 	return RET(r);
 }
@@ -793,7 +827,7 @@ PL_API ssize_t sendto(int fd, const void *buf, size_t len, int flags,
 	if (c && (flags & MSG_OOB))
 		release(c), c = NULL;
 	if (!c)
-		return REAL(sendto)(fd, buf, len, flags, sa, salen);
+		return counted(fd, 0, REAL(sendto)(fd, buf, len, flags, sa, salen));
 	r = do_send(c, &v, 1, flags); /* connected TCP ignores the address */
 	return RET(r);
 }
@@ -834,7 +868,7 @@ PL_API ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 	if (c && (flags & MSG_OOB))
 		release(c), c = NULL;
 	if (!c)
-		return REAL(sendmsg)(fd, m, flags);
+		return counted(fd, 0, REAL(sendmsg)(fd, m, flags));
 	if (!m || (m->msg_iovlen && !m->msg_iov) || m->msg_iovlen > IOV_MAX)
 		return fail(m ? EMSGSIZE : EFAULT);
 	r = do_send(c, m->msg_iov, (int)m->msg_iovlen, flags);
@@ -851,7 +885,7 @@ PL_API ssize_t sendfile(int out, int in, off_t *off, size_t count)
 	int err = 0;
 
 	if (!c)
-		return REAL(sendfile)(out, in, off, count);
+		return counted(out, 0, REAL(sendfile)(out, in, off, count));
 	while (done < count) {
 		size_t want = count - done < sizeof(buf) ? count - done
 							  : sizeof(buf);
@@ -1293,6 +1327,33 @@ PL_API int getsockopt(int fd, int level, int name, void *v, socklen_t *len)
 		errno = e;
 	}
 	return r;
+}
+
+/* splice moves bytes the preload does not see: its fds go plain. */
+PL_API ssize_t splice(int in, loff_t *oin, int out, loff_t *oout, size_t len,
+		      unsigned int flags)
+{
+	static ssize_t (*real_splice)(int, loff_t *, int, loff_t *, size_t,
+				      unsigned int);
+	int fds[2] = { in, out };
+
+	if (!real_splice)
+		real_splice = (ssize_t (*)(int, loff_t *, int, loff_t *, size_t,
+					   unsigned int))dlsym(RTLD_NEXT, "splice");
+	for (int i = 0; i < 2; i++) {
+		struct pl_conn *c = pl_peek(fds[i]);
+		int k = kind_of(fds[i]);
+
+		if (c)
+			release(c);
+		else if (k == K_TCP || k == K_UNSEEN)
+			set_kind(fds[i], K_PLAIN);
+	}
+	if (!real_splice) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real_splice(in, oin, out, oout, len, flags);
 }
 
 /* stdio reads and writes a FILE's fd with libc's internal calls, which no
