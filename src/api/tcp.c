@@ -96,7 +96,7 @@ static uint64_t mono_ms(void)
 
 static unsigned long env_ul(const char *name, unsigned long def)
 {
-	const char *s = getenv(name);
+	const char *s = ctl_getenv(name);
 	char *end;
 	unsigned long v;
 
@@ -307,7 +307,7 @@ static int send_reg(uint32_t type, int fd, uint64_t token, uint32_t ring,
  * lock and exits. */
 static void autostart(const char *path)
 {
-	const char *bin = getenv("IVMC_DAEMON");
+	const char *bin = ctl_getenv("IVMC_DAEMON");
 	char *argv[] = { (char *)"ivmcd", (char *)"-d", (char *)"-s",
 			 (char *)path, NULL };
 	sigset_t none;

@@ -29,9 +29,38 @@ struct ctl_client {
 	uint64_t client_id, daemon_id;
 };
 
+/* The IVMC_* settings, copied once by ctl_env_snapshot(). */
+static const char *const env_names[] = { CTL_SOCKET_ENV, "IVMC_CTL_BUDGET_US",
+					 "IVMC_CTL_RETRY_MS", "IVMC_AUTOSTART",
+					 "IVMC_DAEMON" };
+#define N_ENV (sizeof(env_names) / sizeof(env_names[0]))
+static struct {
+	bool taken;
+	char *val[N_ENV];
+} env_snap;
+
+void ctl_env_snapshot(void)
+{
+	for (size_t i = 0; i < N_ENV; i++) {
+		const char *v = getenv(env_names[i]);
+
+		env_snap.val[i] = v ? strdup(v) : NULL;
+	}
+	env_snap.taken = true;
+}
+
+const char *ctl_getenv(const char *name)
+{
+	if (env_snap.taken)
+		for (size_t i = 0; i < N_ENV; i++)
+			if (!strcmp(name, env_names[i]))
+				return env_snap.val[i];
+	return getenv(name);
+}
+
 const char *ctl_socket_path(void)
 {
-	const char *p = getenv(CTL_SOCKET_ENV);
+	const char *p = ctl_getenv(CTL_SOCKET_ENV);
 
 	return p && *p ? p : CTL_SOCKET_DEFAULT;
 }

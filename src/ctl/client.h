@@ -19,6 +19,13 @@ struct ctl_client;
 /* The daemon's socket path: $IVMC_SOCKET, else CTL_SOCKET_DEFAULT. */
 const char *ctl_socket_path(void);
 
+/* Copy the IVMC_* settings now (the preload, at load): a process whose
+ * environment is cleared later (nginx's workers) keeps them. */
+void ctl_env_snapshot(void);
+
+/* getenv() for the IVMC_* settings, from the snapshot once taken. */
+const char *ctl_getenv(const char *name);
+
 /* A mailbox page (a sealed memfd ivmcd bumps, struct ctl_mailbox): made
  * once per process and passed to every ctl_open(), so it outlives
  * daemon restarts. Returns 0, *fd and *mb, or -errno. */

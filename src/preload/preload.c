@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "../api/api.h"
+#include "../ctl/client.h"
 #include "../ring/atomics.h"
 #include "../transport/transport.h"
 #include "preload.h"
@@ -188,6 +189,7 @@ static void init(void)
 		xport_fd_floor = (int)(rl.rlim_cur > INT_MAX ? INT_MAX / 2
 							     : rl.rlim_cur / 2);
 	xport_fd_hook = mark_ours;
+	ctl_env_snapshot(); /* the settings survive a cleared environment */
 	plog(1, "loaded%s", cfg.disabled ? " (IVMC_DISABLE: off)" : "");
 }
 
@@ -630,6 +632,15 @@ static ssize_t peek(struct pl_conn *c, const struct iovec *iov, int n,
 	}
 }
 
+static size_t iov_total(const struct iovec *iov, int n)
+{
+	size_t t = 0;
+
+	for (int i = 0; i < n; i++)
+		t += iov[i].iov_len;
+	return t;
+}
+
 static ssize_t do_recv(struct pl_conn *c, const struct iovec *iov,
 		       int n, int flags)
 {
@@ -651,7 +662,13 @@ static ssize_t do_recv(struct pl_conn *c, const struct iovec *iov,
 	else
 		r = ivmc_recvv(c->h, iov, n, f);
 	pl_attached(c);
-	if (r == -EAGAIN)
+	if (r <= 0 && r != -EAGAIN && cfg.log_level >= 2)
+		plog(2, "priv %d: recv -> %zd (%s)", c->priv, r,
+		     r ? strerror((int)-r) : "end of stream");
+	/* EAGAIN, or less than asked (an EPOLLET application like nginx
+	 * takes that as drained): the next data is a new edge. */
+	if (r == -EAGAIN || (r >= 0 && !(flags & MSG_PEEK) &&
+			     (size_t)r < iov_total(iov, n)))
 		atomic_fetch_add_explicit(&c->eagain[0], 1, memory_order_relaxed);
 	return r;
 }
@@ -671,7 +688,7 @@ static ssize_t do_send(struct pl_conn *c, const struct iovec *iov, int n,
 	else
 		r = ivmc_sendv(c->h, iov, n, f);
 	pl_attached(c);
-	if (r == -EAGAIN)
+	if (r == -EAGAIN || (r >= 0 && (size_t)r < iov_total(iov, n)))
 		atomic_fetch_add_explicit(&c->eagain[1], 1, memory_order_relaxed);
 	if (r == -EPIPE && !(flags & MSG_NOSIGNAL))
 		pthread_kill(pthread_self(), SIGPIPE);
