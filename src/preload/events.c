@@ -434,8 +434,19 @@ struct member {
 	unsigned int et_gen[2];		/* c->eagain[] when last reported */
 };
 
+/* An fd that may become a connection later (a connect in progress, a
+ * peer not yet listed) registered as a plain fd: remembered, so that the
+ * registration becomes a member when it is wrapped (pl_events_adopt()). */
+struct prec {
+	struct prec *next;
+	int fd;
+	uint32_t events;
+	epoll_data_t data;
+};
+
 struct eset {
 	struct eset *next;
+	struct prec *pend;
 	int epfd;
 	pthread_mutex_t mu;
 	struct member all, act;		/* list heads */
@@ -649,6 +660,97 @@ static void resync(struct eset *s)
 	}
 }
 
+static struct prec **prec_find(struct eset *s, int fd)
+{
+	for (struct prec **pp = &s->pend; *pp; pp = &(*pp)->next)
+		if ((*pp)->fd == fd)
+			return pp;
+	return NULL;
+}
+
+/* epoll_ctl on an fd that is not a connection yet but may become one: as
+ * asked, and remembered. */
+static int ctl_pending(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	int r = pl_real.epoll_ctl(epfd, op, fd, ev);
+	struct eset *s;
+	struct prec **pp, *p;
+
+	if (r < 0 || !(s = set_get(epfd)))
+		return r;
+	pthread_mutex_lock(&s->mu);
+	pp = prec_find(s, fd);
+	if (op == EPOLL_CTL_DEL) {
+		if (pp) {
+			p = *pp;
+			*pp = p->next;
+			free(p);
+		}
+	} else if (ev) {
+		p = pp ? *pp : calloc(1, sizeof(*p));
+		if (p) {
+			if (!pp) {
+				p->next = s->pend;
+				s->pend = p;
+			}
+			p->fd = fd;
+			p->events = ev->events;
+			p->data = ev->data;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+void pl_events_adopt(int fd, struct pl_conn *c)
+{
+	if (!atomic_load_explicit(&nsets, memory_order_relaxed))
+		return;
+	pthread_mutex_lock(&sets_mu);
+	for (struct eset *s = sets; s; s = s->next) {
+		struct prec **pp, *p;
+		struct member *m;
+
+		pthread_mutex_lock(&s->mu);
+		pp = prec_find(s, fd);
+		if (!pp || member_find(s, fd)) {
+			pthread_mutex_unlock(&s->mu);
+			continue;
+		}
+		p = *pp;
+		*pp = p->next;
+		m = calloc(1, sizeof(*m));
+		if (m) {
+			m->c = c;
+			m->fd = fd;
+			m->bell = -1;
+			m->events = p->events;
+			m->data = p->data;
+			m->on_chan = pl_attached(c);
+			m->gen = atomic_load(&c->gen);
+			m->kev = ~0u; /* the kernel has the plain one: replace it */
+			if (sync_member(s, m, EPOLL_CTL_MOD)) {
+				free(m);
+			} else {
+				m->hnext = s->hash[hash_ptr(m)];
+				s->hash[hash_ptr(m)] = m;
+				m->fnext = s->fhash[(unsigned int)fd % NHASH];
+				s->fhash[(unsigned int)fd % NHASH] = m;
+				m->next = &s->all;
+				m->prev = s->all.prev;
+				s->all.prev->next = m;
+				s->all.prev = m;
+				s->nmembers++;
+				atomic_fetch_add(&c->nsets, 1);
+				act_add(s, m);
+			}
+		}
+		free(p);
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_mutex_unlock(&sets_mu);
+}
+
 PL_API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
 	struct pl_conn *c;
@@ -659,6 +761,8 @@ PL_API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 	if (!pl_real.epoll_ctl)
 		pl_init();
 	c = pl_conn(fd);
+	if (!c && pl_may_wrap(fd))
+		return ctl_pending(epfd, op, fd, ev);
 	s = set_find(epfd);
 	if (!c && (!s || !s->nmembers))
 		return pl_real.epoll_ctl(epfd, op, fd, ev);
@@ -992,10 +1096,19 @@ void pl_events_forget_fd(int fd)
 	for (struct eset *s = sets; s; s = s->next) {
 		struct member *m;
 
+		struct prec **pp;
+
 		pthread_mutex_lock(&s->mu);
 		m = member_find(s, fd);
 		if (m) /* our duplicate keeps the socket: tell the kernel */
 			member_free(s, m, true);
+		pp = prec_find(s, fd);
+		if (pp) {
+			struct prec *p = *pp;
+
+			*pp = p->next;
+			free(p);
+		}
 		pthread_mutex_unlock(&s->mu);
 	}
 	pthread_mutex_unlock(&sets_mu);
@@ -1022,6 +1135,10 @@ void pl_events_close_epfd(int epfd)
 	for (struct member *m = s->all.next, *n; m != &s->all; m = n) {
 		n = m->next;
 		free(m); /* the kernel set goes with its fd */
+	}
+	for (struct prec *p = s->pend, *n; p; p = n) {
+		n = p->next;
+		free(p);
 	}
 	pthread_mutex_destroy(&s->mu);
 	free(s);

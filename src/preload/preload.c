@@ -438,6 +438,7 @@ static struct pl_conn *wrap(int fd)
 	plog(2, "fd %d: registered (priv %d)", fd, priv);
 	if (bind_fd(fd, c)) /* cannot happen: the slot was free */
 		plog(0, "fd %d: was bound twice", fd);
+	pl_events_adopt(fd, c); /* registered in epoll while connecting */
 	return c;
 }
 
@@ -1049,19 +1050,29 @@ PL_API int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 }
 
 /* fd is going away (close, or dup2 over it): unbind it everywhere. */
+bool pl_may_wrap(int fd)
+{
+	int k = kind_of(fd);
+
+	return k == K_TCP || k == K_UNSEEN;
+}
+
 static void forget(int fd)
 {
 	struct pl_conn *c;
+	/* It may have been remembered by an epoll set while it could still
+	 * have become a connection. */
+	bool later = pl_may_wrap(fd) || kind_of(fd) == K_PLAIN;
 
 	if (!atomic_load_explicit(&pl_nconns, memory_order_relaxed) &&
 	    kind_of(fd) == K_NONE)
 		return;
 	set_kind(fd, K_NONE);
 	c = bind_fd(fd, NULL);
-	if (c) {
-		pl_events_forget_fd(fd);
+	if (c || later)
+		pl_events_forget_fd(fd); /* members, remembered registrations */
+	if (c)
 		conn_put(c);
-	}
 }
 
 /* An epoll fd events.c keeps state for: closing it drops that state.

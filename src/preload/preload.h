@@ -128,6 +128,14 @@ int pl_wait_fds(struct pl_conn *c, short events, struct pollfd *out);
 void pl_events_forget_fd(int fd);
 void pl_events_close_epfd(int epfd);
 
+/* fd is not a connection but may become one (connect in progress, peer
+ * not listed yet)? */
+bool pl_may_wrap(int fd);
+
+/* fd just became connection c: its plain epoll registrations become
+ * members. */
+void pl_events_adopt(int fd, struct pl_conn *c);
+
 /* events.c keeps state for epfd: close() must tell it. */
 void pl_mark_epfd(int epfd);
 
