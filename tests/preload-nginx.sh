@@ -363,9 +363,11 @@ wrk_run() {
 		fail "$name: no requests reported"
 	fi
 	# KNOWN BUG (issue 4, open): under ivmc-run, about 0.1% of wrk's
-	# keep-alive reads see a spurious end of stream (wrk counts "read"
-	# socket errors and reconnects; nginx logs the client closing). Not
-	# yet understood; IVMC_KNOWN_BUGS=1 makes it fail here.
+	# responses fail its HTTP parser (wrk counts them as "read" socket
+	# errors and reconnects; nginx then logs the client closing). No read
+	# through the preload returned 0 or an error there, so wrk received
+	# bytes it could not parse: a data-integrity bug, with sendfile on
+	# or off. Not understood yet; IVMC_KNOWN_BUGS=1 makes it fail here.
 	if grep -q 'Socket errors' "$d.out"; then
 		if [ "$mode" = ivmc ] && [ "${IVMC_KNOWN_BUGS:-0}" != 1 ]; then
 			say "$name: KNOWN BUG: $(grep 'Socket errors' "$d.out")"
