@@ -362,12 +362,14 @@ wrk_run() {
 	if [ -z "$WRK_REQS" ] || [ "$WRK_REQS" -eq 0 ]; then
 		fail "$name: no requests reported"
 	fi
-	# KNOWN BUG (issue 4, open): under ivmc-run, about 0.1% of wrk's
-	# responses fail its HTTP parser (wrk counts them as "read" socket
-	# errors and reconnects; nginx then logs the client closing). No read
-	# through the preload returned 0 or an error there, so wrk received
-	# bytes it could not parse: a data-integrity bug, with sendfile on
-	# or off. Not understood yet; IVMC_KNOWN_BUGS=1 makes it fail here.
+	# KNOWN BUG (issue 4, open): under ivmc-run, wrk counts ~0.1% "read"
+	# socket errors and reconnects (nginx then logs the client closing).
+	# Traced: each is a read() that returned EAGAIN after epoll said
+	# readable (wrk treats any read < 0 as an error); the readiness came
+	# from the kernel (EPOLLIN on the TCP socket) for a connection whose
+	# receiving side is on the ring. Data are intact (a Python client
+	# with the same load checks every response). IVMC_KNOWN_BUGS=1 makes
+	# it fail here.
 	if grep -q 'Socket errors' "$d.out"; then
 		if [ "$mode" = ivmc ] && [ "${IVMC_KNOWN_BUGS:-0}" != 1 ]; then
 			say "$name: KNOWN BUG: $(grep 'Socket errors' "$d.out")"
