@@ -660,12 +660,62 @@ static void resync(struct eset *s)
 	}
 }
 
+/* A new member for connection c on fd, registered in the kernel with op
+ * (EPOLL_CTL_ADD; EPOLL_CTL_MOD when the kernel already has fd plainly)
+ * and linked in. Under s->mu. Returns 0 or -errno. */
+static int member_add(struct eset *s, struct pl_conn *c, int fd,
+		      uint32_t events, epoll_data_t data, int op)
+{
+	struct member *m = calloc(1, sizeof(*m));
+	int err;
+
+	if (!m)
+		return -ENOMEM;
+	m->c = c;
+	m->fd = fd;
+	m->bell = -1;
+	m->events = events;
+	m->data = data;
+	m->on_chan = pl_attached(c);
+	m->gen = atomic_load(&c->gen);
+	m->kev = ~0u; /* not what the kernel has: sync_member() sets it */
+	err = sync_member(s, m, op);
+	if (err) {
+		free(m);
+		return err;
+	}
+	m->hnext = s->hash[hash_ptr(m)];
+	s->hash[hash_ptr(m)] = m;
+	m->fnext = s->fhash[(unsigned int)fd % NHASH];
+	s->fhash[(unsigned int)fd % NHASH] = m;
+	atomic_fetch_add(&c->nsets, 1);
+	m->next = &s->all;
+	m->prev = s->all.prev;
+	s->all.prev->next = m;
+	s->all.prev = m;
+	s->nmembers++;
+	act_add(s, m);
+	return 0;
+}
+
 static struct prec **prec_find(struct eset *s, int fd)
 {
 	for (struct prec **pp = &s->pend; *pp; pp = &(*pp)->next)
 		if ((*pp)->fd == fd)
 			return pp;
 	return NULL;
+}
+
+/* Forget fd's remembered registration, if any. Under s->mu. */
+static void prec_drop(struct eset *s, int fd)
+{
+	struct prec **pp = prec_find(s, fd), *p;
+
+	if (!pp)
+		return;
+	p = *pp;
+	*pp = p->next;
+	free(p);
 }
 
 /* epoll_ctl on an fd that is not a connection yet but may become one: as
@@ -681,11 +731,7 @@ static int ctl_pending(int epfd, int op, int fd, struct epoll_event *ev)
 	pthread_mutex_lock(&s->mu);
 	pp = prec_find(s, fd);
 	if (op == EPOLL_CTL_DEL) {
-		if (pp) {
-			p = *pp;
-			*pp = p->next;
-			free(p);
-		}
+		prec_drop(s, fd);
 	} else if (ev) {
 		p = pp ? *pp : calloc(1, sizeof(*p));
 		if (p) {
@@ -708,44 +754,15 @@ void pl_events_adopt(int fd, struct pl_conn *c)
 		return;
 	pthread_mutex_lock(&sets_mu);
 	for (struct eset *s = sets; s; s = s->next) {
-		struct prec **pp, *p;
-		struct member *m;
+		struct prec **pp;
 
 		pthread_mutex_lock(&s->mu);
 		pp = prec_find(s, fd);
-		if (!pp || member_find(s, fd)) {
-			pthread_mutex_unlock(&s->mu);
-			continue;
-		}
-		p = *pp;
-		*pp = p->next;
-		m = calloc(1, sizeof(*m));
-		if (m) {
-			m->c = c;
-			m->fd = fd;
-			m->bell = -1;
-			m->events = p->events;
-			m->data = p->data;
-			m->on_chan = pl_attached(c);
-			m->gen = atomic_load(&c->gen);
-			m->kev = ~0u; /* the kernel has the plain one: replace it */
-			if (sync_member(s, m, EPOLL_CTL_MOD)) {
-				free(m);
-			} else {
-				m->hnext = s->hash[hash_ptr(m)];
-				s->hash[hash_ptr(m)] = m;
-				m->fnext = s->fhash[(unsigned int)fd % NHASH];
-				s->fhash[(unsigned int)fd % NHASH] = m;
-				m->next = &s->all;
-				m->prev = s->all.prev;
-				s->all.prev->next = m;
-				s->all.prev = m;
-				s->nmembers++;
-				atomic_fetch_add(&c->nsets, 1);
-				act_add(s, m);
-			}
-		}
-		free(p);
+		/* The kernel has the plain registration: replace it. */
+		if (pp && !member_find(s, fd))
+			(void)member_add(s, c, fd, (*pp)->events, (*pp)->data,
+					 EPOLL_CTL_MOD);
+		prec_drop(s, fd);
 		pthread_mutex_unlock(&s->mu);
 	}
 	pthread_mutex_unlock(&sets_mu);
@@ -804,34 +821,7 @@ PL_API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 			err = -EFAULT;
 			break;
 		}
-		m = calloc(1, sizeof(*m));
-		if (!m) {
-			err = -ENOMEM;
-			break;
-		}
-		m->c = c;
-		m->fd = fd;
-		m->bell = -1;
-		m->events = ev->events;
-		m->data = ev->data;
-		m->on_chan = pl_attached(c);
-		m->gen = atomic_load(&c->gen);
-		err = sync_member(s, m, EPOLL_CTL_ADD);
-		if (err) {
-			free(m);
-			break;
-		}
-		m->hnext = s->hash[hash_ptr(m)];
-		s->hash[hash_ptr(m)] = m;
-		m->fnext = s->fhash[(unsigned int)fd % NHASH];
-		s->fhash[(unsigned int)fd % NHASH] = m;
-		atomic_fetch_add(&c->nsets, 1);
-		m->next = &s->all;
-		m->prev = s->all.prev;
-		s->all.prev->next = m;
-		s->all.prev = m;
-		s->nmembers++;
-		act_add(s, m);
+		err = member_add(s, c, fd, ev->events, ev->data, EPOLL_CTL_ADD);
 		break;
 	case EPOLL_CTL_MOD:
 		if (!m) {
@@ -1096,19 +1086,11 @@ void pl_events_forget_fd(int fd)
 	for (struct eset *s = sets; s; s = s->next) {
 		struct member *m;
 
-		struct prec **pp;
-
 		pthread_mutex_lock(&s->mu);
 		m = member_find(s, fd);
 		if (m) /* our duplicate keeps the socket: tell the kernel */
 			member_free(s, m, true);
-		pp = prec_find(s, fd);
-		if (pp) {
-			struct prec *p = *pp;
-
-			*pp = p->next;
-			free(p);
-		}
+		prec_drop(s, fd);
 		pthread_mutex_unlock(&s->mu);
 	}
 	pthread_mutex_unlock(&sets_mu);
