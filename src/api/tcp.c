@@ -408,6 +408,16 @@ static void once_init(void)
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
+/* A fork child's first call (under G.mu): it may try the daemon at once,
+ * whatever back-off its parent was in. */
+static void new_process_retries_now(void)
+{
+	if (G.pid != getpid()) {
+		G.pid = getpid();
+		G.retry_ms = 0;
+	}
+}
+
 /* The daemon connection, opening it if it is time to try. */
 static struct ctl_client *ctl_get(void)
 {
@@ -675,10 +685,7 @@ IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
 				    .spin_ns = o->spin_ns };
 	pthread_once(&G.once, once_init);
 	pthread_mutex_lock(&G.mu);
-	if (G.pid != getpid()) {
-		G.pid = getpid();
-		G.retry_ms = 0;
-	}
+	new_process_retries_now();
 	w->next = &G.all;
 	w->prev = G.all.prev;
 	G.all.prev->next = w;
@@ -720,10 +727,7 @@ void tcp_warmup(void)
 	pthread_once(&G.once, once_init);
 	if (pthread_mutex_trylock(&G.mu))
 		return;
-	if (G.pid != getpid()) {
-		G.pid = getpid();
-		G.retry_ms = 0;
-	}
+	new_process_retries_now();
 	/* With the usual budget: ivmcd has taken in our hello (and learnt
 	 * our namespace) before this socket connects, so the peer's side
 	 * finds us in the table. */
@@ -740,10 +744,7 @@ int tcp_colocated(int fd)
 		return 0;
 	pthread_once(&G.once, once_init);
 	pthread_mutex_lock(&G.mu);
-	if (G.pid != getpid()) {
-		G.pid = getpid();
-		G.retry_ms = 0;
-	}
+	new_process_retries_now();
 	if (G.cli && ctl_mail(G.cli))
 		pump();
 	if (!ctl_get())
