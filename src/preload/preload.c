@@ -1294,9 +1294,7 @@ PL_API int ioctl(int fd, unsigned long req, ...)
 		ssize_t n = ivmc_peek(c->h, &p, IVMC_NONBLOCK);
 		int k = 0;
 
-		if (n < 0 && n != -EAGAIN)
-			n = 0;
-		if (n < 0)
+		if (n < 0) /* empty (-EAGAIN), on the side stream, or an error */
 			n = 0;
 		/* Bytes on the ring (the readable run), else on the socket. */
 		if (!n && REAL(ioctl)(c->priv, FIONREAD, &k) == 0)
