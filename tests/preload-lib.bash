@@ -98,9 +98,9 @@ pl_need_preload() {
 	[ -x "$IVMC_RUN" ] || skip "launcher not built yet ($IVMC_RUN missing)"
 }
 
-# pl_need_cmd CMD [PACKAGE]: CMD on PATH, else install PACKAGE with apt-get
-# (as root only), else skip.
-pl_need_cmd() {
+# pl_try_cmd CMD [PACKAGE]: CMD on PATH, else install PACKAGE with apt-get
+# (as root only); returns 1 if it is still missing.
+pl_try_cmd() {
 	local cmd=$1 pkg=${2:-$1}
 	command -v "$cmd" > /dev/null 2>&1 && return 0
 	if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null 2>&1; then
@@ -111,9 +111,14 @@ pl_need_cmd() {
 				{ DEBIAN_FRONTEND=noninteractive apt-get update -q &&
 					DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 						--no-install-recommends "$pkg"; }
-		} > "$PL_DIR/apt.out" 2>&1
+		} > "$PL_DIR/apt-$pkg.out" 2>&1
 	fi
-	command -v "$cmd" > /dev/null 2>&1 || skip "$cmd not installed and apt-get install $pkg failed"
+	command -v "$cmd" > /dev/null 2>&1
+}
+
+# pl_need_cmd CMD [PACKAGE]: pl_try_cmd, else skip the whole test.
+pl_need_cmd() {
+	pl_try_cmd "$@" || skip "$1 not installed and apt-get install ${2:-$1} failed"
 }
 
 # ---- set-up and clean-up --------------------------------------------------

@@ -35,16 +35,10 @@
 #                      checks that the preload copes as it is
 
 # shellcheck disable=SC2119 # optional arguments of free_port, pl_daemon_start
-here=$(cd "$(dirname "$0")" && pwd)
-for lib in "$here/preload-lib.bash" "$here/../../tests/preload-lib.bash" \
-	"${IVMC_SRC:-/nonexistent}/tests/preload-lib.bash"; do
-	[ -f "$lib" ] && break
-done
+# preload-lib.bash is beside this script, in tests/ and in the build's
+# tests/ (make copies it there).
 # shellcheck source=tests/preload-lib.bash
-. "$lib" || {
-	echo "preload-lib.bash not found near $here (set IVMC_SRC)" >&2
-	exit 1
-}
+. "$(dirname "$0")/preload-lib.bash" || exit 1
 
 # nginx lives in /usr/sbin, which a non-login PATH may lack
 case ":$PATH:" in
@@ -62,24 +56,6 @@ pl_need_cmd nginx nginx
 pl_need_cmd curl curl
 pl_need_preload
 pl_daemon_start
-
-# try_cmd CMD [PACKAGE]: like pl_need_cmd, but returns 1 instead of
-# skipping the whole test
-try_cmd() {
-	local cmd=$1 pkg=${2:-$1}
-	command -v "$cmd" > /dev/null 2>&1 && return 0
-	if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null 2>&1; then
-		say "installing $pkg for $cmd"
-		{
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-				--no-install-recommends "$pkg" ||
-				{ DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-					DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-						--no-install-recommends "$pkg"; }
-		} > "$PL_DIR/apt-$pkg.out" 2>&1
-	fi
-	command -v "$cmd" > /dev/null 2>&1
-}
 
 MIB=${IVMC_NGINX_MIB:-128}
 MASTER=${IVMC_NGINX_MASTER:-on}
@@ -393,7 +369,7 @@ wrk_run() {
 # log (no assertion on speed)
 bench() {
 	local n_ivmc
-	if ! try_cmd wrk wrk; then
+	if ! pl_try_cmd wrk wrk; then
 		say "== wrk: NOTE: wrk not installed and apt-get install wrk failed: part skipped"
 		return 0
 	fi

@@ -17,16 +17,10 @@
 # With IVMC_PLAIN=1 nothing runs under ivmc-run and only the data is checked.
 
 # shellcheck disable=SC2119 # optional arguments of free_port, pl_daemon_start
-here=$(cd "$(dirname "$0")" && pwd)
-for lib in "$here/preload-lib.bash" "$here/../../tests/preload-lib.bash" \
-	"${IVMC_SRC:-/nonexistent}/tests/preload-lib.bash"; do
-	[ -f "$lib" ] && break
-done
+# preload-lib.bash is beside this script, in tests/ and in the build's
+# tests/ (make copies it there).
 # shellcheck source=tests/preload-lib.bash
-. "$lib" || {
-	echo "preload-lib.bash not found near $here (set IVMC_SRC)" >&2
-	exit 1
-}
+. "$(dirname "$0")/preload-lib.bash" || exit 1
 
 pl_init
 pl_need_cmd socat
