@@ -698,6 +698,23 @@ static int member_add(struct eset *s, struct pl_conn *c, int fd,
 	return 0;
 }
 
+/* m takes ev's events and data, armed afresh (EPOLL_CTL_MOD, or an ADD
+ * of a ghost). Under s->mu. Returns 0 or -errno. */
+static int member_rearm(struct eset *s, struct member *m,
+			const struct epoll_event *ev)
+{
+	int err;
+
+	m->events = ev->events;
+	m->data = ev->data;
+	m->off = false;
+	m->et_seen = 0;
+	m->on_chan = pl_attached(m->c);
+	err = sync_member(s, m, EPOLL_CTL_MOD);
+	act_add(s, m);
+	return err;
+}
+
 static struct prec **prec_find(struct eset *s, int fd)
 {
 	for (struct prec **pp = &s->pend; *pp; pp = &(*pp)->next)
@@ -798,13 +815,7 @@ PL_API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 	    !(ev->events & EPOLLEXCLUSIVE)) {
 		/* Deleted a moment ago and back: the kernel never knew. */
 		m->ghost = false;
-		m->events = ev->events;
-		m->data = ev->data;
-		m->off = false;
-		m->et_seen = 0;
-		m->on_chan = pl_attached(c);
-		err = sync_member(s, m, EPOLL_CTL_MOD);
-		act_add(s, m);
+		err = member_rearm(s, m, ev);
 		goto out;
 	}
 	if (m && m->ghost) {
@@ -836,13 +847,7 @@ PL_API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 			err = -EINVAL;
 			break;
 		}
-		m->events = ev->events;
-		m->data = ev->data;
-		m->off = false;
-		m->et_seen = 0;
-		m->on_chan = pl_attached(c);
-		err = sync_member(s, m, EPOLL_CTL_MOD);
-		act_add(s, m);
+		err = member_rearm(s, m, ev);
 		break;
 	case EPOLL_CTL_DEL:
 		if (!m) {
