@@ -5,6 +5,7 @@
  * caller its budget once and then plain TCP.
  */
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -20,6 +21,9 @@
 #include "../ring/atomics.h"
 #include "../transport/transport.h"
 #include "client.h"
+
+/* How long a table look-up waits out the daemon rewriting the table. */
+#define TABLE_WAIT_NS 500000LL
 
 struct ctl_client {
 	int fd;
@@ -289,21 +293,36 @@ bool ctl_maybe_local(const struct ctl_client *c, const uint8_t addr[16],
 		     uint16_t port)
 {
 	const struct ctl_table *t = c->tab;
+	struct timespec t0 = { 0 }, now;
 
-	for (int tries = 0; tries < 8; tries++) {
+	/* A rebuild (8192 slots) takes microseconds, longer if the daemon
+	 * is preempted in it: spin a little, then yield the CPU to it, for
+	 * at most TABLE_WAIT_NS. Giving up says "maybe", which costs a
+	 * registration that waits for its peer in vain. */
+	for (unsigned int tries = 0;; tries++) {
 		uint32_t s = ivmc_load_acquire(&t->seq);
 		int hit;
 
-		if (s & 1)
+		if (!(s & 1)) {
+			if (t->magic != CTL_TABLE_MAGIC || t->overflow)
+				return true;
+			hit = table_probe(t, addr, port);
+			ivmc_fence_acquire();
+			if (ivmc_load_once(&t->seq) == s)
+				return hit;
+		}
+		if (tries < 64) {
+			ivmc_cpu_relax();
 			continue;
-		if (t->magic != CTL_TABLE_MAGIC || t->overflow)
-			return true;
-		hit = table_probe(t, addr, port);
-		ivmc_fence_acquire();
-		if (ivmc_load_once(&t->seq) == s)
-			return hit;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (!t0.tv_sec && !t0.tv_nsec)
+			t0 = now;
+		else if ((now.tv_sec - t0.tv_sec) * 1000000000LL +
+				 (now.tv_nsec - t0.tv_nsec) > TABLE_WAIT_NS)
+			return true; /* the daemon keeps writing (or is stopped) */
+		sched_yield();
 	}
-	return true; /* the daemon keeps writing: do not lose the chance */
 }
 
 int ctl_request(const char *path, const void *msg, int timeout_ms,
