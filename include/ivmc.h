@@ -161,8 +161,11 @@ int ivmc_set_nonblock(struct ivmc_chan *c, int on);
 int ivmc_shutdown(struct ivmc_chan *c, int how);
 
 /* Close this process's handle. The peer sees end of stream once every
- * process holding the channel (after fork) has closed it. Returns 0, or
- * -EINVAL for NULL. */
+ * process holding the channel (after fork) has closed it. An ivmc_tcp()
+ * handle leaves its fd a plain TCP stream that goes on where the handle
+ * stopped, unread ring bytes included. Returns 0, -EINVAL for NULL, or
+ * -ECONNABORTED (closed all the same) if the peer left the ring at the
+ * same moment and bytes it left there cannot reach fd. */
 int ivmc_close(struct ivmc_chan *c);
 
 /* Accelerate a connected TCP socket (either end). Returns at once with a

@@ -9,10 +9,13 @@
  * counting relay in the side stream proves both paths carried data.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "t_chan.h"
@@ -79,8 +82,13 @@ static void recv_all(struct dirst *d)
 			       where, (unsigned long long)d->rx_off,
 			       (unsigned long long)d->tx_off, i, r,
 			       t_strerror(r));
-		if (r < 0)
+		if (r < 0) {
+			/* Bytes a rewind gave back move when their producer
+			 * is next called or polled (its process would be, by
+			 * the doorbell the rewind rang). */
+			(void)chan_poll_peek(d->tx, POLLOUT);
 			continue;
+		}
 		if (d->rx_off + (uint64_t)r > d->tx_off ||
 		    t_verify(d->seed, d->rx_off, buf, (size_t)r))
 			t_fail("%s: wrong %zd bytes at offset %llu", where, r,
@@ -193,6 +201,86 @@ static void forced_empty(bool by_consumer)
 	forced_finish(&p, &d);
 }
 
+/* Read the side stream itself, as a program exec'd with the socket would,
+ * until want bytes of d's stream have come (the producer moves given-back
+ * bytes when it is polled: poke it between tries). */
+static void recv_raw(struct t_pair *p, struct dirst *d, uint64_t want)
+{
+	for (int i = 0; d->rx_off < want; i++) {
+		ssize_t r = read(p->side[1], buf, sizeof(buf));
+
+		if (r < 0 && errno == EAGAIN && i < 10000) {
+			(void)chan_poll_peek(p->a, POLLIN);
+			usleep(100);
+			continue;
+		}
+		if (r <= 0 || d->rx_off + (uint64_t)r > want ||
+		    t_verify(d->seed, d->rx_off, buf, (size_t)r))
+			t_fail("%s: raw side read at %llu of %llu (try %d): %zd",
+			       where, (unsigned long long)d->rx_off,
+			       (unsigned long long)want, i, r);
+		d->rx_off += (uint64_t)r;
+	}
+}
+
+/* The consumer gives back what it has not read (chan_rewind()): the side
+ * stream alone then carries every byte, in order: those left in the ring,
+ * published or held back by CHAN_MORE, then the ones sent later. */
+static void forced_rewind(int how)
+{
+	static const char *const names[] = {
+		"rewind, ring partly read", "rewind, ring full",
+		"rewind, CHAN_MORE bytes held back", "rewind, ring empty",
+		"rewind before the attach offset"
+	};
+	struct t_pair p;
+	struct dirst d;
+
+	where = names[how];
+	forced_setup(&p, &d);
+	switch (how) {
+	case 0:
+		send_n(&d, RING / 2, 0);
+		if (t_recv(d.rx, buf, 1000, CHAN_NONBLOCK) != 1000 ||
+		    t_verify(d.seed, d.rx_off, buf, 1000))
+			t_fail("%s: first 1000 bytes", where);
+		d.rx_off += 1000;
+		break;
+	case 1:
+		(void)send_fill(&d);
+		break;
+	case 2:
+		send_n(&d, 300, 0);
+		send_n(&d, 77, CHAN_MORE);
+		break;
+	case 3:
+		break;
+	case 4:
+		/* Producer detached and back: side bytes, then a new epoch
+		 * the consumer has not reached yet. */
+		T_ASSERT_OK(chan_detach(p.a, CHAN_TX));
+		send_n(&d, 2000, 0);
+		T_ASSERT_OK(chan_attach(p.a, CHAN_TX));
+		/* One byte: the consumer passes the closed epoch, says
+		 * READY for the next, and reads the side stream. */
+		if (t_recv(d.rx, buf, 1, CHAN_NONBLOCK) != 1 ||
+		    t_verify(d.seed, d.rx_off, buf, 1))
+			t_fail("%s: first side byte", where);
+		d.rx_off++;
+		send_n(&d, 3000, 0);
+		expect_mode(p.a, true, "the next epoch opened");
+		break;
+	}
+	T_ASSERT_OK(chan_rewind(p.b));
+	if (fcntl(p.side[1], F_SETFL, O_NONBLOCK) < 0)
+		t_fail("fcntl: %s", strerror(errno));
+	recv_raw(&p, &d, d.tx_off);
+	send_n(&d, 5000, 0); /* after the rewind: straight on the side */
+	expect_mode(p.a, false, "after the rewind");
+	recv_raw(&p, &d, d.tx_off);
+	t_chan_pair_close(&p);
+}
+
 /* Both ends say no; attaching one is not enough. */
 static void forced_both(void)
 {
@@ -233,7 +321,12 @@ static void forced_toggle(void)
 		uint64_t x = t_rand64(&rng);
 		struct chan *c = x & 1 ? p.b : p.a;
 		enum chan_dir dir = x & 1 ? CHAN_RX : CHAN_TX;
-		int err = (x & 2) ? chan_attach(c, dir) : chan_detach(c, dir);
+		int err = (x & 2)		     ? chan_attach(c, dir) :
+			  (dir == CHAN_RX && (x & 32)) ? chan_rewind(c) :
+							 chan_detach(c, dir);
+
+		if (err == -EBUSY && dir == CHAN_RX && (x & 32) && !(x & 2))
+			err = 0; /* the producer had left: a plain detach */
 
 		if (err)
 			t_fail("%s: switch %d: %d (%s)", where, i, err,
@@ -296,9 +389,9 @@ static void run_end(struct chan *c, const char *name, uint64_t seed_tx,
 	T_ASSERT_EQ(pthread_join(th_tx, NULL), 0);
 	atomic_store(&k.stop, 1);
 	T_ASSERT_EQ(pthread_join(th_ctl, NULL), 0);
-	printf("%s: %d switches (%d detach TX, %d attach TX, %d detach RX, %d attach RX), %llu sends, %llu receives\n",
+	printf("%s: %d switches (%d detach TX, %d attach TX, %d detach RX of which %d rewinds, %d attach RX), %llu sends, %llu receives\n",
 	       name, k.ops[0] + k.ops[1] + k.ops[2] + k.ops[3], k.ops[0],
-	       k.ops[1], k.ops[2], k.ops[3], (unsigned long long)tx.calls,
+	       k.ops[1], k.ops[2], k.rewinds, k.ops[3], (unsigned long long)tx.calls,
 	       (unsigned long long)rx.calls);
 	if (!k.ops[0] || !k.ops[2])
 		t_fail("%s: the controller never detached both ways", name);
@@ -333,6 +426,10 @@ static void random_switches(void)
 	t_relay_start(&relay, deadline_ns);
 	run_end(pair.a, "a", SEED_AB, SEED_BA, 100);
 	T_ASSERT_EQ(t_wait(pid, 30000), 0);
+	/* Closing pays a SHUT_WR still owed to the side stream (a rewind
+	 * might have wanted it): the relay then sees both ends. */
+	chan_close(pair.a);
+	pair.a = NULL;
 	t_relay_join(&relay);
 	printf("side stream carried a->b %llu of %llu bytes, b->a %llu of %llu\n",
 	       (unsigned long long)relay.bytes[0], (unsigned long long)total,
@@ -355,6 +452,8 @@ int main(void)
 	forced_empty(false);
 	forced_empty(true);
 	forced_both();
+	for (int how = 0; how < 5; how++)
+		forced_rewind(how);
 	forced_toggle();
 	random_switches();
 	return T_PASS;

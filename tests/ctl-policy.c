@@ -297,6 +297,10 @@ struct end {
 	int res;	 /* write end of a pipe for the result */
 	int ready, go;	 /* -1, or: once attached, write a byte to ready,
 			  * wait for one on go, talk on (an evacuate) */
+	int bar_out, bar_in; /* -1, or: after the stats, a byte to the other
+			      * end and one from it before closing (a
+			      * handle closing moves its peer's sending off
+			      * the ring: that is not what is measured) */
 };
 
 /* One end of a connection: become uid, wrap fd, talk, report. */
@@ -334,6 +338,12 @@ static void end_run(void *arg)
 	r.ring_size = st.ring_size;
 	T_ASSERT_EQ(st.bytes_sent, off);
 	T_ASSERT_EQ(st.bytes_received, off);
+	if (e->bar_out >= 0) {
+		char c = 0;
+
+		T_ASSERT(write(e->bar_out, &c, 1) == 1);
+		T_ASSERT(read(e->bar_in, &c, 1) == 1);
+	}
 	T_ASSERT_OK(ivmc_close(h));
 	T_ASSERT(write(e->res, &r, sizeof(r)) == sizeof(r));
 }
@@ -344,18 +354,23 @@ static void cross(uid_t uid_a, uid_t uid_b, struct end_res *ra,
 		  struct end_res *rb)
 {
 	struct end ea, eb;
-	int lfd, cfd, afd, pa[2], pb[2];
+	int lfd, cfd, afd, pa[2], pb[2], ab[2], ba[2];
 	pid_t ka, kb;
 
 	listen_any(&lfd);
 	connect_to(lfd, &cfd, &afd);
-	T_ASSERT(pipe2(pa, O_CLOEXEC) == 0 && pipe2(pb, O_CLOEXEC) == 0);
-	ea = (struct end){ cfd, uid_a, 1, 2, pa[1], -1, -1 };
-	eb = (struct end){ afd, uid_b, 2, 1, pb[1], -1, -1 };
+	T_ASSERT(pipe2(pa, O_CLOEXEC) == 0 && pipe2(pb, O_CLOEXEC) == 0 &&
+		 pipe2(ab, O_CLOEXEC) == 0 && pipe2(ba, O_CLOEXEC) == 0);
+	ea = (struct end){ cfd, uid_a, 1, 2, pa[1], -1, -1, ab[1], ba[0] };
+	eb = (struct end){ afd, uid_b, 2, 1, pb[1], -1, -1, ba[1], ab[0] };
 	ka = t_fork(end_run, &ea);
 	kb = t_fork(end_run, &eb);
 	close(pa[1]);
 	close(pb[1]);
+	for (int i = 0; i < 2; i++) {
+		close(ab[i]);
+		close(ba[i]);
+	}
 	if (t_wait(ka, 30000) || t_wait(kb, 30000))
 		t_fail("an end (uid %u / %u) failed", (unsigned int)uid_a,
 		       (unsigned int)uid_b);
@@ -747,8 +762,8 @@ static void case_evacuate_one(void)
 	connect_to(lfd, &cfd, &afd);
 	T_ASSERT(pipe2(pa, O_CLOEXEC) == 0 && pipe2(pb, O_CLOEXEC) == 0 &&
 		 pipe2(rdy, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
-	ea = (struct end){ cfd, 0, 1, 2, pa[1], rdy[1], go[0] };
-	eb = (struct end){ afd, NOBODY, 2, 1, pb[1], rdy[1], go[0] };
+	ea = (struct end){ cfd, 0, 1, 2, pa[1], rdy[1], go[0], -1, -1 };
+	eb = (struct end){ afd, NOBODY, 2, 1, pb[1], rdy[1], go[0], -1, -1 };
 	ka = t_fork(end_run, &ea);
 	kb = t_fork(end_run, &eb);
 	close(pa[1]);

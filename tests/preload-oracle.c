@@ -1145,6 +1145,72 @@ static void sc_fork(int fd)
 	shutdown(fd, SHUT_WR);
 }
 
+/* ---- 8b. exec with unread bytes ------------------------------------------ */
+
+#define S8B_BYTES (48u << 10)
+#define S8B_OWN	  1000u
+
+/* The exec'd reader (argv: --exec-reader N SEED OFF): reads N bytes from
+ * fd 0, a plain TCP socket now, and says on stdout how many were right. */
+static int exec_reader(size_t n, uint64_t seed, uint64_t off)
+{
+	size_t got = recv_stream(0, seed, off, n);
+
+	printf("%zu", got);
+	return got == n ? 0 : 1;
+}
+
+/* The server has not read what the client sent (it is in the ring) when
+ * it execs a reader with the socket as stdin and no preload: the reader
+ * must get every byte, in order. */
+static void sc_exec(int fd)
+{
+	if (is_client) {
+		char ack[32] = { 0 };
+
+		send_stream(fd, 85, 0, S8B_BYTES);
+		pipe_put(FD_PEER_TX, 's');
+		rec("client: ack '%s' then EOF",
+		    (read_full(fd, ack, sizeof(ack) - 1), ack));
+		shutdown(fd, SHUT_WR);
+		return;
+	}
+	{
+		int out[2], st = 0;
+		char got[32] = { 0 }, a1[24], a2[24], a3[24];
+		pid_t pid;
+
+		pipe_get(FD_PEER_RX); /* all sent: in the ring, or on TCP */
+		rec("server: read %zu good bytes itself",
+		    recv_stream(fd, 85, 0, S8B_OWN));
+		if (pipe(out))
+			die("pipe");
+		pid = fork();
+		if (pid < 0)
+			die("fork");
+		if (pid == 0) {
+			snprintf(a1, sizeof(a1), "%u", S8B_BYTES - S8B_OWN);
+			snprintf(a2, sizeof(a2), "%d", 85);
+			snprintf(a3, sizeof(a3), "%u", S8B_OWN);
+			dup2(fd, 0);
+			dup2(out[1], 1);
+			unsetenv("LD_PRELOAD"); /* a program that cannot hold it */
+			execl("/proc/self/exe", "preload-oracle", "--exec-reader",
+			      a1, a2, a3, (char *)NULL);
+			_exit(127);
+		}
+		close(out[1]);
+		(void)read_full(out[0], got, sizeof(got) - 1);
+		close(out[0]);
+		if (waitpid(pid, &st, 0) != pid)
+			die("waitpid");
+		rec("server: exec'd reader got %s good bytes, exit %d", got,
+		    WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+		write_all(fd, "done", 4);
+		shutdown(fd, SHUT_WR);
+	}
+}
+
 /* ---- 9. dup, dup2, close ------------------------------------------------- */
 
 static void sc_dup(int fd)
@@ -1324,7 +1390,7 @@ static const struct scenario scenarios[] = {
 	{ "shutdown", sc_shutdown }, { "peerclose", sc_peerclose },
 	{ "rcvtimeo", sc_rcvtimeo }, { "fork", sc_fork },
 	{ "dup", sc_dup },	     { "eintr", sc_eintr },
-	{ "sleep", sc_sleep },
+	{ "sleep", sc_sleep },	     { "exec", sc_exec },
 };
 #define NSCEN (int)(sizeof(scenarios) / sizeof(scenarios[0]))
 
@@ -1580,6 +1646,10 @@ int main(int argc, char **argv)
 	int failures = 0, nrun = 0;
 	char fails[1024] = "";
 
+	if (argc == 5 && !strcmp(argv[1], "--exec-reader"))
+		return exec_reader(strtoul(argv[2], NULL, 10),
+				   strtoull(argv[3], NULL, 10),
+				   strtoull(argv[4], NULL, 10));
 	if (argc == 9 && !strcmp(argv[1], "--scenario"))
 		return participant(argv[2], argv[4], atoi(argv[6]), argv[8]);
 	if (argc != 1) {

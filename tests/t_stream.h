@@ -309,6 +309,7 @@ struct t_switcher {
 	uint32_t gap_min_us, gap_span_us;
 	atomic_int stop;
 	int ops[4]; /* detach TX, attach TX, detach RX, attach RX */
+	int rewinds; /* of the detach RX: chan_rewind() (-EBUSY: a detach) */
 };
 
 static const char *const t_switch_op[4] = { "detach TX", "attach TX", "detach RX",
@@ -327,9 +328,17 @@ static inline void *t_switcher_run(void *arg)
 		/* Flip the direction; one time in eight, flip it twice. */
 		for (int twice = (x & 14) ? 1 : 2; twice; twice--) {
 			int op = 2 * (int)dir + !attached[dir];
-			int err = attached[dir] ? chan_detach(k->c, dir) :
+			bool rewind = dir == CHAN_RX && attached[dir] && (x & 16);
+			int err = rewind	  ? chan_rewind(k->c) :
+				  attached[dir] ? chan_detach(k->c, dir) :
 						  chan_attach(k->c, dir);
 
+			/* The producer left the ring as we rewound: the
+			 * rewind was a detach (we read the ring to its end). */
+			if (rewind && (err == 0 || err == -EBUSY)) {
+				err = 0;
+				k->rewinds++;
+			}
 			if (err)
 				t_fail("%s: %s (switch %d): %d (%s)", k->name,
 				       t_switch_op[op], i, err, t_strerror(err));

@@ -38,7 +38,7 @@ int tcp_fd(const struct ivmc_chan *h);
 int tcp_poll_arm(struct ivmc_chan *h, short events);
 void tcp_set_nonblock(struct ivmc_chan *h, int on);
 int tcp_shutdown(struct ivmc_chan *h, int how);
-void tcp_close(struct ivmc_chan *h);
+int tcp_close(struct ivmc_chan *h);
 void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st);
 
 /* For the preload: the ring's readiness for POLLIN/POLLOUT by shared

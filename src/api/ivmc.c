@@ -555,14 +555,16 @@ IVMC_API int ivmc_shutdown(struct ivmc_chan *h, int how)
 
 IVMC_API int ivmc_close(struct ivmc_chan *h)
 {
+	int err = 0;
+
 	if (!h)
 		return -EINVAL;
 	if (h->w)
-		tcp_close(h); /* closes the channel too, if any */
+		err = tcp_close(h); /* closes the channel too, if any */
 	else
 		chan_close(ivmc_load_once(&h->c));
 	free(h);
-	return 0;
+	return err;
 }
 
 IVMC_API int ivmc_stats(const struct ivmc_chan *h, struct ivmc_stats *st)

@@ -963,11 +963,12 @@ int tcp_shutdown(struct ivmc_chan *h, int how)
 	return shutdown(w->fd, how) < 0 ? -errno : 0;
 }
 
-void tcp_close(struct ivmc_chan *h)
+int tcp_close(struct ivmc_chan *h)
 {
 	struct tcpw *w = h->w;
 	struct chan *c;
 	struct chan_stats st = { 0 };
+	int err = 0;
 
 	pthread_mutex_lock(&G.mu);
 	c = ivmc_load_acquire(&h->c);
@@ -985,14 +986,21 @@ void tcp_close(struct ivmc_chan *h)
 	pthread_mutex_unlock(&G.mu);
 	if (c) {
 		/* Leave fd a coherent TCP stream: what we sent is on it or
-		 * in the ring the peer drains before reading it. */
+		 * in the ring the peer drains before reading it; what we
+		 * did not read is given back, to come again on fd before
+		 * anything newer. Only if the peer left the ring at the
+		 * same moment (its own close) are its last ring bytes lost
+		 * to a reader of fd. */
 		(void)chan_detach(c, CHAN_TX);
-		(void)chan_detach(c, CHAN_RX);
+		if (chan_rewind(c) == -EBUSY)
+			err = -ECONNABORTED;
+		(void)chan_settle(c);
 		chan_close(c);
 	}
 	pthread_mutex_destroy(&w->mu[0]);
 	pthread_mutex_destroy(&w->mu[1]);
 	free(w);
+	return err;
 }
 
 void tcp_stats(const struct ivmc_chan *h, struct ivmc_stats *st)

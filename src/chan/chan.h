@@ -91,6 +91,18 @@ int chan_release(struct chan *c, size_t len);
  * consumer. Returns 0, -ENOTSUP (no side stream) or -ECONNRESET. */
 int chan_detach(struct chan *c, enum chan_dir d);
 
+/* Receive no more from the ring, giving back what we have not read: the
+ * producer sends it on the side stream before anything newer, so a reader
+ * of the side stream alone (after exec) gets every byte. Returns 0, -EBUSY
+ * (the producer had detached first: the unread bytes stay in the ring),
+ * -ENOTSUP or -ECONNRESET. */
+int chan_rewind(struct chan *c);
+
+/* Before the side stream is left to others (the handle closes, the fd
+ * lives on): send every byte still owed to it, waiting, and a SHUT_WR
+ * still owed. Returns 0 or -errno. */
+int chan_settle(struct chan *c);
+
 /* Allow a direction back onto the ring (the default). It moves at the next
  * send once both ends allow it. Returns 0, -ENOTSUP or -ECONNRESET. */
 int chan_attach(struct chan *c, enum chan_dir d);

@@ -19,6 +19,10 @@
 #define EP_SHUT_RD   0x4u
 #define EP_SHUT_WR   0x8u
 #define EP_NONBLOCK  0x10u
+#define EP_SIDE_SHUT 0x20u /* SHUT_WR owed to the side stream: the ring holds
+			    * bytes a rewind may still give back */
+#define EP_FIN_RUNG  0x40u /* rx: end of stream read from the ring, and the
+			    * producer rung once for it (it may owe SHUT_WR) */
 
 enum rx_mode { RX_SIDE = 0, RX_RING = 1 };
 
@@ -172,6 +176,12 @@ int sw_rx_side_limit(struct chan *c, uint64_t *limit);
 int sw_tx_check_closed(struct chan *c);
 /* tx: the epoch is closed; unpublished ring bytes become pending. */
 void sw_tx_strand(struct chan *c);
+/* Outside a send: if the consumer closed our epoch (a rewind), move what it
+ * gave back to the side stream now, without blocking (trylock). */
+void sw_tx_rescue(struct chan *c);
+/* tx, after SHUT_WR: shut the side stream down for writing once no rewind
+ * can give bytes back to send on it; until then EP_SIDE_SHUT owes it. */
+void sw_tx_shut_side(struct chan *c);
 /* tx: no call may return with bytes stranded. Flush them; a non-blocking
  * caller takes back the ones it wrote itself (*done shrinks), the rest are
  * flushed waiting for the side stream. Returns 0 or -errno. */

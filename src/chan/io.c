@@ -377,8 +377,15 @@ static ssize_t rx_ring_empty(struct chan *c, uint64_t w)
 			return chan_poison(c, -EPROTO);
 		if (ep->rx.peer_prod != ep->rx.ctr || (w & IVMC_PW_CLOSED))
 			return STEP_AGAIN;
-		return (fin & IVMC_OFF_MASK) == ep->rx_off ? 0
-							  : chan_poison(c, -EPROTO);
+		if ((fin & IVMC_OFF_MASK) != ep->rx_off)
+			return chan_poison(c, -EPROTO);
+		/* All read: a SHUT_WR the producer owes its side stream can
+		 * go now (sw_tx_shut_side()); tell it, once. */
+		if (c->has_side && !chan_flag(c, EP_FIN_RUNG)) {
+			atomic_fetch_or(&ep->flags, EP_FIN_RUNG);
+			(void)xport_ring(c->doorbell);
+		}
+		return 0;
 	}
 	if (chan_flag(c, EP_PEER_GONE | EP_SIDE_EOF)) {
 		/* Published before it went: the last look decides. */
@@ -474,6 +481,9 @@ ssize_t chan_recvv(struct chan *c, const struct iovec *iov, int iovcnt,
 	ssize_t r = 0;
 	int arms = 0, err = iov_total(iov, iovcnt, &left);
 
+	/* A receiver is often the only caller left on a busy channel: it
+	 * moves what a rewind of our sending gave back (one load if none). */
+	sw_tx_rescue(c);
 	if (!err)
 		err = rx_enter(c, nb);
 	if (err)
@@ -661,7 +671,7 @@ static int shut_wr(struct chan *c)
 	(void)ivmc_xchg_sc(&c->tx.shm->fin, IVMC_FIN_SET | ep->tx_off);
 	atomic_fetch_or(&ep->flags, EP_SHUT_WR);
 	if (c->has_side)
-		shutdown(c->side_fd, SHUT_WR);
+		sw_tx_shut_side(c);
 	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
 	tx_exit(c);
 	return err == -ECONNRESET ? err : 0;
@@ -824,7 +834,10 @@ static int with_gone(int g, int r, short events)
 
 int chan_poll_peek(struct chan *c, short events)
 {
-	int g = chan_dead(c) ? -1 : gone(c, events);
+	int g;
+
+	sw_tx_rescue(c); /* a rewind's bytes go out, whatever is asked */
+	g = chan_dead(c) ? -1 : gone(c, events);
 
 	if (g < 0)
 		return events & (POLLIN | POLLOUT);

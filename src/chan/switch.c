@@ -40,9 +40,14 @@ int sw_tx_try_open(struct chan *c)
 	 * the side stream without looking for an epoch: close this one at
 	 * once, empty, so the side stream stays one stream for it
 	 * (model/switch.pml). */
-	if (ivmc_w_epoch(ring_load_cons(&c->tx)) != ivmc_w_epoch(want) &&
-	    ring_close_prod(&c->tx, &ep->tx) < 0)
-		return chan_poison(c, -EPROTO);
+	if (ivmc_w_epoch(ring_load_cons(&c->tx)) != ivmc_w_epoch(want)) {
+		int r = ring_close_prod(&c->tx, &ep->tx);
+
+		if (r < 0)
+			return chan_poison(c, -EPROTO);
+		if (r == 1)
+			sw_tx_strand(c); /* the consumer closed it: empty */
+	}
 	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
 	return 0;
 }
@@ -72,15 +77,80 @@ int sw_tx_flush_pending(struct chan *c)
 int sw_tx_check_closed(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
-	uint64_t w = ivmc_load_acquire(&c->tx.shm->prod);
+	int r = ring_check_closed(&c->tx, &ep->tx);
 
-	if (w == ep->tx.pw)
-		return 0;
-	if (w != (ep->tx.pw | IVMC_PW_CLOSED) || !c->has_side)
+	if (r < 0 || (r == 1 && !c->has_side))
 		return chan_poison(c, -EPROTO);
-	ep->tx.pw = w;
-	sw_tx_strand(c);
-	return 1;
+	if (r == 1)
+		sw_tx_strand(c);
+	return r;
+}
+
+void sw_tx_rescue(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+
+	bool owed;
+
+	/* One load of the shared word while on the ring (ep->tx is the
+	 * lock holder's: not looked at before taking it). */
+	if (!c->has_side)
+		return;
+	owed = chan_flag(c, EP_SIDE_SHUT);
+	if (!owed && !(ivmc_load_once(&c->tx.shm->prod) & IVMC_PW_CLOSED))
+		return;
+	if (chan_lock(c, &ep->tx_lock, true))
+		return; /* a call is in: it will see the close */
+	if (!chan_dead(c)) {
+		if (!(ep->tx.pw & IVMC_PW_CLOSED))
+			(void)sw_tx_check_closed(c);
+		if ((ep->tx.pw & IVMC_PW_CLOSED) && ep->tx_pend)
+			(void)sw_tx_flush_pending(c);
+		if (owed)
+			sw_tx_shut_side(c);
+	}
+	chan_unlock(c, &ep->tx_lock);
+}
+
+void sw_tx_shut_side(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+
+	/* While our epoch is open and its consumer has not read all of it, a
+	 * rewind may give bytes back to go on the side stream: owe the
+	 * shutdown (its doorbell tells us when). The consumer word only
+	 * grows, so once it shows everything read, nothing can come back. */
+	if (!(ep->tx.pw & IVMC_PW_CLOSED) && !chan_dead(c) &&
+	    sw_tx_check_closed(c) == 0 &&
+	    ivmc_w_ctr(ring_load_cons(&c->tx)) != ep->tx.ctr) {
+		atomic_fetch_or(&ep->flags, EP_SIDE_SHUT);
+		return;
+	}
+	if (ep->tx_pend && sw_tx_flush_pending(c) == -EAGAIN) {
+		atomic_fetch_or(&ep->flags, EP_SIDE_SHUT);
+		return;
+	}
+	atomic_fetch_and(&ep->flags, ~EP_SIDE_SHUT);
+	shutdown(c->side_fd, SHUT_WR);
+}
+
+int chan_settle(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	int err;
+
+	if (!c->has_side)
+		return 0;
+	err = chan_lock(c, &ep->tx_lock, false);
+	if (err)
+		return err;
+	err = sw_tx_settle(c, false, NULL);
+	if (chan_flag(c, EP_SIDE_SHUT)) {
+		atomic_fetch_and(&ep->flags, ~EP_SIDE_SHUT);
+		shutdown(c->side_fd, SHUT_WR);
+	}
+	chan_unlock(c, &ep->tx_lock);
+	return err;
 }
 
 void sw_tx_strand(struct chan *c)
@@ -88,8 +158,9 @@ void sw_tx_strand(struct chan *c)
 	struct chan_ep *ep = c->ep;
 	uint32_t end = ivmc_w_ctr(ep->tx.pw);
 
-	/* The consumer closed the epoch at end: what we wrote past it was
-	 * never published, so it goes on the side stream, first. */
+	/* The consumer closed the epoch at end: what we wrote past it (not
+	 * published, or published and given back by a rewind) goes on the
+	 * side stream, first. */
 	ep->tx_pend = ep->tx.ctr - end;
 	ep->tx_pend_at = end;
 	ep->tx_pend_own = ep->tx_call_unpub < ep->tx_pend ? ep->tx_call_unpub
@@ -211,8 +282,13 @@ static int detach_tx(struct chan *c)
 		sw_tx_strand(c);
 		return 0;
 	}
-	if (ring_close_prod(&c->tx, &ep->tx) < 0)
+	err = ring_close_prod(&c->tx, &ep->tx);
+	if (err < 0)
 		return chan_poison(c, -EPROTO);
+	if (err == 1) {
+		sw_tx_strand(c);
+		return 0;
+	}
 	/* The consumer must learn the end even if it sleeps. */
 	chan_notify(c, &c->tx.shm->cons_wait, &ep->rang_cons);
 	return 0;
@@ -231,6 +307,39 @@ static int detach_rx(struct chan *c)
 	ivmc_fence_full();
 	(void)ring_close_cons(&c->rx);
 	chan_notify(c, &c->rx.shm->prod_wait, &ep->rang_prod);
+	return 0;
+}
+
+/* Give back the unread part of the open epoch (docs/protocol.md 3.6):
+ * detach_rx() at our own CTR rather than at the producer's. */
+static int rewind_rx(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	int r;
+
+	ep->rx_ready_ok = false;
+	if (ep->rx_mode == RX_SIDE)
+		ring_set_ready(&c->rx, &ep->rx, ep->rx_epoch - 1);
+	/* F3, as in detach_rx(): an epoch opened after this is closed
+	 * empty by its producer (F4). */
+	ivmc_fence_full();
+	/* A peer gone cannot send anything again: read what it left. */
+	r = chan_flag(c, EP_PEER_GONE) ? 1
+				       : ring_rewind_cons(&c->rx, &ep->rx,
+							  ep->rx_epoch);
+	if (r < 0 || (r == 2 && ep->rx_mode == RX_RING))
+		return chan_poison(c, -EPROTO);
+	if (r == 2)
+		return 0; /* on the side stream, and it opens nothing now */
+	/* The producer has bytes to move even if it sleeps for nothing. */
+	(void)xport_ring(c->doorbell);
+	if (r == 1)
+		return -EBUSY;
+	/* What we knew was published past our CTR is given back: forget it,
+	 * or the cache would show it as there to read in the next epoch. */
+	ep->rx.peer_prod = ep->rx.ctr;
+	ep->rx_peek = 0; /* a peek handed out is not released: it comes again */
+	sw_rx_epoch_done(c); /* READY stays withdrawn */
 	return 0;
 }
 
@@ -268,12 +377,18 @@ static int switch_dir(struct chan *c, enum chan_dir d, int (*fn)(struct chan *))
 		err = fn(c);
 	chan_unlock(c, m);
 	chan_kick(c);
+	sw_tx_rescue(c);
 	return err;
 }
 
 int chan_detach(struct chan *c, enum chan_dir d)
 {
 	return switch_dir(c, d, d == CHAN_TX ? detach_tx : detach_rx);
+}
+
+int chan_rewind(struct chan *c)
+{
+	return switch_dir(c, CHAN_RX, rewind_rx);
 }
 
 int chan_attach(struct chan *c, enum chan_dir d)

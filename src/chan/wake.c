@@ -494,9 +494,16 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 
 int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
+	int r;
+
 	if (spin(c, d))
 		return 0;
-	return sleep_wait(c, d, timeout_ms);
+	r = sleep_wait(c, d, timeout_ms);
+	/* A receiver woken may be the one to move what a rewind of our other
+	 * direction gave back (its consumer rang for it). */
+	if (d == CHAN_RX)
+		sw_tx_rescue(c);
+	return r;
 }
 
 bool chan_arm(struct chan *c, enum chan_dir d)

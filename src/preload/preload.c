@@ -502,7 +502,10 @@ static void release(struct pl_conn *c)
 		return;
 	c->h = NULL;
 	atomic_fetch_add(&pl_gen, 1);
-	ivmc_close(h);
+	/* Unread ring bytes are given back: the peer resends them on TCP. */
+	if (ivmc_close(h) == -ECONNABORTED)
+		plog(1, "priv %d: released as the peer did: bytes it left in "
+			"the ring are lost", c->priv);
 	plog(2, "priv %d: released to plain TCP", c->priv);
 }
 

@@ -29,6 +29,20 @@ int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 	return 0;
 }
 
+/* Is w a close of p's open epoch by its consumer? CLOSED, the same epoch,
+ * and a CTR in [peer_cons, what p published]: where the producer last
+ * published (ring_close_cons()), or where the consumer had read to
+ * (ring_rewind_cons()). Bytes from there on are still in the ring: the
+ * producer writes only past what the consumer last said it had read. */
+static bool closed_by_cons(const struct ring_prod *p, uint64_t w)
+{
+	uint32_t pub = ivmc_w_ctr(p->pw), k = ivmc_w_ctr(w);
+
+	return !(p->pw & IVMC_PW_CLOSED) &&
+	       w == (ivmc_w_make(ivmc_w_epoch(p->pw), k) | IVMC_PW_CLOSED) &&
+	       pub - k <= pub - p->peer_cons;
+}
+
 int ring_publish(const struct ring *r, struct ring_prod *p)
 {
 	uint64_t expect = p->pw;
@@ -43,9 +57,21 @@ int ring_publish(const struct ring *r, struct ring_prod *p)
 		p->pw = want;
 		return 0;
 	}
-	if (expect != (p->pw | IVMC_PW_CLOSED))
-		return -EPROTO; /* only the CLOSED bit may change under us */
-	p->pw = expect; /* closed; p->ctr still counts the unpublished bytes */
+	if (!closed_by_cons(p, expect))
+		return -EPROTO; /* only the consumer's close may come */
+	p->pw = expect; /* closed; p->ctr still counts the bytes past it */
+	return 1;
+}
+
+int ring_check_closed(const struct ring *r, struct ring_prod *p)
+{
+	uint64_t w = ivmc_load_acquire(&r->shm->prod);
+
+	if (w == p->pw)
+		return 0;
+	if (!closed_by_cons(p, w))
+		return -EPROTO;
+	p->pw = w;
 	return 1;
 }
 
@@ -57,8 +83,10 @@ int ring_close_prod(const struct ring *r, struct ring_prod *p)
 		return 0;
 	/* R3: CLOSED /then/ the caller rings; pairs with A1. */
 	if (!ivmc_cas_sc(&r->shm->prod, &expect, expect | IVMC_PW_CLOSED)) {
-		if (expect != (p->pw | IVMC_PW_CLOSED))
+		if (!closed_by_cons(p, expect))
 			return -EPROTO;
+		p->pw = expect;
+		return 1; /* bytes past its CTR must go elsewhere */
 	}
 	p->pw |= IVMC_PW_CLOSED;
 	return 0;
@@ -100,6 +128,31 @@ uint64_t ring_close_cons(const struct ring *r)
 	/* R5: the producer's next CAS fails, so nothing after this CTR goes
 	 * into the ring; pairs with the failed CAS in ring_publish(). */
 	return ivmc_fetch_or_sc(&r->shm->prod, IVMC_PW_CLOSED);
+}
+
+int ring_rewind_cons(const struct ring *r, const struct ring_cons *c,
+		     uint32_t epoch)
+{
+	uint64_t w = ivmc_load_acquire(&r->shm->prod);
+	uint64_t want = ivmc_w_make(epoch, c->ctr) | IVMC_PW_CLOSED;
+
+	/* Each failed CAS is a publish (at most a ring of them, since we
+	 * read nothing more) or the producer's own close. */
+	for (uint32_t tries = 0; tries <= r->cap + 1; tries++) {
+		if (ivmc_w_epoch(w) == ((epoch - 1) & IVMC_W_EPOCH_MASK))
+			return (w & IVMC_PW_CLOSED) && ivmc_w_ctr(w) == c->ctr
+				       ? 2 /* not opened: nothing to give back */
+				       : -EPROTO;
+		if (ivmc_w_epoch(w) != (epoch & IVMC_W_EPOCH_MASK) ||
+		    ivmc_w_ctr(w) - c->ctr > r->cap)
+			return -EPROTO;
+		if (w & IVMC_PW_CLOSED)
+			return ivmc_w_ctr(w) == c->ctr ? 0 : 1;
+		/* R8: pairs with the failed CAS in ring_publish(). */
+		if (ivmc_cas_sc(&r->shm->prod, &w, want))
+			return 0;
+	}
+	return -EPROTO;
 }
 
 uint64_t ring_load_cons(const struct ring *r)

@@ -57,8 +57,13 @@ static inline const uint8_t *ring_rptr(const struct ring *r,
  * published and must go elsewhere), or -EPROTO if the word was forged. */
 int ring_publish(const struct ring *r, struct ring_prod *p);
 
-/* Close the current epoch as producer. Returns 0 (closed now or already). */
+/* Close the current epoch as producer. Returns 0 (closed now or already),
+ * 1 if the consumer closed it first (as ring_publish()), or -EPROTO. */
 int ring_close_prod(const struct ring *r, struct ring_prod *p);
+
+/* Has the consumer closed our open epoch? 0 no, 1 yes (p->pw updated; the
+ * bytes from its CTR to p->ctr must go elsewhere), -EPROTO forged. */
+int ring_check_closed(const struct ring *r, struct ring_prod *p);
 
 /* Load the producer word (A1), validate CTR against our consumer counter,
  * update the cache. Returns 0 and *pw, or -EPROTO. */
@@ -73,6 +78,15 @@ void ring_set_ready(const struct ring *r, struct ring_cons *c, uint32_t epoch);
 /* Consumer closes the epoch itself: returns the producer word seen just
  * before CLOSED was set (its CTR is the end of the epoch). */
 uint64_t ring_close_cons(const struct ring *r);
+
+/* Consumer gives back what it has not read: closes the open epoch at its
+ * own CTR, so the producer sends the rest elsewhere (docs/protocol.md 3.6).
+ * Returns 0 (the epoch ends at our CTR: given back, or closed there by
+ * the producer), 1 if the producer had closed it with bytes we have not
+ * read (they are ours to read, not given back), 2 if it is not open yet
+ * (the one before is closed at our CTR), or -EPROTO. */
+int ring_rewind_cons(const struct ring *r, const struct ring_cons *c,
+		     uint32_t epoch);
 
 /* Load the consumer word as the producer sees it (for attach decisions). */
 uint64_t ring_load_cons(const struct ring *r);
