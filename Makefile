@@ -71,8 +71,9 @@ TOOLS := $(strip $(TOOL_SRCS:tools/%.c=$(O)/bin/%) $(TOOL_DIRS:tools/%=$(O)/bin/
 
 TEST_HELPERS := tests/helpers.c
 TEST_SRCS := $(sort $(filter-out $(TEST_HELPERS),$(wildcard tests/*.c)))
-# tests/NAME.sh: a test that drives real programs (copied, run like the rest)
-TEST_SCRIPTS := $(sort $(wildcard tests/*.sh))
+# tests/NAME.sh: a test that drives real programs (copied, run like the rest;
+# tests/vm-*.sh boot VMs for minutes: make check-vm, mk/vm.mk)
+TEST_SCRIPTS := $(sort $(filter-out tests/vm-%.sh,$(wildcard tests/*.sh)))
 TESTS := $(TEST_SRCS:tests/%.c=$(O)/tests/%) \
 	$(filter-out $(O)/tests/run,$(TEST_SCRIPTS:tests/%.sh=$(O)/tests/%))
 

@@ -44,6 +44,21 @@ static void dir_init(struct ivmc_shm_dir *d, bool with_side, uint32_t ctr)
 	ivmc_store_once(&d->fin, 0);
 }
 
+/* Write a header (into fresh memory nobody else maps yet). */
+static void hdr_format(struct ivmc_shm_hdr *h, uint32_t ring_size,
+		       uint64_t size, bool with_side, uint32_t init_ctr)
+{
+	h->magic = IVMC_SHM_MAGIC;
+	h->version = IVMC_SHM_VERSION;
+	h->hdr_size = IVMC_SHM_HDR_SIZE;
+	h->ring_size = ring_size;
+	h->region_size = size;
+	h->flags = with_side ? IVMC_SHM_F_SIDE : 0;
+	h->init_ctr[0] = h->init_ctr[1] = init_ctr;
+	for (int d = 0; d < 2; d++)
+		dir_init(&h->dir[d], with_side, init_ctr);
+}
+
 int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
 		       int *out)
 {
@@ -68,15 +83,7 @@ int chan_region_create_map(uint32_t ring_size, bool with_side,
 		close(fd);
 		return err;
 	}
-	h->magic = IVMC_SHM_MAGIC;
-	h->version = IVMC_SHM_VERSION;
-	h->hdr_size = IVMC_SHM_HDR_SIZE;
-	h->ring_size = ring_size;
-	h->region_size = size;
-	h->flags = with_side ? IVMC_SHM_F_SIDE : 0;
-	h->init_ctr[0] = h->init_ctr[1] = init_ctr;
-	for (int d = 0; d < 2; d++)
-		dir_init(&h->dir[d], with_side, init_ctr);
+	hdr_format(h, ring_size, size, with_side, init_ctr);
 	if (hdr)
 		*hdr = h;
 	else
@@ -90,7 +97,8 @@ struct hdr_copy {
 	uint32_t ring_size, flags, init_ctr[2];
 };
 
-static int hdr_validate(const struct ivmc_shm_hdr *h, uint64_t fsize,
+/* fsize: the region's exact size; or, with fit, how much room there is. */
+static int hdr_validate(const struct ivmc_shm_hdr *h, uint64_t fsize, bool fit,
 			struct hdr_copy *hc)
 {
 	struct ivmc_shm_hdr tmp;
@@ -105,7 +113,7 @@ static int hdr_validate(const struct ivmc_shm_hdr *h, uint64_t fsize,
 			return -EPROTO;
 	if (chan_region_size(tmp.ring_size, &want) || tmp.region_size != want)
 		return -EPROTO;
-	if (fsize != want)
+	if (fit ? want > fsize : fsize != want)
 		return -EMSGSIZE;
 	hc->ring_size = tmp.ring_size;
 	hc->flags = tmp.flags;
@@ -147,12 +155,13 @@ static void ep_start(struct chan *c, const struct hdr_copy *hc, int side)
 		ring_set_ready(&c->rx, &ep->rx, 1);
 }
 
-static int map_rings(struct chan *c, int fd, int side)
+static int map_rings(struct chan *c, int fd, uint64_t base, int side)
 {
 	for (int d = 0; d < 2; d++) {
-		int err = xport_map_mirror(fd, IVMC_SHM_HDR_SIZE +
-						       (uint64_t)d * c->ring_size,
-					   c->ring_size, (void **)&c->mirror[d]);
+		uint64_t off = base + IVMC_SHM_HDR_SIZE +
+			       (uint64_t)d * c->ring_size;
+		int err = xport_map_mirror(fd, off, c->ring_size,
+					   (void **)&c->mirror[d]);
 
 		if (err)
 			return err;
@@ -263,7 +272,7 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 		c->hdr = NULL;
 		goto fail;
 	}
-	err = hdr_validate(c->hdr, fsize, &hc);
+	err = hdr_validate(c->hdr, fsize, false, &hc);
 	if (err)
 		goto fail;
 	c->has_side = hc.flags & IVMC_SHM_F_SIDE;
@@ -282,7 +291,7 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	c->doorbell = doorbell_fd;
 	c->wait_mode = cfg->wait_mode;
 	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
-	err = map_rings(c, region_fd, cfg->side);
+	err = map_rings(c, region_fd, 0, cfg->side);
 	if (!err)
 		err = ep_create(&c->ep);
 	if (err)
@@ -303,6 +312,91 @@ fail:
 	return err;
 }
 
+int chan_region_init(void *mem, uint64_t len, uint32_t ring_size)
+{
+	uint64_t size;
+	int err = chan_region_size(ring_size, &size);
+
+	if (err || (uintptr_t)mem % IVMC_SHM_HDR_SIZE)
+		return -EINVAL;
+	if (size > len)
+		return -EMSGSIZE;
+	memset(mem, 0, IVMC_SHM_HDR_SIZE);
+	hdr_format(mem, ring_size, size, false, 0);
+	return 0;
+}
+
+/* The polling wait's sleep cap: the cfg, else IVMC_POLL_MAX_US, else 1 ms;
+ * within 1 us .. 1 s. */
+static uint32_t poll_max_ns(const struct chan_cfg *cfg)
+{
+	const char *env = getenv("IVMC_POLL_MAX_US");
+	unsigned long us = cfg->poll_max_us;
+
+	if (!us && env)
+		us = strtoul(env, NULL, 10);
+	if (!us)
+		us = 1000;
+	if (us > 1000000)
+		us = 1000000;
+	return (uint32_t)us * 1000u;
+}
+
+/* Map the header at off, copy and check it (ring-only, fits in avail),
+ * then the rings. */
+static int mem_map(struct chan *c, const struct chan_cfg *cfg, int fd,
+		   uint64_t off, uint64_t avail, struct hdr_copy *hc)
+{
+	int err = xport_map(fd, off, IVMC_SHM_HDR_SIZE, (void **)&c->hdr);
+
+	if (err) {
+		c->hdr = NULL;
+		return err;
+	}
+	err = hdr_validate(c->hdr, avail, true, hc);
+	if (!err && (hc->flags & IVMC_SHM_F_SIDE))
+		err = -EPROTO; /* formatted for a side stream we do not have */
+	if (err)
+		return err;
+	c->ring_size = hc->ring_size;
+	return map_rings(c, fd, off, cfg->side);
+}
+
+int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
+		  uint64_t avail, struct chan **out)
+{
+	struct hdr_copy hc;
+	struct chan *c;
+	int err = cfg_ok(cfg);
+
+	if (!err && (cfg->side_fd >= 0 || off % IVMC_SHM_HDR_SIZE))
+		err = -EINVAL;
+	if (!err && avail < IVMC_SHM_HDR_SIZE)
+		err = -EMSGSIZE;
+	if (err)
+		return err;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->kick = c->doorbell = c->side_fd = -1;
+	c->wait_mode = cfg->wait_mode;
+	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
+	c->poll_max_ns = poll_max_ns(cfg);
+	err = mem_map(c, cfg, fd, off, avail, &hc);
+	if (!err)
+		err = ep_create(&c->ep);
+	if (err) {
+		chan_free(c);
+		return err;
+	}
+	ep_start(c, &hc, cfg->side);
+	if (cfg->nonblock)
+		c->ep->flags = EP_NONBLOCK;
+	ends_add(c);
+	*out = c;
+	return 0;
+}
+
 void chan_close(struct chan *c)
 {
 	/* A SHUT_WR owed to the side stream (sw_tx_shut_side()) is paid now:
@@ -310,7 +404,8 @@ void chan_close(struct chan *c)
 	if (c->has_side && chan_flag(c, EP_SIDE_SHUT))
 		shutdown(c->side_fd, SHUT_WR);
 	ends_del(c);
-	close(c->doorbell);
+	if (c->doorbell >= 0)
+		close(c->doorbell);
 	chan_free(c);
 }
 
@@ -360,15 +455,16 @@ int chan_poison(struct chan *c, int err)
 	/* The channel is dead for every holder: shutting the doorbell down
 	 * wakes our own poller (POLLHUP) and the peer's, and the generation
 	 * bump wakes our followers. */
-	shutdown(c->doorbell, SHUT_RDWR);
+	if (c->doorbell >= 0)
+		shutdown(c->doorbell, SHUT_RDWR);
 	chan_wake_followers(c);
 	return -ECONNRESET;
 }
 
 void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo)
 {
-	if (!ring_peer_needs_wake(flag, memo))
-		return;
+	if (c->doorbell < 0 || !ring_peer_needs_wake(flag, memo))
+		return; /* no doorbell: the peer polls */
 	if (xport_ring(c->doorbell) == -EPIPE)
 		atomic_fetch_or(&c->ep->flags, EP_PEER_GONE);
 	else

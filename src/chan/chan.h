@@ -31,6 +31,9 @@ struct chan_cfg {
 	int wait_mode;	     /* CHAN_WAIT_* */
 	unsigned int spin_ns; /* 0 = default */
 	bool nonblock;
+	/* chan_open_mem() only: cap of the polling wait's sleep in us (0 =
+	 * env IVMC_POLL_MAX_US, else 1000). */
+	unsigned int poll_max_us;
 	/* Stream bytes already sent/received on side_fd before this open
 	 * (a TCP connection that ran a while before its channel came):
 	 * attach offsets count from the start of the stream. */
@@ -67,6 +70,21 @@ int chan_region_create_map(uint32_t ring_size, bool with_side,
  * side_fd, -EINVAL bad cfg). */
 int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	      struct chan **out);
+
+/* Lay out a ring-only region with rings of ring_size in the len bytes at
+ * mem (page aligned): what the host does for a region it shares with
+ * guests before any of them maps it. Returns 0, -EINVAL (ring size, or mem
+ * not page aligned) or -EMSGSIZE (does not fit in len). */
+int chan_region_init(void *mem, uint64_t len, uint32_t ring_size);
+
+/* Open one end of a ring-only region formatted by chan_region_init() at
+ * page-aligned offset off of fd (e.g. an ivshmem BAR), of which avail bytes
+ * from off on are ours. fd is borrowed. No doorbell: a waiter spins, then
+ * polls with growing sleeps up to cfg->poll_max_us; chan_fd() is -1.
+ * Returns 0 and *out, or -EINVAL (cfg, side_fd, off), -EPROTO (header),
+ * -EMSGSIZE (region larger than avail), -errno (mmap). */
+int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
+		  uint64_t avail, struct chan **out);
 
 /* Unmap and close this process's handle (see ivmc_close()). */
 void chan_close(struct chan *c);
@@ -110,7 +128,7 @@ int chan_attach(struct chan *c, enum chan_dir d);
 /* shutdown(2) semantics for SHUT_RD/SHUT_WR/SHUT_RDWR. */
 int chan_shutdown(struct chan *c, int how);
 
-/* The doorbell fd (pollable); see ivmc_fd(). */
+/* The doorbell fd (pollable); see ivmc_fd(). -1 for chan_open_mem(). */
 int chan_fd(const struct chan *c);
 
 /* Arm the doorbell for POLLIN/POLLOUT; see ivmc_poll_arm(). On the side

@@ -97,6 +97,8 @@ struct chan {
 	int kick;		  /* eventfd that wakes our own poller after a
 				   * local change (switch, shutdown) */
 	int wait_mode;
+	uint32_t poll_max_ns;	  /* chan_open_mem(): no doorbell (-1), waiters
+				   * poll, sleeping at most this long */
 	bool has_side;
 };
 

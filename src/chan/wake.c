@@ -208,7 +208,8 @@ static uint32_t spin_budget(struct chan *c, enum chan_dir d, uint64_t now)
 {
 	if (c->wait_mode == CHAN_WAIT_SLEEP || !on_ring(c, d))
 		return 0;
-	if (peer_on_my_cpu(c, d))
+	/* Between VMs (no doorbell) CPU numbers name different CPUs. */
+	if (c->doorbell >= 0 && peer_on_my_cpu(c, d))
 		return 0;
 	if (c->wait_mode == CHAN_WAIT_SPIN)
 		return SPIN_MODE_NS;
@@ -492,12 +493,65 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	return err ? err : r;
 }
 
+/*
+ * The wait of a channel without a doorbell (chan_open_mem(): between VMs
+ * where the guest takes no interrupt): after the spin, sleep in nanosleep
+ * for 10 us, then twice as long each time up to c->poll_max_ns, looking at
+ * the ring in between. Idle, that is one look per cap (1000/s at the 1 ms
+ * default); a message arriving while we sleep waits up to the cap (plus the
+ * timer slack, 50 us by default). Sleeps without the direction's lock, as
+ * sleep_wait() does; a kick or poison (wake_gen) ends it too.
+ */
+#define POLL_NAP_MIN_NS 10000u
+
+static int nap(uint64_t ns)
+{
+	struct timespec ts = { (time_t)(ns / 1000000000u),
+			       (long)(ns % 1000000000u) };
+
+	return nanosleep(&ts, NULL) < 0 && errno == EINTR ? -EINTR : 0;
+}
+
+static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
+{
+	struct chan_ep *ep = c->ep;
+	_Atomic uint32_t *lock = d == CHAN_RX ? &ep->rx_lock : &ep->tx_lock;
+	uint32_t gen = ivmc_load_acquire(&ep->wake_gen);
+	struct snap sn = snap_take(c, d);
+	uint64_t t0 = now_ns(), t = t0, end = UINT64_MAX;
+	uint64_t ns = POLL_NAP_MIN_NS < c->poll_max_ns ? POLL_NAP_MIN_NS
+						       : c->poll_max_ns;
+	int r = 0, err;
+
+	if (timeout_ms >= 0)
+		end = t0 + (uint64_t)timeout_ms * 1000000u;
+	chan_unlock(c, lock);
+	while (!changed(c, d, &sn) && ivmc_load_acquire(&ep->wake_gen) == gen) {
+		if (t >= end) {
+			r = -ETIMEDOUT;
+			break;
+		}
+		r = nap(ns < end - t ? ns : end - t);
+		if (r)
+			break;
+		ns = ns * 2 < c->poll_max_ns ? ns * 2 : c->poll_max_ns;
+		if (end != UINT64_MAX)
+			t = now_ns(); /* idle and no timeout: no clock read */
+	}
+	atomic_fetch_add(&ep->st_sleeps, 1);
+	err = chan_relock(c, lock);
+	adapt(c, d, now_ns() - t0);
+	return err ? err : r;
+}
+
 int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
 	int r;
 
 	if (spin(c, d))
 		return 0;
+	if (c->doorbell < 0)
+		return poll_wait(c, d, timeout_ms);
 	r = sleep_wait(c, d, timeout_ms);
 	/* A receiver woken may be the one to move what a rewind of our other
 	 * direction gave back (its consumer rang for it). */
@@ -523,8 +577,9 @@ bool chan_drain_nowait(struct chan *c)
 	struct chan_ep *ep = c->ep;
 	uint32_t flags = ivmc_load_once(&ep->flags);
 
-	/* Only the poller drains: take the role, or leave it to its holder. */
-	if (!take_poller_role(ep))
+	/* Only the poller drains: take the role, or leave it to its holder.
+	 * Without a doorbell there is nothing to drain. */
+	if (c->doorbell < 0 || !take_poller_role(ep))
 		return false;
 	drain(c);
 	ep_unlock(&ep->poll_lock);

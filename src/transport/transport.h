@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Description: where shared memory and doorbells come from. memfd for
- * everything on one kernel; every fd received from outside is verified.
+ * everything on one kernel, ivshmem in a QEMU guest; every fd received from
+ * outside is verified.
  */
 #ifndef IVMC_TRANSPORT_H
 #define IVMC_TRANSPORT_H
@@ -52,6 +53,13 @@ int xport_send_fds(int sock, const void *msg, size_t len, const int *fds,
  * length and *nfds, or -errno (-EAGAIN with MSG_DONTWAIT). */
 ssize_t xport_recv_fds(int sock, void *msg, size_t len, int *fds, int *nfds,
 		       int flags);
+
+/* ivshmem (inside a QEMU guest): find the ivshmem device (PCI 1af4:1110)
+ * at bdf ("0000:00:04.0"), or the first one when bdf is NULL, enable it and
+ * open its BAR2 (sysfs resource2) O_RDWR|O_SYNC. Map it with xport_map().
+ * Returns 0, *fd and *size (the BAR's bytes), -ENODEV (no such device),
+ * -EINVAL (malformed bdf) or -errno. */
+int xport_ivshmem_open(const char *bdf, int *fd, uint64_t *size);
 
 /* Where the process's own long-lived fds go: 0 (the default) leaves them
  * where the kernel puts them; the preload sets it high so that they stay
