@@ -1,0 +1,483 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: a hostile ivmc peer that gets its channel the normal way:
+ * it connects over TCP to 127.0.0.1:PORT, says HELLO to the ivmcd at
+ * $IVMC_SOCKET, registers its own end (REG_CONN) and takes the CHAN. It
+ * checks that it cannot resize or write-seal the region, opens its end
+ * honestly (chan_open on the region, with the TCP socket as side stream),
+ * moves an echoed stream until both directions are on the ring, then
+ * misbehaves as MODE says (see usage()). Used by tests/sec-hostile-tcp.c;
+ * the victim at PORT echoes what it receives.
+ *
+ * Exit: 0 when its own checks passed, 2 usage, 3 no channel, 4 a seal
+ * did not hold, 5 the echo was wrong while it was honest.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "../t_chan.h"
+#include "ctl/proto.h"
+#include "transport/transport.h"
+
+#define SEED_H 0x4805 /* our stream; the victim echoes it */
+#define WARM 4096
+
+struct hctx {
+	int tcp, ctl, bell, side;
+	struct chan *c;
+	struct ivmc_shm_hdr *hdr;
+	uint64_t size;
+	uint32_t cap;
+	uint64_t tx_off, rx_off; /* of stream SEED_H, sent / echoed back */
+};
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: ivmc-hostile MODE PORT\n"
+		"MODE: honest, ctl-closed (after CHAN), ctl-early (before CHAN),\n"
+		"  prod-past-cap, prod-back, cons-past, flip, garbage,\n"
+		"  never-drains, stall, flood, die-mid-record\n");
+	exit(2);
+}
+
+static _Noreturn void die(int code, const char *what)
+{
+	fprintf(stderr, "ivmc-hostile: %s: %s\n", what, strerror(errno));
+	exit(code);
+}
+
+/* ---- the normal path: TCP, HELLO, REG_CONN, CHAN ---- */
+
+static int tcp_connect(uint16_t port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_port = htons(port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)))
+		die(1, "connect");
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+/* One message from the daemon within ms; fds closed unless wanted. */
+static ssize_t ctl_in(int s, void *m, size_t len, int *fds, int *nfds,
+		      int ms)
+{
+	struct pollfd p = { s, POLLIN, 0 };
+
+	*nfds = 2;
+	if (poll(&p, 1, ms) != 1)
+		return -ETIMEDOUT;
+	return xport_recv_fds(s, m, len, fds, nfds, MSG_DONTWAIT);
+}
+
+static int ctl_hello_reg(int tcp)
+{
+	union { struct ctl_hdr h; char b[CTL_MSG_MAX]; } m;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	const char *path = getenv("IVMC_SOCKET");
+	struct ctl_hello h = { 0 };
+	struct ctl_reg r = { 0 };
+	int s, fds[2], nfds;
+
+	if (!path || strlen(path) >= sizeof(sa.sun_path))
+		die(1, "IVMC_SOCKET");
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)))
+		die(1, "connect to ivmcd");
+	ctl_hdr_init(&h.h, CTL_HELLO, 0);
+	if (xport_send_fds(s, &h, sizeof(h), NULL, 0))
+		die(1, "HELLO");
+	if (ctl_in(s, &m, sizeof(m), fds, &nfds, 5000) <= 0 ||
+	    m.h.type != CTL_WELCOME)
+		die(1, "no WELCOME");
+	for (int i = 0; i < nfds; i++)
+		close(fds[i]);
+	ctl_hdr_init(&r.h, CTL_REG_CONN, 0);
+	r.token = 1;
+	if (xport_send_fds(s, &r, sizeof(r), &tcp, 1))
+		die(1, "REG_CONN");
+	return s;
+}
+
+/* Wait for the CHAN: its region and doorbell. */
+static void take_chan(struct hctx *h, int *region)
+{
+	union { struct ctl_hdr h; struct ctl_chan c; struct ctl_nochan n;
+		char b[CTL_MSG_MAX]; } m;
+	int fds[2], nfds;
+	ssize_t n = ctl_in(h->ctl, &m, sizeof(m), fds, &nfds, 8000);
+
+	if (n <= 0 || m.h.type != CTL_CHAN || nfds != 2) {
+		fprintf(stderr, "ivmc-hostile: no CHAN (%zd, type %u, reason %u)\n",
+			n, n > 0 ? m.h.type : 0,
+			n > 0 && m.h.type == CTL_NOCHAN ? m.n.reason : 0);
+		exit(3);
+	}
+	*region = fds[0];
+	h->bell = fds[1];
+	h->side = (int)m.c.side;
+	h->cap = m.c.ring_size;
+}
+
+/* The region is sealed: no resize, no write seal, no new seals. */
+static void try_seals(int region, uint64_t size)
+{
+	int bad = 0;
+
+	bad |= ftruncate(region, (off_t)size * 2) == 0;
+	bad |= ftruncate(region, (off_t)size / 2) == 0;
+	bad |= fcntl(region, F_ADD_SEALS, F_SEAL_WRITE) == 0;
+	bad |= fallocate(region, 0, 0, (off_t)size * 2) == 0;
+	if (bad) {
+		fprintf(stderr, "ivmc-hostile: the region is not sealed\n");
+		exit(4);
+	}
+}
+
+static void open_end(struct hctx *h, int region)
+{
+	struct chan_cfg cfg = { .side = h->side, .side_fd = h->tcp,
+				.wait_mode = CHAN_WAIT_ADAPTIVE };
+	void *m;
+
+	h->size = IVMC_SHM_HDR_SIZE + 2ull * h->cap;
+	try_seals(region, h->size);
+	m = mmap(NULL, h->size, PROT_READ | PROT_WRITE, MAP_SHARED, region, 0);
+	if (m == MAP_FAILED)
+		die(1, "mmap region");
+	h->hdr = m;
+	T_ASSERT_OK(chan_open(&cfg, region, h->bell, &h->c));
+	close(region); /* mapped; the doorbell is the channel's now */
+	h->bell = chan_fd(h->c);
+}
+
+/* ---- honest traffic ---- */
+
+static void send_h(struct hctx *h, size_t n, unsigned int flags)
+{
+	static uint8_t buf[65536];
+	ssize_t r;
+
+	t_fill(SEED_H, h->tx_off, buf, n);
+	r = t_send(h->c, buf, n, flags);
+	if (r > 0)
+		h->tx_off += (uint64_t)r;
+}
+
+static void recv_h(struct hctx *h, size_t n)
+{
+	static uint8_t buf[65536];
+	ssize_t r = t_recv(h->c, buf, n, CHAN_WAITALL);
+
+	if (r != (ssize_t)n || t_verify(SEED_H, h->rx_off, buf, n)) {
+		fprintf(stderr, "ivmc-hostile: echo wrong (%zd)\n", r);
+		exit(5);
+	}
+	h->rx_off += n;
+}
+
+static bool on_ring(const struct ivmc_shm_dir *d)
+{
+	uint64_t w = atomic_load(&d->prod);
+
+	return ivmc_w_epoch(w) >= 1 && !(w & IVMC_PW_CLOSED);
+}
+
+/* Echoed rounds until both directions are on the ring (at most 3 s). */
+static void warm_up(struct hctx *h)
+{
+	uint64_t t0 = t_now_ns();
+
+	do {
+		if (t_now_ns() - t0 > 3000000000ull) {
+			fprintf(stderr, "ivmc-hostile: not on the ring\n");
+			exit(3);
+		}
+		send_h(h, WARM, 0);
+		recv_h(h, WARM);
+	} while (!on_ring(&h->hdr->dir[0]) || !on_ring(&h->hdr->dir[1]));
+	send_h(h, WARM, 0); /* one more, now surely through the ring */
+	recv_h(h, WARM);
+}
+
+/* Wait (up to ms) for the victim to hang up its doorbell end. */
+static bool victim_hung_up(struct hctx *h, int ms)
+{
+	uint64_t end = t_now_ns() + (uint64_t)ms * 1000000ull;
+	char buf[256];
+
+	while (t_now_ns() < end) {
+		struct pollfd p = { h->bell, POLLIN, 0 };
+
+		if (poll(&p, 1, 50) == 1 &&
+		    recv(h->bell, buf, sizeof(buf), MSG_DONTWAIT) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void ring_bell(struct hctx *h)
+{
+	char x = 1;
+
+	(void)send(h->bell, &x, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+static uint64_t with_ctr(uint64_t w, uint32_t ctr)
+{
+	return (w & ~(uint64_t)UINT32_MAX) | ctr;
+}
+
+/* ---- misbehaviours ---- */
+
+static void m_honest(struct hctx *h)
+{
+	char x;
+
+	for (int i = 0; i < 16; i++) {
+		send_h(h, 4096, 0);
+		recv_h(h, 4096);
+	}
+	T_ASSERT_OK(chan_shutdown(h->c, SHUT_WR));
+	T_ASSERT_EQ(t_recv(h->c, &x, 1, 0), 0);
+}
+
+static void m_prod(struct hctx *h, int64_t delta)
+{
+	struct ivmc_shm_dir *d = &h->hdr->dir[h->side];
+	uint32_t cons = ivmc_w_ctr(atomic_load(&d->cons));
+
+	atomic_store(&d->prod,
+		     with_ctr(atomic_load(&d->prod), cons + (uint32_t)delta));
+	ring_bell(h);
+	printf("victim hung up: %d\n", victim_hung_up(h, 5000));
+}
+
+static _Atomic int stop;
+
+/* Our producer word flips between its true value and one past capacity
+ * while the victim reads (a double fetch would see both). */
+static void *flipper(void *arg)
+{
+	struct hctx *h = arg;
+	_Atomic uint64_t *p = &h->hdr->dir[h->side].prod;
+
+	while (!stop) {
+		uint64_t w = atomic_load(p);
+
+		atomic_store(p, with_ctr(w, ivmc_w_ctr(w) + h->cap + 1));
+		atomic_store(p, w);
+	}
+	return NULL;
+}
+
+/* The victim's consumer word, kept half a ring past what it produced. The
+ * victim reads that word only when its cached copy says the ring is full;
+ * a value written once would look honest by then (the victim has
+ * produced past it), so it is rewritten all the time, far enough ahead
+ * that the victim cannot have caught up between our load and store. */
+static void *cons_pusher(void *arg)
+{
+	struct hctx *h = arg;
+	struct ivmc_shm_dir *d = &h->hdr->dir[1 - h->side];
+
+	while (!stop) {
+		uint32_t prod = ivmc_w_ctr(atomic_load(&d->prod));
+
+		atomic_store(&d->cons,
+			     with_ctr(atomic_load(&d->cons), prod + h->cap / 2));
+	}
+	return NULL;
+}
+
+/* ... while we send more than its ring holds and read none of it. */
+static void m_cons_past(struct hctx *h)
+{
+	uint64_t end = t_now_ns() + 1500000000ull;
+	pthread_t t;
+
+	T_ASSERT(pthread_create(&t, NULL, cons_pusher, h) == 0);
+	while (t_now_ns() < end && h->tx_off < 4ull * h->cap) {
+		send_h(h, 65536, CHAN_NONBLOCK);
+		usleep(1000);
+	}
+	stop = 1;
+	pthread_join(t, NULL);
+	printf("victim hung up: %d\n", victim_hung_up(h, 5000));
+}
+
+/* Random words into both directions' lines while we also send. */
+static void *scribbler(void *arg)
+{
+	struct hctx *h = arg;
+	uint64_t rnd = 42, *w = (uint64_t *)(void *)h->hdr->dir;
+	size_t nw = 2 * sizeof(struct ivmc_shm_dir) / sizeof(uint64_t);
+
+	while (!stop) {
+		uint64_t v = t_rand64(&rnd);
+
+		__atomic_store_n(&w[v % nw], t_rand64(&rnd), __ATOMIC_RELAXED);
+		if (!(v & 0xff))
+			ring_bell(h);
+	}
+	return NULL;
+}
+
+/* Honest non-blocking sends for ms while a thread does fn. */
+static void with_thread(struct hctx *h, void *(*fn)(void *), int ms)
+{
+	uint64_t end = t_now_ns() + (uint64_t)ms * 1000000ull;
+	uint8_t buf[4096];
+	pthread_t t;
+
+	T_ASSERT(pthread_create(&t, NULL, fn, h) == 0);
+	while (t_now_ns() < end) {
+		send_h(h, 1000, CHAN_NONBLOCK);
+		(void)t_recv(h->c, buf, sizeof(buf), CHAN_NONBLOCK);
+		usleep(200);
+	}
+	stop = 1;
+	pthread_join(t, NULL);
+	printf("victim hung up: %d\n", victim_hung_up(h, 3000));
+}
+
+/* We stop reading; the victim echoes until its ring and the socket are
+ * full and blocks. Then we go away. */
+static void m_never_drains(struct hctx *h)
+{
+	uint64_t end = t_now_ns() + 300000000ull;
+
+	while (t_now_ns() < end) {
+		send_h(h, 65536, CHAN_NONBLOCK);
+		usleep(1000);
+	}
+	printf("sent %llu bytes, read none back\n",
+	       (unsigned long long)h->tx_off);
+	usleep(1500000);
+}
+
+/* Wake the victim again and again with nothing for it. */
+static void m_flood(struct hctx *h)
+{
+	uint64_t end = t_now_ns() + 6000000000ull;
+	unsigned long n = 0;
+	char x = 1;
+
+	while (t_now_ns() < end) {
+		ssize_t r = send(h->bell, &x, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (r == 1)
+			n++;
+		else if (errno == EAGAIN)
+			usleep(10);
+		else
+			break; /* the victim hung up */
+	}
+	printf("doorbell rung %lu times\n", n);
+}
+
+static void m_die_mid_record(struct hctx *h)
+{
+	send_h(h, 1000, 0);	    /* published */
+	send_h(h, 500, CHAN_MORE); /* written, never published */
+	fflush(stdout);
+	raise(SIGKILL);
+}
+
+/* Registered, then gone from ivmcd before the CHAN: the connection stays
+ * TCP, and the victim's echo must still be right. */
+static void m_ctl_early(int tcp)
+{
+	uint8_t buf[4096];
+	uint64_t off = 0;
+
+	close(ctl_hello_reg(tcp));
+	for (int i = 0; i < 16; i++) {
+		size_t got = 0;
+
+		t_fill(SEED_H, off, buf, sizeof(buf));
+		if (send(tcp, buf, sizeof(buf), MSG_NOSIGNAL) != sizeof(buf))
+			die(5, "send on TCP");
+		while (got < sizeof(buf)) {
+			ssize_t r = recv(tcp, buf + got, sizeof(buf) - got, 0);
+
+			if (r <= 0)
+				die(5, "recv on TCP");
+			got += (size_t)r;
+		}
+		if (t_verify(SEED_H, off, buf, sizeof(buf)))
+			exit(5);
+		off += sizeof(buf);
+	}
+	shutdown(tcp, SHUT_WR);
+	if (recv(tcp, buf, 1, 0) != 0)
+		exit(5);
+}
+
+int main(int argc, char **argv)
+{
+	struct hctx h = { 0 };
+	const char *mode;
+	int region;
+
+	if (argc != 3)
+		usage();
+	mode = argv[1];
+	signal(SIGPIPE, SIG_IGN);
+	t_alarm(15);
+	h.tcp = tcp_connect((uint16_t)atoi(argv[2]));
+	if (!strcmp(mode, "ctl-early")) {
+		m_ctl_early(h.tcp);
+		return 0;
+	}
+	h.ctl = ctl_hello_reg(h.tcp);
+	take_chan(&h, &region);
+	if (!strcmp(mode, "ctl-closed"))
+		close(h.ctl);
+	open_end(&h, region);
+	warm_up(&h);
+	printf("%s: side %d, ring %u, on the ring after %llu bytes\n", mode,
+	       h.side, h.cap, (unsigned long long)h.tx_off);
+	if (!strcmp(mode, "honest") || !strcmp(mode, "ctl-closed"))
+		m_honest(&h);
+	else if (!strcmp(mode, "prod-past-cap"))
+		m_prod(&h, (int64_t)h.cap + 64);
+	else if (!strcmp(mode, "prod-back"))
+		m_prod(&h, -1);
+	else if (!strcmp(mode, "cons-past"))
+		m_cons_past(&h);
+	else if (!strcmp(mode, "flip"))
+		with_thread(&h, flipper, 1000);
+	else if (!strcmp(mode, "garbage"))
+		with_thread(&h, scribbler, 1000);
+	else if (!strcmp(mode, "never-drains"))
+		m_never_drains(&h);
+	else if (!strcmp(mode, "stall"))
+		usleep(1500000);
+	else if (!strcmp(mode, "flood"))
+		m_flood(&h);
+	else if (!strcmp(mode, "die-mid-record"))
+		m_die_mid_record(&h);
+	else
+		usage();
+	fflush(stdout);
+	_exit(0); /* no clean close: a hostile peer just goes */
+}
