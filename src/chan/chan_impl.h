@@ -27,8 +27,12 @@
 enum rx_mode { RX_SIDE = 0, RX_RING = 1 };
 
 /* After this many doorbell wake-ups in a row with nothing to show for them,
- * the peer is flooding us: poison the channel. */
-#define WAKE_NOPROGRESS_MAX 10000
+ * the peer is flooding us: poison the channel. Past WAKE_NOPROGRESS_SLOW,
+ * each such wake-up first naps WAKE_FLOOD_NAP_NS, so a flood costs little
+ * CPU (under 10% of a core) on its way to the poison (about 2 s). */
+#define WAKE_NOPROGRESS_MAX  2000
+#define WAKE_NOPROGRESS_SLOW 64
+#define WAKE_FLOOD_NAP_NS    1000000
 
 /*
  * The endpoint page: MAP_SHARED | MAP_ANONYMOUS, so it is inherited by

@@ -30,7 +30,8 @@
 #define OVER_HOLD_NS	  100000000u /* after a preempted spin, sleep only */
 #define FOLLOW_MS	  200	  /* a follower re-checks at least this often */
 #define FOLLOW_SIDE_MS	  5	  /* ... when it waits for side events */
-#define DRAIN_MAX	  65536u
+#define DRAIN_MAX	  64u	  /* an honest peer rings a byte or two;
+				   * a flood is left in the socket */
 
 static uint64_t now_ns(void)
 {
@@ -208,6 +209,9 @@ static uint32_t spin_budget(struct chan *c, enum chan_dir d, uint64_t now)
 {
 	if (c->wait_mode == CHAN_WAIT_SLEEP || !on_ring(c, d))
 		return 0;
+	/* Woken for nothing again and again (a flood): no spin either. */
+	if (ivmc_load_once(&c->ep->noprogress) >= WAKE_NOPROGRESS_SLOW)
+		return 0;
 	/* Between VMs (no doorbell) CPU numbers name different CPUs. */
 	if (c->doorbell >= 0 && peer_on_my_cpu(c, d))
 		return 0;
@@ -293,6 +297,21 @@ static void drained(struct chan_ep *ep)
 /* Only the poller drains (it holds poll_lock), so no waiter can lose a
  * ring between its re-check and its sleep: it sleeps on wake_gen, which the
  * poller bumps after every drain. */
+/* A wake-up with nothing to show for it: the peer may be flooding us.
+ * Nap once there were many in a row, poison after too many. */
+static void no_progress(struct chan *c)
+{
+	uint32_t k = atomic_fetch_add(&c->ep->noprogress, 1);
+
+	if (k >= WAKE_NOPROGRESS_MAX) {
+		chan_poison(c, -EPROTO);
+	} else if (k >= WAKE_NOPROGRESS_SLOW) {
+		struct timespec ts = { 0, WAKE_FLOOD_NAP_NS };
+
+		nanosleep(&ts, NULL);
+	}
+}
+
 static void drain(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
@@ -302,8 +321,8 @@ static void drain(struct chan *c)
 		atomic_fetch_or(&ep->flags, EP_PEER_GONE);
 	if (n)
 		drained(ep);
-	if (n > 0 && atomic_fetch_add(&ep->noprogress, 1) >= WAKE_NOPROGRESS_MAX)
-		chan_poison(c, -EPROTO);
+	if (n > 0)
+		no_progress(c);
 }
 
 /* Side stream events a waiter in direction d needs. */
@@ -358,8 +377,8 @@ static void side_poke(struct chan *c, const struct sleeper *s)
 	if (recv(c->side_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ||
 	    (p->revents & (POLLHUP | POLLERR)))
 		atomic_fetch_or(&c->ep->flags, EP_SIDE_EOF);
-	else if (atomic_fetch_add(&c->ep->noprogress, 1) >= WAKE_NOPROGRESS_MAX)
-		chan_poison(c, -EPROTO);
+	else
+		no_progress(c);
 }
 
 static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int ms)

@@ -172,11 +172,15 @@ int xport_ring(int fd)
 
 ssize_t xport_drain(int fd, size_t max_bytes)
 {
-	char buf[4096]; /* a flood costs one read per 4 KiB */
+	char buf[4096];
 	size_t total = 0;
 
+	/* Never more than max_bytes: a flood of one-byte sends costs the
+	 * kernel a buffer per byte read. */
 	while (total < max_bytes) {
-		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		size_t want = max_bytes - total < sizeof(buf) ? max_bytes - total
+							       : sizeof(buf);
+		ssize_t n = recv(fd, buf, want, MSG_DONTWAIT);
 
 		if (n > 0) {
 			total += (size_t)n;
