@@ -121,6 +121,10 @@ if [ "$want" = pass ]; then
 	check switch-n4-sw2-np switch np -DN=4 -DSW=2
 	check switch-n4-sw2-r1 switch safety -DN=4 -DSW=2 -DR=1
 	check switch-n4-sw3 switch safety -DN=4 -DSW=3
+	# ... and RW rewinds by the consumer (docs/protocol.md 3.6)
+	check switch-n4-sw2-rw1 switch safety -DN=4 -DSW=2 -DRW=1
+	check switch-n4-sw2-rw1-np switch np -DN=4 -DSW=2 -DRW=1
+	check switch-n4-sw1-rw1-r1 switch safety -DN=4 -DSW=1 -DRW=1 -DR=1
 else
 	echo "spin model mutants (each must be caught):"
 	for b in BUG_UNLOCK_THEN_BUMP BUG_BUMP_BEFORE_UNLOCK BUG_F1_LOAD_FIRST \
@@ -137,6 +141,10 @@ else
 		BUG_OPEN_UNCHECKED BUG_NO_EMPTY_SKIP; do
 		check "switch-$b" switch safety -DN=4 -DSW=2 -D$b
 	done
+	# a rewind that closes at what the producer published (a detach):
+	# the bytes the consumer had not read are lost to the side stream
+	check switch-BUG_REWIND_AT_PROD switch safety -DN=4 -DSW=2 -DRW=1 \
+		-DBUG_REWIND_AT_PROD
 	# src/chan/switch.c as of this writing: both of the last two
 	check switch-as-coded switch safety -DN=4 -DSW=2 \
 		-DBUG_OPEN_UNCHECKED -DBUG_NO_EMPTY_SKIP

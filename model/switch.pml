@@ -39,6 +39,10 @@
  *   SPUR       steps C takes with nothing new to see (1): a recv called
  *              while nothing changed, or a spurious wake-up
  *   C0         initial CTR (14)
+ *   RW         rewinds C may do (0): chan_rewind(), after which C reads
+ *              the side stream alone, as a program exec'd with the socket
+ *              would (docs/protocol.md 3.6); P serves them even when it
+ *              has nothing left to send (its receive or poll wakes)
  *   NO_CHECK_DETACH  do not assert that no byte is published into the
  *              ring after C's detach has returned (until it attaches)
  *   BUG_xxx    a mutation that spin must catch (model/README.md). src/ as
@@ -59,6 +63,9 @@
 #endif
 #ifndef C0
 #define C0 14
+#endif
+#ifndef RW
+#define RW 0
 #endif
 
 /* prod = CLOSED * 256 + EPOCH * 16 + CTR; cons = READY * 16 + CTR */
@@ -84,6 +91,10 @@ chan side = [N] of { byte };
 
 bool c_det; /* ghost: C's detach has returned, no attach since */
 
+/* P's, global so that init can tell when P has nothing left to do */
+short pw = PW(1, 0, C0); /* the producer word as P last wrote it */
+byte pend;               /* stranded bytes, still to go on the side */
+
 /* ---------------------------------------------------------------- P */
 
 /* ring_publish() (R1). The CAS fails only if C set CLOSED: then the bytes
@@ -102,17 +113,26 @@ inline publish()
 #endif
 			prod = PW(0, PWE(pw), ctr);
 			pw = prod
-		:: else ->
-			assert(prod == pw + CL); /* else: poison */
-			pw = prod;
-#ifndef BUG_NO_STRAND
-			pend = DIFF(ctr, PWK(pw));
-			pend_at = PWK(pw);
-#endif
-			ctr = PWK(pw)
+		:: else -> strand()
 		fi
 #endif
 	}
+}
+
+/* The consumer closed our open epoch (closed_by_cons() in ring.c): at
+ * what we published (detach) or at what it had read (rewind), which is not
+ * before the consumer counter. What we wrote past it goes on the side
+ * stream first, copied out of the ring (sw_tx_strand()). */
+inline strand()
+{
+	assert(PWC(prod) && PWE(prod) == PWE(pw) &&
+	       DIFF(PWK(pw), PWK(prod)) <= DIFF(PWK(pw), CWK(cons))); /* else: poison */
+	pw = prod;
+#ifndef BUG_NO_STRAND
+	pend = DIFF(ctr, PWK(pw));
+	pend_at = PWK(pw);
+#endif
+	ctr = PWK(pw)
 }
 
 /* ring_close_prod() (R3) */
@@ -121,18 +141,17 @@ inline close_prod()
 	atomic {
 		if
 		:: prod == pw -> prod = pw + CL; pw = prod
-		:: else -> assert(prod == pw + CL); pw = prod
+		:: else -> strand()
 		fi
 	}
 }
 
 proctype P()
 {
-	short pw = PW(1, 0, C0); /* the producer word as P last wrote it */
 	byte ctr = C0;           /* CTR: bytes written to the ring */
 	byte off;                /* tx_off: stream bytes accepted */
 	bool attach_ok = true;
-	byte pend, pend_at;      /* stranded bytes, still to go on the side */
+	byte pend_at;
 	byte sw, w;
 
 	do
@@ -222,10 +241,17 @@ proctype P()
 	:: !PWC(pw) && ctr == PWK(pw) && DIFF(ctr, CWK(cons)) == R && prod != pw ->
 		/* the ring is full and all published, and the word changed:
 		 * sw_tx_check_closed() */
-		atomic {
-			assert(prod == pw + CL); /* else: poison */
-			pw = prod /* nothing to strand */
-		}
+		atomic { strand() }
+	od;
+	/* Nothing left to send; P's receive or poll still wakes for the
+	 * doorbell a rewind rings (sw_tx_rescue()). */
+end_idle:
+	do
+	:: !PWC(pw) && prod != pw -> atomic { strand() }
+	:: pend > 0 ->
+		side!ring[pend_at % R];
+		pend--;
+		INC(pend_at)
 	od
 }
 
@@ -307,14 +333,56 @@ proctype C()
 {
 	byte mode = SIDE, epoch = 1; /* RING: the open epoch; SIDE: the next */
 	bool att_known, ready_ok = true, skipped, peek;
+	bool tcp_only;	/* rewound: reads the side stream alone */
 	byte att, cctr = C0, peer = C0, off, ready = 1, lim, x, y, sw;
-	byte spur = SPUR;
+	byte spur = SPUR, rw, rres;
 	short seen = PW(1, 0, C0), w;
 
 	do
 	:: off == N -> break
 
-	:: sw < SW ->
+	:: tcp_only && len(side) > 0 ->
+		side?x;
+		deliver(x)
+
+	:: rw < RW && !tcp_only ->
+		/* rewind_rx() */
+		rw++;
+		ready_ok = false;
+		if
+		:: mode == SIDE -> ready = epoch - 1; cons = CW(ready, cctr)
+		:: else -> skip
+		fi;
+		/* F3; ring_rewind_cons(): a failed CAS loads again, so one
+		 * atomic look-and-CAS stands for the loop (R8) */
+		atomic {
+			if
+			:: PWE(prod) == epoch - 1 ->
+				assert(PWC(prod) && PWK(prod) == cctr);
+				rres = 2 /* not opened */
+			:: PWE(prod) == epoch && !PWC(prod) ->
+#ifdef BUG_REWIND_AT_PROD
+				prod = prod + CL; /* closes at what P published */
+#else
+				prod = PW(1, epoch, cctr);
+#endif
+				rres = 0
+			:: PWE(prod) == epoch && PWC(prod) && PWK(prod) == cctr ->
+				rres = 0
+			:: PWE(prod) == epoch && PWC(prod) && PWK(prod) != cctr ->
+				rres = 1 /* P closed first: -EBUSY */
+			:: else -> assert(false) /* poison */
+			fi;
+			c_det = true
+		};
+		if
+		:: rres == 2 -> assert(mode == SIDE); tcp_only = true
+		:: rres == 0 -> peer = cctr; epoch_done(); tcp_only = true
+		:: rres == 1 -> skip /* a consumer detach: reads the ring on */
+		fi;
+		rres = 0
+
+	:: sw < SW && !tcp_only ->
 		/* detach_rx() */
 		sw++;
 		ready_ok = false;
@@ -339,7 +407,7 @@ proctype C()
 			c_det = true
 		}
 
-	:: sw < SW ->
+	:: sw < SW && !tcp_only ->
 		/* attach_rx() */
 		sw++;
 		atomic { ready_ok = true; c_det = false };
@@ -350,7 +418,7 @@ proctype C()
 		:: else -> skip
 		fi
 
-	:: atomic { mode == SIDE && (WOKEN_SIDE || spur > 0) ->
+	:: atomic { !tcp_only && mode == SIDE && (WOKEN_SIDE || spur > 0) ->
 		if
 		:: !WOKEN_SIDE -> spur-- /* a call or a wake-up, nothing new */
 		:: else -> skip
@@ -386,7 +454,7 @@ proctype C()
 		peek = false;
 		lim = 0
 
-	:: atomic { mode == RING && (WOKEN_RING || spur > 0) ->
+	:: atomic { !tcp_only && mode == RING && (WOKEN_RING || spur > 0) ->
 		if
 		:: !WOKEN_RING -> spur--
 		:: else -> skip
@@ -422,6 +490,8 @@ init
 		run P();
 		run C()
 	}
-	(_nr_pr == 1);
+	/* C has every byte; P, idle for good, owes nothing (else what it
+	 * still sends would be a duplicate) */
+	(_nr_pr == 2 && pend == 0 && (PWC(pw) || prod == pw));
 	assert(len(side) == 0)
 }
