@@ -198,14 +198,15 @@ static void test_stale(void)
 	static char out[65536];
 	struct ivmc_chan *hs, *hc, *hs2;
 	struct linger lin = { 1, 0 };
-	struct sockaddr_in la;
-	uint16_t lport = 0, cport;
+	/* The client's port is below the ephemeral range (32768 and up by
+	 * default): no other connect() on the machine takes it between the
+	 * close and the reuse (an ephemeral one was, once, in CI). */
+	uint16_t lport = 0, cport = (uint16_t)(20000 + getpid() % 10000);
 	uint64_t off = 0;
 	int lfd = t_listen_on("127.0.0.1", &lport), c, s, st;
 
-	conn(lfd, &c, &s);
-	la = addr_of(c, false);
-	cport = ntohs(la.sin_port);
+	c = t_connect_to("127.0.0.1", lport, "127.0.0.1", cport);
+	s = t_accept(lfd);
 	T_ASSERT_OK(ivmc_tcp(s, NULL, &hs)); /* waits for c, which never comes */
 	T_ASSERT_EQ(ivmc_tcp_state(hs), 0);
 	/* ivmcd has read its facts (an established socket) before it goes. */
