@@ -308,6 +308,29 @@ ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 
 /* ---- receive ---- */
 
+/* End of stream read: a SHUT_WR the producer owes its side stream can go
+ * now (sw_tx_shut_side()); tell it, once. */
+static void fin_seen(struct chan *c)
+{
+	if (c->has_side && !chan_flag(c, EP_FIN_RUNG)) {
+		atomic_fetch_or(&c->ep->flags, EP_FIN_RUNG);
+		(void)xport_ring(c->doorbell);
+	}
+}
+
+/* On the side stream with nothing to read: has the producer's SHUT_WR (fin,
+ * R7) said the stream ends exactly here? Then that is the end, whatever
+ * the side stream shows: its own FIN may still be owed. */
+static bool side_fin_reached(struct chan *c)
+{
+	uint64_t fin = ivmc_load_acquire(&c->rx.shm->fin);
+
+	if (!(fin & IVMC_FIN_SET) || (fin & IVMC_OFF_MASK) != c->ep->rx_off)
+		return false;
+	fin_seen(c);
+	return true;
+}
+
 static ssize_t rx_side(struct chan *c, struct iovc *ic, size_t left)
 {
 	struct chan_ep *ep = c->ep;
@@ -333,8 +356,10 @@ static ssize_t rx_side(struct chan *c, struct iovc *ic, size_t left)
 		n = recv(c->side_fd, v.iov_base, v.iov_len,
 			 MSG_DONTWAIT | (peek ? MSG_PEEK : 0));
 	while (n < 0 && errno == EINTR);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		return side_fin_reached(c) ? 0 : -EAGAIN;
 	if (n < 0)
-		return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
+		return -errno;
 	if (n == 0) {
 		atomic_fetch_or(&ep->flags, EP_SIDE_EOF);
 		return ep->rx_att_known ? chan_poison(c, -EPROTO) : 0;
@@ -379,12 +404,7 @@ static ssize_t rx_ring_empty(struct chan *c, uint64_t w)
 			return STEP_AGAIN;
 		if ((fin & IVMC_OFF_MASK) != ep->rx_off)
 			return chan_poison(c, -EPROTO);
-		/* All read: a SHUT_WR the producer owes its side stream can
-		 * go now (sw_tx_shut_side()); tell it, once. */
-		if (c->has_side && !chan_flag(c, EP_FIN_RUNG)) {
-			atomic_fetch_or(&ep->flags, EP_FIN_RUNG);
-			(void)xport_ring(c->doorbell);
-		}
+		fin_seen(c);
 		return 0;
 	}
 	if (chan_flag(c, EP_PEER_GONE | EP_SIDE_EOF)) {
@@ -723,6 +743,8 @@ static short arm_one(struct chan *c, short ev, bool arm)
 			 * ivmc_fd(). */
 			if (c->has_side && ep->rx_mode == RX_SIDE &&
 			    !ep->rx_att_known && !chan_flag(c, EP_SIDE_EOF)) {
+				if (side_fin_reached(c))
+					return POLLIN | POLLRDHUP; /* the end */
 				if (!arm) {
 					/* Bytes on the side stream are the
 					 * caller's to poll for; an epoch that
