@@ -281,6 +281,32 @@ static void forced_rewind(int how)
 	t_chan_pair_close(&p);
 }
 
+/* Readable means a recv returns something: an epoch that opened with
+ * nothing published in it yet (CHAN_MORE holds the bytes back) is not. */
+static void forced_open_empty(void)
+{
+	struct t_pair p;
+	struct dirst d;
+
+	where = "an epoch opened, nothing published";
+	forced_setup(&p, &d);
+	T_ASSERT_OK(chan_detach(p.a, CHAN_TX));
+	send_n(&d, 100, 0); /* on the side stream */
+	T_ASSERT_OK(chan_attach(p.a, CHAN_TX));
+	recv_all(&d); /* the consumer passes the closed epoch: READY */
+	send_n(&d, 10, CHAN_MORE); /* opens the epoch, publishes nothing */
+	expect_mode(p.a, true, "the send opened the next epoch");
+	if (chan_poll_peek(p.b, POLLIN) & POLLIN)
+		t_fail("%s: POLLIN, but recv would say EAGAIN", where);
+	if (t_recv(p.b, buf, 1, CHAN_NONBLOCK) != -EAGAIN)
+		t_fail("%s: recv found something", where);
+	send_n(&d, 1, 0); /* publishes all 11 */
+	if (!(chan_poll_peek(p.b, POLLIN) & POLLIN))
+		t_fail("%s: committed bytes not readable", where);
+	recv_all(&d);
+	t_chan_pair_close(&p);
+}
+
 /* Both ends say no; attaching one is not enough. */
 static void forced_both(void)
 {
@@ -454,6 +480,7 @@ int main(void)
 	forced_both();
 	for (int how = 0; how < 5; how++)
 		forced_rewind(how);
+	forced_open_empty();
 	forced_toggle();
 	random_switches();
 	return T_PASS;

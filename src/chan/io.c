@@ -730,50 +730,55 @@ static short arm_one(struct chan *c, short ev, bool arm)
 	if (ev == POLLIN) {
 		if (chan_flag(c, EP_SHUT_RD)) /* recv returns 0 at once */
 			return POLLIN;
-		/* Twice at most: an epoch that ended, drained, is passed
-		 * here as recv would pass it, so that what follows (the side
-		 * stream) answers, not the switch. */
-		for (int pass = 0; pass < 2; pass++) {
+		/* Readable means a recv now returns something: bytes, end of
+		 * stream or an error, never -EAGAIN. A switch on the way (an
+		 * epoch that ended, drained, or one that opened) is taken in
+		 * here as recv would take it, and the new state answers; a
+		 * few passes cover every chain of them. */
+		for (int pass = 0; pass < 4; pass++) {
 			ssize_t e;
 			short rd;
 
-			/* Reading the side stream: its own readiness, or an
-			 * epoch opening (the producer rings for it once we
-			 * are armed); the caller polls the side fd beside
-			 * ivmc_fd(). */
 			if (c->has_side && ep->rx_mode == RX_SIDE &&
-			    !ep->rx_att_known && !chan_flag(c, EP_SIDE_EOF)) {
+			    !chan_flag(c, EP_SIDE_EOF)) {
+				uint64_t lim;
+
 				if (side_fin_reached(c))
 					return POLLIN | POLLRDHUP; /* the end */
-				if (!arm) {
-					/* Bytes on the side stream are the
-					 * caller's to poll for; an epoch that
-					 * opened is ours to say. */
-					w = ivmc_load_acquire(&c->rx.shm->prod);
-					return ivmc_w_epoch(w) ==
-							       ((ep->rx_epoch - 1) &
-								IVMC_W_EPOCH_MASK)
-						       ? 0 : POLLIN;
+				/* Side bytes before an attach offset: sent
+				 * before the epoch opened, so already here. */
+				if (ep->rx_att_known)
+					return POLLIN;
+				w = ivmc_load_acquire(&c->rx.shm->prod);
+				if (ivmc_w_epoch(w) !=
+				    ((ep->rx_epoch - 1) & IVMC_W_EPOCH_MASK)) {
+					/* Opened: how many side bytes first, or
+					 * straight onto the ring. */
+					if (sw_rx_side_limit(c, &lim))
+						return POLLIN; /* an error */
+					continue;
 				}
-				if (!side_ready(c, POLLIN)) {
-					/* What chan_arm() compares against:
-					 * the word now. */
-					ep->rx_seen_pw =
-						ivmc_load_acquire(&c->rx.shm->prod);
-					if (chan_arm(c, CHAN_RX))
-						return POLLIN;
-					/* Armed /then/ a look for an epoch
-					 * opened meanwhile (one opened after
-					 * this look rings us). */
-					w = ivmc_load_sc(&c->rx.shm->prod);
-					return ivmc_w_epoch(w) ==
-							       ((ep->rx_epoch - 1) &
-								IVMC_W_EPOCH_MASK)
-						       ? 0 : POLLIN;
-				}
+				/* Bytes on the side stream are the caller's to
+				 * poll for (beside ivmc_fd()); we look at them
+				 * when arming. */
+				if (!arm)
+					return 0;
+				if (side_ready(c, POLLIN))
+					return POLLIN;
+				/* An epoch may open: what chan_arm() compares
+				 * against is the word now; armed /then/ one
+				 * more look (one opened later rings us). */
+				ep->rx_seen_pw = ivmc_load_acquire(&c->rx.shm->prod);
+				if (chan_arm(c, CHAN_RX))
+					continue;
+				w = ivmc_load_sc(&c->rx.shm->prod);
+				if (ivmc_w_epoch(w) !=
+				    ((ep->rx_epoch - 1) & IVMC_W_EPOCH_MASK))
+					continue;
+				return 0;
 			}
 			if (ep->rx_mode != RX_RING || rx_avail(c, &n, &w))
-				return POLLIN; /* the side, or an error */
+				return POLLIN; /* end of file on the side, or an error */
 			rd = ivmc_load_once(&c->rx.shm->fin) ? POLLRDHUP : 0;
 			if (n)
 				return POLLIN | rd; /* data */
@@ -784,8 +789,12 @@ static short arm_one(struct chan *c, short ev, bool arm)
 				return POLLIN | rd; /* end of stream, error */
 			if (!arm)
 				return rd;
-			return chan_arm(c, CHAN_RX) ? POLLIN : rd;
+			if (chan_arm(c, CHAN_RX))
+				continue; /* something came as we armed */
+			return rd;
 		}
+		/* Still switching after all that: say readable (a wake-up
+		 * too many rather than one lost). */
 		return POLLIN;
 	}
 	if ((ep->tx.pw & IVMC_PW_CLOSED) && !chan_flag(c, EP_SHUT_WR) &&
