@@ -1211,6 +1211,56 @@ static void sc_exec(int fd)
 	}
 }
 
+/* ---- 8c. splice with unread bytes ----------------------------------------- */
+
+#define S8C_BYTES (200u * 1000)
+
+/* The server reads a little itself, then splices the rest from the socket
+ * into a pipe (bytes the preload does not see: the connection goes back to
+ * TCP, what was in the ring comes again on it) and checks what comes out
+ * of the pipe. */
+static void sc_splice(int fd)
+{
+	static char buf[65536];
+	size_t off, good;
+	int p[2];
+
+	if (is_client) {
+		char ack[32] = { 0 };
+
+		send_stream(fd, 86, 0, S8C_BYTES);
+		pipe_put(FD_PEER_TX, 's');
+		rec("client: ack '%s' then EOF",
+		    (read_full(fd, ack, sizeof(ack) - 1), ack));
+		shutdown(fd, SHUT_WR);
+		return;
+	}
+	pipe_get(FD_PEER_RX);
+	off = recv_stream(fd, 86, 0, S8B_OWN);
+	rec("server: read %zu good bytes itself", off);
+	if (pipe(p))
+		die("pipe");
+	good = off;
+	while (off < S8C_BYTES) {
+		ssize_t n = splice(fd, NULL, p[1], NULL, S8C_BYTES - off, 0);
+
+		if (n <= 0) {
+			rec("server: splice at %zu: %s", off, rstr(n, errno));
+			break;
+		}
+		if (read_full(p[0], buf, (size_t)n) != (size_t)n)
+			die("read from the pipe");
+		if (good == off && !t_verify(86, off, buf, (size_t)n))
+			good += (size_t)n;
+		off += (size_t)n;
+	}
+	rec("server: spliced up to %zu, good up to %zu", off, good);
+	close(p[0]);
+	close(p[1]);
+	write_all(fd, "done", 4);
+	shutdown(fd, SHUT_WR);
+}
+
 /* ---- 9. dup, dup2, close ------------------------------------------------- */
 
 static void sc_dup(int fd)
@@ -1391,6 +1441,7 @@ static const struct scenario scenarios[] = {
 	{ "rcvtimeo", sc_rcvtimeo }, { "fork", sc_fork },
 	{ "dup", sc_dup },	     { "eintr", sc_eintr },
 	{ "sleep", sc_sleep },	     { "exec", sc_exec },
+	{ "splice", sc_splice },
 };
 #define NSCEN (int)(sizeof(scenarios) / sizeof(scenarios[0]))
 
