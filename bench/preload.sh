@@ -3,7 +3,9 @@
 # Description: unmodified TCP programs, plain and under ivmc-run, side by
 # side in one run: redis-benchmark -c 1 GET and SET, iperf3 single stream
 # on loopback and across two network namespaces joined by a veth pair, and
-# sockperf 64-byte ping-pong. Each case runs in rounds that alternate plain
+# sockperf 64-byte ping-pong; with --hog, redis and iperf3 again with two
+# CPU burners running (one per core of this machine), ivmc vs plain under
+# the same hog. Each case runs in rounds that alternate plain
 # and ivmc (the order flips every round), so noise hits both modes; the
 # report gives the median per mode and the ratio ivmc/plain. A private
 # ivmcd is started for the run, and every ivmc round is checked against its
@@ -11,7 +13,7 @@
 # accelerated and left out of the ivmc median.
 #
 # usage: bench/preload.sh [--quick] [--rounds N] [--only redis|iperf|sockperf]
-#                         [--json FILE] [--plain-only]
+#                         [--json FILE] [--plain-only] [--hog]
 # env:   IVMC_RUN, IVMCD, IVMCCTL: the tools (default: build/bin/...)
 #        IVMC_PRELOAD: the library (build/lib/libivmc-preload.so); the four are
 #        copied at the start, so a rebuild during the run does not change them
@@ -32,6 +34,9 @@ rounds=3
 only=all
 json_out=
 plain_only=0
+hog=0
+csuf= # appended to case names (the hog pass)
+hog_pids=()
 
 # usage [STATUS]: 0 prints on stdout (--help), else on stderr.
 usage() {
@@ -66,6 +71,7 @@ while [ $# -gt 0 ]; do
 		;;
 	--json=*) json_out=${1#*=} ;;
 	--plain-only) plain_only=1 ;;
+	--hog) hog=1 ;;
 	-h | --help) usage 0 ;;
 	*)
 		echo "preload.sh: unknown option $1" >&2
@@ -524,7 +530,7 @@ bench_redis() {
 		notes+=("redis skipped: redis-server did not start")
 		return
 	fi
-	local cset="redis SET (-c 1, -n $redis_n_set)" cget="redis GET (-c 1, -n $redis_n_get)"
+	local cset="redis SET (-c 1, -n $redis_n_set)$csuf" cget="redis GET (-c 1, -n $redis_n_get)$csuf"
 	for c in "$cset" "$cget"; do
 		metric "$c" "requests/s" "req/s" up
 		metric "$c" "p50 latency" "µs" down
@@ -569,6 +575,28 @@ iperf_one() {
 	record "$case" "throughput" "$m" "$round" "$(jq '.end.sum_received.bits_per_second / 1e9' "$tmp/ip.json")"
 	record "$case" "sender CPU" "$m" "$round" "$(jq '.end.cpu_utilization_percent.host_total' "$tmp/ip.json")"
 	record "$case" "receiver CPU" "$m" "$round" "$(jq '.end.cpu_utilization_percent.remote_total' "$tmp/ip.json")"
+	# CPU seconds of both ends (iperf3's own accounting: user + system
+	# of each process) per 10^9 bytes received.
+	record "$case" "CPU per GB (both ends)" "$m" "$round" "$(jq '(.end.cpu_utilization_percent.host_total + .end.cpu_utilization_percent.remote_total) / 100 * .end.sum_received.seconds / (.end.sum_received.bytes / 1e9)' "$tmp/ip.json")"
+}
+
+# hog_start / hog_stop: one busy loop per online CPU, at normal priority,
+# for the hog pass.
+hog_start() {
+	local i
+	for ((i = 0; i < $(nproc); i++)); do
+		bash -c 'while :; do :; done' &
+		hog_pids+=($!)
+		pids+=($!)
+	done
+}
+
+hog_stop() {
+	local p
+	for p in "${hog_pids[@]}"; do
+		stop_pid "$p"
+	done
+	hog_pids=()
 }
 
 bench_iperf() {
@@ -582,13 +610,14 @@ bench_iperf() {
 	fi
 	for where in "${wheres[@]}"; do
 		if [ "$where" = lo ]; then
-			c="iperf3 loopback (1 stream, -t $iperf_secs)"
+			c="iperf3 loopback (1 stream, -t $iperf_secs)$csuf"
 		else
-			c="iperf3 veth, 2 netns (1 stream, -t $iperf_secs)"
+			c="iperf3 veth, 2 netns (1 stream, -t $iperf_secs)$csuf"
 		fi
 		metric "$c" "throughput" "Gbit/s" up
 		metric "$c" "sender CPU" "%" down
 		metric "$c" "receiver CPU" "%" down
+		metric "$c" "CPU per GB (both ends)" "s/GB" down
 		for ((r = 1; r <= rounds; r++)); do
 			for mode in $(modes_of "$r"); do
 				log "iperf3 $where round $r/$rounds: $mode"
@@ -877,6 +906,17 @@ fi
 want redis && [ "$have_redis" = 1 ] && bench_redis
 want iperf && [ "$have_iperf" = 1 ] && bench_iperf
 want sockperf && [ "$have_sockperf" = 1 ] && bench_sockperf
+if [ "$hog" = 1 ]; then
+	# The same cases again with every CPU busy: the issue's bar is ivmc
+	# no more than 10% worse than plain TCP under the same hog.
+	csuf=" under $(nproc) CPU hogs"
+	log "hog pass: $(nproc) busy loops"
+	hog_start
+	want redis && [ "$have_redis" = 1 ] && bench_redis
+	want iperf && [ "$have_iperf" = 1 ] && bench_iperf
+	hog_stop
+	csuf=
+fi
 
 report
 [ -n "$json_out" ] && write_json && log "wrote $json_out"
