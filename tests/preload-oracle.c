@@ -1160,19 +1160,26 @@ static int exec_reader(size_t n, uint64_t seed, uint64_t off)
 	return got == n ? 0 : 1;
 }
 
+/* The client of 8b and 8c: n bytes of stream seed, "sent" to the server
+ * on the pipe, then its answer to the end. */
+static void send_then_ack(int fd, uint64_t seed, size_t n)
+{
+	char ack[32] = { 0 };
+
+	send_stream(fd, seed, 0, n);
+	pipe_put(FD_PEER_TX, 's');
+	rec("client: ack '%s' then EOF",
+	    (read_full(fd, ack, sizeof(ack) - 1), ack));
+	shutdown(fd, SHUT_WR);
+}
+
 /* The server has not read what the client sent (it is in the ring) when
  * it execs a reader with the socket as stdin and no preload: the reader
  * must get every byte, in order. */
 static void sc_exec(int fd)
 {
 	if (is_client) {
-		char ack[32] = { 0 };
-
-		send_stream(fd, 85, 0, S8B_BYTES);
-		pipe_put(FD_PEER_TX, 's');
-		rec("client: ack '%s' then EOF",
-		    (read_full(fd, ack, sizeof(ack) - 1), ack));
-		shutdown(fd, SHUT_WR);
+		send_then_ack(fd, 85, S8B_BYTES);
 		return;
 	}
 	{
@@ -1226,13 +1233,7 @@ static void sc_splice(int fd)
 	int p[2];
 
 	if (is_client) {
-		char ack[32] = { 0 };
-
-		send_stream(fd, 86, 0, S8C_BYTES);
-		pipe_put(FD_PEER_TX, 's');
-		rec("client: ack '%s' then EOF",
-		    (read_full(fd, ack, sizeof(ack) - 1), ack));
-		shutdown(fd, SHUT_WR);
+		send_then_ack(fd, 86, S8C_BYTES);
 		return;
 	}
 	pipe_get(FD_PEER_RX);
