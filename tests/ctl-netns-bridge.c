@@ -162,6 +162,22 @@ static void test_plain_peer(void)
 		T_ASSERT_EQ(cr[i].sent, cr[i].received);
 		T_ASSERT(cr[i].sent > 0);
 	}
+	/* ivmcd says which connection stayed on TCP, and why. */
+	{
+		static char out[65536], text[65536];
+		char want[96];
+		const char *recent;
+
+		snprintf(want, sizeof(want), "\"remote\":\"%s:%u\",\"reason\":\"expired\"",
+			 ip_n[1], (unsigned int)c[0].port);
+		t_ivmcctl(out, sizeof(out), "--json status");
+		recent = strstr(out, "\"stayed_on_tcp_recent\":[");
+		if (!recent || !strstr(recent, want))
+			t_fail("no %s in the recent fallbacks: %s", want, out);
+		t_ivmcctl(text, sizeof(text), "status");
+		if (!t_has_line(text, ip_n[1], "expired"))
+			t_fail("no expired line for %s in: %s", ip_n[1], text);
+	}
 	t_ns_expect_none_left(true);
 	printf("peer without ivmc: stays TCP (%s, %s), bytes verified\n",
 	       t_strerror(cr[0].state), t_strerror(cr[1].state));

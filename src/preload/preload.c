@@ -384,12 +384,18 @@ static struct pl_conn *wrap(int fd)
 	uint64_t moved[2] = { 0, 0 };
 
 	if (cfg.disabled || !ports_allow(fd)) {
+		if (!cfg.disabled)
+			plog(2, "fd %d: port excluded (IVMC_PORTS, "
+				"IVMC_EXCLUDE_PORTS): plain TCP", fd);
 		set_kind(fd, K_PLAIN);
 		return NULL;
 	}
 	where = tcp_colocated(fd);
 	if (where <= 0) {
 		s = slot_of(fd, true);
+		if (where == 0)
+			plog(2, "fd %d: peer not co-located (ivmcd's table): "
+				"plain TCP", fd);
 		if (where < 0 && s) {
 			int64_t now = now_ms();
 

@@ -128,6 +128,18 @@ struct why_count {
 	uint64_t n[CTL_R_MAX];
 };
 
+/* One connection the daemon sent back to TCP, for status: the last
+ * N_FALLBACKS of them are kept (a ring), whoever they were. */
+#define N_FALLBACKS 32
+struct fallback {
+	uint64_t at_ms;
+	struct kaddr local, remote;
+	uint64_t netns_ino;
+	pid_t pid;
+	uint32_t uid;
+	int reason;
+};
+
 struct daemon {
 	int epfd, lfd, sfd, tfd, lockfd;
 	int table_fd;
@@ -141,6 +153,8 @@ struct daemon {
 	struct reg **hash;
 	uint32_t hash_size;
 	struct why_count why;
+	struct fallback fb[N_FALLBACKS];
+	uint64_t nfb; /* ever recorded; fb[nfb % N_FALLBACKS] is next */
 	uint64_t paired, bad_msgs, refused_clients;
 	uint64_t own_netns_ino;
 	uint64_t accept_paused_ms; /* accept() ran out of fds at; 0: not */
@@ -165,6 +179,10 @@ void client_event(struct client *cl, uint32_t events);
 void client_drop(struct client *cl, const char *why);
 int client_send(struct client *cl, const void *msg, const int *fds, int nfds);
 void client_nochan(struct client *cl, uint64_t token, int reason);
+/* client_nochan() for a connection the daemon knows the facts of: also
+ * recorded for status (which connection stayed on TCP, and why). */
+void conn_nochan(struct client *cl, uint64_t token, const struct kconn *k,
+		 int reason);
 
 /* pair.c: registrations, pairing, channels. */
 void reg_conn(struct client *cl, const struct ctl_reg *m, int fd);

@@ -552,7 +552,8 @@ static int make_channel(struct reg *a, struct reg *b,
 	for (int i = 0; i < 2; i++) {
 		if (sent[i])
 			continue;
-		client_nochan(ch->end[i].cl, ch->end[i].token, CTL_R_PEER_FAILED);
+		conn_nochan(ch->end[i].cl, ch->end[i].token, &ch->end[i].k,
+			    CTL_R_PEER_FAILED);
 		end_gone(&ch->end[i]); /* the second one frees ch */
 	}
 	return 0;
@@ -600,8 +601,8 @@ static void pair(struct reg *a, struct reg *b)
 			log_pair("paired", a, b, v.line);
 	}
 	if (reason) {
-		client_nochan(a->cl, a->token, reason);
-		client_nochan(b->cl, b->token, reason);
+		conn_nochan(a->cl, a->token, &a->k, reason);
+		conn_nochan(b->cl, b->token, &b->k, reason);
 	}
 	reg_free(a);
 	reg_free(b);
@@ -657,9 +658,10 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 	D.npending++;
 	cand[0] = cookie_pending(r->k.sock_cookie, r);
 	if (cand[0]) {
-		client_nochan(cand[0]->cl, cand[0]->token, CTL_R_DUPLICATE);
+		conn_nochan(cand[0]->cl, cand[0]->token, &cand[0]->k,
+			    CTL_R_DUPLICATE);
 		reg_free(cand[0]);
-		client_nochan(cl, m->token, CTL_R_DUPLICATE);
+		conn_nochan(cl, m->token, &r->k, CTL_R_DUPLICATE);
 		reg_free(r);
 		return;
 	}
@@ -682,12 +684,12 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 		 * out joins no netns never will. */
 		dead_r |= dead & KLINK_DEAD_A;
 		if (dead & KLINK_DEAD_B) {
-			client_nochan(c->cl, c->token, CTL_R_NOT_LOCAL);
+			conn_nochan(c->cl, c->token, &c->k, CTL_R_NOT_LOCAL);
 			reg_free(c);
 		}
 	}
 	if (!n && dead_r) {
-		client_nochan(cl, m->token, CTL_R_NOT_LOCAL);
+		conn_nochan(cl, m->token, &r->k, CTL_R_NOT_LOCAL);
 		reg_free(r);
 		return;
 	}
@@ -699,15 +701,17 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 		log_warn("ambiguous connection %s: more than one candidate",
 			 kaddr_str(&r->k.local, x, sizeof(x)));
 		for (int i = 0; i < n; i++) {
-			client_nochan(cand[i]->cl, cand[i]->token, CTL_R_AMBIGUOUS);
+			conn_nochan(cand[i]->cl, cand[i]->token, &cand[i]->k,
+				    CTL_R_AMBIGUOUS);
 			reg_free(cand[i]);
 		}
-		client_nochan(cl, m->token, CTL_R_AMBIGUOUS);
+		conn_nochan(cl, m->token, &r->k, CTL_R_AMBIGUOUS);
 		reg_free(r);
 		return;
 	}
 	if (n == 1 && !alive(cand[0])) { /* its socket is gone */
-		client_nochan(cand[0]->cl, cand[0]->token, CTL_R_NOT_TCP);
+		conn_nochan(cand[0]->cl, cand[0]->token, &cand[0]->k,
+			    CTL_R_NOT_TCP);
 		reg_free(cand[0]);
 	}
 	/* The pending list is ordered by deadline (a reload may have made
@@ -796,7 +800,7 @@ void pending_expire(void)
 
 		if (r->deadline_ms > now)
 			break;
-		client_nochan(r->cl, r->token, CTL_R_EXPIRED);
+		conn_nochan(r->cl, r->token, &r->k, CTL_R_EXPIRED);
 		reg_free(r);
 	}
 }

@@ -62,6 +62,17 @@ void client_nochan(struct client *cl, uint64_t token, int reason)
 	(void)client_send(cl, &m, NULL, 0);
 }
 
+void conn_nochan(struct client *cl, uint64_t token, const struct kconn *k,
+		 int reason)
+{
+	struct fallback *f = &D.fb[D.nfb++ % N_FALLBACKS];
+
+	*f = (struct fallback){ .at_ms = now_ms(), .local = k->local,
+				.remote = k->remote, .netns_ino = k->netns_ino,
+				.pid = cl->pid, .uid = cl->uid, .reason = reason };
+	client_nochan(cl, token, reason);
+}
+
 /* Take fd, an accepted control socket, as a client: who it is (kernel
  * facts), watched by epoll. Returns the client, or NULL (fd closed). */
 struct client *client_new(int fd)

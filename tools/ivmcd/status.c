@@ -108,6 +108,49 @@ static void text_daemon(FILE *f)
 	fputc('\n', f);
 }
 
+/* The recorded fallbacks, oldest first: calls fn for each one uid may see. */
+static void each_fallback(uint32_t uid, FILE *f,
+			  void (*fn)(FILE *, const struct fallback *, bool first))
+{
+	uint64_t from = D.nfb > N_FALLBACKS ? D.nfb - N_FALLBACKS : 0;
+	bool first = true;
+
+	for (uint64_t i = from; i < D.nfb; i++) {
+		const struct fallback *fb = &D.fb[i % N_FALLBACKS];
+
+		if (!visible(uid, fb->uid, fb->uid))
+			continue;
+		fn(f, fb, first);
+		first = false;
+	}
+}
+
+static void text_fallback(FILE *f, const struct fallback *fb, bool first)
+{
+	char ns[64], a[64], b[64], age[32];
+
+	if (first)
+		fprintf(f, "\nSTAYED ON TCP (the last %d connections sent back, oldest first)\n%-8s %-8s %-8s %-24s %-30s %-30s %s\n",
+			N_FALLBACKS, "AGE", "PID", "UID", "NETNS", "LOCAL",
+			"REMOTE", "REASON");
+	fmt_age(now_ms() - fb->at_ms, age, sizeof(age));
+	fprintf(f, "%-8s %-8d %-8u %-24s %-30s %-30s %s\n", age, (int)fb->pid,
+		fb->uid, ns_label(fb->netns_ino, ns, sizeof(ns)),
+		kaddr_str(&fb->local, a, sizeof(a)),
+		kaddr_str(&fb->remote, b, sizeof(b)), reason_names[fb->reason]);
+}
+
+static void json_fallback(FILE *f, const struct fallback *fb, bool first)
+{
+	char ns[64], a[64], b[64];
+
+	fprintf(f, "%s{\"age_ms\":%llu,\"pid\":%d,\"uid\":%u,\"netns\":\"%s\",\"local\":\"%s\",\"remote\":\"%s\",\"reason\":\"%s\"}",
+		first ? "" : ",", (unsigned long long)(now_ms() - fb->at_ms),
+		(int)fb->pid, fb->uid, ns_label(fb->netns_ino, ns, sizeof(ns)),
+		kaddr_str(&fb->local, a, sizeof(a)),
+		kaddr_str(&fb->remote, b, sizeof(b)), reason_names[fb->reason]);
+}
+
 static void text_tables(FILE *f, uint32_t uid)
 {
 	char ns[64], a[64], b[64], age[32];
@@ -159,6 +202,22 @@ static void text_tables(FILE *f, uint32_t uid)
 			(unsigned long long)ch->id, age, ea, eb, ch->ring_size, mode,
 			v0.ring_bytes, v1.ring_bytes);
 	}
+	fprintf(f, "\nPENDING (waiting for the other end)\n%-8s %-8s %-24s %-30s %-30s %s\n",
+		"PID", "UID", "NETNS", "LOCAL", "REMOTE", "EXPIRES-IN");
+	for (struct link *l = D.pending.next; l != &D.pending; l = l->next) {
+		struct reg *r = link_entry(l, struct reg, tnode);
+		uint64_t now = now_ms();
+
+		if (!visible(uid, r->cl->uid, r->cl->uid))
+			continue;
+		fmt_age(r->deadline_ms > now ? r->deadline_ms - now : 0, age,
+			sizeof(age));
+		fprintf(f, "%-8d %-8u %-24s %-30s %-30s %s\n", (int)r->cl->pid,
+			r->cl->uid, ns_label(r->ns->ino, ns, sizeof(ns)),
+			kaddr_str(&r->k.local, a, sizeof(a)),
+			kaddr_str(&r->k.remote, b, sizeof(b)), age);
+	}
+	each_fallback(uid, f, text_fallback);
 }
 
 static void json_end(FILE *f, const struct chan_end *e)
@@ -236,6 +295,25 @@ static void json_all(FILE *f, uint32_t uid)
 		fputc('}', f);
 		sep = ",";
 	}
+	fprintf(f, "],\"pending\":[");
+	sep = "";
+	for (struct link *l = D.pending.next; l != &D.pending; l = l->next) {
+		struct reg *r = link_entry(l, struct reg, tnode);
+		char b[64];
+		uint64_t now = now_ms();
+
+		if (!visible(uid, r->cl->uid, r->cl->uid))
+			continue;
+		fprintf(f, "%s{\"pid\":%d,\"uid\":%u,\"netns\":\"%s\",\"local\":\"%s\",\"remote\":\"%s\",\"expires_in_ms\":%llu}",
+			sep, (int)r->cl->pid, r->cl->uid,
+			ns_label(r->ns->ino, ns, sizeof(ns)),
+			kaddr_str(&r->k.local, a, sizeof(a)),
+			kaddr_str(&r->k.remote, b, sizeof(b)),
+			(unsigned long long)(r->deadline_ms > now ? r->deadline_ms - now : 0));
+		sep = ",";
+	}
+	fprintf(f, "],\"stayed_on_tcp_recent\":[");
+	each_fallback(uid, f, json_fallback);
 	fprintf(f, "]}\n");
 }
 
