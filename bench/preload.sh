@@ -157,7 +157,7 @@ deps() {
 # ------------------------------------------------------------- cleanup
 tmp=
 ivmcd_pid=
-ns_a="" ns_b=""
+ns_a="" ns_b="" netns_rc=1
 pids=()  # servers still running
 
 stop_pid() {
@@ -236,6 +236,9 @@ status() {
 ns_addr_a=10.197.0.1 ns_addr_b=10.197.0.2
 setup_netns() {
 	local sfx=$$-$RANDOM
+	# Once per run (the hog pass comes back here): cleanup removes one pair.
+	[ -n "$ns_a" ] && return "$netns_rc"
+	netns_rc=1
 	ns_a=ivmcb-a-$sfx ns_b=ivmcb-b-$sfx
 	ip netns add "$ns_a" && ip netns add "$ns_b" &&
 		ip link add ivmcb0 netns "$ns_a" type veth peer name ivmcb1 netns "$ns_b" &&
@@ -248,7 +251,8 @@ setup_netns() {
 	local i
 	for ((i = 0; i < 50; i++)); do
 		ip -n "$ns_a" link show ivmcb0 | grep -q LOWER_UP &&
-			ip -n "$ns_b" link show ivmcb1 | grep -q LOWER_UP && return 0
+			ip -n "$ns_b" link show ivmcb1 | grep -q LOWER_UP &&
+			netns_rc=0 && return 0
 		sleep 0.1
 	done
 	return 1

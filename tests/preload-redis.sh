@@ -14,6 +14,10 @@
 #     set` and read back with `redis-cli --raw get` are identical; nine in
 #     ten of these short connections at least are paired (one may close
 #     before ivmcd looks at its socket).
+#   - across two network namespaces joined by a veth pair (root only): a
+#     second redis-server in one, redis-benchmark -c 1 and -c 50 -P 16 and
+#     10 values of 40 KiB stored and read back from the other, all under
+#     ivmc-run; the connections are paired.
 # With IVMC_PLAIN=1 nothing runs under ivmc-run and only the data is checked.
 
 # shellcheck disable=SC2119 # optional arguments of free_port, pl_daemon_start
@@ -154,6 +158,63 @@ if ! plain; then
 		fail "$((2 * NKEYS)) redis-cli connections, but only $((p1 - p0)) pairs made ($(accel_summary))"
 	[ $((p1 - p0)) -ge $((2 * NKEYS)) ] ||
 		say "note: $((2 * NKEYS - p1 + p0)) of $((2 * NKEYS)) short redis-cli connections stayed on TCP"
+fi
+alive_or_fail "after the values"
+
+# ---- 4: across two namespaces joined by a veth pair ------------------------
+if [ "$(id -u)" -eq 0 ]; then
+	netns_pair
+	NPORT=$(free_port "$NS_A")
+	pl_cmd ivmc -n "$NS_A" redis-server --port "$NPORT" --bind "$IP_A" \
+		--save '' --appendonly no --protected-mode no --daemonize no \
+		--dir "$PL_DIR" --logfile "$PL_DIR/redis-server-ns.log"
+	"${PL_CMD[@]}" < /dev/null &
+	NSPID=$!
+	PL_PIDS+=("$NSPID")
+	wait_port "$IP_A" "$NPORT" "$NS_A"
+	say "redis-server pid $NSPID in $NS_A on $IP_A:$NPORT"
+	for args in "-c 1" "-c 50 -P 16"; do
+		read -r -a argv <<< "$args"
+		p0=$(paired_count)
+		pl_cmd ivmc -n "$NS_B" redis-benchmark -h "$IP_A" -p "$NPORT" \
+			-n "$NREQ" -t set,get -q "${argv[@]}"
+		out=$PL_DIR/bench-ns.out
+		timeout 40 "${PL_CMD[@]}" > "$out" 2> "$PL_DIR/bench-ns.log" ||
+			fail "redis-benchmark $args across namespaces failed: $(head -c 300 "$PL_DIR/bench-ns.log")"
+		tr '\r' '\n' < "$out" | grep -a 'requests per second' |
+			sed "s/^/  netns $args: /"
+		grep -aq '^GET: .*requests per second' <(tr '\r' '\n' < "$out") ||
+			fail "redis-benchmark $args across namespaces: no GET result"
+		p1=$(paired_count)
+		c=${args#-c }
+		c=${c%% *}
+		if ! plain; then
+			[ $((p1 - p0)) -ge "$c" ] ||
+				fail "redis-benchmark $args across namespaces: $c connections, but only $((p1 - p0)) pairs made ($(accel_summary))"
+		fi
+		say "netns bench $args: pairs $p0 -> $p1"
+	done
+	p0=$(paired_count)
+	for ((i = 0; i < 10; i++)); do
+		pl_cmd ivmc -n "$NS_B" redis-cli -h "$IP_A" -p "$NPORT" -x set "ns:$i"
+		out=$(timeout 10 "${PL_CMD[@]}" < "$PL_DIR/v$i.bin" 2>&1) ||
+			fail "across namespaces: set ns:$i failed: $out"
+		[ "$out" = OK ] || fail "across namespaces: set ns:$i answered '$out'"
+		pl_cmd ivmc -n "$NS_B" redis-cli -h "$IP_A" -p "$NPORT" --raw get "ns:$i"
+		timeout 10 "${PL_CMD[@]}" > "$PL_DIR/n$i.bin" 2> "$PL_DIR/get.log" ||
+			fail "across namespaces: get ns:$i failed: $(cat "$PL_DIR/get.log")"
+		head -c "$VALUE" "$PL_DIR/n$i.bin" | cmp -s - "$PL_DIR/v$i.bin" ||
+			fail "across namespaces: the value of ns:$i read back differs"
+	done
+	p1=$(paired_count)
+	say "across namespaces: 10 values of $VALUE bytes stored and read back intact, pairs $p0 -> $p1"
+	if ! plain; then
+		[ $((p1 - p0)) -ge 18 ] ||
+			fail "across namespaces: 20 redis-cli connections, but only $((p1 - p0)) pairs made ($(accel_summary))"
+	fi
+	pl_alive "$NSPID" || fail "the redis-server across namespaces died"
+else
+	say "across namespaces: skipped (needs root)"
 fi
 alive_or_fail "at the end"
 say "$(accel_summary)"
