@@ -10,7 +10,8 @@
 # client holds its connections open: `ivmcctl --json status` must list a
 # channel for each, every direction with bytes through its ring. Then the
 # client half-closes (write_eof) and each connection must end cleanly with
-# nothing more read.
+# nothing more read. Run in one namespace, then (root only) with the server
+# and the client in two namespaces joined by a veth pair.
 # With IVMC_PLAIN=1 nothing runs under ivmc-run and only the data is checked.
 
 # shellcheck disable=SC2119 # optional arguments of free_port, pl_daemon_start
@@ -36,6 +37,8 @@ import random
 import sys
 import time
 
+HOST = os.environ.get("ECHO_HOST", "127.0.0.1")
+
 
 async def serve(port):
     async def echo(reader, writer):
@@ -49,7 +52,7 @@ async def serve(port):
         finally:
             writer.close()
 
-    server = await asyncio.start_server(echo, "127.0.0.1", port)
+    server = await asyncio.start_server(echo, HOST, port)
     async with server:
         await server.serve_forever()
 
@@ -57,7 +60,7 @@ async def serve(port):
 async def one(port, nbytes, seed, done):
     rng = random.Random(seed)
     data = os.urandom(nbytes)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection(HOST, port)
 
     async def send():
         off = 0
@@ -117,34 +120,49 @@ def main():
 main()
 EOF
 
-PORT=$(free_port)
-bg_ivmc python3 "$PL_DIR/echo.py" server "$PORT" > "$PL_DIR/server.log" 2>&1
-SPID=$PL_LAST_PID
-wait_port 127.0.0.1 "$PORT"
-p0=$(paired_count)
-bg_ivmc python3 "$PL_DIR/echo.py" client "$PORT" "$NCONN" \
-	$((MIB * 1024 * 1024)) "$PL_DIR/ready" "$PL_DIR/go" > "$PL_DIR/client.log" 2>&1
-CPID=$PL_LAST_PID
+# echo_run NAME HOST [SERVER-NETNS CLIENT-NETNS]: one server, one client of
+# NCONN connections, every check above.
+echo_run() {
+	local name=$1 host=$2 sns=${3:-} cns=${4:-} port p0 p1 rc
+	port=$(free_port "$sns")
+	rm -f "$PL_DIR/ready" "$PL_DIR/go"
+	ECHO_HOST=$host bg_ivmc ${sns:+-n "$sns"} python3 "$PL_DIR/echo.py" \
+		server "$port" > "$PL_DIR/server-$name.log" 2>&1
+	SPID=$PL_LAST_PID
+	wait_port "$host" "$port" "$sns"
+	p0=$(paired_count)
+	ECHO_HOST=$host bg_ivmc ${cns:+-n "$cns"} python3 "$PL_DIR/echo.py" \
+		client "$port" "$NCONN" $((MIB * 1024 * 1024)) "$PL_DIR/ready" \
+		"$PL_DIR/go" > "$PL_DIR/client-$name.log" 2>&1
+	CPID=$PL_LAST_PID
+	wait_until 45 test -e "$PL_DIR/ready" ||
+		fail "$name: the client has not had its data echoed within 45 s"
+	sed "s/^/  $name: /" "$PL_DIR/client-$name.log"
+	say "$name, while held: $(accel_summary)"
+	if ! plain; then
+		[ "$(accel_count)" -ge "$NCONN" ] ||
+			fail "$name: $NCONN connections held open, but $(accel_count) channels listed"
+		[ "$(ring_dirs_idle)" -eq 0 ] ||
+			fail "$name: $(ring_dirs_idle) directions of the channels carried nothing on their rings"
+	fi
+	touch "$PL_DIR/go"
+	wait_exit "$CPID" 20
+	rc=$?
+	sed "s/^/  $name: /" "$PL_DIR/client-$name.log"
+	[ $rc -eq 0 ] || fail "$name: the client exited $rc (124: still running after 20 s)"
+	pl_alive "$SPID" || fail "$name: the server died"
+	p1=$(paired_count)
+	if ! plain; then
+		[ $((p1 - p0)) -ge "$NCONN" ] || fail "$name: $NCONN connections, $((p1 - p0)) pairs made"
+	fi
+	say "$name: pairs $p0 -> $p1; $(accel_summary)"
+}
 
-wait_until 45 test -e "$PL_DIR/ready" ||
-	fail "the client has not had its data echoed within 45 s"
-cat "$PL_DIR/client.log"
-say "while held: $(accel_summary)"
-if ! plain; then
-	[ "$(accel_count)" -ge "$NCONN" ] ||
-		fail "$NCONN connections held open, but $(accel_count) channels listed"
-	[ "$(ring_dirs_idle)" -eq 0 ] ||
-		fail "$(ring_dirs_idle) directions of the channels carried nothing on their rings"
+echo_run loopback 127.0.0.1
+if [ "$(id -u)" -eq 0 ]; then
+	netns_pair
+	echo_run netns "$IP_A" "$NS_A" "$NS_B"
+else
+	say "across namespaces: skipped (needs root)"
 fi
-touch "$PL_DIR/go"
-wait_exit "$CPID" 20
-rc=$?
-cat "$PL_DIR/client.log"
-[ $rc -eq 0 ] || fail "the client exited $rc (124: still running after 20 s)"
-pl_alive "$SPID" || fail "the server died"
-p1=$(paired_count)
-if ! plain; then
-	[ $((p1 - p0)) -ge "$NCONN" ] || fail "$NCONN connections, $((p1 - p0)) pairs made"
-fi
-say "pairs $p0 -> $p1; $(accel_summary)"
 say "all checks passed"
