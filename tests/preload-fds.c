@@ -7,7 +7,9 @@
  * close_range() by the application spare them; the socket dup2'd to
  * another number and the original closed; a forked child writes its part
  * of the stream; then the client execs itself with the socket inherited
- * and the new image goes on over plain TCP, losing nothing.
+ * and the new image goes on over plain TCP, losing nothing. The server
+ * execs itself between listen() and accept(): the new image accepts on the
+ * inherited listening socket, and that connection is the accelerated one.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -182,21 +184,35 @@ static int client(int step0, int fd)
 	return 1;
 }
 
+/* Listen, say the port, and exec ourselves with the listening socket
+ * inherited (--server-inherited): the new image accepts. */
 static int server(void)
 {
-	static char in[CHUNK], out[CHUNK], want[CHUNK];
 	struct sockaddr_in a = { .sin_family = AF_INET,
 				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof(a);
-	int one = 1, lfd = socket(AF_INET, SOCK_STREAM, 0), fd;
+	int one = 1, lfd = socket(AF_INET, SOCK_STREAM, 0);
+	char self[PATH_MAX], a1[32], a2[32];
+	ssize_t k = readlink("/proc/self/exe", self, sizeof(self) - 1);
 
 	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(lfd, (struct sockaddr *)&a, sizeof(a)) || listen(lfd, 4) ||
-	    getsockname(lfd, (struct sockaddr *)&a, &len))
+	if (k < 0 || bind(lfd, (struct sockaddr *)&a, sizeof(a)) ||
+	    listen(lfd, 4) || getsockname(lfd, (struct sockaddr *)&a, &len))
 		t_fail("listen: %s", strerror(errno));
+	self[k] = 0;
 	printf("%d\n", ntohs(a.sin_port));
 	fflush(stdout);
-	fd = accept(lfd, NULL, NULL);
+	snprintf(a1, sizeof(a1), "%d", ntohs(a.sin_port));
+	snprintf(a2, sizeof(a2), "%d", lfd);
+	execl(self, self, "--server-inherited", a1, a2, "0", (char *)NULL);
+	t_fail("execl: %s", strerror(errno));
+}
+
+static int server_accept(int lfd)
+{
+	static char in[CHUNK], out[CHUNK], want[CHUNK];
+	int fd = accept(lfd, NULL, NULL);
+
 	if (fd < 0)
 		t_fail("accept");
 	for (int step = 0; step < STEPS; step++) {
@@ -252,6 +268,8 @@ int main(int argc, char **argv)
 		port = atoi(argv[2]);
 		if (!strcmp(argv[1], "--server"))
 			return server();
+		if (!strcmp(argv[1], "--server-inherited"))
+			return server_accept(atoi(argv[3]));
 		return client(atoi(argv[3]), atoi(argv[4]));
 	}
 	t_alarm(120);
