@@ -429,6 +429,21 @@ free_port() {
 	fail "no free port found"
 }
 
+# pairs_expected NAME EXPECT(accel|tcp) P0 P1 [MIN [HINT]]: the daemon's
+# pair counter went from P0 to P1 over NAME. accel: it grew by MIN (1) at
+# least, unless the run is plain; tcp: it did not move (a plain end must
+# never be paired).
+pairs_expected() {
+	local name=$1 expect=$2 p0=$3 p1=$4 min=${5:-1} hint=${6:-}
+	if [ "$expect" = accel ] && ! plain; then
+		[ $((p1 - p0)) -ge "$min" ] ||
+			fail "$name: want $min new pair(s) at least, the daemon made $((p1 - p0)) ($p0 -> $p1; $(accel_summary))$hint"
+	fi
+	if [ "$expect" = tcp ]; then
+		[ "$p1" -eq "$p0" ] || fail "$name: the daemon paired a connection with a plain end ($p0 -> $p1)"
+	fi
+}
+
 # netns_pair: two namespaces NS_A and NS_B (names with our pid) joined by
 # a veth pair, IP_A and IP_B on it (10.x), lo up in both; removed at exit.
 netns_pair() {

@@ -229,11 +229,8 @@ big() { # NAME MODE EXPECT(accel|tcp)
 	p1=$(paired_count)
 	say "$name: ok in $ms ms ($(awk -v b="$BIG_BYTES" -v ms="$ms" 'BEGIN { printf "%.0f", b / 1048576 / (ms / 1000) }') MiB/s), curl -w: $(cat "$d.w"), pairs $p0 -> $p1, seen while running: channels $seen_n ring_bytes $seen_rb"
 	[ "$ms" -lt 10000 ] || say "$name: note: $MIB MiB took ${ms} ms (over 10 s)"
-	if [ "$expect" = accel ] && ! plain; then
-		[ "$p1" -gt "$p0" ] || fail "$name: the daemon's pair counter stayed at $p0$HINT"
-	fi
+	pairs_expected "$name" "$expect" "$p0" "$p1" 1 "$HINT"
 	if [ "$expect" = tcp ]; then
-		[ "$p1" -eq "$p0" ] || fail "$name: the daemon paired a connection with a plain client ($p0 -> $p1)"
 		[ "$seen_n" -eq 0 ] || fail "$name: $seen_n channel(s) listed though the client is plain"
 	fi
 	nginx_ok "$name"
@@ -266,8 +263,8 @@ slow() {
 	say "slow: ok, curl -w: $(cat "$d.w"), pairs $p0 -> $p1"
 	if ! plain; then
 		[ "$ok" = 1 ] || fail "slow: no channel with ring bytes while curl ran (channels $n, ring bytes $rb)$HINT"
-		[ "$p1" -gt "$p0" ] || fail "slow: the daemon's pair counter stayed at $p0$HINT"
 	fi
+	pairs_expected slow accel "$p0" "$p1" 1 "$HINT"
 	nginx_ok slow
 }
 
@@ -312,12 +309,7 @@ small() { # NAME MODE EXPECT(accel|tcp)
 	p1=$(paired_count)
 	say "$name: ok, $NSMALL files intact, $conns connection(s) opened, pairs $p0 -> $p1"
 	[ "$conns" -eq 1 ] || fail "$name: $conns connections for $NSMALL requests: keep-alive broke"
-	if [ "$expect" = accel ] && ! plain; then
-		[ "$p1" -gt "$p0" ] || fail "$name: the daemon's pair counter stayed at $p0$HINT"
-	fi
-	if [ "$expect" = tcp ]; then
-		[ "$p1" -eq "$p0" ] || fail "$name: the daemon paired a connection with a plain client ($p0 -> $p1)"
-	fi
+	pairs_expected "$name" "$expect" "$p0" "$p1" 1 "$HINT"
 	rm -rf "$d.got"
 	nginx_ok "$name"
 }
@@ -348,12 +340,7 @@ wrk_run() {
 	grep -q 'Non-2xx' "$d.out" && fail "$name: $(grep 'Non-2xx' "$d.out")"
 	p1=$(paired_count)
 	say "$name: ok, $WRK_REQS requests, pairs $p0 -> $p1"
-	if [ "$expect" = accel ] && ! plain; then
-		[ $((p1 - p0)) -ge 10 ] || fail "$name: 10 connections, but only $((p1 - p0)) pairs made ($(accel_summary))$HINT"
-	fi
-	if [ "$expect" = tcp ]; then
-		[ "$p1" -eq "$p0" ] || fail "$name: the daemon paired a connection with a plain client ($p0 -> $p1)"
-	fi
+	pairs_expected "$name (10 connections)" "$expect" "$p0" "$p1" 10 "$HINT"
 	nginx_ok "$name"
 }
 

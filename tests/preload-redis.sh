@@ -94,14 +94,29 @@ exec {cli_in}>&-
 wait_exit "$cli_pid" 10 || fail "held redis-cli did not exit at end of input"
 alive_or_fail "after the held connection"
 
-# ---- 2: redis-benchmark ------------------------------------------------------------
+# ---- 2 and 3: redis-benchmark, big values -------------------------------------
+# The clients below talk to R_HOST:R_PORT from namespace R_NS ("": ours);
+# section 4 points them across namespaces.
+R_HOST=127.0.0.1
+R_PORT=$PORT
+R_NS=
+
+# redis_tool SECONDS PROG ARGS...: PROG (redis-cli, redis-benchmark) at
+# R_HOST:R_PORT in R_NS, under ivmc-run unless plain, at most SECONDS.
+redis_tool() {
+	local secs=$1 prog=$2
+	shift 2
+	pl_cmd ivmc ${R_NS:+-n "$R_NS"} "$prog" -h "$R_HOST" -p "$R_PORT" "$@"
+	timeout "$secs" "${PL_CMD[@]}"
+}
+
 bench() { # NAME CONNECTIONS ARGS...
 	local name=$1 c=$2 out=$PL_DIR/bench-$1.out p0 p1 rc t0 t1
 	shift 2
 	p0=$(paired_count)
 	t0=$(date +%s%N)
-	timeout 40 "$IVMC_RUN_OR_NOT" redis-benchmark -h 127.0.0.1 -p "$PORT" \
-		-n "$NREQ" -t set,get -q "$@" > "$out" 2> "$PL_DIR/bench-$name.log"
+	redis_tool 40 redis-benchmark -n "$NREQ" -t set,get -q "$@" > "$out" \
+		2> "$PL_DIR/bench-$name.log"
 	rc=$?
 	t1=$(date +%s%N)
 	tr '\r' '\n' < "$out" | grep -a 'requests per second' |
@@ -113,52 +128,47 @@ bench() { # NAME CONNECTIONS ARGS...
 		fail "redis-benchmark $name: no GET result"
 	p1=$(paired_count)
 	say "bench $name: $(((t1 - t0) / 1000000)) ms, pairs $p0 -> $p1"
-	if ! plain; then
-		[ $((p1 - p0)) -ge "$c" ] ||
-			fail "redis-benchmark $name: $c connections, but only $((p1 - p0)) pairs made ($(accel_summary))"
-	fi
-	alive_or_fail "after redis-benchmark $name"
+	pairs_expected "redis-benchmark $name ($c connections)" accel "$p0" "$p1" "$c"
 }
 
-# timeout(1) needs a program: ivmc-run, or env when plain
-if plain; then
-	IVMC_RUN_OR_NOT="env"
-else
-	IVMC_RUN_OR_NOT=$IVMC_RUN
-fi
-bench c1 1 -c 1
-bench c50 50 -c 50
-bench c50-P16 50 -c 50 -P 16
-
-# ---- 3: big random values stored and read back ----------------------------
-p0=$(paired_count)
-for ((i = 0; i < NKEYS; i++)); do
-	head -c "$VALUE" /dev/urandom > "$PL_DIR/v$i.bin"
-	out=$(timeout 10 "$IVMC_RUN_OR_NOT" redis-cli -p "$PORT" -x set "big:$i" \
-		< "$PL_DIR/v$i.bin" 2>&1) || fail "redis-cli -x set big:$i failed: $out"
-	[ "$out" = OK ] || fail "redis-cli -x set big:$i answered '$out'"
-done
-for ((i = 0; i < NKEYS; i++)); do
-	timeout 10 "$IVMC_RUN_OR_NOT" redis-cli -p "$PORT" --raw get "big:$i" \
-		> "$PL_DIR/g$i.bin" 2> "$PL_DIR/get.log" ||
-		fail "redis-cli get big:$i failed: $(cat "$PL_DIR/get.log")"
-	# --raw prints the value and a newline
-	size_is "$PL_DIR/g$i.bin" $((VALUE + 1)) ||
-		fail "get big:$i: $(file_size "$PL_DIR/g$i.bin") bytes, expected $VALUE and a newline"
-	head -c "$VALUE" "$PL_DIR/g$i.bin" | cmp -s - "$PL_DIR/v$i.bin" ||
-		fail "get big:$i: the value read back differs from the one stored ($(head -c "$VALUE" "$PL_DIR/g$i.bin" | cmp - "$PL_DIR/v$i.bin" 2>&1))"
-done
-p1=$(paired_count)
-say "$NKEYS values of $VALUE bytes stored and read back intact, pairs $p0 -> $p1"
-if ! plain; then
+# values N PREFIX: N values of VALUE random bytes stored with `redis-cli -x
+# set`, then read back with `redis-cli --raw get`, each identical.
+values() {
+	local n=$1 key=$2 i out p0 p1
+	p0=$(paired_count)
+	for ((i = 0; i < n; i++)); do
+		[ -e "$PL_DIR/v$i.bin" ] || head -c "$VALUE" /dev/urandom > "$PL_DIR/v$i.bin"
+		out=$(redis_tool 10 redis-cli -x set "$key:$i" < "$PL_DIR/v$i.bin" 2>&1) ||
+			fail "redis-cli -x set $key:$i failed: $out"
+		[ "$out" = OK ] || fail "redis-cli -x set $key:$i answered '$out'"
+	done
+	for ((i = 0; i < n; i++)); do
+		redis_tool 10 redis-cli --raw get "$key:$i" > "$PL_DIR/g$i.bin" \
+			2> "$PL_DIR/get.log" ||
+			fail "redis-cli get $key:$i failed: $(cat "$PL_DIR/get.log")"
+		# --raw prints the value and a newline
+		size_is "$PL_DIR/g$i.bin" $((VALUE + 1)) ||
+			fail "get $key:$i: $(file_size "$PL_DIR/g$i.bin") bytes, expected $VALUE and a newline"
+		head -c "$VALUE" "$PL_DIR/g$i.bin" | cmp -s - "$PL_DIR/v$i.bin" ||
+			fail "get $key:$i: the value read back differs from the one stored ($(head -c "$VALUE" "$PL_DIR/g$i.bin" | cmp - "$PL_DIR/v$i.bin" 2>&1))"
+	done
+	p1=$(paired_count)
+	say "$n values of $VALUE bytes ($key) stored and read back intact, pairs $p0 -> $p1"
 	# Each of these connections lives a few milliseconds: one may be
 	# closed before ivmcd has looked at its socket (it then stays on
 	# TCP, counted as not_tcp). Most must still be paired.
-	[ $((p1 - p0)) -ge $((2 * NKEYS * 9 / 10)) ] ||
-		fail "$((2 * NKEYS)) redis-cli connections, but only $((p1 - p0)) pairs made ($(accel_summary))"
-	[ $((p1 - p0)) -ge $((2 * NKEYS)) ] ||
-		say "note: $((2 * NKEYS - p1 + p0)) of $((2 * NKEYS)) short redis-cli connections stayed on TCP"
-fi
+	pairs_expected "$((2 * n)) redis-cli connections ($key)" accel "$p0" "$p1" $((2 * n * 9 / 10))
+	plain || [ $((p1 - p0)) -ge $((2 * n)) ] ||
+		say "note: $((2 * n - p1 + p0)) of $((2 * n)) short redis-cli connections stayed on TCP"
+}
+
+bench c1 1 -c 1
+alive_or_fail "after redis-benchmark c1"
+bench c50 50 -c 50
+alive_or_fail "after redis-benchmark c50"
+bench c50-P16 50 -c 50 -P 16
+alive_or_fail "after redis-benchmark c50-P16"
+values "$NKEYS" big
 alive_or_fail "after the values"
 
 # ---- 4: across two namespaces joined by a veth pair ------------------------
@@ -172,46 +182,13 @@ if [ "$(id -u)" -eq 0 ]; then
 	NSPID=$!
 	PL_PIDS+=("$NSPID")
 	wait_port "$IP_A" "$NPORT" "$NS_A"
-	say "redis-server pid $NSPID in $NS_A on $IP_A:$NPORT"
-	for args in "-c 1" "-c 50 -P 16"; do
-		read -r -a argv <<< "$args"
-		p0=$(paired_count)
-		pl_cmd ivmc -n "$NS_B" redis-benchmark -h "$IP_A" -p "$NPORT" \
-			-n "$NREQ" -t set,get -q "${argv[@]}"
-		out=$PL_DIR/bench-ns.out
-		timeout 40 "${PL_CMD[@]}" > "$out" 2> "$PL_DIR/bench-ns.log" ||
-			fail "redis-benchmark $args across namespaces failed: $(head -c 300 "$PL_DIR/bench-ns.log")"
-		tr '\r' '\n' < "$out" | grep -a 'requests per second' |
-			sed "s/^/  netns $args: /"
-		grep -aq '^GET: .*requests per second' <(tr '\r' '\n' < "$out") ||
-			fail "redis-benchmark $args across namespaces: no GET result"
-		p1=$(paired_count)
-		c=${args#-c }
-		c=${c%% *}
-		if ! plain; then
-			[ $((p1 - p0)) -ge "$c" ] ||
-				fail "redis-benchmark $args across namespaces: $c connections, but only $((p1 - p0)) pairs made ($(accel_summary))"
-		fi
-		say "netns bench $args: pairs $p0 -> $p1"
-	done
-	p0=$(paired_count)
-	for ((i = 0; i < 10; i++)); do
-		pl_cmd ivmc -n "$NS_B" redis-cli -h "$IP_A" -p "$NPORT" -x set "ns:$i"
-		out=$(timeout 10 "${PL_CMD[@]}" < "$PL_DIR/v$i.bin" 2>&1) ||
-			fail "across namespaces: set ns:$i failed: $out"
-		[ "$out" = OK ] || fail "across namespaces: set ns:$i answered '$out'"
-		pl_cmd ivmc -n "$NS_B" redis-cli -h "$IP_A" -p "$NPORT" --raw get "ns:$i"
-		timeout 10 "${PL_CMD[@]}" > "$PL_DIR/n$i.bin" 2> "$PL_DIR/get.log" ||
-			fail "across namespaces: get ns:$i failed: $(cat "$PL_DIR/get.log")"
-		head -c "$VALUE" "$PL_DIR/n$i.bin" | cmp -s - "$PL_DIR/v$i.bin" ||
-			fail "across namespaces: the value of ns:$i read back differs"
-	done
-	p1=$(paired_count)
-	say "across namespaces: 10 values of $VALUE bytes stored and read back intact, pairs $p0 -> $p1"
-	if ! plain; then
-		[ $((p1 - p0)) -ge 18 ] ||
-			fail "across namespaces: 20 redis-cli connections, but only $((p1 - p0)) pairs made ($(accel_summary))"
-	fi
+	say "redis-server pid $NSPID in $NS_A on $IP_A:$NPORT, clients in $NS_B"
+	R_HOST=$IP_A
+	R_PORT=$NPORT
+	R_NS=$NS_B
+	bench ns-c1 1 -c 1
+	bench ns-c50-P16 50 -c 50 -P 16
+	values 10 ns
 	pl_alive "$NSPID" || fail "the redis-server across namespaces died"
 else
 	say "across namespaces: skipped (needs root)"

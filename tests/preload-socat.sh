@@ -112,12 +112,7 @@ xfer() {
 	[ "$got" = "$SHA_C" ] || fail "$name: client->server data differ (sha256 ${got:-none}, sent $SHA_C)"
 
 	p1=$(paired_count)
-	if [ "$expect" = accel ] && ! plain; then
-		[ "$p1" -gt "$p0" ] || fail "$name: the daemon's pair counter stayed at $p0"
-	fi
-	if [ "$expect" = tcp ]; then
-		[ "$p1" -eq "$p0" ] || fail "$name: the daemon paired a connection with a plain end ($p0 -> $p1)"
-	fi
+	pairs_expected "$name" "$expect" "$p0" "$p1"
 	rm -f "$d.cli.recv"
 	say "$name: ok, data intact both ways, $(((t1 - t0) / 1000000)) ms, pairs $p0 -> $p1"
 }
