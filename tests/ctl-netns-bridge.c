@@ -97,37 +97,6 @@ static void test_triangle(void)
 	       (unsigned long long)cr[0].sent);
 }
 
-/* Run conversations to the end in client-first mode; the client and
- * server reports. */
-static void run_convs(struct t_conv *c, int n, const char *const *ns_srv,
-		      const char *const *ns_cli, struct t_report *cr,
-		      struct t_report *sr)
-{
-	pid_t sp[4], cp[4];
-
-	for (int i = 0; i < n; i++)
-		sp[i] = t_conv_start_server(&c[i], ns_srv[i]);
-	for (int i = 0; i < n; i++)
-		cp[i] = t_ns_fork(ns_cli[i], t_conv_client, &c[i]);
-	for (int i = 0; i < n; i++) {
-		t_get(&c[i].cli_up, &cr[i], sizeof(cr[i]), 20000);
-		t_put(&c[i].cli_down, "g", 1);
-		t_get(&c[i].cli_up, &cr[i], sizeof(cr[i]), 20000);
-		t_get(&c[i].srv_up, &sr[i], sizeof(sr[i]), 20000);
-		if (c[i].listeners) {
-			char u;
-
-			t_get(&c[i].srv_up, &u, 1, 10000);
-		}
-		t_put(&c[i].srv_down, "q", 1);
-	}
-	for (int i = 0; i < n; i++) {
-		T_ASSERT_EQ(t_ns_wait(cp[i], 20000), 0);
-		T_ASSERT_EQ(t_ns_wait(sp[i], 20000), 0);
-		t_conv_close(&c[i]);
-	}
-}
-
 /* (2) Peers that never call ivmc_tcp(): in a namespace ivmcd knows (the
  * server announced its listener) the client waits and expires; in one it
  * does not know, the client does not even register. */
@@ -144,7 +113,7 @@ static void test_plain_peer(void)
 	t_conv_init(&c[1], ip_n[2], T_CONV_CLIENT_FIRST);
 	c[1].srv_plain = true;
 	c[1].seed = 201;
-	run_convs(c, 2, srv, cli, cr, sr);
+	t_conv_run(c, 2, srv, cli, cr, sr);
 	if (cr[0].first != 0 || cr[0].state != -ETIMEDOUT)
 		t_fail("peer without ivmc, known netns: %d then %d (%s), want "
 		       "0 then -ETIMEDOUT", cr[0].first, cr[0].state,

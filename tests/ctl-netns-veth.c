@@ -136,11 +136,7 @@ int main(void)
 	t_ns_setup(60);
 	ns_a = t_ns_add("va");
 	ns_b = t_ns_add("vb");
-	t_sh("ip -n %s link add v0 type veth peer name v1 netns %s", ns_a, ns_b);
-	t_sh("ip -n %s addr add " IP_A "/24 dev v0 && ip -n %s link set v0 up",
-	     ns_a, ns_a);
-	t_sh("ip -n %s addr add " IP_B "/24 dev v1 && ip -n %s link set v1 up",
-	     ns_b, ns_b);
+	t_ns_veth(ns_a, IP_A, ns_b, IP_B);
 	t_daemon_start("pending_timeout 1500ms\n");
 
 	test_attach();

@@ -27,24 +27,14 @@ static void conf(const char *text)
 		t_fail("write %s", path);
 }
 
-/* One conversation, client in A, server in B; the client's report. */
+/* One conversation, client in A, server in B; both reports. */
 static void converse(struct t_report *cr, struct t_report *sr, uint64_t seed)
 {
 	struct t_conv c;
-	pid_t sp, cp;
 
 	t_conv_init(&c, IP_B, T_CONV_CLIENT_FIRST);
 	c.seed = seed;
-	sp = t_conv_start_server(&c, ns_b);
-	cp = t_ns_fork(ns_a, t_conv_client, &c);
-	t_get(&c.cli_up, cr, sizeof(*cr), 20000);
-	t_put(&c.cli_down, "g", 1);
-	t_get(&c.cli_up, cr, sizeof(*cr), 20000);
-	t_get(&c.srv_up, sr, sizeof(*sr), 20000);
-	t_put(&c.srv_down, "q", 1);
-	T_ASSERT_EQ(t_ns_wait(cp, 20000), 0);
-	T_ASSERT_EQ(t_ns_wait(sp, 20000), 0);
-	t_conv_close(&c);
+	t_conv_run(&c, 1, &ns_b, &ns_a, cr, sr);
 }
 
 int main(void)
@@ -58,11 +48,7 @@ int main(void)
 	t_ns_setup(60);
 	ns_a = t_ns_add("pa");
 	ns_b = t_ns_add("pb");
-	t_sh("ip -n %s link add v0 type veth peer name v1 netns %s", ns_a, ns_b);
-	t_sh("ip -n %s addr add " IP_A "/24 dev v0 && ip -n %s link set v0 up",
-	     ns_a, ns_a);
-	t_sh("ip -n %s addr add " IP_B "/24 dev v1 && ip -n %s link set v1 up",
-	     ns_b, ns_b);
+	t_ns_veth(ns_a, IP_A, ns_b, IP_B);
 	snprintf(text, sizeof(text),
 		 "pending_timeout 1500ms\ndefault deny\nallow netns=%s\n", ns_a);
 	t_daemon_start(text);

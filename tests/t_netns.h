@@ -733,6 +733,52 @@ static inline pid_t t_conv_start_server(struct t_conv *c, const char *ns_srv)
 	return pid;
 }
 
+/* Run n client-first conversations to their end at once: server i in
+ * ns_srv[i], client i in ns_cli[i]; their final reports in cr[i], sr[i]. */
+static inline void t_conv_run(struct t_conv *c, int n,
+			      const char *const *ns_srv,
+			      const char *const *ns_cli, struct t_report *cr,
+			      struct t_report *sr)
+{
+	pid_t sp[8], cp[8];
+
+	if (n > 8)
+		t_fail("t_conv_run: %d conversations, 8 at most", n);
+	for (int i = 0; i < n; i++)
+		sp[i] = t_conv_start_server(&c[i], ns_srv[i]);
+	for (int i = 0; i < n; i++)
+		cp[i] = t_ns_fork(ns_cli[i], t_conv_client, &c[i]);
+	for (int i = 0; i < n; i++) {
+		t_get(&c[i].cli_up, &cr[i], sizeof(cr[i]), 20000);
+		t_put(&c[i].cli_down, "g", 1);
+		t_get(&c[i].cli_up, &cr[i], sizeof(cr[i]), 20000);
+		t_get(&c[i].srv_up, &sr[i], sizeof(sr[i]), 20000);
+		if (c[i].listeners) {
+			char u;
+
+			t_get(&c[i].srv_up, &u, 1, 10000);
+		}
+		t_put(&c[i].srv_down, "q", 1);
+	}
+	for (int i = 0; i < n; i++) {
+		T_ASSERT_EQ(t_ns_wait(cp[i], 20000), 0);
+		T_ASSERT_EQ(t_ns_wait(sp[i], 20000), 0);
+		t_conv_close(&c[i]);
+	}
+}
+
+/* Join namespaces a and b with a veth pair (v0 in a, v1 in b), ip_a and
+ * ip_b on it (/24), both up. */
+static inline void t_ns_veth(const char *a, const char *ip_a, const char *b,
+			     const char *ip_b)
+{
+	t_sh("ip -n %s link add v0 type veth peer name v1 netns %s", a, b);
+	t_sh("ip -n %s addr add %s/24 dev v0 && ip -n %s link set v0 up", a,
+	     ip_a, a);
+	t_sh("ip -n %s addr add %s/24 dev v1 && ip -n %s link set v1 up", b,
+	     ip_b, b);
+}
+
 /* Both ends on the ring, every byte accounted for. */
 static inline void t_conv_expect_attached(const struct t_report *cr,
 					  const struct t_report *sr,
