@@ -402,7 +402,7 @@ void chan_close(struct chan *c)
 	/* A SHUT_WR owed to the side stream (sw_tx_shut_side()) is paid now:
 	 * nobody will be here to honour a rewind. */
 	if (c->has_side && chan_flag(c, EP_SIDE_SHUT))
-		shutdown(c->side_fd, SHUT_WR);
+		sw_side_shut_now(c);
 	ends_del(c);
 	if (c->doorbell >= 0)
 		close(c->doorbell);

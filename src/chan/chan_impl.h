@@ -188,6 +188,8 @@ void sw_tx_rescue(struct chan *c);
 /* tx, after SHUT_WR: shut the side stream down for writing once no rewind
  * can give bytes back to send on it; until then EP_SIDE_SHUT owes it. */
 void sw_tx_shut_side(struct chan *c);
+/* Pay an owed SHUT_WR (EP_SIDE_SHUT) to the side stream now. */
+void sw_side_shut_now(struct chan *c);
 /* tx: no call may return with bytes stranded. Flush them; a non-blocking
  * caller takes back the ones it wrote itself (*done shrinks), the rest are
  * flushed waiting for the side stream. Returns 0 or -errno. */

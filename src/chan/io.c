@@ -858,22 +858,21 @@ static int asked(int r, short events)
 	return r < 0 ? r : r & (events & (POLLIN | POLLOUT | POLLRDHUP));
 }
 
-static int with_gone(int g, int r, short events)
+/* What is ready for events now; arm: if nothing, arm the doorbell. */
+static int look(struct chan *c, short events, bool arm)
 {
+	int g = chan_dead(c) ? -1 : gone(c, events), r;
+
+	if (g < 0)
+		return events & (POLLIN | POLLOUT);
+	r = arm_both(c, g ? (short)(events & ~POLLOUT) : events, arm);
 	return r < 0 ? r : g | asked(r, events);
 }
 
 int chan_poll_peek(struct chan *c, short events)
 {
-	int g;
-
 	sw_tx_rescue(c); /* a rewind's bytes go out, whatever is asked */
-	g = chan_dead(c) ? -1 : gone(c, events);
-
-	if (g < 0)
-		return events & (POLLIN | POLLOUT);
-	return with_gone(g, arm_both(c, g ? (short)(events & ~POLLOUT) : events,
-				     false), events);
+	return look(c, events, false);
 }
 
 bool chan_tx_on_ring(const struct chan *c)
@@ -883,16 +882,12 @@ bool chan_tx_on_ring(const struct chan *c)
 
 int chan_poll_arm(struct chan *c, short events)
 {
-	int g, ready = chan_poll_peek(c, events);
+	int ready = chan_poll_peek(c, events);
 
 	/* Ready: say so without a system call. Else drain the doorbell (it
 	 * rang for an earlier arm), then arm it and look again. */
 	if (ready)
 		return ready;
 	(void)chan_drain_nowait(c);
-	g = chan_dead(c) ? -1 : gone(c, events);
-	if (g < 0)
-		return events & (POLLIN | POLLOUT);
-	return with_gone(g, arm_both(c, g ? (short)(events & ~POLLOUT) : events,
-				     true), events);
+	return look(c, events, true);
 }

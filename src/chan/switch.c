@@ -89,7 +89,6 @@ int sw_tx_check_closed(struct chan *c)
 void sw_tx_rescue(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
-
 	bool owed;
 
 	/* One load of the shared word while on the ring (ep->tx is the
@@ -130,7 +129,12 @@ void sw_tx_shut_side(struct chan *c)
 		atomic_fetch_or(&ep->flags, EP_SIDE_SHUT);
 		return;
 	}
-	atomic_fetch_and(&ep->flags, ~EP_SIDE_SHUT);
+	sw_side_shut_now(c);
+}
+
+void sw_side_shut_now(struct chan *c)
+{
+	atomic_fetch_and(&c->ep->flags, ~EP_SIDE_SHUT);
 	shutdown(c->side_fd, SHUT_WR);
 }
 
@@ -145,10 +149,8 @@ int chan_settle(struct chan *c)
 	if (err)
 		return err;
 	err = sw_tx_settle(c, false, NULL);
-	if (chan_flag(c, EP_SIDE_SHUT)) {
-		atomic_fetch_and(&ep->flags, ~EP_SIDE_SHUT);
-		shutdown(c->side_fd, SHUT_WR);
-	}
+	if (chan_flag(c, EP_SIDE_SHUT))
+		sw_side_shut_now(c);
 	chan_unlock(c, &ep->tx_lock);
 	return err;
 }

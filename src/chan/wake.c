@@ -294,24 +294,30 @@ static void drained(struct chan_ep *ep)
 	atomic_fetch_add(&ep->wake_gen, GEN_DRAIN);
 }
 
-/* Only the poller drains (it holds poll_lock), so no waiter can lose a
- * ring between its re-check and its sleep: it sleeps on wake_gen, which the
- * poller bumps after every drain. */
+/* Sleep ns nanoseconds. Returns 0, or -EINTR. */
+static int nap(uint64_t ns)
+{
+	struct timespec ts = { (time_t)(ns / 1000000000u),
+			       (long)(ns % 1000000000u) };
+
+	return nanosleep(&ts, NULL) < 0 && errno == EINTR ? -EINTR : 0;
+}
+
 /* A wake-up with nothing to show for it: the peer may be flooding us.
  * Nap once there were many in a row, poison after too many. */
 static void no_progress(struct chan *c)
 {
 	uint32_t k = atomic_fetch_add(&c->ep->noprogress, 1);
 
-	if (k >= WAKE_NOPROGRESS_MAX) {
+	if (k >= WAKE_NOPROGRESS_MAX)
 		chan_poison(c, -EPROTO);
-	} else if (k >= WAKE_NOPROGRESS_SLOW) {
-		struct timespec ts = { 0, WAKE_FLOOD_NAP_NS };
-
-		nanosleep(&ts, NULL);
-	}
+	else if (k >= WAKE_NOPROGRESS_SLOW)
+		(void)nap(WAKE_FLOOD_NAP_NS);
 }
 
+/* Only the poller drains (it holds poll_lock), so no waiter can lose a
+ * ring between its re-check and its sleep: it sleeps on wake_gen, which the
+ * poller bumps after every drain. */
 static void drain(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
@@ -522,14 +528,6 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  * sleep_wait() does; a kick or poison (wake_gen) ends it too.
  */
 #define POLL_NAP_MIN_NS 10000u
-
-static int nap(uint64_t ns)
-{
-	struct timespec ts = { (time_t)(ns / 1000000000u),
-			       (long)(ns % 1000000000u) };
-
-	return nanosleep(&ts, NULL) < 0 && errno == EINTR ? -EINTR : 0;
-}
 
 static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {

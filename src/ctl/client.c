@@ -271,6 +271,14 @@ int ctl_recv(struct ctl_client *c, void *buf, int *fds, int *nfds)
 	return ((const struct ctl_hdr *)buf)->type;
 }
 
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 /* Probe the open-addressing table once under the seqlock. */
 static int table_probe(const struct ctl_table *t, const uint8_t a[16],
 		       uint16_t port)
@@ -293,7 +301,7 @@ bool ctl_maybe_local(const struct ctl_client *c, const uint8_t addr[16],
 		     uint16_t port)
 {
 	const struct ctl_table *t = c->tab;
-	struct timespec t0 = { 0 }, now;
+	int64_t until = 0;
 
 	/* A rebuild (8192 slots) takes microseconds, longer if the daemon
 	 * is preempted in it: spin a little, then yield the CPU to it, for
@@ -315,11 +323,9 @@ bool ctl_maybe_local(const struct ctl_client *c, const uint8_t addr[16],
 			ivmc_cpu_relax();
 			continue;
 		}
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (!t0.tv_sec && !t0.tv_nsec)
-			t0 = now;
-		else if ((now.tv_sec - t0.tv_sec) * 1000000000LL +
-				 (now.tv_nsec - t0.tv_nsec) > TABLE_WAIT_NS)
+		if (!until)
+			until = mono_ns() + TABLE_WAIT_NS;
+		else if (mono_ns() > until)
 			return true; /* the daemon keeps writing (or is stopped) */
 		sched_yield();
 	}

@@ -1058,7 +1058,6 @@ PL_API int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	return accepted(fd, REAL(accept4)(fd, sa, len, flags));
 }
 
-/* fd is going away (close, or dup2 over it): unbind it everywhere. */
 bool pl_may_wrap(int fd)
 {
 	int k = kind_of(fd);
@@ -1066,6 +1065,19 @@ bool pl_may_wrap(int fd)
 	return k == K_TCP || k == K_UNSEEN;
 }
 
+/* fd's bytes are about to move where the preload cannot see them (splice,
+ * stdio): its connection goes back to TCP, or it stays plain for good. */
+static void go_plain(int fd)
+{
+	struct pl_conn *c = pl_peek(fd);
+
+	if (c)
+		release(c);
+	else if (pl_may_wrap(fd))
+		set_kind(fd, K_PLAIN);
+}
+
+/* fd is going away (close, or dup2 over it): unbind it everywhere. */
 static void forget(int fd)
 {
 	struct pl_conn *c;
@@ -1370,20 +1382,12 @@ PL_API ssize_t splice(int in, loff_t *oin, int out, loff_t *oout, size_t len,
 {
 	static ssize_t (*real_splice)(int, loff_t *, int, loff_t *, size_t,
 				      unsigned int);
-	int fds[2] = { in, out };
 
 	if (!real_splice)
 		real_splice = (ssize_t (*)(int, loff_t *, int, loff_t *, size_t,
 					   unsigned int))dlsym(RTLD_NEXT, "splice");
-	for (int i = 0; i < 2; i++) {
-		struct pl_conn *c = pl_peek(fds[i]);
-		int k = kind_of(fds[i]);
-
-		if (c)
-			release(c);
-		else if (k == K_TCP || k == K_UNSEEN)
-			set_kind(fds[i], K_PLAIN);
-	}
+	go_plain(in);
+	go_plain(out);
 	if (!real_splice) {
 		errno = ENOSYS;
 		return -1;
@@ -1396,14 +1400,10 @@ PL_API ssize_t splice(int in, loff_t *oin, int out, loff_t *oout, size_t len,
 PL_API FILE *fdopen(int fd, const char *mode)
 {
 	static FILE *(*real_fdopen)(int, const char *);
-	struct pl_conn *c = pl_peek(fd);
 
 	if (!real_fdopen)
 		real_fdopen = (FILE * (*)(int, const char *))dlsym(RTLD_NEXT, "fdopen");
-	if (c)
-		release(c);
-	else if (kind_of(fd) == K_TCP || kind_of(fd) == K_UNSEEN)
-		set_kind(fd, K_PLAIN);
+	go_plain(fd);
 	if (!real_fdopen) {
 		errno = ENOSYS;
 		return NULL;

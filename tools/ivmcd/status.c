@@ -108,6 +108,14 @@ static void text_daemon(FILE *f)
 	fputc('\n', f);
 }
 
+/* A pending registration's time left, in ms (0: due). */
+static uint64_t expires_in(const struct reg *r)
+{
+	uint64_t now = now_ms();
+
+	return r->deadline_ms > now ? r->deadline_ms - now : 0;
+}
+
 /* The recorded fallbacks, oldest first: calls fn for each one uid may see. */
 static void each_fallback(uint32_t uid, FILE *f,
 			  void (*fn)(FILE *, const struct fallback *, bool first))
@@ -206,12 +214,10 @@ static void text_tables(FILE *f, uint32_t uid)
 		"PID", "UID", "NETNS", "LOCAL", "REMOTE", "EXPIRES-IN");
 	for (struct link *l = D.pending.next; l != &D.pending; l = l->next) {
 		struct reg *r = link_entry(l, struct reg, tnode);
-		uint64_t now = now_ms();
 
 		if (!visible(uid, r->cl->uid, r->cl->uid))
 			continue;
-		fmt_age(r->deadline_ms > now ? r->deadline_ms - now : 0, age,
-			sizeof(age));
+		fmt_age(expires_in(r), age, sizeof(age));
 		fprintf(f, "%-8d %-8u %-24s %-30s %-30s %s\n", (int)r->cl->pid,
 			r->cl->uid, ns_label(r->ns->ino, ns, sizeof(ns)),
 			kaddr_str(&r->k.local, a, sizeof(a)),
@@ -300,7 +306,6 @@ static void json_all(FILE *f, uint32_t uid)
 	for (struct link *l = D.pending.next; l != &D.pending; l = l->next) {
 		struct reg *r = link_entry(l, struct reg, tnode);
 		char b[64];
-		uint64_t now = now_ms();
 
 		if (!visible(uid, r->cl->uid, r->cl->uid))
 			continue;
@@ -309,7 +314,7 @@ static void json_all(FILE *f, uint32_t uid)
 			ns_label(r->ns->ino, ns, sizeof(ns)),
 			kaddr_str(&r->k.local, a, sizeof(a)),
 			kaddr_str(&r->k.remote, b, sizeof(b)),
-			(unsigned long long)(r->deadline_ms > now ? r->deadline_ms - now : 0));
+			(unsigned long long)expires_in(r));
 		sep = ",";
 	}
 	fprintf(f, "],\"stayed_on_tcp_recent\":[");
