@@ -25,6 +25,7 @@ AR ?= ar
 ifeq ($(origin AR),default)
 AR := ar
 endif
+OBJCOPY ?= objcopy
 
 # CFLAGS/LDFLAGS from the environment or the command line are kept as given
 # (so sub-makes inherit them unchanged) and the project's required flags are
@@ -81,6 +82,9 @@ TESTS := $(TEST_SRCS:tests/%.c=$(O)/tests/%) \
 # ivmc-run launcher beside the tools.
 PRELOAD_SRCS := $(sort $(wildcard src/preload/*.c))
 PRELOAD_OBJS := $(PRELOAD_SRCS:%.c=$(O)/obj/%.o)
+# The library's objects as linked into the preload: their socket calls
+# renamed to the preload's direct ones (src/preload/direct.syms).
+PRELOAD_LIB_OBJS := $(LIB_OBJS:$(O)/obj/%=$(O)/obj-preload/%)
 ifneq ($(PRELOAD_SRCS),)
 PRELOAD_SO := $(O)/lib/libivmc-preload.so
 endif
@@ -156,11 +160,17 @@ $(LIB_SO_LINK): $(LIB_SO)
 
 # Everything it needs inside (no libivmc.so beside it); only the
 # interposed libc calls are exported (src/preload/preload.map).
-$(PRELOAD_SO): $(PRELOAD_OBJS) $(LIB_OBJS) src/preload/preload.map
+$(O)/obj-preload/%.o: $(O)/obj/%.o src/preload/direct.syms
+	@mkdir -p $(@D)
+	$(msg) OBJCOPY $@
+	$(Q)$(OBJCOPY) --redefine-syms=src/preload/direct.syms $< $@
+
+$(PRELOAD_SO): $(PRELOAD_OBJS) $(PRELOAD_LIB_OBJS) src/preload/preload.map
 	@mkdir -p $(@D)
 	$(msg) LD $@
 	$(Q)$(CC) -shared -Wl,-z,defs -Wl,--version-script=src/preload/preload.map \
-		$(ALL_LDFLAGS) -o $@ $(PRELOAD_OBJS) $(LIB_OBJS) $(LIB_LIBS) -ldl
+		$(ALL_LDFLAGS) -o $@ $(PRELOAD_OBJS) $(PRELOAD_LIB_OBJS) \
+		$(LIB_LIBS) -ldl
 
 # ---- programs (all link libivmc.a statically: no LD_LIBRARY_PATH) ----------
 tool_objs = $(patsubst %.c,$(O)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c))

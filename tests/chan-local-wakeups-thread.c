@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Description: changes made on this end reach this end's own sleepers:
- * SHUT_RD ends a blocked recv (0), a poison found by one thread ends the
+ * SHUT_RD ends a blocked recv (0), in another thread or in a fork child
+ * that shares the end (also after this thread slept as the poller, so the
+ * child inherits the parent's kick set), a poison found by one thread ends the
  * other thread's blocked recv (-ECONNRESET), on ring-only channels (no side
  * stream to wake them); ivmc_poll_arm-style arming reports this end's own
  * shutdown as ready; a region fd opened read-only is refused.
@@ -13,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "helpers.h"
 #include "t_chan.h"
@@ -62,6 +65,47 @@ static void shut_rd_wakes(void)
 	T_ASSERT_OK(chan_shutdown(p.a, SHUT_RD));
 	join_within(th, "SHUT_RD");
 	T_ASSERT_EQ(blocked_ret, 0);
+	t_chan_pair_close(&p);
+}
+
+/* A child blocked in recv on the end it shares with us: our SHUT_RD ends
+ * it. First this thread sleeps as a poller once (ended by a send from a
+ * sibling), so that the child is forked with our kick set in hand. */
+static void *send_later(void *arg)
+{
+	poll(NULL, 0, 100);
+	T_ASSERT_EQ(t_send(arg, "x", 1, 0), 1);
+	return NULL;
+}
+
+static void shut_rd_wakes_fork_child(void)
+{
+	struct t_pair q;
+	pthread_t th;
+	char b[16];
+	pid_t pid;
+	int st;
+
+	t_chan_pair(&q, 4096, false, 0, CHAN_WAIT_SLEEP);
+	T_ASSERT_EQ(pthread_create(&th, NULL, send_later, q.b), 0);
+	T_ASSERT_EQ(t_recv(q.a, b, sizeof(b), 0), 1);
+	T_ASSERT_EQ(pthread_join(th, NULL), 0);
+	t_chan_pair_close(&q);
+
+	t_chan_pair(&p, 4096, false, 0, CHAN_WAIT_SLEEP);
+	pid = fork();
+	T_ASSERT(pid >= 0);
+	if (pid == 0) {
+		alarm(5);
+		_exit(t_recv(p.a, b, sizeof(b), 0) == 0 ? 0 : 1);
+	}
+	poll(NULL, 0, 200);
+	T_ASSERT_EQ(waitpid(pid, &st, WNOHANG), 0); /* still blocked */
+	T_ASSERT_OK(chan_shutdown(p.a, SHUT_RD));
+	T_ASSERT_EQ(waitpid(pid, &st, 0), pid);
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		t_fail("fork child: the blocked recv did not end with 0 "
+		       "(status %#x; SIGALRM: it hung)", st);
 	t_chan_pair_close(&p);
 }
 
@@ -123,6 +167,7 @@ int main(void)
 {
 	t_alarm(30);
 	shut_rd_wakes();
+	shut_rd_wakes_fork_child();
 	poison_wakes_sibling();
 	arm_sees_own_shutdown();
 	read_only_region_refused();

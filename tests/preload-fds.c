@@ -3,7 +3,9 @@
  * Description: the preload's fds and processes, with real programs (this
  * binary, run through ivmc-run as server and client). Over one
  * accelerated connection, each step followed by a checked exchange:
- * the library's own fds are few, high and close-on-exec; closefrom() and
+ * the library's own fds are few, high and close-on-exec, and each more
+ * accelerated connection costs exactly one (its doorbell; K connection
+ * pairs within the process: 2K), all given back when they close; closefrom() and
  * close_range() by the application spare them; the socket dup2'd to
  * another number and the original closed; a forked child writes its part
  * of the stream; then the client execs itself with the socket inherited
@@ -14,6 +16,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
@@ -97,6 +100,98 @@ static int own_fds(int below)
 	return n;
 }
 
+/* One side of a loopback pair within this process: a 64-byte echo. */
+static void pair_echo(int a, int b, int round)
+{
+	char out[64], in[64];
+
+	memset(out, 'a' + round % 26, sizeof(out));
+	send_all(a, out, sizeof(out));
+	recv_all(b, in, sizeof(in));
+	if (memcmp(in, out, sizeof(in)))
+		t_fail("extra pair: corrupt echo");
+	send_all(b, in, sizeof(in));
+	recv_all(a, in, sizeof(in));
+	if (memcmp(in, out, sizeof(in)))
+		t_fail("extra pair: corrupt echo back");
+}
+
+/* EXTRA connection pairs within this process (both ends accelerated):
+ * the library's fds grow by exactly one per connection once they are on
+ * their channels, and shrink back when they close. */
+#define EXTRA 4
+
+/* Shared memory objects of ours mapped now (distinct memfd inodes: the
+ * daemon mailbox, and one per channel, however many ends map it here). */
+static int ivmc_memfds(void)
+{
+	unsigned long ino[64];
+	char line[512];
+	int n = 0;
+	FILE *f = fopen("/proc/self/maps", "re");
+
+	if (!f)
+		t_fail("/proc/self/maps");
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long i;
+		bool seen = false;
+
+		if (!strstr(line, "/memfd:ivmc") ||
+		    sscanf(line, "%*s %*s %*s %*s %lu", &i) != 1)
+			continue;
+		for (int k = 0; k < n; k++)
+			seen |= ino[k] == i;
+		if (!seen && n < 64)
+			ino[n++] = i;
+	}
+	fclose(f);
+	return n;
+}
+
+static void extra_pairs(int floor_, int n)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int lfd = socket(AF_INET, SOCK_STREAM, 0), c[EXTRA], s[EXTRA], m = 0;
+	int regions = ivmc_memfds(), k = 0;
+
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof(a)) ||
+	    listen(lfd, EXTRA) || getsockname(lfd, (struct sockaddr *)&a, &len))
+		t_fail("extra listener: %s", strerror(errno));
+	for (int i = 0; i < EXTRA; i++) {
+		c[i] = socket(AF_INET, SOCK_STREAM, 0);
+		if (c[i] < 0 || connect(c[i], (struct sockaddr *)&a, sizeof(a)))
+			t_fail("extra connect: %s", strerror(errno));
+		s[i] = accept(lfd, NULL, NULL);
+		if (s[i] < 0)
+			t_fail("extra accept: %s", strerror(errno));
+	}
+	/* Until all EXTRA pairs have their channel (bounded: 4 s). */
+	for (int r = 0; r < 400 && (k = ivmc_memfds() - regions) < EXTRA; r++) {
+		for (int i = 0; i < EXTRA; i++)
+			pair_echo(c[i], s[i], r);
+		poll(NULL, 0, 10);
+	}
+	if (k != EXTRA)
+		t_fail("%d of %d connection pairs got a channel", k, EXTRA);
+	for (int i = 0; i < EXTRA; i++)
+		pair_echo(c[i], s[i], 0); /* every end has opened its half */
+	m = own_fds(floor_);
+	printf("client: %d more connections on channels: %d more library "
+	       "fds\n", 2 * EXTRA, m - n);
+	if (m != n + 2 * EXTRA)
+		t_fail("%d connections on channels cost %d library fds, not "
+		       "one each", 2 * EXTRA, m - n);
+	for (int i = 0; i < EXTRA; i++) {
+		close(c[i]);
+		close(s[i]);
+	}
+	close(lfd);
+	if ((m = own_fds(floor_)) != n)
+		t_fail("after closing them: %d library fds, not %d", m, n);
+}
+
 static int client(int step0, int fd)
 {
 	struct rlimit rl;
@@ -125,9 +220,11 @@ static int client(int step0, int fd)
 	floor_ = (int)(rl.rlim_cur / 2);
 	n = own_fds(floor_);
 	printf("client: %d fds of the library at or above %d\n", n, floor_);
-	/* daemon socket, mailbox, duplicate, doorbell, eventfd */
+	/* daemon socket, mailbox, the doorbell; the process's kick eventfd
+	 * and this thread's kick set (wake.c) */
 	if (n > 5)
 		t_fail("%d library fds for one connection", n);
+	extra_pairs(floor_, n);
 	/* 1: the application closes everything above its socket. */
 	for (int i = 0; i < 4; i++)
 		if (open("/dev/null", O_RDONLY) < 0)
@@ -299,10 +396,12 @@ int main(int argc, char **argv)
 		char cmd[PATH_MAX + 128], bin[PATH_MAX];
 
 		t_bin(bin, sizeof(bin), "ivmcctl");
-		snprintf(cmd, sizeof(cmd), "%s --json status | grep -q '\"paired\":1'",
-			 bin);
+		/* the client-server connection and the EXTRA pairs */
+		snprintf(cmd, sizeof(cmd),
+			 "%s --json status | grep -q '\"paired\":%d'", bin,
+			 1 + EXTRA);
 		if (system(cmd) != 0)
-			t_fail("the connection was not paired by ivmcd");
+			t_fail("ivmcd did not pair all %d connections", 1 + EXTRA);
 	}
 	st = t_daemon_stop(d);
 	T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);

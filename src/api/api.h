@@ -35,6 +35,10 @@ ssize_t tcp_sendv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 ssize_t tcp_recvv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 		  unsigned int flags);
 int tcp_fd(const struct ivmc_chan *h);
+/* Move the handle onto fd, another descriptor of its socket, from now on
+ * (TCP calls and the channel's side stream). The old one must stay open
+ * while a call may still be using it. */
+void tcp_set_fd(struct ivmc_chan *h, int fd);
 int tcp_poll_arm(struct ivmc_chan *h, short events);
 void tcp_set_nonblock(struct ivmc_chan *h, int on);
 int tcp_shutdown(struct ivmc_chan *h, int how);

@@ -43,7 +43,7 @@ struct tcpw {
 	struct ivmc_chan *h;
 	struct tcpw *next, *prev; /* every TCP handle (under G.mu) */
 	struct tcpw *hnext;	  /* token hash (under G.mu) */
-	int fd;
+	_Atomic int fd;		  /* moves only by tcp_set_fd() */
 	uint64_t token;
 	_Atomic int state;	  /* W_PENDING, W_ATTACHED, or -errno */
 	_Atomic int stash;	  /* a channel came and waits to be opened */
@@ -59,6 +59,13 @@ struct tcpw {
 	uint64_t recheck_until;	  /* W_UNSEEN: and until when (ms) */
 	int ring_wish;
 };
+
+/* The fd a handle's TCP calls go to now (see tcp_set_fd()). */
+static inline int wfd(const struct tcpw *w)
+{
+	return atomic_load_explicit((_Atomic int *)&w->fd,
+				    memory_order_relaxed);
+}
 
 struct lis {
 	struct lis *next;
@@ -614,7 +621,7 @@ static bool worth_it(const uint8_t a[16])
 /* Register w with the daemon (under G.mu). */
 static void do_register(struct tcpw *w)
 {
-	int err = send_reg(CTL_REG_CONN, w->fd, w->token,
+	int err = send_reg(CTL_REG_CONN, wfd(w), w->token,
 			   (uint32_t)w->ring_wish, true);
 
 	if (!err) {
@@ -847,7 +854,7 @@ ssize_t tcp_sendv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 		size_t off = 0;
 
 		while (off < iov[i].iov_len) {
-			ssize_t n = send(w->fd, (const char *)iov[i].iov_base + off,
+			ssize_t n = send(wfd(w), (const char *)iov[i].iov_base + off,
 					 iov[i].iov_len - off,
 					 MSG_DONTWAIT | MSG_NOSIGNAL |
 						 ((flags & IVMC_MORE) ? MSG_MORE : 0));
@@ -864,7 +871,7 @@ ssize_t tcp_sendv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 			if (err == -EINTR)
 				err = 0;
 			else if (err == -EAGAIN && !nb)
-				err = wait_fd(w->fd, POLLOUT);
+				err = wait_fd(wfd(w), POLLOUT);
 			if (err)
 				break;
 		}
@@ -892,7 +899,7 @@ ssize_t tcp_recvv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 		size_t off = 0;
 
 		while (off < iov[i].iov_len) {
-			ssize_t n = recv(w->fd, (char *)iov[i].iov_base + off,
+			ssize_t n = recv(wfd(w), (char *)iov[i].iov_base + off,
 					 iov[i].iov_len - off, MSG_DONTWAIT);
 
 			if (n > 0) {
@@ -911,7 +918,7 @@ ssize_t tcp_recvv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 			    (err == -EINTR && done))
 				err = 1;
 			else if (err == -EAGAIN && !nb)
-				err = wait_fd(w->fd, POLLIN);
+				err = wait_fd(wfd(w), POLLIN);
 			if (err)
 				break;
 		}
@@ -924,12 +931,26 @@ ssize_t tcp_recvv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 
 int tcp_fd(const struct ivmc_chan *h)
 {
-	return h->w->fd;
+	return wfd(h->w);
+}
+
+void tcp_set_fd(struct ivmc_chan *h, int fd)
+{
+	struct tcpw *w = h->w;
+	struct chan *c;
+
+	pthread_mutex_lock(&G.mu); /* against install() reading cfg */
+	atomic_store_explicit(&w->fd, fd, memory_order_relaxed);
+	w->cfg.side_fd = fd;
+	c = ivmc_load_acquire(&h->c);
+	if (c)
+		chan_set_side_fd(c, fd);
+	pthread_mutex_unlock(&G.mu);
 }
 
 int tcp_poll_arm(struct ivmc_chan *h, short events)
 {
-	struct pollfd p = { h->w->fd, events, 0 };
+	struct pollfd p = { wfd(h->w), events, 0 };
 
 	if (poll(&p, 1, 0) < 0)
 		return -errno;
@@ -960,7 +981,7 @@ int tcp_shutdown(struct ivmc_chan *h, int how)
 	pthread_mutex_unlock(&G.mu);
 	if (c)
 		return chan_shutdown(c, how);
-	return shutdown(w->fd, how) < 0 ? -errno : 0;
+	return shutdown(wfd(w), how) < 0 ? -errno : 0;
 }
 
 int tcp_close(struct ivmc_chan *h)

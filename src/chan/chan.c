@@ -9,7 +9,6 @@
 #include <sys/single_threaded.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -174,8 +173,6 @@ static int map_rings(struct chan *c, int fd, uint64_t base, int side)
 
 static void chan_free(struct chan *c)
 {
-	if (c->kick >= 0)
-		close(c->kick);
 	for (int d = 0; d < 2; d++)
 		if (c->mirror[d])
 			munmap(c->mirror[d], 2 * (size_t)c->ring_size);
@@ -220,22 +217,32 @@ static void fork_prepare(void)
 	pthread_mutex_lock(&ends_lock);
 	for (struct chan *c = ends.next; c != &ends; c = c->next)
 		ivmc_store_once(&c->ep->forked, 1);
+	chan_kicks_fork(-1);
 }
 
-static void fork_done(void)
+static void fork_parent(void)
 {
+	chan_kicks_fork(0);
+	pthread_mutex_unlock(&ends_lock);
+}
+
+static void fork_child(void)
+{
+	chan_kicks_fork(1);
 	pthread_mutex_unlock(&ends_lock);
 }
 
 static void ends_init(void)
 {
-	pthread_atfork(fork_prepare, fork_done, fork_done);
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 static void ends_add(struct chan *c)
 {
 	pthread_once(&ends_once, ends_init);
 	pthread_mutex_lock(&ends_lock);
+	if (ends.next == &ends)
+		chan_kicks_busy();
 	c->next = ends.next;
 	c->prev = &ends;
 	ends.next->prev = c;
@@ -243,11 +250,15 @@ static void ends_add(struct chan *c)
 	pthread_mutex_unlock(&ends_lock);
 }
 
+/* The first end in makes the kick eventfd, the last one out closes the
+ * kick fds, under the lock, so that no end (no poller) comes meanwhile. */
 static void ends_del(struct chan *c)
 {
 	pthread_mutex_lock(&ends_lock);
 	c->prev->next = c->next;
 	c->next->prev = c->prev;
+	if (ends.next == &ends)
+		chan_kicks_idle();
 	pthread_mutex_unlock(&ends_lock);
 }
 
@@ -266,7 +277,6 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
-	c->kick = -1;
 	err = xport_map(region_fd, 0, IVMC_SHM_HDR_SIZE, (void **)&c->hdr);
 	if (err) {
 		c->hdr = NULL;
@@ -282,12 +292,6 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	}
 	c->ring_size = hc.ring_size;
 	c->side_fd = cfg->side_fd;
-	c->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (c->kick < 0) {
-		err = -errno;
-		goto fail;
-	}
-	c->kick = xport_fd_high(c->kick);
 	c->doorbell = doorbell_fd;
 	c->wait_mode = cfg->wait_mode;
 	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
@@ -378,7 +382,8 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
-	c->kick = c->doorbell = c->side_fd = -1;
+	c->doorbell = -1;
+	c->side_fd = -1;
 	c->wait_mode = cfg->wait_mode;
 	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
 	c->poll_max_ns = poll_max_ns(cfg);
@@ -407,6 +412,11 @@ void chan_close(struct chan *c)
 	if (c->doorbell >= 0)
 		close(c->doorbell);
 	chan_free(c);
+}
+
+void chan_set_side_fd(struct chan *c, int fd)
+{
+	atomic_store_explicit(&c->side_fd, fd, memory_order_relaxed);
 }
 
 /* Nobody else can be in a call on this end: one thread, never forked. */

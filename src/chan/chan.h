@@ -128,6 +128,12 @@ int chan_attach(struct chan *c, enum chan_dir d);
 /* shutdown(2) semantics for SHUT_RD/SHUT_WR/SHUT_RDWR. */
 int chan_shutdown(struct chan *c, int how);
 
+/* Carry the side stream on fd from now on: another descriptor of the same
+ * socket. A call that loaded the old one may still use it: keep it open
+ * until no call can be in one (the preload: until the application closes
+ * it, which is then its own race, as with TCP). */
+void chan_set_side_fd(struct chan *c, int fd);
+
 /* The doorbell fd (pollable); see ivmc_fd(). -1 for chan_open_mem(). */
 int chan_fd(const struct chan *c);
 

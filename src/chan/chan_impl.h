@@ -88,7 +88,7 @@ struct chan_ep {
 };
 
 /* The process-local handle. Immutable after chan_open() (but for the
- * list links, under the list lock in chan.c). */
+ * list links, under the list lock in chan.c, and side_fd). */
 struct chan {
 	struct chan *next, *prev; /* every open end of this process */
 	struct chan_ep *ep;
@@ -97,9 +97,9 @@ struct chan {
 	uint8_t *mirror[2];	  /* mirror maps, 2 * ring_size each */
 	uint32_t ring_size;
 	uint32_t spin_default;
-	int doorbell, side_fd;
-	int kick;		  /* eventfd that wakes our own poller after a
-				   * local change (switch, shutdown) */
+	int doorbell;
+	_Atomic int side_fd;	  /* may move (chan_set_side_fd()); read it
+				   * with chan_side_fd() once per call */
 	int wait_mode;
 	uint32_t poll_max_ns;	  /* chan_open_mem(): no doorbell (-1), waiters
 				   * poll, sleeping at most this long */
@@ -156,6 +156,26 @@ void chan_wake_followers(struct chan *c);
 /* wake.c: wake every sleeper of this end, the poller too: after a local
  * change (detach, attach, shutdown) that a sleeper must act on. */
 void chan_kick(struct chan *c);
+
+/* wake.c: the first end of the process opened: the kick eventfd is made
+ * now, so that a fork child inherits it with the end (and a kick in one
+ * reaches a poller in the other). */
+void chan_kicks_busy(void);
+
+/* wake.c: the last end of the process closed: the kick eventfd and every
+ * thread's kick set go (a process without channels holds no fd for them). */
+void chan_kicks_idle(void);
+
+/* wake.c: fork handling of the kick sets, called under the ends lock:
+ * phase -1 before fork, 0 in the parent after, 1 in the child. */
+void chan_kicks_fork(int phase);
+
+/* The side stream's fd now (a relaxed load: see chan_set_side_fd()). */
+static inline int chan_side_fd(const struct chan *c)
+{
+	return atomic_load_explicit((_Atomic int *)&c->side_fd,
+				    memory_order_relaxed);
+}
 
 /* wake.c: empty the doorbell without waiting, if no poller is at it.
  * Returns true if that changed the end's state (peer gone, poisoned). */

@@ -149,7 +149,7 @@ static ssize_t tx_side(struct chan *c, struct iovc *ic, size_t left)
 	if (v.iov_len > left)
 		v.iov_len = left;
 	do
-		n = send(c->side_fd, v.iov_base, v.iov_len,
+		n = send(chan_side_fd(c), v.iov_base, v.iov_len,
 			 MSG_DONTWAIT | MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
@@ -353,7 +353,7 @@ static ssize_t rx_side(struct chan *c, struct iovc *ic, size_t left)
 	 * stream may hold bytes from after that epoch (sw_rx_side_limit()). */
 	peek = lim == UINT64_MAX && ep->rx.ready == ep->rx_epoch;
 	do
-		n = recv(c->side_fd, v.iov_base, v.iov_len,
+		n = recv(chan_side_fd(c), v.iov_base, v.iov_len,
 			 MSG_DONTWAIT | (peek ? MSG_PEEK : 0));
 	while (n < 0 && errno == EINTR);
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -372,7 +372,7 @@ static ssize_t rx_side(struct chan *c, struct iovc *ic, size_t left)
 			n = (ssize_t)lim;
 		if (!n)
 			return STEP_AGAIN;
-		if (recv(c->side_fd, v.iov_base, (size_t)n, MSG_DONTWAIT) != n)
+		if (recv(chan_side_fd(c), v.iov_base, (size_t)n, MSG_DONTWAIT) != n)
 			return chan_poison(c, -EIO); /* someone else read it */
 	}
 	iovc_adv(ic, (size_t)n);
@@ -711,7 +711,7 @@ int chan_shutdown(struct chan *c, int how)
 /* On the side stream: ready if the stream is, now. */
 static bool side_ready(const struct chan *c, short ev)
 {
-	struct pollfd p = { c->side_fd, ev, 0 };
+	struct pollfd p = { chan_side_fd(c), ev, 0 };
 
 	if (ev == POLLIN)
 		p.events |= POLLRDHUP;

@@ -58,7 +58,7 @@ int sw_tx_flush_pending(struct chan *c)
 
 	while (ep->tx_pend) {
 		const uint8_t *p = c->tx.data + (ep->tx_pend_at & (c->ring_size - 1));
-		ssize_t n = send(c->side_fd, p, ep->tx_pend,
+		ssize_t n = send(chan_side_fd(c), p, ep->tx_pend,
 				 MSG_DONTWAIT | MSG_NOSIGNAL);
 
 		if (n < 0) {
@@ -135,7 +135,7 @@ void sw_tx_shut_side(struct chan *c)
 void sw_side_shut_now(struct chan *c)
 {
 	atomic_fetch_and(&c->ep->flags, ~EP_SIDE_SHUT);
-	shutdown(c->side_fd, SHUT_WR);
+	shutdown(chan_side_fd(c), SHUT_WR);
 }
 
 int chan_settle(struct chan *c)
@@ -174,7 +174,7 @@ void sw_tx_strand(struct chan *c)
 static int flush_blocking(struct chan *c)
 {
 	for (int tries = 0; tries < 1000000; tries++) {
-		struct pollfd p = { c->side_fd, POLLOUT, 0 };
+		struct pollfd p = { chan_side_fd(c), POLLOUT, 0 };
 		int err = sw_tx_flush_pending(c);
 
 		if (err != -EAGAIN)

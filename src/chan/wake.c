@@ -13,6 +13,9 @@
 #include <string.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/sysinfo.h>
@@ -30,6 +33,7 @@
 #define OVER_HOLD_NS	  100000000u /* after a preempted spin, sleep only */
 #define FOLLOW_MS	  200	  /* a follower re-checks at least this often */
 #define FOLLOW_SIDE_MS	  5	  /* ... when it waits for side events */
+#define KICK_NAP_MS	  50	  /* a poller with no kick set */
 #define DRAIN_MAX	  64u	  /* an honest peer rings a byte or two;
 				   * a flood is left in the socket */
 
@@ -344,9 +348,159 @@ static short side_events(struct chan *c, enum chan_dir d)
 }
 
 struct sleeper {
-	struct pollfd pfd[3]; /* doorbell, side stream, kick */
+	struct pollfd pfd[3]; /* doorbell, side stream, kicks */
 	int nfds;
+	int side; /* index of the side stream in pfd, or -1 */
+	int kick; /* this thread's kick set (the last in pfd), or -1 */
 };
+
+/*
+ * Kicks: a local change (a shutdown, a switch) must end the sleep of this
+ * end's poller, which may be another thread or a fork child. One eventfd
+ * per process (fork children inherit it, as they share our ends) is written
+ * for a kick. Each thread that sleeps as a poller watches it through an
+ * epoll set of its own, edge-triggered: every write is then an event for
+ * every such thread, and no poller can take one away from another (as a
+ * read of a shared eventfd would). A kick for another end costs a poller a
+ * spurious wake and a re-check; kicks are rare (a shutdown, a switch), and
+ * sent only while the end has a poller. This costs a process one fd and
+ * each sleeping thread one, where an eventfd per end cost one fd per
+ * connection (issue 4: at most one extra fd per connection).
+ */
+static int kick_efd = -1;	 /* while the process has an end open */
+static unsigned int kick_gen;	 /* bumped when the sets are all closed */
+static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
+static pthread_key_t kick_key;
+static bool kick_key_ok;
+static pthread_mutex_t kick_mu = PTHREAD_MUTEX_INITIALIZER;
+static int *kick_eps, kick_neps, kick_cap; /* every thread's set */
+static __thread int t_kick_ep = -1;
+static __thread unsigned int t_kick_gen;
+
+/* A thread ends: its set goes (unless chan_kicks_idle() took it). */
+static void kick_thread_exit(void *unused)
+{
+	(void)unused;
+	pthread_mutex_lock(&kick_mu);
+	if (t_kick_ep >= 0 && t_kick_gen == kick_gen) {
+		for (int i = 0; i < kick_neps; i++)
+			if (kick_eps[i] == t_kick_ep)
+				kick_eps[i] = kick_eps[--kick_neps];
+		close(t_kick_ep);
+	}
+	t_kick_ep = -1;
+	pthread_mutex_unlock(&kick_mu);
+}
+
+static void kick_init(void)
+{
+	kick_key_ok = pthread_key_create(&kick_key, kick_thread_exit) == 0;
+}
+
+static void kick_close_all(void)
+{
+	for (int i = 0; i < kick_neps; i++)
+		close(kick_eps[i]);
+	kick_neps = 0;
+	kick_gen++;
+	t_kick_ep = -1;
+}
+
+void chan_kicks_busy(void)
+{
+	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+
+	pthread_mutex_lock(&kick_mu);
+	if (fd >= 0 && kick_efd < 0)
+		atomic_store_explicit((_Atomic int *)&kick_efd,
+				      xport_fd_high(fd), memory_order_relaxed);
+	else if (fd >= 0)
+		close(fd);
+	pthread_mutex_unlock(&kick_mu);
+}
+
+void chan_kicks_idle(void)
+{
+	pthread_mutex_lock(&kick_mu);
+	kick_close_all();
+	if (kick_efd >= 0)
+		close(kick_efd);
+	atomic_store_explicit((_Atomic int *)&kick_efd, -1,
+			      memory_order_relaxed);
+	pthread_mutex_unlock(&kick_mu);
+}
+
+void chan_kicks_fork(int phase)
+{
+	if (phase < 0) {
+		pthread_mutex_lock(&kick_mu);
+		return;
+	}
+	/* The child has one thread, and every set it inherited is shared
+	 * with a thread of the parent (an edge one takes the other misses):
+	 * close them all. The eventfd it keeps: kicks cross fork, as our
+	 * ends do. */
+	if (phase > 0)
+		kick_close_all();
+	pthread_mutex_unlock(&kick_mu);
+}
+
+/* Register a new set: under kick_mu. */
+static bool kick_keep(int ep)
+{
+	if (kick_neps == kick_cap) {
+		int cap = kick_cap ? 2 * kick_cap : 16;
+		int *n = realloc(kick_eps, (size_t)cap * sizeof(*n));
+
+		if (!n)
+			return false;
+		kick_eps = n;
+		kick_cap = cap;
+	}
+	kick_eps[kick_neps++] = ep;
+	return true;
+}
+
+/* This thread's epoll set watching the kick eventfd; -1 if it cannot have
+ * one (then a poller sleeps at most KICK_NAP_MS at a time). Only a thread
+ * with an end open calls it, so chan_kicks_idle() cannot run meanwhile. */
+static int kick_ep(void)
+{
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLET };
+	int ep = -1;
+
+	if (t_kick_ep >= 0 && t_kick_gen == kick_gen)
+		return t_kick_ep;
+	pthread_once(&kick_once, kick_init);
+	if (!kick_key_ok)
+		return -1;
+	pthread_mutex_lock(&kick_mu);
+	if (kick_efd >= 0)
+		ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep >= 0)
+		ep = xport_fd_high(ep);
+	if (ep >= 0 && (epoll_ctl(ep, EPOLL_CTL_ADD, kick_efd, &ev) < 0 ||
+			!kick_keep(ep))) {
+		close(ep);
+		ep = -1;
+	}
+	if (ep >= 0) {
+		t_kick_ep = ep;
+		t_kick_gen = kick_gen;
+		(void)pthread_setspecific(kick_key, &t_kick_ep); /* non-NULL */
+	}
+	pthread_mutex_unlock(&kick_mu);
+	return ep;
+}
+
+/* The kick edges this thread's set holds: taken, so it sleeps again. */
+static void kick_take(int ep)
+{
+	struct epoll_event ev;
+
+	while (epoll_wait(ep, &ev, 1, 0) > 0)
+		;
+}
 
 /* The poller's set: the doorbell, and the side stream for what any waiter
  * on this end registered (ep->side_want holds one byte of events each). */
@@ -359,10 +513,14 @@ static void sleeper_init(struct chan *c, struct sleeper *s)
 	s->pfd[0].fd = -1;
 	if (!chan_flag(c, EP_PEER_GONE))
 		s->pfd[s->nfds++] = (struct pollfd){ c->doorbell, POLLIN, 0 };
-	if (ev)
-		s->pfd[s->nfds++] = (struct pollfd){ c->side_fd, ev, 0 };
-	if (c->kick >= 0)
-		s->pfd[s->nfds++] = (struct pollfd){ c->kick, POLLIN, 0 };
+	s->side = -1;
+	if (ev) {
+		s->side = s->nfds;
+		s->pfd[s->nfds++] = (struct pollfd){ chan_side_fd(c), ev, 0 };
+	}
+	s->kick = kick_ep();
+	if (s->kick >= 0)
+		s->pfd[s->nfds++] = (struct pollfd){ s->kick, POLLIN, 0 };
 }
 
 /* Side readable while the ring is in use: end of file (note it, so it is
@@ -372,15 +530,12 @@ static void sleeper_init(struct chan *c, struct sleeper *s)
  * that keeps the side readable to make us spin. */
 static void side_poke(struct chan *c, const struct sleeper *s)
 {
-	const struct pollfd *p = NULL;
+	const struct pollfd *p = s->side >= 0 ? &s->pfd[s->side] : NULL;
 	char b;
 
-	for (int i = 0; i < s->nfds; i++)
-		if (s->pfd[i].fd == c->side_fd)
-			p = &s->pfd[i];
 	if (!p || !(p->revents & ~POLLOUT) || !on_ring(c, CHAN_RX))
 		return;
-	if (recv(c->side_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ||
+	if (recv(p->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ||
 	    (p->revents & (POLLHUP | POLLERR)))
 		atomic_fetch_or(&c->ep->flags, EP_SIDE_EOF);
 	else
@@ -411,14 +566,26 @@ void chan_wake_followers(struct chan *c)
 	gen_bump(c->ep, GEN_DRAIN);
 }
 
+/* Bump first, then look for a poller: a poller takes the role, then reads
+ * wake_gen before it sleeps (both sequentially consistent), so either it
+ * sees the bump or we see it and write. The write comes after the bump, so
+ * an edge the poller took before its re-check was not this kick's. */
 void chan_kick(struct chan *c)
 {
 	static const uint64_t one = 1;
 
-	if (c->kick >= 0 && write(c->kick, &one, sizeof(one)) < 0 &&
-	    errno != EAGAIN)
-		return; /* cannot fail on a valid eventfd; EAGAIN: still kicked */
+	int fd;
+
 	gen_bump(c->ep, GEN_DRAIN);
+	ivmc_fence_full();
+	if (!atomic_load(&c->ep->poll_lock))
+		return;
+	/* A poller of ours made the eventfd before it slept (a poller in a
+	 * fork child: before the fork, or it is not ours to write). */
+	fd = atomic_load_explicit((_Atomic int *)&kick_efd,
+				  memory_order_relaxed);
+	if (fd >= 0 && write(fd, &one, sizeof(one)) < 0)
+		return; /* EAGAIN at 2^64 - 2 kicks: pollers have an edge */
 }
 
 /* The poller: sleeps in poll(), drains the doorbell, then bumps wake_gen so
@@ -427,32 +594,33 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 {
 	struct chan_ep *ep = c->ep;
 	struct sleeper s;
+	bool nap_only = false;
 	int r = 0;
 
 	sleeper_init(c, &s);
 	/* Without the doorbell (peer gone since the re-check) and the side
-	 * stream, only a kick could end the sleep: re-check instead. */
+	 * stream, only a kick could end the sleep: re-check instead. Without
+	 * a kick set, nap at most KICK_NAP_MS so a kick is late, not lost. */
+	if (s.kick < 0 && (timeout_ms < 0 || timeout_ms > KICK_NAP_MS))
+		timeout_ms = KICK_NAP_MS, nap_only = true;
 	if (!gen_drained_since(ep, gen) &&
-	    (s.pfd[0].fd == c->doorbell || s.nfds > 1 + (c->kick >= 0)))
+	    (s.pfd[0].fd == c->doorbell || s.side >= 0))
 		r = poll(s.pfd, (nfds_t)s.nfds, timeout_ms);
 	if (r < 0)
 		r = errno == EINTR ? -EINTR : -errno;
 	if (r > 0 && s.pfd[0].fd == c->doorbell && s.pfd[0].revents)
 		drain(c);
-	if (r > 0 && s.pfd[s.nfds - 1].fd == c->kick && s.pfd[s.nfds - 1].revents) {
-		uint64_t v;
-
-		if (read(c->kick, &v, sizeof(v)) < 0 && errno != EAGAIN)
-			r = -errno;
-		else
-			drained(ep); /* a kick is a ring from ourselves */
+	if (r > 0 && s.kick >= 0 && s.pfd[s.nfds - 1].revents) {
+		kick_take(s.kick);
+		drained(ep); /* a kick is a ring from ourselves */
 	}
 	if (r > 0)
 		side_poke(c, &s);
 	ep_unlock(&ep->poll_lock);
 	/* Unlock /then/ bump: a follower woken by the bump can take the role. */
 	gen_bump(ep, 1); /* a release: wakes followers */
-	return r < 0 ? r : (r == 0 && timeout_ms >= 0 ? -ETIMEDOUT : 0);
+	return r < 0 ? r : (r == 0 && timeout_ms >= 0 && !nap_only ? -ETIMEDOUT
+								   : 0);
 }
 
 /* Followers sleep on wake_gen; with side events the poller may not be

@@ -73,10 +73,10 @@ static bool may_spin(int64_t now, int64_t last_busy)
 int pl_wait_fds(struct pl_conn *c, short events, struct pollfd *out)
 {
 	if (!c->attached) {
-		out[0] = (struct pollfd){ c->priv, events, 0 };
+		out[0] = (struct pollfd){ pl_sock(c), events, 0 };
 		return 1;
 	}
-	out[0] = (struct pollfd){ c->priv,
+	out[0] = (struct pollfd){ pl_sock(c),
 				  (short)(POLLIN | POLLRDHUP |
 					  (c->tx_ring ? 0 : (events & POLLOUT))),
 				  0 };

@@ -3,8 +3,9 @@
  * Description: libivmc-preload.so, the socket calls: which fds carry an
  * ivmc connection, and the data path through the channel for them. Every
  * TCP connection of the application starts as plain TCP, exactly as asked;
- * a connected one whose peer may be co-located is handed to ivmc_tcp() on
- * a private duplicate of the socket, and moves onto a channel when ivmcd
+ * a connected one whose peer may be co-located is handed to ivmc_tcp()
+ * (on the application's fd; on a private duplicate once it has two, see
+ * struct pl_conn), and moves onto a channel when ivmcd
  * pairs it with its other end (which runs under ivmc-run too). Anything
  * else — no daemon, a remote peer, policy — stays plain TCP, untouched.
  *
@@ -18,6 +19,7 @@
 #include <linux/close_range.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -323,15 +325,49 @@ static struct pl_conn *bind_fd(int fd, struct pl_conn *c)
 }
 
 /* An application fd stopped naming c: the last one closes the handle
- * (the channel detaches to TCP first) and our duplicate. */
+ * (the channel detaches to TCP first) and our duplicate, if any. Called
+ * while that fd is still the socket (close() and dup2() over it call the
+ * real one after). */
 static void conn_put(struct pl_conn *c)
 {
 	if (atomic_fetch_sub(&c->refs, 1) != 1)
 		return;
 	if (c->h)
 		ivmc_close(c->h);
-	REAL(close)(c->priv);
+	if (c->priv >= 0)
+		REAL(close)(c->priv);
 	free(c);
+}
+
+/* fd is about to name c too (a dup): c must outlive any one of its fds,
+ * so the handle moves onto a duplicate of our own, once. Returns false
+ * if none can be had (no fd to spare): the caller gives c back to TCP. */
+static bool conn_own_fd(struct pl_conn *c, int fd)
+{
+	int none = -1, priv;
+
+	if (!c->h || atomic_load(&c->priv) >= 0)
+		goto moved;
+	priv = REAL(fcntl)(fd, F_DUPFD_CLOEXEC,
+			   xport_fd_floor > 0 ? xport_fd_floor : 3);
+	if (priv < 0)
+		return false;
+	if (!atomic_compare_exchange_strong(&c->priv, &none, priv)) {
+		REAL(close)(priv); /* another thread's dup was first */
+		goto moved;
+	}
+	mark_ours(priv);
+	tcp_set_fd(c->h, priv);
+	atomic_store(&c->sock, priv);
+	plog(2, "fd %d: a second fd: the handle moves to priv %d", fd, priv);
+	return true;
+moved:
+	/* The winner of a race of two dups may still be moving it: the
+	 * application may close fd as soon as we return. */
+	for (int i = 0; i < 100000 && c->h &&
+			pl_sock(c) != atomic_load(&c->priv); i++)
+		sched_yield();
+	return true;
 }
 
 /* ---- wrapping a connection --------------------------------------------- */
@@ -379,7 +415,7 @@ static int64_t now_ms(void);
 static struct pl_conn *wrap(int fd)
 {
 	struct pl_conn *c;
-	int fl, priv, err, where;
+	int fl, err, where;
 	struct slot *s;
 	uint64_t moved[2] = { 0, 0 };
 
@@ -411,17 +447,9 @@ static struct pl_conn *wrap(int fd)
 		}
 		return NULL;
 	}
-	priv = REAL(fcntl)(fd, F_DUPFD_CLOEXEC,
-			   xport_fd_floor > 0 ? xport_fd_floor : 3);
-	if (priv < 0) {
-		set_kind(fd, K_PLAIN);
-		return NULL;
-	}
 	c = calloc(1, sizeof(*c));
-	if (!c) {
-		REAL(close)(priv);
+	if (!c)
 		return NULL;
-	}
 	fl = REAL(fcntl)(fd, F_GETFL);
 	cfg.opts.flags = fl >= 0 && (fl & O_NONBLOCK) ? IVMC_NONBLOCK : 0;
 	s = slot_of(fd, false);
@@ -429,19 +457,18 @@ static struct pl_conn *wrap(int fd)
 		moved[0] = s->moved[0];
 		moved[1] = s->moved[1];
 	}
-	err = ivmc_tcp(priv, &cfg.opts, &c->h);
+	err = ivmc_tcp(fd, &cfg.opts, &c->h);
 	if (!err && (moved[0] || moved[1]))
 		tcp_set_offsets(c->h, moved[0], moved[1]);
 	if (err) {
 		plog(1, "fd %d: ivmc_tcp: %s; plain TCP", fd, strerror(-err));
-		REAL(close)(priv);
 		free(c);
 		set_kind(fd, K_PLAIN);
 		return NULL;
 	}
-	c->priv = priv;
-	mark_ours(priv);
-	plog(2, "fd %d: registered (priv %d)", fd, priv);
+	c->priv = -1;
+	c->sock = fd;
+	plog(2, "fd %d: registered", fd);
 	if (bind_fd(fd, c)) /* cannot happen: the slot was free */
 		plog(0, "fd %d: was bound twice", fd);
 	pl_events_adopt(fd, c); /* registered in epoll while connecting */
@@ -493,7 +520,7 @@ bool pl_attached(struct pl_conn *c)
 		c->tx_ring = tx;
 		atomic_fetch_add(&c->gen, 1);
 		atomic_fetch_add(&pl_gen, 1);
-		plog(2, "priv %d: %s", c->priv, now ? "on the channel" : "off");
+		plog(2, "sock %d: %s", pl_sock(c), now ? "on the channel" : "off");
 	}
 	return now;
 }
@@ -510,9 +537,9 @@ static void release(struct pl_conn *c)
 	atomic_fetch_add(&pl_gen, 1);
 	/* Unread ring bytes are given back: the peer resends them on TCP. */
 	if (ivmc_close(h) == -ECONNABORTED)
-		plog(1, "priv %d: released as the peer did: bytes it left in "
-			"the ring are lost", c->priv);
-	plog(2, "priv %d: released to plain TCP", c->priv);
+		plog(1, "sock %d: released as the peer did: bytes it left in "
+			"the ring are lost", pl_sock(c));
+	plog(2, "sock %d: released to plain TCP", pl_sock(c));
 }
 
 /* ---- the data path -------------------------------------------------------- */
@@ -591,7 +618,7 @@ static ssize_t timed(struct pl_conn *c, bool tx, const struct iovec *iov,
 static ssize_t peek(struct pl_conn *c, const struct iovec *iov, int n,
 		    int flags)
 {
-	bool nb = (flags & MSG_DONTWAIT) || (REAL(fcntl)(c->priv, F_GETFL) &
+	bool nb = (flags & MSG_DONTWAIT) || (REAL(fcntl)(pl_sock(c), F_GETFL) &
 					       O_NONBLOCK);
 	int64_t end = c->rcvtimeo_ms ? now_ms() + c->rcvtimeo_ms : -1;
 
@@ -622,7 +649,7 @@ static ssize_t peek(struct pl_conn *c, const struct iovec *iov, int n,
 		if (r == -EOPNOTSUPP) {
 			struct msghdr m = { .msg_iov = (struct iovec *)iov,
 					    .msg_iovlen = (size_t)n };
-			ssize_t k = REAL(recvmsg)(c->priv, &m,
+			ssize_t k = REAL(recvmsg)(pl_sock(c), &m,
 						  (flags & ~MSG_WAITALL) |
 							  MSG_PEEK | MSG_DONTWAIT);
 
@@ -673,7 +700,7 @@ static ssize_t do_recv(struct pl_conn *c, const struct iovec *iov,
 		r = ivmc_recvv(c->h, iov, n, f);
 	pl_attached(c);
 	if (r <= 0 && r != -EAGAIN && cfg.log_level >= 2)
-		plog(2, "priv %d: recv -> %zd (%s)", c->priv, r,
+		plog(2, "sock %d: recv -> %zd (%s)", pl_sock(c), r,
 		     r ? strerror((int)-r) : "end of stream");
 	/* EAGAIN, or less than asked (an EPOLLET application like nginx
 	 * takes that as drained): the next data is a new edge. */
@@ -1215,15 +1242,22 @@ PL_API int shutdown(int fd, int how)
 	return r ? (int)fail(-r) : 0;
 }
 
-/* A new fd names what old names. */
+/* A new fd names what old names. A connection that cannot have a
+ * duplicate of its own goes back to TCP first (see conn_own_fd()). */
 static void dup_to(int old, int nfd)
 {
 	struct pl_conn *c = pl_peek(old);
 	int k = kind_of(old);
 
 	set_kind(nfd, k == K_EPOLL ? K_NONE : k);
-	if (c)
-		bind_fd(nfd, c);
+	if (!c)
+		return;
+	if (!conn_own_fd(c, old)) {
+		plog(1, "fd %d: no fd to spare for its dup %d: plain TCP", old,
+		     nfd);
+		release(c);
+	}
+	bind_fd(nfd, c);
 }
 
 PL_API int dup(int fd)
@@ -1237,12 +1271,23 @@ PL_API int dup(int fd)
 	return r;
 }
 
+/* dup2/dup3 over nfd: if nfd carries a connection, let go of it while nfd
+ * is still its socket (its handle may run on that very fd). */
+static void before_dup_over(int old, int nfd)
+{
+	if (pl_peek(nfd) && REAL(fcntl)(old, F_GETFD) >= 0) {
+		forget_epfd(nfd);
+		forget(nfd);
+	}
+}
+
 PL_API int dup2(int old, int nfd)
 {
 	int r;
 
 	if (old == nfd)
 		return REAL(dup2)(old, nfd);
+	before_dup_over(old, nfd);
 	r = REAL(dup2)(old, nfd);
 	if (r >= 0) {
 		forget_epfd(nfd);
@@ -1254,8 +1299,11 @@ PL_API int dup2(int old, int nfd)
 
 PL_API int dup3(int old, int nfd, int flags)
 {
-	int r = REAL(dup3)(old, nfd, flags);
+	int r;
 
+	if (old != nfd)
+		before_dup_over(old, nfd);
+	r = REAL(dup3)(old, nfd, flags);
 	if (r >= 0) {
 		forget_epfd(nfd);
 		forget(nfd);
@@ -1318,7 +1366,7 @@ PL_API int ioctl(int fd, unsigned long req, ...)
 		if (n < 0) /* empty (-EAGAIN), on the side stream, or an error */
 			n = 0;
 		/* Bytes on the ring (the readable run), else on the socket. */
-		if (!n && REAL(ioctl)(c->priv, FIONREAD, &k) == 0)
+		if (!n && REAL(ioctl)(pl_sock(c), FIONREAD, &k) == 0)
 			n = k;
 		if (!arg)
 			return (int)fail(EFAULT);
@@ -1568,4 +1616,59 @@ PL_API int posix_spawnp(pid_t *pid, const char *file, const void *fa,
 {
 	before_exec();
 	return REAL(posix_spawnp)(pid, file, fa, attr, argv, envp);
+}
+
+/* ---- the library's own calls ------------------------------------------- */
+
+/*
+ * Inside this .so the library's objects call these instead of the libc
+ * functions of the same names (the build renames them, with objcopy and
+ * src/preload/direct.syms): the library's calls on a connection's socket
+ * go to the kernel, never back into the wrappers above, though the handle
+ * runs on the application's own fd. close() is not among them: ours go
+ * through the wrapper, which keeps the fd table right.
+ */
+#define DIRECT(ret, name, params, args)                                  \
+	ret ivmc_direct_##name params;                                   \
+	ret ivmc_direct_##name params                                    \
+	{                                                                \
+		return REAL(name) args; /* NOLINT(bugprone-macro-parentheses) */ \
+	}
+
+DIRECT(int, accept4, (int fd, struct sockaddr *sa, socklen_t *l, int fl),
+       (fd, sa, l, fl))
+DIRECT(int, connect, (int fd, const struct sockaddr *sa, socklen_t l),
+       (fd, sa, l))
+DIRECT(int, epoll_create1, (int fl), (fl))
+DIRECT(int, epoll_ctl, (int ep, int op, int fd, struct epoll_event *ev),
+       (ep, op, fd, ev))
+DIRECT(int, epoll_wait, (int ep, struct epoll_event *ev, int n, int ms),
+       (ep, ev, n, ms))
+DIRECT(int, getsockopt, (int fd, int lv, int nm, void *v, socklen_t *l),
+       (fd, lv, nm, v, l))
+DIRECT(int, listen, (int fd, int n), (fd, n))
+DIRECT(int, poll, (struct pollfd *p, nfds_t n, int ms), (p, n, ms))
+DIRECT(int, ppoll, (struct pollfd *p, nfds_t n, const struct timespec *ts,
+		    const sigset_t *m), (p, n, ts, m))
+DIRECT(ssize_t, read, (int fd, void *b, size_t n), (fd, b, n))
+DIRECT(ssize_t, recv, (int fd, void *b, size_t n, int fl), (fd, b, n, fl))
+DIRECT(ssize_t, recvmsg, (int fd, struct msghdr *m, int fl), (fd, m, fl))
+DIRECT(ssize_t, send, (int fd, const void *b, size_t n, int fl),
+       (fd, b, n, fl))
+DIRECT(ssize_t, sendmsg, (int fd, const struct msghdr *m, int fl),
+       (fd, m, fl))
+DIRECT(int, shutdown, (int fd, int how), (fd, how))
+DIRECT(int, socket, (int d, int t, int p), (d, t, p))
+DIRECT(ssize_t, write, (int fd, const void *b, size_t n), (fd, b, n))
+
+int ivmc_direct_fcntl(int fd, int cmd, ...);
+int ivmc_direct_fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	long arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, long);
+	va_end(ap);
+	return REAL(fcntl)(fd, cmd, arg);
 }

@@ -74,11 +74,16 @@ struct pl_real {
 extern struct pl_real pl_real;
 
 /* One accelerated connection, shared by every application fd that refers
- * to it (dup, fork). The handle runs on priv, our own duplicate of the
- * socket: the application may close or dup2 over its fds in any order. */
+ * to it (dup, fork). The handle runs on the application's fd while that is
+ * the only one; the first dup gives it a duplicate of its own (priv, high,
+ * close-on-exec), so that the application may then close or dup2 over its
+ * fds in any order. An fd is not a number to spare (issue 4: at most one
+ * extra fd per connection; the doorbell is that one). */
 struct pl_conn {
 	struct ivmc_chan *h;
-	int priv;		/* high, close-on-exec */
+	_Atomic int sock;	/* the fd the handle runs on: the
+				 * application's, or priv */
+	_Atomic int priv;	/* our duplicate, or -1 */
 	_Atomic int refs;	/* application fds naming it */
 	_Atomic unsigned int gen; /* bumped when it attaches or detaches */
 	int rcvtimeo_ms;	/* SO_RCVTIMEO, 0: none */
@@ -94,6 +99,12 @@ struct pl_conn {
 /* The connection an application fd carries, or NULL (plain fd). The first
  * I/O on a connecting TCP socket of ours wraps it here. */
 struct pl_conn *pl_conn(int fd);
+
+/* The fd c's handle runs on now (the application's, or our duplicate). */
+static inline int pl_sock(struct pl_conn *c)
+{
+	return atomic_load_explicit(&c->sock, memory_order_relaxed);
+}
 
 /* The same, without trying to wrap (a pure table look-up). */
 struct pl_conn *pl_peek(int fd);
