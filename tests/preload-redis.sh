@@ -128,7 +128,11 @@ bench() { # NAME CONNECTIONS ARGS...
 		fail "redis-benchmark $name: no GET result"
 	p1=$(paired_count)
 	say "bench $name: $(((t1 - t0) / 1000000)) ms, pairs $p0 -> $p1"
-	pairs_expected "redis-benchmark $name ($c connections)" accel "$p0" "$p1" "$c"
+	# The SET and the GET run open c connections each: at least half of
+	# the 2c on channels. A pipelined run can end in tens of ms, before a
+	# busy daemon (a loaded CI machine) pairs its last connections; those
+	# stay TCP, correctly (the values are checked either way).
+	pairs_expected "redis-benchmark $name ($((2 * c)) connections)" accel "$p0" "$p1" "$c"
 }
 
 # values N PREFIX: N values of VALUE random bytes stored with `redis-cli -x
@@ -166,7 +170,7 @@ bench c1 1 -c 1
 alive_or_fail "after redis-benchmark c1"
 bench c50 50 -c 50
 alive_or_fail "after redis-benchmark c50"
-bench c50-P16 50 -c 50 -P 16
+bench c50-P16 50 -c 50 -P 16 -n $((NREQ * 5)) # pipelined: as long as the others
 alive_or_fail "after redis-benchmark c50-P16"
 values "$NKEYS" big
 alive_or_fail "after the values"
@@ -187,7 +191,7 @@ if [ "$(id -u)" -eq 0 ]; then
 	R_PORT=$NPORT
 	R_NS=$NS_B
 	bench ns-c1 1 -c 1
-	bench ns-c50-P16 50 -c 50 -P 16
+	bench ns-c50-P16 50 -c 50 -P 16 -n $((NREQ * 5))
 	values 10 ns
 	pl_alive "$NSPID" || fail "the redis-server across namespaces died"
 else

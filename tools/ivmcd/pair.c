@@ -541,14 +541,18 @@ static int make_channel(struct reg *a, struct reg *b,
 	/* An end that gets no half must be told, or it waits for ever; one
 	 * that got its half finds the other's doorbell end closed with ours
 	 * and its bytes stay on TCP. A channel neither end holds goes now. */
-	sent[0] = !send_chan(&ch->end[0], 0, ch->region_fd, bell[0]);
-	sent[1] = sent[0] && !send_chan(&ch->end[1], 1, ch->region_fd, bell[1]);
+	err = send_chan(&ch->end[0], 0, ch->region_fd, bell[0]);
+	sent[0] = !err;
+	if (sent[0])
+		err = send_chan(&ch->end[1], 1, ch->region_fd, bell[1]);
+	sent[1] = sent[0] && !err;
 	close(bell[0]);
 	close(bell[1]);
 	if (sent[1])
 		return 0;
-	log_warn("channel %llu: an end could not take its half",
-		 (unsigned long long)ch->id);
+	log_warn("channel %llu: end %d (pid %d) could not take its half: %s",
+		 (unsigned long long)ch->id, sent[0], (int)ch->end[sent[0]].cl->pid,
+		 strerror(-err));
 	for (int i = 0; i < 2; i++) {
 		if (sent[i])
 			continue;
