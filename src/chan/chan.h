@@ -58,11 +58,6 @@ int chan_region_size(uint32_t ring_size, uint64_t *size);
 int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
 		       int *fd);
 
-/* The same, keeping the header page mapped at *hdr (munmap() it,
- * IVMC_SHM_HDR_SIZE bytes): for ivmcd, which reads it for status. */
-int chan_region_create_map(uint32_t ring_size, bool with_side,
-			   uint32_t init_ctr, int *fd, void **hdr);
-
 /* Open one end on a (verified) region fd and doorbell fd. Takes ownership of
  * doorbell_fd on success only; region_fd stays the caller's. Returns 0 and
  * *out, or -errno (-EBADFD/-EPERM/-EMSGSIZE region, -ENOTSOCK/-EPROTOTYPE/

@@ -117,8 +117,7 @@ struct channel {
 	uint64_t created_ms;
 	uint32_t ring_size;
 	uint64_t region_size;
-	int region_fd;
-	const void *hdr; /* header page, mapped read-only, for status */
+	int region_fd;	 /* status reads the header through it (pread) */
 	unsigned int rule_line;
 	struct chan_end end[2];
 };

@@ -456,8 +456,6 @@ static void channel_free(struct channel *ch)
 		domain_put(ch->end[i].dom);
 		netns_put(ch->end[i].ns);
 	}
-	if (ch->hdr)
-		munmap((void *)ch->hdr, IVMC_SHM_HDR_SIZE);
 	if (ch->region_fd >= 0)
 		close(ch->region_fd);
 	link_del(&ch->node);
@@ -496,7 +494,6 @@ static int make_channel(struct reg *a, struct reg *b,
 	int bell[2], err;
 	bool sent[2];
 	uint64_t size;
-	void *hdr = NULL;
 
 	if (!ch || chan_region_size(v->ring_size, &size)) {
 		free(ch);
@@ -508,8 +505,7 @@ static int make_channel(struct reg *a, struct reg *b,
 	}
 	ch->region_size = size;
 	ch->region_fd = -1;
-	err = chan_region_create_map(v->ring_size, true, 0, &ch->region_fd,
-				     &hdr);
+	err = chan_region_create(v->ring_size, true, 0, &ch->region_fd);
 	if (!err)
 		err = xport_doorbell_pair(bell);
 	if (err) {
@@ -519,8 +515,6 @@ static int make_channel(struct reg *a, struct reg *b,
 			d[i]->channels--;
 			d[i]->bytes -= size;
 		}
-		if (hdr)
-			munmap(hdr, IVMC_SHM_HDR_SIZE);
 		if (ch->region_fd >= 0)
 			close(ch->region_fd);
 		free(ch);
@@ -530,7 +524,6 @@ static int make_channel(struct reg *a, struct reg *b,
 	ch->created_ms = now_ms();
 	ch->ring_size = v->ring_size;
 	ch->rule_line = v->line;
-	ch->hdr = hdr; /* the page it was formatted through, read for status */
 	end_init(&ch->end[0], ch, a);
 	end_init(&ch->end[1], ch, b);
 	ch->end[0].dom = dom[0];
