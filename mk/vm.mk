@@ -5,7 +5,8 @@
 # part of make check; CI runs them in a stage of their own.
 #
 #   make vm         $(O)/vm/: the static guest program vm-chan, vm-lib.sh
-#                   and the test scripts (tests/vm-NAME.sh -> vm-NAME)
+#                   and the test scripts (tests/vm-NAME.sh -> vm-NAME); the
+#                   host's ivmc-vmd and ivmcctl they drive ($(O)/bin)
 #   make check-vm   run them through tests/run.sh (IVMC_TEST_TIMEOUT,
 #                   default 600 s each)
 
@@ -16,7 +17,8 @@ VM_CHAN := $(VM_DIR)/vm-chan
 
 .PHONY: vm check-vm
 
-vm: $(VM_CHAN) $(VM_DIR)/vm-lib.sh $(VM_TESTS)
+vm: $(VM_CHAN) $(VM_DIR)/vm-lib.sh $(VM_TESTS) $(O)/bin/ivmc-vmd \
+	$(O)/bin/ivmcctl
 
 # Static: it runs in a busybox initramfs with no libc beside it.
 $(VM_CHAN): $(O)/obj/tests/vm/vm-chan.o $(O)/obj/tests/helpers.o $(LIB_A)

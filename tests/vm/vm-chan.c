@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Description: the guest side of the two-VM test (built static, runs in a
+ * Description: the guest side of the VM tests (built static, runs in a
  * busybox initramfs): stream and ping-pong over an ivmc channel in an
- * ivshmem BAR, and the same over TCP for comparison. On the host, "init"
- * lays the channels out in the file QEMU will share.
+ * ivshmem BAR, and the same over TCP for comparison. With -P PEER the
+ * channel is in the pair region ivmc-vmd(8) made for this VM and PEER, found
+ * through the VM's control region, and a stream ends when the host says the
+ * peer VM is gone. "ctl" checks what the control region and the devices
+ * say. On the host, "init" lays channels out in a file, "stat" reads them.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -21,6 +24,7 @@
 
 #include "chan/chan.h"
 #include "chan/shm_layout.h"
+#include "transport/ivshmem_vm.h"
 #include "transport/transport.h"
 #include "../helpers.h"
 
@@ -30,20 +34,37 @@
 #define WARMUP	   20
 #define RING_DEF   (256u * 1024)
 #define CONNECT_MS 20000
+#define DEV_MAX	   64
+#define PEER_WAIT_MS 60000  /* -P: the peer's QEMU may start later */
+#define WATCH_NS   10000000 /* -P: look at the control region this often */
+#define NAP_MAX_NS 1000000
+#define PROGRESS   (8u << 20)
 
 struct opts {
-	const char *bdf, *file;
+	const char *bdf, *file, *peer;
 	unsigned int idx, ring;
 	int wait_mode;
 };
+
+/* -P: the control region, and the pair as it was when the channel opened. */
+static struct {
+	const void *map;
+	char ctl_bdf[13];
+	struct ivmc_shm_vm_ctl c; /* the last copy */
+	uint64_t seq, epoch, next_ns;
+	const char *peer;
+	const char *why; /* set once the host said the pair is over */
+} W;
 
 static uint8_t buf[BUF];
 
 __attribute__((noreturn)) static void usage(void)
 {
 	fprintf(stderr,
-		"usage: vm-chan init FILE NCHAN RING | stat FILE NCHAN RING\n"
-		"       vm-chan [-d BDF | -f FILE] [-c IDX] [-r RING] [-w adaptive|sleep|spin]\n"
+		"usage: vm-chan init FILE NCHAN RING | stat FILE NCHAN RING [OFF]\n"
+		"       vm-chan ctl NAME [PEER,...|-]\n"
+		"       vm-chan [-d BDF | -f FILE | -P PEER [-k]] [-c IDX] [-r RING]\n"
+		"               [-w adaptive|sleep|spin]\n"
 		"               send BYTES | recv BYTES | ping K | pong K\n"
 		"       vm-chan tcp-pong PORT K | tcp-ping ADDR PORT K\n"
 		"       vm-chan tcp-recv PORT BYTES | tcp-send ADDR PORT BYTES\n");
@@ -68,25 +89,28 @@ static double us(uint64_t ns)
 /* ---- host: lay the channels out, look at them afterwards ---- */
 
 static uint8_t *host_map(const char *file, unsigned int nchan,
-			 unsigned int ring, uint64_t *rsz, size_t *len);
+			 unsigned int ring, uint64_t *rsz, size_t *len,
+			 uint64_t off);
 
 static int cmd_init(const char *file, unsigned int nchan, unsigned int ring)
 {
 	uint64_t rsz;
 	size_t len;
-	uint8_t *mem = host_map(file, nchan, ring, &rsz, &len);
+	uint8_t *mem = host_map(file, nchan, ring, &rsz, &len, 0);
 
 	for (unsigned int i = 0; i < nchan; i++)
 		T_ASSERT_OK(chan_region_init(mem + i * rsz, rsz, ring));
-	munmap(mem, len);
+	munmap(mem, len); /* off 0 */
 	printf("vm-chan: %u channel(s) of %u-byte rings in %s\n", nchan, ring,
 	       file);
 	return 0;
 }
 
-/* Map FILE for the host commands; checks that nchan regions fit. */
+/* Map FILE for the host commands; checks that nchan regions fit after
+ * off (page aligned); returns the map of the whole file plus off. */
 static uint8_t *host_map(const char *file, unsigned int nchan,
-			 unsigned int ring, uint64_t *rsz, size_t *len)
+			 unsigned int ring, uint64_t *rsz, size_t *len,
+			 uint64_t off)
 {
 	struct stat st;
 	uint8_t *mem;
@@ -97,23 +121,24 @@ static uint8_t *host_map(const char *file, unsigned int nchan,
 	fd = open(file, O_RDWR | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st) < 0)
 		t_fail("%s: %s", file, strerror(errno));
-	if ((uint64_t)st.st_size < *rsz * nchan)
-		t_fail("%s: %lld bytes, %u channels need %llu", file,
-		       (long long)st.st_size, nchan,
-		       (unsigned long long)(*rsz * nchan));
+	if ((uint64_t)st.st_size < off + *rsz * nchan || off % 4096)
+		t_fail("%s: %lld bytes, %u channels at %llu need %llu", file,
+		       (long long)st.st_size, nchan, (unsigned long long)off,
+		       (unsigned long long)(off + *rsz * nchan));
 	*len = (size_t)st.st_size;
 	T_ASSERT_OK(xport_map(fd, 0, *len, (void **)&mem));
 	close(fd);
-	return mem;
+	return mem + off;
 }
 
 /* What the host sees of each direction after the guests ran: the counters
  * and the end-of-stream word, straight from the shared file. */
-static int cmd_stat(const char *file, unsigned int nchan, unsigned int ring)
+static int cmd_stat(const char *file, unsigned int nchan, unsigned int ring,
+		    uint64_t off)
 {
 	uint64_t rsz;
 	size_t len;
-	uint8_t *mem = host_map(file, nchan, ring, &rsz, &len);
+	uint8_t *mem = host_map(file, nchan, ring, &rsz, &len, off);
 
 	for (unsigned int i = 0; i < nchan; i++) {
 		struct ivmc_shm_hdr *h = (void *)(mem + i * rsz);
@@ -130,35 +155,331 @@ static int cmd_stat(const char *file, unsigned int nchan, unsigned int ring)
 			       (unsigned long long)(fin & IVMC_OFF_MASK));
 		}
 	}
-	munmap(mem, len);
+	munmap(mem - off, len);
+	return 0;
+}
+
+/* ---- guest: what ivmc-vmd set up for this VM (ivshmem_vm.h) ---- */
+
+struct devs {
+	int n;
+	char bdf[DEV_MAX][13];
+	uint32_t id[DEV_MAX];
+};
+
+static void devs_scan(struct devs *d)
+{
+	d->n = xport_ivshmem_list(d->bdf, DEV_MAX);
+	if (d->n < 0)
+		t_fail("listing ivshmem devices: %s", t_strerror(d->n));
+	for (int i = 0; i < d->n; i++) {
+		int err = xport_ivshmem_id(d->bdf[i], &d->id[i]);
+
+		if (err)
+			t_fail("ID of %s: %s", d->bdf[i], t_strerror(err));
+	}
+}
+
+/* The one device with this ID, or NULL. */
+static const char *dev_with_id(const struct devs *d, uint32_t id)
+{
+	const char *found = NULL;
+
+	for (int i = 0; i < d->n; i++) {
+		if (d->id[i] != id)
+			continue;
+		if (found)
+			t_fail("two ivshmem devices with ID %u", id);
+		found = d->bdf[i];
+	}
+	return found;
+}
+
+static void ctl_reread(void)
+{
+	int err = xport_vm_ctl_read(W.map, IVMC_VM_CTL_SIZE, &W.c);
+
+	if (err)
+		t_fail("reading the control region: %s", t_strerror(err));
+	W.seq = ivmc_load_once(&W.c.seq);
+}
+
+/* Map the control device's region read-only: ours alone with the host. */
+static void ctl_map(void)
+{
+	struct devs d;
+	const char *bdf;
+	uint64_t size;
+	void *map;
+	int fd, err;
+
+	devs_scan(&d);
+	bdf = dev_with_id(&d, IVMC_VM_ID_CTL);
+	if (!bdf)
+		t_fail("no control device (ivshmem ID %u) among %d ivshmem device(s)",
+		       IVMC_VM_ID_CTL, d.n);
+	memcpy(W.ctl_bdf, bdf, sizeof(W.ctl_bdf));
+	err = xport_ivshmem_open(bdf, &fd, &size);
+	if (err)
+		t_fail("control device %s: %s", bdf, t_strerror(err));
+	if (size < IVMC_VM_CTL_SIZE)
+		t_fail("control device %s: %llu bytes", bdf,
+		       (unsigned long long)size);
+	map = mmap(NULL, IVMC_VM_CTL_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		t_fail("mmap of the control region: %s", strerror(errno));
+	close(fd);
+	W.map = map;
+	ctl_reread();
+}
+
+static const struct ivmc_shm_vm_pair *ctl_pair(const char *peer)
+{
+	for (unsigned int i = 0; i < W.c.npair; i++)
+		if (!strcmp(W.c.pair[i].peer, peer))
+			return &W.c.pair[i];
+	return NULL;
+}
+
+static const char *state_name(unsigned int s)
+{
+	return s == IVMC_VM_PEER_UP ? "up" : s == IVMC_VM_PEER_GONE ? "gone"
+								  : "absent";
+}
+
+/* Wait until both QEMUs hold the pair's devices (the host has laid the
+ * region out for this epoch by then). */
+static const struct ivmc_shm_vm_pair *peer_wait(const char *peer)
+{
+	uint64_t t0 = t_now_ns();
+
+	for (;;) {
+		const struct ivmc_shm_vm_pair *p;
+
+		ctl_reread();
+		p = ctl_pair(peer);
+		if (p && p->attached && p->peer_state == IVMC_VM_PEER_UP)
+			return p;
+		if (t_now_ns() - t0 > PEER_WAIT_MS * 1000000ull)
+			t_fail("pair with %s not up in %d s (%s)", peer,
+			       PEER_WAIT_MS / 1000,
+			       !p ? "not listed" : !p->attached ? "no device"
+							   : state_name(p->peer_state));
+		usleep(10000);
+	}
+}
+
+/* -P: has the host ended the pair? Looks at most every WATCH_NS, and
+ * copies the region only when its seqlock moved. Returns NULL or why. */
+static const char *peer_over(void)
+{
+	const struct ivmc_shm_vm_pair *p;
+	uint64_t now;
+
+	if (!W.map || W.why)
+		return W.why;
+	now = t_now_ns();
+	if (now < W.next_ns)
+		return NULL;
+	W.next_ns = now + WATCH_NS;
+	if (xport_vm_ctl_seq(W.map) == W.seq)
+		return NULL;
+	ctl_reread();
+	p = ctl_pair(W.peer);
+	if (!p)
+		W.why = "the pair is no longer listed (revoked)";
+	else if (p->epoch != W.epoch)
+		W.why = "the pair has a new epoch";
+	else if (p->peer_state != IVMC_VM_PEER_UP)
+		W.why = "the peer VM is gone";
+	return W.why;
+}
+
+static bool gone_ok; /* -k: the peer's death ends a stream as expected */
+
+/* The host ended the pair: say so; exit 0 if that was expected (-k). */
+__attribute__((noreturn)) static void gone(const char *what, uint64_t bytes)
+{
+	printf("vm-chan: %s: host says %s (peer %s, epoch %llu) after %llu verified bytes\n",
+	       what, W.why, W.peer, (unsigned long long)W.epoch,
+	       (unsigned long long)bytes);
+	exit(gone_ok ? 0 : 3);
+}
+
+static void nap(uint64_t *ns)
+{
+	struct timespec ts = { 0, (long)*ns };
+
+	nanosleep(&ts, NULL);
+	*ns = *ns * 2 < NAP_MAX_NS ? *ns * 2 : NAP_MAX_NS;
+}
+
+static void addrs_print(char *out, size_t len,
+			const struct ivmc_shm_vm_addr *a, unsigned int n)
+{
+	size_t k = 0;
+
+	out[0] = 0;
+	for (unsigned int i = 0; i < n && k + INET6_ADDRSTRLEN + 2 < len; i++) {
+		if (i)
+			out[k++] = ',';
+		inet_ntop(a[i].family == 4 ? AF_INET : AF_INET6, a[i].addr,
+			  out + k, (socklen_t)(len - k));
+		k += strlen(out + k);
+	}
+}
+
+/* Is peer in the comma-separated list (or "-": none)? */
+static bool listed(const char *list, const char *peer)
+{
+	size_t n = strlen(peer);
+
+	for (const char *p = list; *p;) {
+		if (!strncmp(p, peer, n) && (p[n] == ',' || !p[n]))
+			return true;
+		p = strchr(p, ',');
+		p = p ? p + 1 : "";
+	}
+	return false;
+}
+
+/* Every ivshmem device is the control device or a pair the control
+ * region lists; every pair listed as held has its device. */
+static void check_devs(const struct devs *d)
+{
+	for (int i = 0; i < d->n; i++) {
+		const char *what = d->id[i] == IVMC_VM_ID_CTL ? "control" : NULL;
+
+		for (unsigned int j = 0; j < W.c.npair && !what; j++)
+			if (W.c.pair[j].id == d->id[i])
+				what = W.c.pair[j].peer;
+		printf("vm-chan: DEV %s id=%u %s\n", d->bdf[i], d->id[i],
+		       what ? what : "(not ours)");
+		if (!what)
+			t_fail("device %s (ID %u) is not in the control region",
+			       d->bdf[i], d->id[i]);
+	}
+	for (unsigned int j = 0; j < W.c.npair; j++)
+		if (W.c.pair[j].attached && !dev_with_id(d, W.c.pair[j].id))
+			t_fail("pair with %s: no device with ID %u",
+			       W.c.pair[j].peer, W.c.pair[j].id);
+}
+
+/* Print the control region, check it names us, lists exactly the peers
+ * expected ("-": none) and the devices we have, and that the host's
+ * heartbeat moves. */
+static int cmd_ctl(const char *name, const char *peers)
+{
+	uint64_t h0, t0;
+	char a[256];
+	struct devs d;
+	unsigned int want = 0;
+
+	ctl_map();
+	addrs_print(a, sizeof(a), W.c.addr, W.c.naddr);
+	printf("vm-chan: CTL %s name=%s addrs=%s vm_gen=%llu pairs=%u\n",
+	       W.ctl_bdf, W.c.name, a, (unsigned long long)W.c.vm_gen,
+	       W.c.npair);
+	for (unsigned int i = 0; i < W.c.npair; i++) {
+		const struct ivmc_shm_vm_pair *p = &W.c.pair[i];
+
+		addrs_print(a, sizeof(a), p->addr, p->naddr);
+		printf("vm-chan: CTL pair peer=%s addrs=%s id=%u peer_id=%u side=%u attached=%u peer=%s epoch=%llu region=%llu chans=%ux%u\n",
+		       p->peer, a, p->id, p->peer_id, p->side, p->attached,
+		       state_name(p->peer_state), (unsigned long long)p->epoch,
+		       (unsigned long long)p->region_size, p->nchan,
+		       p->ring_size);
+		if (!listed(peers, p->peer))
+			t_fail("pair with %s listed, not expected", p->peer);
+	}
+	if (strcmp(W.c.name, name) != 0)
+		t_fail("the host calls this VM %s, not %s", W.c.name, name);
+	if (strcmp(peers, "-") != 0) {
+		want = 1;
+		for (const char *p = peers; *p; p++)
+			want += *p == ',';
+	}
+	if (W.c.npair != want)
+		t_fail("%u pair(s) listed, want %u (%s)", W.c.npair, want, peers);
+	devs_scan(&d);
+	check_devs(&d);
+	h0 = xport_vm_ctl_heartbeat(W.map);
+	t0 = t_now_ns();
+	while (xport_vm_ctl_heartbeat(W.map) == h0) {
+		if (t_now_ns() - t0 > 20ull * W.c.heartbeat_ms * 1000000u)
+			t_fail("the host's heartbeat did not move in %u ms",
+			       20 * W.c.heartbeat_ms);
+		usleep(20000);
+	}
+	printf("vm-chan: ctl ok: %d ivshmem device(s), %u pair(s), heartbeat moves\n",
+	       d.n, W.c.npair);
 	return 0;
 }
 
 /* ---- guest: open a channel in the BAR (or a file) ---- */
 
-static struct chan *open_chan(const struct opts *o, int side)
+/* -P: the channel idx of the pair with the peer, as our control region
+ * describes it; our side is the host's word too. */
+static int open_pair(const struct opts *o, struct chan_cfg *cfg, int *fd,
+		     uint64_t *size, uint64_t *off)
+{
+	const struct ivmc_shm_vm_pair *p;
+	struct devs d;
+	const char *bdf;
+	uint64_t rsz;
+	int err;
+
+	ctl_map();
+	p = peer_wait(o->peer);
+	W.peer = o->peer;
+	W.epoch = p->epoch;
+	devs_scan(&d);
+	bdf = dev_with_id(&d, p->id);
+	if (!bdf)
+		t_fail("pair with %s: no device with ID %u", o->peer, p->id);
+	err = xport_ivshmem_open(bdf, fd, size);
+	if (err)
+		t_fail("pair device %s: %s", bdf, t_strerror(err));
+	if (o->idx >= p->nchan || chan_region_size(p->ring_size, &rsz) ||
+	    *size < p->region_size)
+		t_fail("pair with %s: channel %u of %u, %llu-byte BAR", o->peer,
+		       o->idx, p->nchan, (unsigned long long)*size);
+	*off = p->chan_off + o->idx * rsz;
+	*size = p->region_size;
+	cfg->side = p->side;
+	printf("vm-chan: pair with %s: device %s ID %u, side %u, epoch %llu, channel %u at %llu\n",
+	       o->peer, bdf, p->id, p->side, (unsigned long long)p->epoch,
+	       o->idx, (unsigned long long)*off);
+	return 0;
+}
+
+static struct chan *open_chan(const struct opts *o, int side, bool watch)
 {
 	struct chan_cfg cfg = { .side = side, .side_fd = -1,
-				.wait_mode = o->wait_mode };
+				.wait_mode = o->wait_mode, .nonblock = watch };
 	uint64_t size, rsz, off;
 	struct chan *c;
 	struct stat st;
 	int fd, err;
 
-	if (o->file) {
-		fd = open(o->file, O_RDWR | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st) < 0)
-			t_fail("%s: %s", o->file, strerror(errno));
-		size = (uint64_t)st.st_size;
+	if (o->peer) {
+		open_pair(o, &cfg, &fd, &size, &off);
 	} else {
-		err = xport_ivshmem_open(o->bdf, &fd, &size);
-		if (err)
-			t_fail("ivshmem device %s: %s",
-			       o->bdf ? o->bdf : "(any)", t_strerror(err));
+		if (o->file) {
+			fd = open(o->file, O_RDWR | O_CLOEXEC);
+			if (fd < 0 || fstat(fd, &st) < 0)
+				t_fail("%s: %s", o->file, strerror(errno));
+			size = (uint64_t)st.st_size;
+		} else {
+			err = xport_ivshmem_open(o->bdf, &fd, &size);
+			if (err)
+				t_fail("ivshmem device %s: %s",
+				       o->bdf ? o->bdf : "(any)", t_strerror(err));
+		}
+		if (chan_region_size(o->ring, &rsz))
+			t_fail("ring size %u: not a power of two in range", o->ring);
+		off = o->idx * rsz;
 	}
-	if (chan_region_size(o->ring, &rsz))
-		t_fail("ring size %u: not a power of two in range", o->ring);
-	off = o->idx * rsz;
 	if (off >= size)
 		t_fail("channel %u at %llu: past the end (%llu bytes)", o->idx,
 		       (unsigned long long)off, (unsigned long long)size);
@@ -170,17 +491,27 @@ static struct chan *open_chan(const struct opts *o, int side)
 	return c;
 }
 
-static void send_all(struct chan *c, const void *p, size_t n)
+/* In watch mode (-P, non-blocking channel) a full ring means: look at the
+ * control region, nap, try again. */
+static void send_all(struct chan *c, const void *p, size_t n, uint64_t done)
 {
 	struct iovec iov = { (void *)p, n };
+	uint64_t ns = 10000;
 
 	while (iov.iov_len) {
 		ssize_t r = chan_sendv(c, &iov, 1, 0);
 
+		if (r == -EAGAIN) {
+			if (peer_over())
+				gone("send", done + (n - iov.iov_len));
+			nap(&ns);
+			continue;
+		}
 		if (r <= 0)
 			t_fail("chan_sendv: %s", t_strerror(r ? r : -EIO));
 		iov.iov_base = (uint8_t *)iov.iov_base + r;
 		iov.iov_len -= (size_t)r;
+		ns = 10000;
 	}
 }
 
@@ -208,7 +539,7 @@ static int cmd_send(struct chan *c, uint64_t total)
 		size_t n = total - off < BUF ? (size_t)(total - off) : BUF;
 
 		t_fill(SEED, off, buf, n);
-		send_all(c, buf, n);
+		send_all(c, buf, n, off);
 		off += n;
 	}
 	T_ASSERT_OK(chan_shutdown(c, SHUT_WR));
@@ -216,15 +547,58 @@ static int cmd_send(struct chan *c, uint64_t total)
 	return 0;
 }
 
-/* Every byte checked, then end of stream right after the last one. */
+/* Check r received bytes at *off against the stream (total 0: no limit). */
+static void take(uint64_t *off, ssize_t r, uint64_t total)
+{
+	if (total && *off + (uint64_t)r > total)
+		t_fail("%llu bytes: more than the %llu sent",
+		       (unsigned long long)(*off + (uint64_t)r),
+		       (unsigned long long)total);
+	if (t_verify(SEED, *off, buf, (size_t)r))
+		t_fail("bad bytes at %llu", (unsigned long long)*off);
+	if (W.map && (*off + (uint64_t)r) / PROGRESS != *off / PROGRESS) {
+		uint64_t mark = (*off + (uint64_t)r) / PROGRESS * PROGRESS;
+
+		printf("vm-chan: progress %llu bytes verified\n",
+		       (unsigned long long)mark);
+	}
+	*off += (uint64_t)r;
+}
+
+/* The host says the pair is over: what the peer published before it went
+ * is still ours; read it all (checked), then stop. */
+__attribute__((noreturn)) static void recv_final(struct chan *c, uint64_t off,
+						 uint64_t total)
+{
+	struct iovec iov = { buf, BUF };
+
+	for (int i = 0; i < 1 << 16; i++) {
+		ssize_t r = chan_recvv(c, &iov, 1, 0);
+
+		if (r <= 0)
+			break;
+		take(&off, r, total);
+	}
+	gone("recv", off);
+}
+
+/* Every byte checked, then end of stream right after the last one (total
+ * 0: whatever comes). In watch mode, until the host says the peer went. */
 static int cmd_recv(struct chan *c, uint64_t total)
 {
-	uint64_t off = 0, t0 = 0;
+	uint64_t off = 0, t0 = 0, ns = 10000;
 	struct iovec iov = { buf, BUF };
 
 	for (;;) {
 		ssize_t r = chan_recvv(c, &iov, 1, 0);
 
+		if (r == -EAGAIN) {
+			if (peer_over())
+				recv_final(c, off, total);
+			nap(&ns);
+			continue;
+		}
+		ns = 10000;
 		if (r < 0)
 			t_fail("chan_recvv at %llu: %s",
 			       (unsigned long long)off, t_strerror(r));
@@ -232,19 +606,13 @@ static int cmd_recv(struct chan *c, uint64_t total)
 			t0 = t_now_ns(); /* from the first byte: not the wait */
 		if (r == 0)
 			break;
-		if (off + (uint64_t)r > total)
-			t_fail("%llu bytes: more than the %llu sent",
-			       (unsigned long long)(off + r),
-			       (unsigned long long)total);
-		if (t_verify(SEED, off, buf, (size_t)r))
-			t_fail("bad bytes at %llu", (unsigned long long)off);
-		off += (uint64_t)r;
+		take(&off, r, total);
 	}
-	if (off != total)
+	if (total && off != total)
 		t_fail("end of stream at %llu, want %llu",
 		       (unsigned long long)off, (unsigned long long)total);
-	report_rate("recv chan", total, t_now_ns() - t0);
-	printf("vm-chan: verified %llu bytes\n", (unsigned long long)total);
+	report_rate("recv chan", off, t_now_ns() - t0);
+	printf("vm-chan: verified %llu bytes\n", (unsigned long long)off);
 	return 0;
 }
 
@@ -281,7 +649,7 @@ struct pp {
 static void pp_send(const struct pp *p, const void *m, size_t n)
 {
 	if (p->c) {
-		send_all(p->c, m, n);
+		send_all(p->c, m, n, 0);
 		return;
 	}
 	for (size_t done = 0; done < n;) {
@@ -326,7 +694,7 @@ static int ping(const struct pp *p, unsigned long k, const char *what)
 		pp_recv(p, in, MSG);
 		if (i >= WARMUP)
 			ns[i - WARMUP] = t_now_ns() - t0;
-		if (memcmp(in, out, MSG))
+		if (memcmp(in, out, MSG) != 0)
 			t_fail("round %lu: the echo differs", i);
 	}
 	report_rtt(what, ns, k);
@@ -399,6 +767,20 @@ static int tcp_connect(const char *addr, unsigned long port)
 	}
 }
 
+/* send() returning means the bytes are in our socket buffer, not at the
+ * peer, and the guest powers off right after this step: the tail and the
+ * FIN would be lost, the receiver left waiting. With SO_LINGER, close()
+ * returns once the peer has acknowledged all of it (or fails after
+ * CONNECT_MS). */
+static void close_acked(int fd)
+{
+	struct linger l = { 1, CONNECT_MS / 1000 };
+
+	if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) < 0 ||
+	    close(fd) < 0)
+		t_fail("tcp: close after the stream: %s", strerror(errno));
+}
+
 static int tcp_send(int fd, uint64_t total)
 {
 	uint64_t off = 0, t0 = t_now_ns();
@@ -412,6 +794,7 @@ static int tcp_send(int fd, uint64_t total)
 		off += n;
 	}
 	shutdown(fd, SHUT_WR);
+	close_acked(fd);
 	report_rate("send tcp", total, t_now_ns() - t0);
 	return 0;
 }
@@ -481,7 +864,8 @@ static int wait_mode(const char *s)
 static int chan_cmd(const struct opts *o, const char *cmd, unsigned long n)
 {
 	bool first = !strcmp(cmd, "send") || !strcmp(cmd, "ping");
-	struct chan *c = open_chan(o, first ? 0 : 1);
+	bool stream = !strcmp(cmd, "send") || !strcmp(cmd, "recv");
+	struct chan *c = open_chan(o, first ? 0 : 1, o->peer && stream);
 	struct pp p = { c, -1 };
 	int r;
 
@@ -509,13 +893,22 @@ int main(int argc, char **argv)
 	if (argc == 5 && !strcmp(argv[1], "init"))
 		return cmd_init(argv[2], (unsigned int)num(argv[3]),
 				(unsigned int)num(argv[4]));
-	if (argc == 5 && !strcmp(argv[1], "stat"))
+	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "stat"))
 		return cmd_stat(argv[2], (unsigned int)num(argv[3]),
-				(unsigned int)num(argv[4]));
+				(unsigned int)num(argv[4]),
+				argc == 6 ? num(argv[5]) : 0);
+	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "ctl"))
+		return cmd_ctl(argv[2], argc == 4 ? argv[3] : "-");
 	if (argc > 1 && !strncmp(argv[1], "tcp-", 4))
 		return tcp_cmd(argc - 1, argv + 1);
-	while ((opt = getopt(argc, argv, "d:f:c:r:w:")) != -1) {
+	while ((opt = getopt(argc, argv, "d:f:P:kc:r:w:")) != -1) {
 		switch (opt) {
+		case 'P':
+			o.peer = optarg;
+			break;
+		case 'k':
+			gone_ok = true;
+			break;
 		case 'd':
 			o.bdf = optarg;
 			break;

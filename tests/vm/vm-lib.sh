@@ -17,6 +17,13 @@
 #                                background; VM_PIDS gains its pid
 #   vm_wait_all                  wait for every guest; 0 if each printed
 #                                "IVMC-RESULT: ok" before it powered off
+#   vm_alive NAME                is that guest's QEMU still running?
+#   vm_kill NAME                 SIGKILL that guest's QEMU (not its timeout
+#                                wrapper) and forget it
+#   vm_vmd_start BINDIR          start the host's ivmc-vmd (config and run
+#                                directory in VM_TMP); IVMC_VM_SOCKET set
+#   vm_qemu_args BINDIR NAME     VM_QARGS: what "ivmcctl qemu-args NAME"
+#                                prints, word by word
 #
 # Guest command line (read by /init from /proc/cmdline):
 #   ivmc.mod=NAME        insmod NAME (and what it depends on, in order)
@@ -38,6 +45,10 @@ VM_TMP=
 VM_REASON=
 VM_KERNEL=
 VM_MODDIR=
+VM_VMD_PID=
+VM_VMD_RUN=
+# shellcheck disable=SC2034 # VM_QARGS is read by the caller
+VM_QARGS=()
 
 # shellcheck disable=SC2034 # VM_REASON is read by the caller
 vm_fail() {
@@ -50,7 +61,8 @@ vm_tmpdir() {
 	[ -n "$VM_TMP" ] || VM_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ivmc-vm.XXXXXX")
 }
 
-# Kill every guest we started (by pid) and remove the scratch directory.
+# Kill every guest we started (by pid), then our ivmc-vmd, and remove the
+# scratch directory.
 vm_cleanup() {
 	local pid
 
@@ -61,6 +73,11 @@ vm_cleanup() {
 		wait "$pid" 2> /dev/null
 	done
 	VM_PIDS=()
+	if [ -n "$VM_VMD_PID" ]; then
+		kill "$VM_VMD_PID" 2> /dev/null
+		wait "$VM_VMD_PID" 2> /dev/null
+		VM_VMD_PID=
+	fi
 	[ -n "$VM_TMP" ] && rm -rf "$VM_TMP"
 	VM_TMP=
 }
@@ -292,6 +309,7 @@ vm_boot() {
 	accel=$(vm_accel)
 	echo "vm-lib: $name: booting under $accel" >&2
 	timeout -k 5 "$secs" qemu-system-x86_64 -name "$name" -accel "$accel" \
+		-pidfile "$VM_TMP/$name.pid" \
 		-m 256 -smp 1 -nographic -no-reboot -nodefaults -serial stdio \
 		-monitor none -kernel "$VM_KERNEL" -initrd "$VM_INITRD" \
 		-append "console=ttyS0 quiet panic=-1 $kargs" "$@" \
@@ -319,4 +337,63 @@ vm_wait_all() {
 	done
 	VM_PIDS=()
 	return $rc
+}
+
+# vm_alive NAME: its QEMU runs (by its pid file; the timeout(1) wrapper is
+# our child and stays a zombie until waited for, so it cannot tell).
+vm_alive() {
+	local qpid
+
+	qpid=$(cat "$VM_TMP/$1.pid" 2> /dev/null) && [ -n "$qpid" ] &&
+		kill -0 "$qpid" 2> /dev/null &&
+		grep -q qemu "/proc/$qpid/comm" 2> /dev/null
+}
+
+# vm_kill NAME: SIGKILL the guest's QEMU itself (its pid file), as a crash
+# would, wait for its timeout(1) wrapper and forget the guest.
+vm_kill() {
+	local i qpid
+
+	for i in "${!VM_NAMES[@]}"; do
+		[ "${VM_NAMES[$i]}" = "$1" ] || continue
+		qpid=$(cat "$VM_TMP/$1.pid" 2> /dev/null)
+		[ -n "$qpid" ] && kill -KILL "$qpid"
+		wait "${VM_PIDS[$i]}" 2> /dev/null
+		unset "VM_PIDS[$i]" "VM_NAMES[$i]" "VM_LOGS[$i]"
+		VM_PIDS=("${VM_PIDS[@]}")
+		VM_NAMES=("${VM_NAMES[@]}")
+		VM_LOGS=("${VM_LOGS[@]}")
+		[ -n "$qpid" ]
+		return
+	done
+	vm_fail "no guest $1"
+}
+
+# vm_vmd_start BINDIR: the host's ivshmem server, with a fresh
+# configuration and run directory in VM_TMP, log in VM_TMP/ivmc-vmd.log.
+# Exports IVMC_VM_SOCKET for ivmcctl. QEMU needs it listening first.
+vm_vmd_start() {
+	local bin=$1 i
+
+	vm_tmpdir
+	VM_VMD_RUN=$VM_TMP/run
+	"$bin/ivmc-vmd" -c "$VM_TMP/vms.conf" -r "$VM_VMD_RUN" -l debug \
+		-L "$VM_TMP/ivmc-vmd.log" &
+	VM_VMD_PID=$!
+	export IVMC_VM_SOCKET=$VM_VMD_RUN/ivmc-vmd.sock
+	for i in $(seq 100); do
+		[ -S "$IVMC_VM_SOCKET" ] && return 0
+		kill -0 "$VM_VMD_PID" 2> /dev/null || break
+		sleep 0.05
+	done
+	vm_fail "ivmc-vmd did not start ($(tail -n 3 "$VM_TMP/ivmc-vmd.log" 2> /dev/null))"
+}
+
+# vm_qemu_args BIN NAME: VM_QARGS gets the words "ivmcctl qemu-args NAME"
+# prints (a shell-quoted line, read back by the shell itself).
+vm_qemu_args() {
+	local line
+
+	line=$("$1/ivmcctl" qemu-args "$2") || vm_fail "ivmcctl qemu-args $2 failed" || return
+	eval "VM_QARGS=($line)"
 }
