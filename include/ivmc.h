@@ -157,7 +157,8 @@ int ivmc_poll_arm(struct ivmc_chan *c, short events);
 int ivmc_set_nonblock(struct ivmc_chan *c, int on);
 
 /* Shut down SHUT_RD, SHUT_WR or SHUT_RDWR. After SHUT_WR the peer reads
- * every byte sent, then end of stream. Returns 0, -EINVAL or -ECONNRESET. */
+ * every byte sent, then end of stream. Returns 0, -EINVAL, -ECONNRESET
+ * (or, for an ivmc_tcp() handle on TCP, what shutdown(2) says). */
 int ivmc_shutdown(struct ivmc_chan *c, int how);
 
 /* Close this process's handle. The peer sees end of stream once every
