@@ -12,6 +12,7 @@
  * Readiness (poll, select, epoll) is in events.c. The rules and the gaps
  * are in man/ivmc-run.1.
  */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -408,9 +409,55 @@ static bool ports_allow(int fd)
 	return !cfg.nports[0] || port_in(0, pa) || port_in(0, pb);
 }
 
+static int64_t now_ms(void);
+
+/*
+ * io_uring moves a socket's bytes in the kernel, where the preload never
+ * sees them: a connection on a channel read or written through a ring would
+ * lose its stream. So a process that has an io_uring instance keeps its new
+ * connections on TCP. It is found in /proc/self/fd (an anon inode named
+ * [io_uring]), looked at when a connection is wrapped, at most once per
+ * URING_LOOK_MS (a scan costs a readlink per open fd); once seen, for good.
+ * Not seen: a ring made after a connection moved to its channel (within that
+ * period, or after the last wrap), and rings without an fd
+ * (IORING_SETUP_REGISTERED_FD_ONLY). man/ivmc-run.1, BUGS.
+ */
+#define URING_LOOK_MS 1000
+
+static bool uring_in_process(void)
+{
+	static _Atomic bool seen;
+	static _Atomic int64_t next;
+	int64_t now = now_ms();
+	struct dirent *e;
+	char buf[32];
+	DIR *d;
+
+	if (atomic_load_explicit(&seen, memory_order_relaxed))
+		return true;
+	if (now < atomic_load_explicit(&next, memory_order_relaxed))
+		return false;
+	atomic_store_explicit(&next, now + URING_LOOK_MS, memory_order_relaxed);
+	d = opendir("/proc/self/fd");
+	if (!d)
+		return false;
+	while ((e = readdir(d))) {
+		ssize_t n = readlinkat(dirfd(d), e->d_name, buf, sizeof(buf) - 1);
+
+		if (n > 0) {
+			buf[n] = 0;
+			if (!strcmp(buf, "anon_inode:[io_uring]")) {
+				atomic_store(&seen, true);
+				break;
+			}
+		}
+	}
+	closedir(d);
+	return atomic_load(&seen);
+}
+
 /* A connected TCP socket of ours: give it to ivmc_tcp() if its peer may
  * be co-located. Returns the connection, or NULL (then plain for good). */
-static int64_t now_ms(void);
 
 static struct pl_conn *wrap(int fd)
 {
@@ -423,6 +470,12 @@ static struct pl_conn *wrap(int fd)
 		if (!cfg.disabled)
 			plog(2, "fd %d: port excluded (IVMC_PORTS, "
 				"IVMC_EXCLUDE_PORTS): plain TCP", fd);
+		set_kind(fd, K_PLAIN);
+		return NULL;
+	}
+	if (uring_in_process()) {
+		plog(2, "fd %d: the process has an io_uring instance: plain TCP",
+		     fd);
 		set_kind(fd, K_PLAIN);
 		return NULL;
 	}
