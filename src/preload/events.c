@@ -251,6 +251,9 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 
 static bool any_conn(const struct pollfd *fds, nfds_t n)
 {
+	if (pl_unseen_live())
+		for (nfds_t i = 0; i < n; i++)
+			pl_unseen_poke(fds[i].fd);
 	if (!atomic_load_explicit(&pl_nconns, memory_order_relaxed))
 		return false;
 	for (nfds_t i = 0; i < n; i++)
@@ -310,8 +313,13 @@ static int select_core(int nfds, fd_set *rd, fd_set *wr, fd_set *ex,
 	int r, count = 0;
 
 	*done = false;
-	if (nfds <= 0 || nfds > FD_SETSIZE ||
-	    !atomic_load_explicit(&pl_nconns, memory_order_relaxed))
+	if (nfds <= 0 || nfds > FD_SETSIZE)
+		return 0;
+	if (pl_unseen_live())
+		for (int fd = 0; fd < nfds; fd++)
+			if ((rd && FD_ISSET(fd, rd)) || (wr && FD_ISSET(fd, wr)))
+				pl_unseen_poke(fd);
+	if (!atomic_load_explicit(&pl_nconns, memory_order_relaxed))
 		return 0;
 	for (int fd = 0; fd < nfds; fd++) {
 		if ((rd && FD_ISSET(fd, rd)) || (wr && FD_ISSET(fd, wr)) ||
@@ -765,6 +773,25 @@ static int ctl_pending(int epfd, int op, int fd, struct epoll_event *ev)
 	return r;
 }
 
+/* The fds of s registered before they could be wrapped: looked at again
+ * (pl_unseen_poke(); a wrap adopts them into s). Not under s->mu, which
+ * the adoption takes. At most POKE_MAX per call. */
+#define POKE_MAX 64
+
+static void poke_pending(struct eset *s)
+{
+	int fds[POKE_MAX], n = 0;
+
+	if (!s || !pl_unseen_live())
+		return;
+	pthread_mutex_lock(&s->mu);
+	for (struct prec *p = s->pend; p && n < POKE_MAX; p = p->next)
+		fds[n++] = p->fd;
+	pthread_mutex_unlock(&s->mu);
+	for (int i = 0; i < n; i++)
+		pl_unseen_poke(fds[i]);
+}
+
 void pl_events_adopt(int fd, struct pl_conn *c)
 {
 	if (!atomic_load_explicit(&nsets, memory_order_relaxed))
@@ -1065,6 +1092,7 @@ PL_API int epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout)
 	if (!pl_real.epoll_wait)
 		pl_init();
 	s = set_find(epfd);
+	poke_pending(s);
 	if (!s || !s->nmembers || max <= 0)
 		return pl_real.epoll_wait(epfd, evs, max, timeout);
 	return epoll_core(s, evs, max, timeout, NULL);
@@ -1078,6 +1106,7 @@ PL_API int epoll_pwait(int epfd, struct epoll_event *evs, int max, int timeout,
 	if (!pl_real.epoll_pwait)
 		pl_init();
 	s = set_find(epfd);
+	poke_pending(s);
 	if (!s || !s->nmembers || max <= 0)
 		return pl_real.epoll_pwait(epfd, evs, max, timeout, mask);
 	return epoll_core(s, evs, max, timeout, mask);

@@ -42,6 +42,7 @@
 struct pl_real pl_real;
 _Atomic int pl_nconns;
 static _Atomic int pl_nunseen; /* K_UNSEEN fds were ever made: count bytes */
+static _Atomic int64_t pl_unseen_until; /* the last K_UNSEEN window ends */
 _Atomic unsigned int pl_gen;
 unsigned int pl_spin_ns = IVMC_SPIN_DEFAULT_NS;
 
@@ -490,6 +491,9 @@ static struct pl_conn *wrap(int fd)
 
 			if (atomic_load(&s->kind) != K_UNSEEN) {
 				s->unseen_end = now + UNSEEN_MS;
+				if (atomic_load(&pl_unseen_until) < s->unseen_end)
+					atomic_store(&pl_unseen_until,
+						     s->unseen_end);
 				s->moved[0] = s->moved[1] = 0;
 				atomic_store(&pl_nunseen, 1);
 				atomic_store(&s->kind, K_UNSEEN);
@@ -561,6 +565,19 @@ struct pl_conn *pl_conn(int fd)
 	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
 		return NULL;
 	return wrap(fd);
+}
+
+bool pl_unseen_live(void)
+{
+	return atomic_load_explicit(&pl_nunseen, memory_order_relaxed) &&
+	       now_ms() <= atomic_load_explicit(&pl_unseen_until,
+						memory_order_relaxed);
+}
+
+void pl_unseen_poke(int fd)
+{
+	if (kind_of(fd) == K_UNSEEN)
+		(void)pl_conn(fd);
 }
 
 bool pl_attached(struct pl_conn *c)

@@ -121,6 +121,17 @@ extern unsigned int pl_spin_ns;
  * re-looks at its sets when it moves. */
 extern _Atomic unsigned int pl_gen;
 
+/* May an fd still be K_UNSEEN (accepted or connected before ivmcd's
+ * table listed its peer, looked at again for UNSEEN_MS)? A cheap global
+ * test for the readiness calls. */
+bool pl_unseen_live(void);
+
+/* Look again at fd if it is K_UNSEEN (it may be wrapped now): the
+ * readiness calls do it for the fds they wait on, so that a connection
+ * that stays silent (only waited on) is still wrapped once the table
+ * catches up. */
+void pl_unseen_poke(int fd);
+
 /* Is c on the channel now (false: TCP alone)? Updates c->attached and the
  * generations when it changed. */
 bool pl_attached(struct pl_conn *c);
