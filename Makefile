@@ -65,9 +65,12 @@ endif
 LIB_SRCS := $(sort $(filter-out src/preload/%,$(wildcard src/*/*.c)))
 LIB_OBJS := $(LIB_SRCS:%.c=$(O)/obj/%.o)
 
-# tools/NAME.c -> bin/NAME; tools/NAME/*.c (a multi-file tool) -> bin/NAME
+# tools/NAME.c -> bin/NAME; tools/NAME/*.c (a multi-file tool) -> bin/NAME;
+# tools/common/*.c (what the daemons share) is linked into each
 TOOL_SRCS := $(sort $(wildcard tools/*.c))
-TOOL_DIRS := $(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c))))
+TOOL_COMMON_OBJS := $(patsubst %.c,$(O)/obj/%.o,$(wildcard tools/common/*.c))
+TOOL_DIRS := $(filter-out tools/common,\
+	$(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c)))))
 TOOLS := $(strip $(TOOL_SRCS:tools/%.c=$(O)/bin/%) $(TOOL_DIRS:tools/%=$(O)/bin/%))
 
 TEST_HELPERS := tests/helpers.c
@@ -176,7 +179,7 @@ $(PRELOAD_SO): $(PRELOAD_OBJS) $(PRELOAD_LIB_OBJS) src/preload/preload.map
 tool_objs = $(patsubst %.c,$(O)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c))
 
 .SECONDEXPANSION:
-$(O)/bin/%: $$(call tool_objs,$$*) $(LIB_A)
+$(O)/bin/%: $$(call tool_objs,$$*) $(TOOL_COMMON_OBJS) $(LIB_A)
 	@mkdir -p $(@D)
 	$(msg) LD $@
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $(filter %.o,$^) $(LIB_A) $(BIN_LIBS)

@@ -13,6 +13,7 @@
 #include <sys/types.h>
 #include <sys/un.h>
 
+#include "../common/daemon.h"
 #include "transport/ivshmem_vm.h"
 
 #define VMD_VM_MAX	 32	/* each VM pairs with at most 31 others */
@@ -33,7 +34,6 @@
 #define VMD_PAIR_RING_DEF  (256u << 10)
 #define VMD_PAIR_CHANS_DEF 3u
 
-enum { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 /* ---- configuration (conf.c) ---- */
 
@@ -197,9 +197,5 @@ struct pairst *vm_pair(const struct vmst *a, const struct vmst *b);
  * Returns 0 (ok) or 1 (error, the text says why). */
 int cmd_run(int argc, char **argv, char **out, size_t *outlen);
 
-/* ---- main.c ---- */
-
-__attribute__((format(printf, 2, 3))) void vlog(int level, const char *fmt,
-						...);
 
 #endif

@@ -28,8 +28,6 @@
 #include "ivmc-vmd.h"
 
 struct vmd V;
-static int log_level = LOG_INFO;
-static FILE *log_fp;
 
 #define EVENTS_MAX    32
 #define ARGS_MAX      64
@@ -50,36 +48,6 @@ static struct ev ev_tmr = { EV_TIMER, NULL };
 static int cmd_lfd = -1, sig_fd = -1, tmr_fd = -1, lock_fd = -1;
 static bool quit;
 
-void vlog(int level, const char *fmt, ...)
-{
-	static const char *const names[] = { "error", "warn", "info", "debug" };
-	struct timespec ts;
-	struct tm tm;
-	va_list ap;
-
-	if (level > log_level || !log_fp)
-		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	fprintf(log_fp, "%02d:%02d:%02d.%03ld ivmc-vmd[%d] %s: ", tm.tm_hour,
-		tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, (int)getpid(),
-		names[level]);
-	va_start(ap, fmt);
-	/* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized) */
-	vfprintf(log_fp, fmt, ap);
-	va_end(ap);
-	fputc('\n', log_fp);
-	fflush(log_fp);
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -90,40 +58,6 @@ static void usage(FILE *f)
 		"  -L, --log-file F   log here (default stderr)\n"
 		"  -h, --help\n",
 		VMD_CONF_DEFAULT, VMD_RUN_DEFAULT);
-}
-
-static int parse_level(const char *s)
-{
-	static const char *const names[] = { "error", "warn", "info", "debug" };
-
-	for (int i = 0; i < 4; i++)
-		if (!strcmp(s, names[i]))
-			return i;
-	return -1;
-}
-
-/* mkdir -p, 0755 where we create. */
-static int make_dirs(const char *path)
-{
-	char buf[4096];
-	size_t n = path ? strlen(path) : 0;
-
-	if (!n || n >= sizeof(buf))
-		return -ENAMETOOLONG;
-	memcpy(buf, path, n + 1);
-	for (char *p = buf + 1;; p++) {
-		if (*p && *p != '/')
-			continue;
-		char c = *p;
-
-		*p = 0;
-		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-			return -errno;
-		*p = c;
-		if (!c)
-			break;
-	}
-	return 0;
 }
 
 /* The configuration's directory, so that the first change can be saved. */
@@ -138,7 +72,7 @@ static int conf_dir(const char *path)
 	if (!slash || slash == buf)
 		return 0;
 	*slash = 0;
-	return make_dirs(buf);
+	return mkdir_p(buf, true);
 }
 
 static int ep_add(int fd, struct ev *ev)
@@ -153,13 +87,11 @@ static int take_lock(void)
 {
 	char p[4096];
 
-	snprintf(p, sizeof(p), "%s/ivmc-vmd.lock", V.run_dir);
-	lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (lock_fd < 0)
-		return -errno;
-	if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
-		return errno == EWOULDBLOCK ? -EADDRINUSE : -errno;
-	return 0;
+	if (snprintf(p, sizeof(p), "%s/ivmc-vmd.lock", V.run_dir) >=
+	    (int)sizeof(p))
+		return -ENAMETOOLONG;
+	lock_fd = lock_file(p, 0600);
+	return lock_fd < 0 ? lock_fd : 0;
 }
 
 static int cmd_listen(void)
@@ -351,19 +283,19 @@ static void on_signal(void)
 
 	while (read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
 		if (si.ssi_signo != SIGHUP) {
-			vlog(LOG_INFO, "signal %u: exiting", si.ssi_signo);
+			dlog(LOG_INFO, "signal %u: exiting", si.ssi_signo);
 			quit = true;
 			continue;
 		}
 		if (conf_load(V.conf_path, &next, err, sizeof(err))) {
-			vlog(LOG_ERR, "SIGHUP: %s: %s (kept what runs)", V.conf_path, err);
+			dlog(LOG_ERR, "SIGHUP: %s: %s (kept what runs)", V.conf_path, err);
 			continue;
 		}
 		V.conf = next;
 		if (vm_apply(err, sizeof(err)))
-			vlog(LOG_ERR, "SIGHUP: %s", err);
+			dlog(LOG_ERR, "SIGHUP: %s", err);
 		else
-			vlog(LOG_INFO, "SIGHUP: %u VM(s) from %s", V.conf.nvm, V.conf_path);
+			dlog(LOG_INFO, "SIGHUP: %u VM(s) from %s", V.conf.nvm, V.conf_path);
 	}
 }
 
@@ -426,7 +358,8 @@ int main(int argc, char **argv)
 	};
 	const char *log_path = NULL;
 	char err[256] = "";
-	int c, e;
+	int c, e, level = LOG_INFO;
+	FILE *log_fp = stderr;
 
 	V.conf_path = VMD_CONF_DEFAULT;
 	V.run_dir = VMD_RUN_DEFAULT;
@@ -435,8 +368,8 @@ int main(int argc, char **argv)
 		case 'c': V.conf_path = optarg; break;
 		case 'r': V.run_dir = optarg; break;
 		case 'l':
-			log_level = parse_level(optarg);
-			if (log_level < 0) {
+			level = dlog_parse_level(optarg);
+			if (level < 0) {
 				fprintf(stderr, "ivmc-vmd: bad log level '%s'\n", optarg);
 				return 2;
 			}
@@ -450,12 +383,12 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	log_fp = stderr;
 	if (log_path && !(log_fp = fopen(log_path, "ae"))) {
 		fprintf(stderr, "ivmc-vmd: %s: %s\n", log_path, strerror(errno));
 		return 1;
 	}
-	e = make_dirs(V.run_dir);
+	dlog_setup("ivmc-vmd", level, log_fp);
+	e = mkdir_p(V.run_dir, true);
 	if (!e)
 		e = conf_dir(V.conf_path);
 	umask(077);
@@ -474,12 +407,12 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (vm_apply(err, sizeof(err)))
-		vlog(LOG_ERR, "%s", err);
-	vlog(LOG_INFO, "serving %u VM(s) from %s in %s", V.conf.nvm,
+		dlog(LOG_ERR, "%s", err);
+	dlog(LOG_INFO, "serving %u VM(s) from %s in %s", V.conf.nvm,
 	     V.conf_path, V.run_dir);
 	e = loop();
 	vm_shutdown();
 	(void)unlink(V.sock_path);
-	vlog(LOG_INFO, "stopped");
+	dlog(LOG_INFO, "stopped");
 	return e ? 1 : 0;
 }

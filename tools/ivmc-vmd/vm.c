@@ -195,7 +195,7 @@ static void dev_disconnect(struct dev *d, const char *why)
 
 	if (d->c.fd < 0)
 		return;
-	vlog(LOG_INFO, "%s: %s device (ID %u) of pid %d %s", v->cf.name,
+	dlog(LOG_INFO, "%s: %s device (ID %u) of pid %d %s", v->cf.name,
 	     p ? p->vm[1 - d->side]->cf.name : "control", d->id,
 	     (int)d->c.pid, why);
 	conn_close(&d->c);
@@ -208,12 +208,12 @@ static void dev_disconnect(struct dev *d, const char *why)
 		p->state[d->side] = IVMC_VM_PEER_GONE;
 		ivmc_store_release(&h->gone, 1);
 		if (o->c.fd >= 0 && msg_send(o->c.fd, d->id, -1))
-			vlog(LOG_WARN, "%s: cannot tell pid %d that its peer left",
+			dlog(LOG_WARN, "%s: cannot tell pid %d that its peer left",
 			     o->vm->cf.name, (int)o->c.pid);
 		if (o->c.fd < 0 &&
 		    fallocate(p->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			      0, (off_t)p->size) < 0)
-			vlog(LOG_WARN, "pair %s-%s: cannot free the region: %s",
+			dlog(LOG_WARN, "pair %s-%s: cannot free the region: %s",
 			     p->vm[0]->cf.name, p->vm[1]->cf.name, strerror(errno));
 		ctl_publish(p->vm[1 - d->side]);
 	}
@@ -293,7 +293,7 @@ static void dev_take(struct dev *d, int fd)
 	int efd, err;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
-		vlog(LOG_WARN, "%s: %s: no peer credentials: %s", v->cf.name,
+		dlog(LOG_WARN, "%s: %s: no peer credentials: %s", v->cf.name,
 		     d->path, strerror(errno));
 		close(fd);
 		return;
@@ -302,7 +302,7 @@ static void dev_take(struct dev *d, int fd)
 	if (why) {
 		/* A version no client takes: QEMU's device fails to realize
 		 * and QEMU exits (on a bare close, QEMU 7.2 spins instead). */
-		vlog(LOG_WARN, "%s: refused pid %d on %s: %s", v->cf.name,
+		dlog(LOG_WARN, "%s: refused pid %d on %s: %s", v->cf.name,
 		     (int)cr.pid, d->path, why);
 		(void)msg_send(fd, VMD_REFUSED, -1);
 		close(fd);
@@ -310,7 +310,7 @@ static void dev_take(struct dev *d, int fd)
 	}
 	efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (efd < 0) {
-		vlog(LOG_ERR, "%s: eventfd: %s", v->cf.name, strerror(errno));
+		dlog(LOG_ERR, "%s: eventfd: %s", v->cf.name, strerror(errno));
 		close(fd);
 		return;
 	}
@@ -322,7 +322,7 @@ static void dev_take(struct dev *d, int fd)
 	if (!err)
 		err = ep_ctl(EPOLL_CTL_ADD, fd, &d->cev);
 	if (err) {
-		vlog(LOG_WARN, "%s: pid %d on %s: %s", v->cf.name, (int)cr.pid,
+		dlog(LOG_WARN, "%s: pid %d on %s: %s", v->cf.name, (int)cr.pid,
 		     d->path, strerror(-err));
 		close(fd);
 		close(efd);
@@ -333,7 +333,7 @@ static void dev_take(struct dev *d, int fd)
 		v->pid = cr.pid;
 		v->gen++;
 	}
-	vlog(LOG_INFO, "%s: pid %d took its %s device (ID %u)", v->cf.name,
+	dlog(LOG_INFO, "%s: pid %d took its %s device (ID %u)", v->cf.name,
 	     (int)cr.pid, p ? p->vm[1 - d->side]->cf.name : "control", d->id);
 	if (p) {
 		struct dev *o = &p->dev[1 - d->side];
@@ -341,7 +341,7 @@ static void dev_take(struct dev *d, int fd)
 		p->state[d->side] = IVMC_VM_PEER_UP;
 		p->gen[d->side]++;
 		if (o->c.fd >= 0 && msg_send(o->c.fd, d->id, efd))
-			vlog(LOG_WARN, "%s: cannot tell pid %d of its peer",
+			dlog(LOG_WARN, "%s: cannot tell pid %d of its peer",
 			     o->vm->cf.name, (int)o->c.pid);
 		ctl_publish(p->vm[1 - d->side]);
 	}
@@ -357,7 +357,7 @@ void vm_accept(struct dev *d)
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR &&
 			    errno != ECONNABORTED)
-				vlog(LOG_WARN, "accept on %s: %s", d->path,
+				dlog(LOG_WARN, "accept on %s: %s", d->path,
 				     strerror(errno));
 			return;
 		}
@@ -435,7 +435,7 @@ static void ctl_publish(struct vmst *v)
 	ivmc_store_release(&c->seq, ++v->seq);
 	if (v->ctldev.c.efd >= 0 &&
 	    write(v->ctldev.c.efd, &one, sizeof(one)) != sizeof(one))
-		vlog(LOG_DEBUG, "%s: control doorbell: %s", v->cf.name,
+		dlog(LOG_DEBUG, "%s: control doorbell: %s", v->cf.name,
 		     strerror(errno));
 }
 
@@ -461,7 +461,7 @@ static void dev_close(struct dev *d, const char *why)
 
 static void pair_stop(struct pairst *p, const char *why)
 {
-	vlog(LOG_INFO, "pair %s-%s (number %u) %s", p->vm[0]->cf.name,
+	dlog(LOG_INFO, "pair %s-%s (number %u) %s", p->vm[0]->cf.name,
 	     p->vm[1]->cf.name, p->no, why);
 	p->used = false; /* gone from both control regions at once */
 	for (int s = 0; s < 2; s++)
@@ -516,7 +516,7 @@ static int pair_start(struct vmst *a, struct vmst *b)
 			return err;
 		}
 	}
-	vlog(LOG_INFO, "pair %s-%s: number %u, IDs %u and %u, %llu bytes",
+	dlog(LOG_INFO, "pair %s-%s: number %u, IDs %u and %u, %llu bytes",
 	     a->cf.name, b->cf.name, p->no, p->dev[0].id, p->dev[1].id,
 	     (unsigned long long)p->size);
 	V.changed = true;
@@ -525,7 +525,7 @@ static int pair_start(struct vmst *a, struct vmst *b)
 
 static void vm_stop(struct vmst *v)
 {
-	vlog(LOG_INFO, "%s: removed", v->cf.name);
+	dlog(LOG_INFO, "%s: removed", v->cf.name);
 	for (unsigned int j = 0; j < VMD_VM_MAX; j++) {
 		struct pairst *p = V.vm[j].used ? vm_pair(v, &V.vm[j]) : NULL;
 
@@ -593,7 +593,7 @@ static int vm_start(const struct conf_vm *cf)
 		return err;
 	}
 	ctl_publish(v);
-	vlog(LOG_INFO, "%s: added (%u address(es))", cf->name, cf->naddr);
+	dlog(LOG_INFO, "%s: added (%u address(es))", cf->name, cf->naddr);
 	V.changed = true;
 	return 0;
 }

@@ -8,6 +8,7 @@
 #ifndef IVMCD_H
 #define IVMCD_H
 
+#include "../common/daemon.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,12 +26,10 @@
 #define IVMCD_LINGER_US_DEFAULT 0 /* --linger-us: stay awake after work */
 #endif
 
-enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
-void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#define log_err(...)   logf_(LOG_ERR, __VA_ARGS__)
-#define log_warn(...)  logf_(LOG_WARN, __VA_ARGS__)
-#define log_info(...)  logf_(LOG_INFO, __VA_ARGS__)
-#define log_debug(...) logf_(LOG_DEBUG, __VA_ARGS__)
+#define log_err(...)   dlog(LOG_ERR, __VA_ARGS__)
+#define log_warn(...)  dlog(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  dlog(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) dlog(LOG_DEBUG, __VA_ARGS__)
 
 /* Doubly linked list, as the kernel's list_head. */
 struct link {
@@ -165,7 +164,6 @@ struct daemon {
 
 extern struct daemon D;
 
-uint64_t now_ms(void);
 /* main.c: re-read the config (old policy kept on error; msg says why). */
 int daemon_reload(char *msg, size_t len);
 /* main.c: arm the expiry timer for the oldest pending registration. */

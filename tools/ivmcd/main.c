@@ -27,44 +27,11 @@
 #include "ivmcd.h"
 
 struct daemon D;
-static int log_level = LOG_INFO;
-static FILE *log_fp;
 
 /* epoll data for the fixed fds; clients carry their struct client *. */
 #define EV_LISTEN ((void *)1)
 #define EV_SIGNAL ((void *)2)
 #define EV_TIMER  ((void *)3)
-
-void logf_(int level, const char *fmt, ...)
-{
-	static const char *const names[] = { "error", "warn", "info", "debug" };
-	struct timespec ts;
-	struct tm tm;
-	va_list ap;
-
-	if (level > log_level || !log_fp)
-		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	fprintf(log_fp, "%02d:%02d:%02d.%03ld ivmcd[%d] %s: ", tm.tm_hour,
-		tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, (int)getpid(),
-		names[level]);
-	va_start(ap, fmt);
-	/* clang 14's va_list checker misreads va_start here. */
-	/* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized) */
-	vfprintf(log_fp, fmt, ap);
-	va_end(ap);
-	fputc('\n', log_fp);
-	fflush(log_fp);
-}
-
-uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 void link_init(struct link *h)
 {
@@ -108,52 +75,17 @@ static void usage(FILE *f)
 		IVMCD_LINGER_US_DEFAULT);
 }
 
-static int parse_level(const char *s)
-{
-	static const char *const names[] = { "error", "warn", "info", "debug" };
-
-	for (int i = 0; i < 4; i++)
-		if (!strcmp(s, names[i]))
-			return i;
-	return -1;
-}
-
-/* mkdir -p of the socket's directory, root-owned 0755 where we create it. */
-static int make_dirs(const char *path)
-{
-	char buf[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	size_t n = strlen(path);
-
-	if (n >= sizeof(buf))
-		return -ENAMETOOLONG;
-	memcpy(buf, path, n + 1);
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	return 0;
-}
-
 /* One daemon per path: a lock on PATH.lock, held for our lifetime. */
 static int take_lock(const char *path)
 {
 	char lp[4096];
 	int fd;
 
-	snprintf(lp, sizeof(lp), "%s.lock", path);
-	fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (snprintf(lp, sizeof(lp), "%s.lock", path) >= (int)sizeof(lp))
+		return -ENAMETOOLONG;
+	fd = lock_file(lp, 0644);
 	if (fd < 0)
-		return -errno;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		int err = errno == EWOULDBLOCK ? -EADDRINUSE : -errno;
-
-		close(fd);
-		return err;
-	}
+		return fd;
 	D.lockfd = fd;
 	return 0;
 }
@@ -445,9 +377,9 @@ int main(int argc, char **argv)
 	const char *log_file = NULL;
 	char lbuf[4200];
 	bool detach = false;
-	int c, err, ready_fd = -1;
+	int c, err, ready_fd = -1, level = LOG_INFO;
+	FILE *log_fp = stderr;
 
-	log_fp = stderr;
 	D.sock_path = getenv(CTL_SOCKET_ENV);
 	if (!D.sock_path || !*D.sock_path)
 		D.sock_path = CTL_SOCKET_DEFAULT;
@@ -476,8 +408,8 @@ int main(int argc, char **argv)
 			break;
 		}
 		case 'l':
-			log_level = parse_level(optarg);
-			if (log_level < 0) {
+			level = dlog_parse_level(optarg);
+			if (level < 0) {
 				fprintf(stderr, "ivmcd: bad log level '%s'\n", optarg);
 				return 2;
 			}
@@ -494,7 +426,7 @@ int main(int argc, char **argv)
 		snprintf(lbuf, sizeof(lbuf), "%s.log", D.sock_path);
 		log_file = lbuf;
 	}
-	err = make_dirs(D.sock_path);
+	err = mkdir_p(D.sock_path, false);
 	if (!err)
 		err = take_lock(D.sock_path);
 	if (err == -EADDRINUSE) {
@@ -515,6 +447,7 @@ int main(int argc, char **argv)
 		if (f)
 			log_fp = f;
 	}
+	dlog_setup("ivmcd", level, log_fp);
 	if (detach) {
 		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
 
