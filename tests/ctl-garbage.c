@@ -40,24 +40,6 @@ static void daemon_kill_at_exit(void)
 		kill(t_dpid, SIGKILL);
 }
 
-static int daemon_fds(pid_t pid)
-{
-	char p[64];
-	DIR *d;
-	struct dirent *e;
-	int n = 0;
-
-	snprintf(p, sizeof(p), "/proc/%d/fd", (int)pid);
-	d = opendir(p);
-	if (!d)
-		t_fail("opendir(%s): %s", p, strerror(errno));
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
 static void daemon_alive(pid_t pid)
 {
 	int st;
@@ -716,7 +698,7 @@ static void fd_exhaustion(pid_t d)
 	T_ASSERT(prlimit(d, RLIMIT_NOFILE, NULL, &old) == 0);
 	/* The soft limit only: raising a hard one back needs
 	 * CAP_SYS_RESOURCE, which a container may not give root. */
-	low.rlim_cur = (rlim_t)daemon_fds(d) + 8;
+	low.rlim_cur = (rlim_t)t_proc_fds(d) + 8;
 	low.rlim_max = old.rlim_max;
 	T_ASSERT(prlimit(d, RLIMIT_NOFILE, &low, NULL) == 0);
 	for (int i = 0; i < 60; i++)
@@ -805,7 +787,7 @@ static void fds_back(pid_t d, int base)
 	int n = 0;
 
 	for (int i = 0; i < 500; i++) {
-		n = daemon_fds(d);
+		n = t_proc_fds(d);
 		if (n <= base)
 			break;
 		usleep(10000);
@@ -856,11 +838,11 @@ int main(void)
 	status_answers("\"paired\":1");
 	/* ivmcctl's connection may not be gone yet: the least of a few
 	 * looks. */
-	base = daemon_fds(d);
+	base = t_proc_fds(d);
 	for (int i = 0; i < 20; i++) {
 		usleep(10000);
-		if (daemon_fds(d) < base)
-			base = daemon_fds(d);
+		if (t_proc_fds(d) < base)
+			base = t_proc_fds(d);
 	}
 
 	sequence_check();

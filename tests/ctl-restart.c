@@ -91,54 +91,6 @@ static int on_ring(struct ivmc_chan *c)
 	return (int)st.on_ring;
 }
 
-/* Does the daemon answer a connect on t_sock? */
-static bool answers(void)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	bool ok;
-
-	T_ASSERT(fd >= 0 && strlen(t_sock) < sizeof(sa.sun_path));
-	memcpy(sa.sun_path, t_sock, strlen(t_sock));
-	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	close(fd);
-	return ok;
-}
-
-/* Start ivmcd again on the same socket, config and log as
- * t_daemon_start() chose; wait (bounded) until it answers. A dead
- * daemon's socket file is still there, so stat() proves nothing. */
-static pid_t daemon_restart(void)
-{
-	char bin[PATH_MAX], cpath[PATH_MAX], lpath[PATH_MAX];
-	pid_t pid;
-
-	t_bin(bin, sizeof(bin), "ivmcd");
-	t_path(lpath, sizeof(lpath), "ivmcd.log");
-	t_path(cpath, sizeof(cpath), "no-such.conf");
-	T_ASSERT(!answers());
-	pid = fork();
-	if (pid < 0)
-		t_fail("fork");
-	if (pid == 0) {
-		execl(bin, "ivmcd", "-f", "-s", t_sock, "-c", cpath, "-l",
-		      "debug", "-L", lpath, (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 500; i++) {
-		int st;
-
-		if (waitpid(pid, &st, WNOHANG) == pid)
-			t_fail("restarted ivmcd exited (status %d)", st);
-		if (answers()) {
-			t_dpid = pid;
-			return pid;
-		}
-		usleep(10000);
-	}
-	t_fail("restarted ivmcd did not answer within 5 s");
-}
-
 static void daemon_kill(pid_t d)
 {
 	int st;
@@ -281,7 +233,8 @@ int main(void)
 	exchange(&p1, 50);
 
 	/* Up again on the same path: the lock went with the dead daemon. */
-	d = daemon_restart();
+	T_ASSERT(!t_daemon_answers());
+	d = t_daemon_restart();
 	/* Channels made before the restart are unknown to the new daemon;
 	 * they go on as they were. */
 	exchange(&p1, 100);
@@ -300,7 +253,8 @@ int main(void)
 	 * ivmc_tcp() finds the old connection dead and reconnects at once
 	 * (no back-off), announcing the listener again. */
 	daemon_kill(d);
-	d = daemon_restart();
+	T_ASSERT(!t_daemon_answers());
+	d = t_daemon_restart();
 	T_ASSERT(!listed(lport));
 	tries = attach_again(1);
 	T_ASSERT(listed(lport));

@@ -71,7 +71,6 @@ struct job {
 
 static struct shared *sh;
 static struct job jobs[2];
-static char dlog[PATH_MAX];
 static int dmn_fds = -1; /* the living daemon's fd count when idle */
 
 static void daemon_kill_at_exit(void)
@@ -345,24 +344,6 @@ static void end_main(void *arg)
 
 /* ---- the daemon ------------------------------------------------------ */
 
-static int proc_fds(pid_t pid)
-{
-	char p[64];
-	DIR *d;
-	struct dirent *e;
-	int n = 0;
-
-	snprintf(p, sizeof(p), "/proc/%d/fd", (int)pid);
-	d = opendir(p);
-	if (!d)
-		t_fail("opendir(%s): %s", p, strerror(errno));
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
 /* Print what pid's fds are, to stderr. */
 static void show_fds(pid_t pid)
 {
@@ -386,54 +367,11 @@ static void show_fds(pid_t pid)
 		closedir(d);
 }
 
-/* Does the daemon answer a connect on t_sock? */
-static bool answers(void)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	bool ok;
-
-	T_ASSERT(fd >= 0 && strlen(t_sock) < sizeof(sa.sun_path));
-	memcpy(sa.sun_path, t_sock, strlen(t_sock));
-	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	close(fd);
-	return ok;
-}
-
-/* Start ivmcd again on the socket, config and log t_daemon_start() chose.
- * The dead one's socket file is still there: wait for an answer. */
+/* Start ivmcd again after a kill (t_daemon_restart()). */
 static void daemon_restart(void)
 {
-	char bin[PATH_MAX], cpath[PATH_MAX];
-	pid_t pid;
-
-	t_bin(bin, sizeof(bin), "ivmcd");
-	t_path(cpath, sizeof(cpath), "no-such.conf");
-	fflush(stdout);
-	fflush(stderr);
-	pid = fork();
-	if (pid < 0)
-		t_fail("fork");
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		execl(bin, "ivmcd", "-f", "-s", t_sock, "-c", cpath, "-l",
-		      "debug", "-L", dlog, (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 500; i++) {
-		int st;
-
-		if (waitpid(pid, &st, WNOHANG) == pid)
-			t_fail("restarted ivmcd exited (status %#x), see %s",
-			       st, dlog);
-		if (answers()) {
-			t_dpid = pid;
-			dmn_fds = -1;
-			return;
-		}
-		usleep(10000);
-	}
-	t_fail("restarted ivmcd did not answer within 5 s");
+	t_daemon_restart();
+	dmn_fds = -1;
 }
 
 static void daemon_alive(const char *when)
@@ -443,7 +381,7 @@ static void daemon_alive(const char *when)
 	if (waitpid(t_dpid, &st, WNOHANG) == t_dpid)
 		t_fail("ivmcd died %s: %s %d (see %s)", when,
 		       WIFSIGNALED(st) ? "signal" : "exit",
-		       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), dlog);
+		       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), t_dlog);
 }
 
 /* The value of "key": N in ivmcctl --json status (the daemon object comes
@@ -518,7 +456,7 @@ static int daemon_clean(const char *what)
 		ch = status_num(out, "channels");
 		pend = status_num(out, "pending");
 		cl = status_num(out, "clients"); /* ivmcctl itself */
-		fds = proc_fds(t_dpid);
+		fds = t_proc_fds(t_dpid);
 		dom = domains_clean(out);
 		if (ch == 0 && pend == 0 && cl <= 1 && dom &&
 		    (dmn_fds < 0 || fds <= dmn_fds))
@@ -904,7 +842,6 @@ int main(void)
 	nshm = list_dir("/dev/shm", shm, sizeof(shm));
 	t_daemon_start(NULL);
 	atexit(daemon_kill_at_exit);
-	t_path(dlog, sizeof(dlog), "ivmcd.log");
 	nfiles = list_dir(t_dir, files, sizeof(files));
 	base_fds = t_count_fds();
 

@@ -260,37 +260,13 @@ static int client(void)
 	return 0;
 }
 
-static pid_t spawn(const char *role, int pipe_out)
-{
-	char self[PATH_MAX], run[PATH_MAX], a1[32];
-	ssize_t k = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	pid_t pid;
-
-	if (k < 0)
-		t_fail("readlink");
-	self[k] = 0;
-	t_bin(run, sizeof(run), "ivmc-run");
-	snprintf(a1, sizeof(a1), "%d", port);
-	pid = fork();
-	if (pid < 0)
-		t_fail("fork");
-	if (pid == 0) {
-		if (pipe_out >= 0)
-			dup2(pipe_out, 1);
-		execl(run, run, self, role, a1, (char *)NULL);
-		_exit(127);
-	}
-	return pid;
-}
-
 int main(int argc, char **argv)
 {
-	char lib[PATH_MAX], line[64] = { 0 }, cmd[PATH_MAX + 128], bin[PATH_MAX];
-	int p[2], st, sst = 0;
-	pid_t s, c, d;
-	FILE *f;
+	char lib[PATH_MAX];
+	pid_t d;
+	int st;
 
-	if (argc == 3) {
+	if (argc == 5) {
 		alarm(30);
 		port = atoi(argv[2]);
 		return !strcmp(argv[1], "--server") ? server() : client();
@@ -302,30 +278,9 @@ int main(int argc, char **argv)
 	if (syscall(__NR_io_uring_setup, 0, NULL) < 0 && errno == ENOSYS)
 		t_skip("no io_uring in this kernel");
 	d = t_daemon_start(NULL);
-	if (pipe(p))
-		t_fail("pipe");
-	s = spawn("--server", p[1]);
-	close(p[1]);
-	f = fdopen(p[0], "r");
-	if (!f || !fgets(line, sizeof(line), f))
-		t_fail("server did not say its port");
-	port = atoi(line);
-	c = spawn("--client", -1);
-	if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st)) {
-		kill(s, SIGTERM);
-		waitpid(s, &sst, 0);
-		t_fail("client failed (%#x; server %#x)", st, sst);
-	}
-	if (waitpid(s, &st, 0) != s || !WIFEXITED(st) || WEXITSTATUS(st))
-		t_fail("server failed (%#x)", st);
-	t_bin(bin, sizeof(bin), "ivmcctl");
-	snprintf(cmd, sizeof(cmd), "%s --json status | grep -q '\"paired\":1,'",
-		 bin);
-	if (system(cmd) != 0) {
-		snprintf(cmd, sizeof(cmd), "%s status >&2", bin);
-		(void)system(cmd);
+	t_ivmc_self_pair("-", "-");
+	if (!t_paired_exactly(1))
 		t_fail("ivmcd did not pair exactly the first connection");
-	}
 	st = t_daemon_stop(d);
 	T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	return T_PASS;

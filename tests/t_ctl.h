@@ -9,6 +9,7 @@
 #define IVMC_TESTS_T_CTL_H
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -16,6 +17,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include "t_api.h"
@@ -41,39 +43,66 @@ static inline void t_bin(char *buf, size_t n, const char *name)
 		t_fail("path too long");
 }
 
-/* Start ivmcd in the foreground on t_dir/ivmcd.sock with config conf (NULL:
- * none, the default policy) and wait (bounded) until it answers. Exports
- * IVMC_SOCKET. Returns its pid. */
-static inline pid_t t_daemon_start(const char *conf)
+static char t_dconf[PATH_MAX], t_dlog[PATH_MAX]; /* t_daemon_start()'s */
+
+/* fork and exec ivmcd in the foreground on t_sock, t_dconf, t_dlog. */
+static inline pid_t t_daemon_spawn(void)
 {
-	char bin[PATH_MAX], cpath[PATH_MAX], lpath[PATH_MAX];
+	char bin[PATH_MAX];
 	pid_t pid;
 
-	t_tmpdir();
-	t_path(t_sock, sizeof(t_sock), "ivmcd.sock");
-	t_path(lpath, sizeof(lpath), "ivmcd.log");
-	t_path(cpath, sizeof(cpath), conf ? "ivmcd.conf" : "no-such.conf");
-	if (conf) {
-		FILE *f = fopen(cpath, "w");
-
-		if (!f || fputs(conf, f) < 0 || fclose(f))
-			t_fail("write %s", cpath);
-	}
 	t_bin(bin, sizeof(bin), "ivmcd");
-	setenv("IVMC_SOCKET", t_sock, 1);
-	/* A loaded CI machine may take more than the default 2 ms to say
-	 * hello; tests of that bound set their own. */
-	setenv("IVMC_CTL_BUDGET_US", "1000000", 0);
+	fflush(stdout);
+	fflush(stderr);
 	pid = fork();
 	if (pid < 0)
 		t_fail("fork");
 	if (pid == 0) {
 		/* A test that dies (failure, timeout) takes its daemon along. */
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		execl(bin, "ivmcd", "-f", "-s", t_sock, "-c", cpath, "-l",
-		      "debug", "-L", lpath, t_dextra, (char *)NULL);
+		execl(bin, "ivmcd", "-f", "-s", t_sock, "-c", t_dconf, "-l",
+		      "debug", "-L", t_dlog, t_dextra, (char *)NULL);
 		_exit(127);
 	}
+	return pid;
+}
+
+/* Does an ivmcd answer a connect on t_sock? */
+static inline bool t_daemon_answers(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	bool ok;
+
+	T_ASSERT(fd >= 0 && strlen(t_sock) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, t_sock, strlen(t_sock));
+	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(fd);
+	return ok;
+}
+
+/* Start ivmcd in the foreground on t_dir/ivmcd.sock with config conf (NULL:
+ * none, the default policy) and wait (bounded) until it answers. Exports
+ * IVMC_SOCKET. Returns its pid. */
+static inline pid_t t_daemon_start(const char *conf)
+{
+	pid_t pid;
+
+	t_tmpdir();
+	t_path(t_sock, sizeof(t_sock), "ivmcd.sock");
+	t_path(t_dlog, sizeof(t_dlog), "ivmcd.log");
+	t_path(t_dconf, sizeof(t_dconf), conf ? "ivmcd.conf" : "no-such.conf");
+	if (conf) {
+		FILE *f = fopen(t_dconf, "w");
+
+		if (!f || fputs(conf, f) < 0 || fclose(f))
+			t_fail("write %s", t_dconf);
+	}
+	setenv("IVMC_SOCKET", t_sock, 1);
+	/* A loaded CI machine may take more than the default 2 ms to say
+	 * hello; tests of that bound set their own. */
+	setenv("IVMC_CTL_BUDGET_US", "1000000", 0);
+	pid = t_daemon_spawn();
 	for (int i = 0; i < 500; i++) {
 		struct stat st;
 
@@ -82,10 +111,51 @@ static inline pid_t t_daemon_start(const char *conf)
 			return pid;
 		}
 		if (waitpid(pid, NULL, WNOHANG) == pid)
-			t_fail("ivmcd exited at start (see %s)", lpath);
+			t_fail("ivmcd exited at start (see %s)", t_dlog);
 		usleep(10000);
 	}
 	t_fail("ivmcd did not start within 5 s");
+}
+
+/* Start ivmcd again (the last one was killed) as t_daemon_start() did and
+ * wait (bounded) until it answers: a dead daemon's socket file is still
+ * there, so stat() proves nothing. Returns its pid, also in t_dpid. */
+static inline pid_t t_daemon_restart(void)
+{
+	pid_t pid = t_daemon_spawn();
+
+	for (int i = 0; i < 500; i++) {
+		int st;
+
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			t_fail("restarted ivmcd exited (status %#x), see %s", st,
+			       t_dlog);
+		if (t_daemon_answers()) {
+			t_dpid = pid;
+			return pid;
+		}
+		usleep(10000);
+	}
+	t_fail("restarted ivmcd did not answer within 5 s");
+}
+
+/* How many fds pid has open. */
+static inline int t_proc_fds(pid_t pid)
+{
+	char p[64];
+	struct dirent *e;
+	int n = 0;
+	DIR *d;
+
+	snprintf(p, sizeof(p), "/proc/%d/fd", (int)pid);
+	d = opendir(p);
+	if (!d)
+		t_fail("opendir(%s): %s", p, strerror(errno));
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
 }
 
 /* SIGTERM the daemon and reap it (bounded). Returns its exit status. */
@@ -103,6 +173,77 @@ static inline int t_daemon_stop(pid_t pid)
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
 	t_fail("ivmcd did not stop on SIGTERM within 5 s");
+}
+
+/* Run this binary under ivmc-run as "SELF role port a b", its stdout on
+ * out (if >= 0). Returns the pid. */
+static inline pid_t t_ivmc_self(const char *role, int port, const char *a,
+				const char *b, int out)
+{
+	char self[PATH_MAX], run[PATH_MAX], ps[32];
+	ssize_t k = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	pid_t pid;
+
+	if (k < 0)
+		t_fail("readlink");
+	self[k] = 0;
+	t_bin(run, sizeof(run), "ivmc-run");
+	snprintf(ps, sizeof(ps), "%d", port);
+	pid = fork();
+	if (pid < 0)
+		t_fail("fork");
+	if (pid == 0) {
+		if (out >= 0)
+			dup2(out, 1);
+		execl(run, run, self, role, ps, a, b, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* The preload tests' driver (ivmcd started): this binary under ivmc-run as
+ * "--server 0 a b", which says the port it listens on in the first line of
+ * its stdout, then as "--client PORT a b". Both must exit 0 (each bounded
+ * by an alarm of its own). */
+static inline void t_ivmc_self_pair(const char *a, const char *b)
+{
+	char line[64] = { 0 };
+	int p[2], st, sst = 0;
+	pid_t s, c;
+	FILE *f;
+
+	if (pipe(p))
+		t_fail("pipe");
+	s = t_ivmc_self("--server", 0, a, b, p[1]);
+	close(p[1]);
+	f = fdopen(p[0], "r");
+	if (!f || !fgets(line, sizeof(line), f))
+		t_fail("server did not say its port");
+	fclose(f);
+	c = t_ivmc_self("--client", atoi(line), a, b, -1);
+	if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st)) {
+		kill(s, SIGTERM);
+		waitpid(s, &sst, 0);
+		t_fail("client failed (%#x; server %#x)", st, sst);
+	}
+	if (waitpid(s, &st, 0) != s || !WIFEXITED(st) || WEXITSTATUS(st))
+		t_fail("server failed (%#x)", st);
+}
+
+/* Has ivmcd paired exactly n connections so far (ivmcctl --json status)?
+ * When not, its status goes to stderr. */
+static inline bool t_paired_exactly(int n)
+{
+	char cmd[PATH_MAX + 128], bin[PATH_MAX];
+
+	t_bin(bin, sizeof(bin), "ivmcctl");
+	snprintf(cmd, sizeof(cmd), "%s --json status | grep -q '\"paired\":%d,'",
+		 bin, n);
+	if (system(cmd) == 0)
+		return true;
+	snprintf(cmd, sizeof(cmd), "%s status >&2", bin);
+	(void)!system(cmd);
+	return false;
 }
 
 /* A loopback TCP connection: *lfd listening (kept), *cfd and *afd its two
