@@ -793,26 +793,8 @@ static void fds_back(pid_t d, int base)
 		usleep(10000);
 	}
 	printf("daemon fds: %d before, %d after\n", base, n);
-	if (n > base) {
-		char p[64], c[384], l[256];
-		DIR *dir;
-		struct dirent *e;
-
-		snprintf(p, sizeof(p), "/proc/%d/fd", (int)d);
-		dir = opendir(p);
-		while (dir && (e = readdir(dir))) {
-			ssize_t k;
-
-			if (e->d_name[0] == '.')
-				continue;
-			snprintf(c, sizeof(c), "%s/%s", p, e->d_name);
-			k = readlink(c, l, sizeof(l) - 1);
-			l[k > 0 ? k : 0] = 0;
-			fprintf(stderr, "  fd %s -> %s\n", e->d_name, l);
-		}
-		if (dir)
-			closedir(dir);
-	}
+	if (n > base)
+		t_show_fds(d);
 	if (n > base)
 		t_fail("ivmcd leaks fds: %d before, %d after", base, n);
 }

@@ -101,37 +101,12 @@ static void daemon_kill(pid_t d)
 	t_dpid = 0;
 }
 
-/* Run ivmcctl with args; returns its exit status, output in out. */
-static int ctl(const char *args, char *out, size_t len)
-{
-	char bin[PATH_MAX], cmd[PATH_MAX + 256];
-	FILE *f;
-	size_t n = 0;
-	int st;
-
-	t_bin(bin, sizeof(bin), "ivmcctl");
-	snprintf(cmd, sizeof(cmd), "%s -t 5000 %s 2>&1", bin, args);
-	fflush(stdout);
-	f = popen(cmd, "r");
-	T_ASSERT(f);
-	while (n + 1 < len) {
-		size_t k = fread(out + n, 1, len - 1 - n, f);
-
-		if (!k)
-			break;
-		n += k;
-	}
-	out[n] = 0;
-	st = pclose(f);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* Is the listener on port shown by ivmcctl status? */
 static bool listed(uint16_t port)
 {
 	char out[65536], want[64];
 
-	if (ctl("--json status", out, sizeof(out)))
+	if (t_ivmcctl_run("--json status", out, sizeof(out)))
 		t_fail("ivmcctl status: %s", out);
 	snprintf(want, sizeof(want), "\"address\":\"127.0.0.1:%u\"", port);
 	return strstr(out, want) != NULL;
@@ -212,7 +187,7 @@ int main(void)
 	st = ivmc_tcp_state(lonely);
 	printf("waiting handle, daemon just killed: state %d\n", st);
 	T_ASSERT(st == 0 || st == -ECONNREFUSED);
-	T_ASSERT(ctl("status", out, sizeof(out)) != 0);
+	T_ASSERT(t_ivmcctl_run("status", out, sizeof(out)) != 0);
 	printf("ivmcctl status while down: %s", out);
 	/* New connections while down: TCP, -ECONNREFUSED, correct. */
 	T_ASSERT_EQ(pair_open(&down), -ECONNREFUSED);
@@ -247,7 +222,7 @@ int main(void)
 	tries = attach_again(20);
 	printf("attached again after the restart on try %d\n", tries);
 	T_ASSERT(listed(lport));
-	T_ASSERT_EQ(ctl("status", out, sizeof(out)), 0);
+	T_ASSERT_EQ(t_ivmcctl_run("status", out, sizeof(out)), 0);
 
 	/* Killed and restarted before the process notices: its next
 	 * ivmc_tcp() finds the old connection dead and reconnects at once

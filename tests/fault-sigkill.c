@@ -344,29 +344,6 @@ static void end_main(void *arg)
 
 /* ---- the daemon ------------------------------------------------------ */
 
-/* Print what pid's fds are, to stderr. */
-static void show_fds(pid_t pid)
-{
-	char p[64], c[384], l[256];
-	struct dirent *e;
-	DIR *d;
-
-	snprintf(p, sizeof(p), "/proc/%d/fd", (int)pid);
-	d = opendir(p);
-	while (d && (e = readdir(d))) {
-		ssize_t k;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(c, sizeof(c), "%s/%s", p, e->d_name);
-		k = readlink(c, l, sizeof(l) - 1);
-		l[k > 0 ? k : 0] = 0;
-		fprintf(stderr, "  fd %s -> %s\n", e->d_name, l);
-	}
-	if (d)
-		closedir(d);
-}
-
 /* Start ivmcd again after a kill (t_daemon_restart()). */
 static void daemon_restart(void)
 {
@@ -415,30 +392,6 @@ static bool domains_clean(const char *out)
 	return true;
 }
 
-static int ivmcctl_json(char *out, size_t len)
-{
-	char bin[PATH_MAX], cmd[PATH_MAX + 64];
-	size_t n = 0;
-	FILE *f;
-	int st;
-
-	t_bin(bin, sizeof(bin), "ivmcctl");
-	snprintf(cmd, sizeof(cmd), "%s -t 5000 --json status 2>&1", bin);
-	fflush(stdout);
-	f = popen(cmd, "r");
-	T_ASSERT(f);
-	while (n + 1 < len) {
-		size_t k = fread(out + n, 1, len - 1 - n, f);
-
-		if (!k)
-			break;
-		n += k;
-	}
-	out[n] = 0;
-	st = pclose(f);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* Once both ends are gone, ivmcd must drop their channel and
  * registrations and come back to the fds it had (bounded wait: it learns
  * of the deaths through its sockets). Returns the ms it took. */
@@ -451,7 +404,7 @@ static int daemon_clean(const char *what)
 	int fds = -1;
 
 	for (int i = 0; i < SETTLE_MS / 20; i++) {
-		if (ivmcctl_json(out, sizeof(out)))
+		if (t_ivmcctl_run("--json status", out, sizeof(out)))
 			t_fail("%s: ivmcctl status failed: %s", what, out);
 		ch = status_num(out, "channels");
 		pend = status_num(out, "pending");
@@ -468,7 +421,7 @@ static int daemon_clean(const char *what)
 		       what, ch, pend, cl, dom ? "" : ", quota still charged",
 		       SETTLE_MS, out);
 	if (dmn_fds >= 0 && fds > dmn_fds) {
-		show_fds(t_dpid);
+		t_show_fds(t_dpid);
 		t_fail("%s: ivmcd holds %d fds, %d before (see /proc/%d/fd)",
 		       what, fds, dmn_fds, (int)t_dpid);
 	}
@@ -483,7 +436,7 @@ static void show_daemon(void)
 	static char out[1 << 16];
 	const char *d;
 
-	T_ASSERT_EQ(ivmcctl_json(out, sizeof(out)), 0);
+	T_ASSERT_EQ(t_ivmcctl_run("--json status", out, sizeof(out)), 0);
 	d = strstr(out, "\"daemon\":");
 	if (d)
 		printf("ivmcd at the end: %.*s\n", (int)strcspn(d, "}") + 1, d);

@@ -246,6 +246,66 @@ static inline bool t_paired_exactly(int n)
 	return false;
 }
 
+/* Run ivmcctl (-t 5000) with args; returns its exit status, its output
+ * (stdout and stderr, NUL-terminated) in out. */
+static inline int t_ivmcctl_run(const char *args, char *out, size_t len)
+{
+	char bin[PATH_MAX], cmd[PATH_MAX + 256];
+	FILE *f;
+	size_t n = 0;
+	int st;
+
+	t_bin(bin, sizeof(bin), "ivmcctl");
+	snprintf(cmd, sizeof(cmd), "%s -t 5000 %s 2>&1", bin, args);
+	fflush(stdout);
+	f = popen(cmd, "r");
+	T_ASSERT(f);
+	while (n + 1 < len) {
+		size_t k = fread(out + n, 1, len - 1 - n, f);
+
+		if (!k)
+			break;
+		n += k;
+	}
+	out[n] = 0;
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The same for a command that must succeed, its output whole. */
+static inline void t_ivmcctl(char *out, size_t len, const char *args)
+{
+	int st = t_ivmcctl_run(args, out, len);
+
+	if (st != 0)
+		t_fail("ivmcctl %s: status %d:\n%s", args, st, out);
+	if (strlen(out) + 1 >= len)
+		t_fail("ivmcctl %s: output too long", args);
+}
+
+/* Print what pid's fds are (their links), to stderr. */
+static inline void t_show_fds(pid_t pid)
+{
+	char p[64], c[384], l[256];
+	struct dirent *e;
+	DIR *d;
+
+	snprintf(p, sizeof(p), "/proc/%d/fd", (int)pid);
+	d = opendir(p);
+	while (d && (e = readdir(d))) {
+		ssize_t k;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(c, sizeof(c), "%s/%s", p, e->d_name);
+		k = readlink(c, l, sizeof(l) - 1);
+		l[k > 0 ? k : 0] = 0;
+		fprintf(stderr, "  fd %s -> %s\n", e->d_name, l);
+	}
+	if (d)
+		closedir(d);
+}
+
 /* A loopback TCP connection: *lfd listening (kept), *cfd and *afd its two
  * ends. v6: over ::1. */
 static inline void t_tcp_pair(bool v6, int *lfd, int *cfd, int *afd)

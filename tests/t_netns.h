@@ -797,36 +797,6 @@ static inline void t_conv_expect_attached(const struct t_report *cr,
 
 /* ---- ivmcctl ------------------------------------------------------------------ */
 
-/* Run `ivmcctl ARGS` and keep its output (NUL-terminated) in buf. */
-static inline void t_ivmcctl(char *buf, size_t n, const char *args)
-{
-	char bin[PATH_MAX], cmd[PATH_MAX + 256];
-	size_t got = 0;
-	FILE *p;
-	int st;
-
-	t_bin(bin, sizeof(bin), "ivmcctl");
-	snprintf(cmd, sizeof(cmd), "%s %s", bin, args);
-	fflush(stdout);
-	fflush(stderr);
-	p = popen(cmd, "re");
-	if (!p)
-		t_fail("popen %s: %s", cmd, strerror(errno));
-	while (got + 1 < n) {
-		size_t r = fread(buf + got, 1, n - 1 - got, p);
-
-		if (!r)
-			break;
-		got += r;
-	}
-	buf[got] = 0;
-	st = pclose(p);
-	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		t_fail("%s: status %d:\n%s", cmd, st, buf);
-	if (got + 1 >= n)
-		t_fail("%s: output too long", cmd);
-}
-
 /* In the JSON status, the channel objects that name both netns a and b
  * (one per end), with both directions on the ring. Returns how many. */
 static inline int t_json_chans_between(const char *json, const char *a,
