@@ -2,8 +2,10 @@
 # SPDX-License-Identifier: MIT
 # Description: unmodified TCP programs, plain and under ivmc-run, side by
 # side in one run: redis-benchmark -c 1 GET and SET, iperf3 single stream
-# on loopback and across two network namespaces joined by a veth pair, and
-# sockperf 64-byte ping-pong; with --hog, redis and iperf3 again with two
+# on loopback and across two network namespaces joined by a veth pair,
+# sockperf 64-byte ping-pong, and idle connections (100 Python connections
+# that exchanged a little, then sleep in select(): CPU, fds and memory of
+# both processes, per connection); with --hog, redis and iperf3 again with two
 # CPU burners running (one per core of this machine), ivmc vs plain under
 # the same hog. Each case runs in rounds that alternate plain
 # and ivmc (the order flips every round), so noise hits both modes; the
@@ -12,7 +14,7 @@
 # pair counter: a round the daemon did not pair is reported as NOT
 # accelerated and left out of the ivmc median.
 #
-# usage: bench/preload.sh [--quick] [--rounds N] [--only redis|iperf|sockperf]
+# usage: bench/preload.sh [--quick] [--rounds N] [--only redis|iperf|sockperf|idle]
 #                         [--json FILE] [--plain-only] [--hog]
 # env:   IVMC_RUN, IVMCD, IVMCCTL: the tools (default: build/bin/...)
 #        IVMC_PRELOAD: the library (build/lib/libivmc-preload.so); the four are
@@ -88,17 +90,18 @@ if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 99 ]; then
 	exit 2
 fi
 case $only in
-all | redis | iperf | sockperf) ;;
+all | redis | iperf | sockperf | idle) ;;
 *) usage ;;
 esac
 
 # Per-case durations: redis seconds per test (sets -n), iperf3 -t, sockperf -t
 # (sockperf leaves its first 400 ms out as warm-up).
 if [ "$quick" = 1 ]; then
-	redis_secs=1 iperf_secs=1 sockperf_secs=2
+	redis_secs=1 iperf_secs=1 sockperf_secs=2 idle_secs=5
 else
-	redis_secs=5 iperf_secs=3 sockperf_secs=5
+	redis_secs=5 iperf_secs=3 sockperf_secs=5 idle_secs=10
 fi
+idle_n=100
 
 log() { echo "preload.sh: $*" >&2; }
 want() { [ "$only" = all ] || [ "$only" = "$1" ]; }
@@ -672,6 +675,94 @@ bench_sockperf() {
 	done
 }
 
+# ------------------------------------------------------------- idle
+# on_cpu_ns PID...: nanoseconds on CPU so far, every thread of each
+on_cpu_ns() {
+	local p
+	for p in "$@"; do
+		cat /proc/"$p"/task/*/schedstat 2>/dev/null
+	done | awk '{ s += $1 } END { printf "%.0f", s }'
+}
+
+# peer_ready FILE...: each says "ready"
+peer_ready() {
+	local f
+	for f in "$@"; do
+		grep -q '^ready' "$f" 2>/dev/null || return 1
+	done
+}
+
+idle_one() { # MODE CASE ROUND
+	local mode=$1 case=$2 round=$3 spid cpid i c0 c1 fds pss chans m
+	next_port
+	prefix "$mode" lo server
+	"${pre[@]}" python3 "$here/idle-peer.py" server "$idle_n" "$port" 20 \
+		</dev/null >"$tmp/idle-s.out" 2>&1 &
+	spid=$!
+	pids+=("$spid")
+	if ! wait_listen lo "$port" "$spid"; then
+		echo "$case|$mode|$round|idle server did not listen" >>"$tmp/fail.txt"
+		stop_pid "$spid"
+		return 1
+	fi
+	prefix "$mode" lo client
+	"${pre[@]}" python3 "$here/idle-peer.py" client "$idle_n" "$port" 20 \
+		</dev/null >"$tmp/idle-c.out" 2>&1 &
+	cpid=$!
+	pids+=("$cpid")
+	for ((i = 0; i < 300; i++)); do
+		peer_ready "$tmp/idle-s.out" "$tmp/idle-c.out" && break
+		sleep 0.1
+	done
+	if ! peer_ready "$tmp/idle-s.out" "$tmp/idle-c.out"; then
+		echo "$case|$mode|$round|idle peers not ready in 30 s: $(tail -c 200 "$tmp/idle-c.out" "$tmp/idle-s.out" | tr '\n|' '  ')" >>"$tmp/fail.txt"
+		stop_pid "$cpid"
+		stop_pid "$spid"
+		return 1
+	fi
+	sleep 1
+	chans=0
+	if [ "$mode" = ivmc ] && status "$tmp/idle.json"; then
+		chans=$(jq '.channels | length' "$tmp/idle.json")
+		log "idle round $round: $chans of $idle_n connections on channels"
+	fi
+	c0=$(on_cpu_ns "$spid" "$cpid")
+	sleep "$idle_secs"
+	c1=$(on_cpu_ns "$spid" "$cpid")
+	fds=$(($(ls /proc/"$spid"/fd | wc -l) + $(ls /proc/"$cpid"/fd | wc -l)))
+	pss=$(awk '/^Pss:/ { s += $2 } END { print s + 0 }' \
+		/proc/"$spid"/smaps_rollup /proc/"$cpid"/smaps_rollup)
+	stop_pid "$cpid"
+	stop_pid "$spid"
+	forget_pid "$cpid"
+	forget_pid "$spid"
+	m=$mode
+	if [ "$mode" = ivmc ] && [ "$chans" -lt "$idle_n" ]; then
+		m=ivmc-tcp
+		echo "$case|$mode|$round|only $chans of $idle_n connections on channels: not counted" >>"$tmp/fail.txt"
+	fi
+	record "$case" "CPU of both processes per 10 s idle" "$m" "$round" \
+		"$(awk -v d=$((c1 - c0)) -v s="$idle_secs" 'BEGIN { printf "%.3f", d / 1e6 * 10 / s }')"
+	record "$case" "fds per connection, both ends" "$m" "$round" \
+		"$(awk -v f="$fds" -v n="$idle_n" 'BEGIN { printf "%.2f", f / n }')"
+	record "$case" "Pss per connection, both ends" "$m" "$round" \
+		"$(awk -v p="$pss" -v n="$idle_n" 'BEGIN { printf "%.1f", p / n }')"
+	return 0
+}
+
+bench_idle() {
+	local r mode c="$idle_n idle connections (Python, select), loopback"
+	metric "$c" "CPU of both processes per 10 s idle" "ms" down
+	metric "$c" "fds per connection, both ends" "fds" down
+	metric "$c" "Pss per connection, both ends" "KiB" down
+	for ((r = 1; r <= rounds; r++)); do
+		for mode in $(modes_of "$r"); do
+			log "idle round $r/$rounds: $mode"
+			idle_one "$mode" "$c" "$r"
+		done
+	done
+}
+
 # ------------------------------------------------------------- report
 # stats CASE METRIC MODE -> "median min max n values(space-separated)"
 stats() {
@@ -910,6 +1001,7 @@ fi
 want redis && [ "$have_redis" = 1 ] && bench_redis
 want iperf && [ "$have_iperf" = 1 ] && bench_iperf
 want sockperf && [ "$have_sockperf" = 1 ] && bench_sockperf
+want idle && bench_idle
 if [ "$hog" = 1 ]; then
 	# The same cases again with every CPU busy: the issue's bar is ivmc
 	# no more than 10% worse than plain TCP under the same hog.
