@@ -13,12 +13,16 @@
 # control region; the host kills guest-b's QEMU (SIGKILL) mid-stream, and
 # guest-a's receiver must end within seconds, after verifying every byte it
 # got: all that guest-b published before it died, as the host sees in the
-# region. Asserts correctness and that the end comes (bounded wait); the
-# time it took is reported.
+# region. guest-a and guest-b have an IOMMU, so both ends of that stream
+# sleep on interrupts: the pair device's, and the control device's, which
+# the host rings when guest-b dies. guest-c has none: asked to take an
+# interrupt, it must say it cannot, and why. Asserts correctness and that
+# the end comes (bounded wait); the time it took is reported.
 #
 # Run by make check-vm (mk/vm.mk), like vm-ivshmem. Skips (77) only when
 # QEMU, busybox or the kernel package cannot be had. Environment:
-# IVMC_VM_SECS (per guest, default 400).
+# IVMC_VM_SECS (per guest, default 400), IVMC_VM_REQUIRE_IRQ (guest-a
+# without interrupts is a failure, not a warning).
 
 set -u
 
@@ -56,7 +60,10 @@ vm_need_pkgs || skip "$VM_REASON"
 vm_kernel || skip "$VM_REASON"
 vm_tmpdir
 VM_INITRD=$VM_TMP/initrd.gz
-vm_initramfs "$VM_INITRD" "" "$chan" || fail "$VM_REASON"
+vm_initramfs "$VM_INITRD" "vfio_pci vfio_iommu_type1" "$chan" || fail "$VM_REASON"
+# guest-a and guest-b take interrupts (vm-ivshmem.sh says why this way).
+iommu=(-machine q35 -device "intel-iommu,intremap=on")
+irq="intel_iommu=on ivmc.mod=vfio_pci ivmc.mod=vfio_iommu_type1"
 
 # ---- the host's configuration ----
 vm_vmd_start "$bin" || fail "$VM_REASON"
@@ -154,9 +161,9 @@ log_b=$VM_TMP/guest-b.log
 log_c=$VM_TMP/guest-c.log
 huge=1099511627776
 t0=$(date +%s%N)
-vm_boot guest-c "$log_c" "$secs" "ivmc.run=vm-chan,ctl,guest-c,-" "${qc[@]}"
-vm_boot guest-a "$log_a" "$secs" "ivmc.run=vm-chan,ctl,guest-a,guest-b ivmc.run=vm-chan,-P,guest-b,-k,recv,0 ivmc.run=sleep,1" "${qa[@]}"
-vm_boot guest-b "$log_b" "$secs" "ivmc.run=vm-chan,ctl,guest-b,guest-a ivmc.run=vm-chan,-P,guest-a,send,$huge" "${qb[@]}"
+vm_boot guest-c "$log_c" "$secs" "ivmc.mod=vfio_pci ivmc.run=vm-chan,ctl,guest-c,- ivmc.run=vm-chan,irq-probe" "${qc[@]}"
+vm_boot guest-a "$log_a" "$secs" "$irq ivmc.run=vm-chan,ctl,guest-a,guest-b ivmc.run=vm-chan,-P,guest-b,-k,-i,recv,0 ivmc.run=sleep,1" "${iommu[@]}" "${qa[@]}"
+vm_boot guest-b "$log_b" "$secs" "$irq ivmc.run=vm-chan,ctl,guest-b,guest-a ivmc.run=vm-chan,-P,guest-a,-i,send,$huge" "${iommu[@]}" "${qb[@]}"
 
 # A second QEMU for guest-a, once guest-a's own holds its devices: refused.
 for _ in $(seq 200); do
@@ -193,6 +200,17 @@ done
 te=$(date +%s%N)
 [ -n "$got" ] || { tail -n 20 "$log_a"; fail "guest-a's receiver did not end within $gone_max s of the kill"; }
 echo "vm-host: guest-b's QEMU killed; guest-a's receiver ended $(((te - tk) / 1000000)) ms later (seen in its console, 50 ms polls): ${got%$'\r'}"
+if grep -aq '^vm-chan: IRQ on' "$log_a"; then
+	# The host rang guest-a's control device when guest-b died: that
+	# interrupt reached the receiver (counted before it ended).
+	wait_irqs=$(echo "$got" | sed -n 's/.* (\([0-9]*\) control device interrupts).*/\1/p')
+	[ "${wait_irqs:-0}" -gt 0 ] ||
+		fail "guest-a slept on interrupts but took no control device interrupt"
+	echo "vm-host: guest-a's receiver slept on interrupts; $wait_irqs from the control device"
+else
+	echo "vm-host: WARNING: guest-a could not take interrupts and polled: $(grep -a '^vm-chan: IRQ' "$log_a")"
+	[ -n "${IVMC_VM_REQUIRE_IRQ:-}" ] && fail "interrupts required (IVMC_VM_REQUIRE_IRQ)"
+fi
 # The host's view while guest-a holds: every byte guest-b published went
 # to guest-a (consumer counter = producer counter = what it verified), and
 # guest-b never finished its stream.
@@ -216,6 +234,8 @@ echo "----"
 [ $rc -eq 0 ] || fail "guest-a or guest-c did not finish (logs above)"
 grep -aq '^vm-chan: ctl ok: 1 ivshmem device(s), 0 pair(s)' "$log_c" ||
 	fail "guest-c: not exactly its control device"
+grep -aq '^vm-chan: IRQ unavailable (.*): no IOMMU in the guest' "$log_c" ||
+	fail "guest-c has no IOMMU and should have said so"
 "$ctl" vm list | grep -q '^guest-b  *down' || fail "guest-b is not down for the host"
 "$ctl" vm list | grep -q '^guest-a:guest-b .* gone  *gone ' || fail "the pair is not gone on both sides"
 blocks=$(stat -L -c %b "$region")

@@ -385,6 +385,7 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 	c->wait_mode = cfg->wait_mode;
 	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
 	c->poll_max_ns = poll_max_ns(cfg);
+	c->bell = cfg->bell;
 	err = mem_map(c, cfg, fd, off, avail, &hc);
 	if (!err)
 		err = ep_create(&c->ep);
@@ -398,6 +399,30 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 	ends_add(c);
 	*out = c;
 	return 0;
+}
+
+int chan_bell_new(int fd, int (*ring)(void *arg), void *arg,
+		  struct chan_bell **out)
+{
+	struct chan_bell *b;
+
+	if (fd < 0 || !ring)
+		return -EINVAL;
+	b = mmap(NULL, sizeof(*b), PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (b == MAP_FAILED)
+		return -errno;
+	b->fd = fd;
+	b->ring = ring;
+	b->arg = arg;
+	*out = b;
+	return 0;
+}
+
+void chan_bell_free(struct chan_bell *b)
+{
+	if (b)
+		munmap(b, sizeof(*b));
 }
 
 void chan_close(struct chan *c)
@@ -471,6 +496,12 @@ int chan_poison(struct chan *c, int err)
 
 void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo)
 {
+	if (c->bell) {
+		if (ring_peer_needs_wake(flag, memo) &&
+		    !c->bell->ring(c->bell->arg))
+			atomic_fetch_add(&c->ep->st_wakes, 1);
+		return;
+	}
 	if (c->doorbell < 0 || !ring_peer_needs_wake(flag, memo))
 		return; /* no doorbell: the peer polls */
 	if (xport_ring(c->doorbell) == -EPIPE)
@@ -481,7 +512,7 @@ void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo)
 
 int chan_fd(const struct chan *c)
 {
-	return c->doorbell;
+	return c->bell ? c->bell->fd : c->doorbell;
 }
 
 void chan_set_nonblock(struct chan *c, bool on)

@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 
 struct chan;
+struct chan_bell;
 
 #define CHAN_NONBLOCK 0x1u /* = IVMC_NONBLOCK */
 #define CHAN_MORE     0x2u /* = IVMC_MORE */
@@ -34,6 +35,9 @@ struct chan_cfg {
 	/* chan_open_mem() only: cap of the polling wait's sleep in us (0 =
 	 * env IVMC_POLL_MAX_US, else 1000). */
 	unsigned int poll_max_us;
+	/* chan_open_mem() only: the region's doorbell (chan_bell_new()), or
+	 * NULL to poll. */
+	struct chan_bell *bell;
 	/* Stream bytes already sent/received on side_fd before this open
 	 * (a TCP connection that ran a while before its channel came):
 	 * attach offsets count from the start of the stream. */
@@ -74,12 +78,22 @@ int chan_region_init(void *mem, uint64_t len, uint32_t ring_size);
 
 /* Open one end of a ring-only region formatted by chan_region_init() at
  * page-aligned offset off of fd (e.g. an ivshmem BAR), of which avail bytes
- * from off on are ours. fd is borrowed. No doorbell: a waiter spins, then
- * polls with growing sleeps up to cfg->poll_max_us; chan_fd() is -1.
+ * from off on are ours. fd is borrowed. With cfg->bell, a waiter spins, then
+ * sleeps on the bell; without, it polls with growing sleeps up to
+ * cfg->poll_max_us and chan_fd() is -1.
  * Returns 0 and *out, or -EINVAL (cfg, side_fd, off), -EPROTO (header),
  * -EMSGSIZE (region larger than avail), -errno (mmap). */
 int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 		  uint64_t avail, struct chan **out);
+
+/* A doorbell shared by the channels of one region for chan_open_mem(): fd
+ * (an eventfd, non-blocking) turns readable when the peer rang; the waiter
+ * reads it empty. ring(arg) rings the peer, 0 on success. fd and arg stay
+ * the caller's; free the bell after the channels. Returns 0 and *out,
+ * -EINVAL or -errno. */
+int chan_bell_new(int fd, int (*ring)(void *arg), void *arg,
+		  struct chan_bell **out);
+void chan_bell_free(struct chan_bell *b);
 
 /* Unmap and close this process's handle (see ivmc_close()). */
 void chan_close(struct chan *c);
@@ -129,7 +143,9 @@ int chan_shutdown(struct chan *c, int how);
  * it, which is then its own race, as with TCP). */
 void chan_set_side_fd(struct chan *c, int fd);
 
-/* The doorbell fd (pollable); see ivmc_fd(). -1 for chan_open_mem(). */
+/* The doorbell fd (pollable); see ivmc_fd(). For chan_open_mem(): the
+ * bell's fd, shared by the region's channels (poll it from one thread), or
+ * -1 without a bell. */
 int chan_fd(const struct chan *c);
 
 /* Arm the doorbell for POLLIN/POLLOUT; see ivmc_poll_arm(). On the side

@@ -87,6 +87,18 @@ struct chan_ep {
 	_Atomic uint64_t st_wakes, st_sleeps, st_spin_hits;
 };
 
+/* A doorbell shared by every channel of a region (chan_bell_new()): an
+ * interrupt on fd, ring() to ring the peer. A MAP_SHARED page, like the
+ * endpoint page, so that fork children share the poll role. */
+struct chan_bell {
+	_Atomic uint32_t poll_lock; /* held by the one waiter in poll() */
+	_Atomic uint32_t gen;	    /* bumped as the poller leaves (futex) */
+	_Atomic uint32_t followers; /* waiters asleep on gen */
+	int fd;
+	int (*ring)(void *arg);
+	void *arg;
+};
+
 /* The process-local handle. Immutable after chan_open() (but for the
  * list links, under the list lock in chan.c, and side_fd). */
 struct chan {
@@ -103,6 +115,7 @@ struct chan {
 	int wait_mode;
 	uint32_t poll_max_ns;	  /* chan_open_mem(): no doorbell (-1), waiters
 				   * poll, sleeping at most this long */
+	struct chan_bell *bell;	  /* chan_open_mem(): the region's, or NULL */
 	bool has_side;
 };
 

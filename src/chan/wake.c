@@ -3,7 +3,9 @@
  * Description: the wake protocol. A waiter spins for a bounded, adaptive
  * time (never when it cannot have a core to itself), then sets its
  * needs-wakeup flag, fences, re-checks, and sleeps in poll() on the doorbell
- * (and the side stream). The producer rings only when the flag asks for it.
+ * (and the side stream), or on the bell its region's channels share (an
+ * interrupt between VMs). The producer rings only when the flag asks for it.
+ * Without either, a waiter polls.
  */
 #include <fcntl.h>
 #include <sched.h>
@@ -559,33 +561,43 @@ static void gen_bump(struct chan_ep *ep, uint32_t by)
 	syscall(SYS_futex, &ep->wake_gen, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 }
 
+/* Every poller of the process (each thread's kick set) gets an edge. */
+static void kick_write(void)
+{
+	static const uint64_t one = 1;
+
+	/* A poller of ours made the eventfd before it slept (a poller in a
+	 * fork child: before the fork, or it is not ours to write). */
+	int fd = atomic_load_explicit((_Atomic int *)&kick_efd,
+				      memory_order_relaxed);
+
+	if (fd >= 0 && write(fd, &one, sizeof(one)) < 0)
+		return; /* EAGAIN at 2^64 - 2 kicks: pollers have an edge */
+}
+
 /* Poison and kicks are events, as a drain is: a poller whose snapshot
- * predates one re-checks instead of polling. */
+ * predates one re-checks instead of polling. A bell's poller may sleep for
+ * another channel of the region: only a kick reaches it (bell_wait()). */
 void chan_wake_followers(struct chan *c)
 {
 	gen_bump(c->ep, GEN_DRAIN);
+	if (c->bell) {
+		ivmc_fence_full();
+		kick_write();
+	}
 }
 
 /* Bump first, then look for a poller: a poller takes the role, then reads
  * wake_gen before it sleeps (both sequentially consistent), so either it
  * sees the bump or we see it and write. The write comes after the bump, so
- * an edge the poller took before its re-check was not this kick's. */
+ * an edge the poller took before its re-check was not this kick's. A
+ * bell's poller holds no role of this end: always write. */
 void chan_kick(struct chan *c)
 {
-	static const uint64_t one = 1;
-
-	int fd;
-
 	gen_bump(c->ep, GEN_DRAIN);
 	ivmc_fence_full();
-	if (!atomic_load(&c->ep->poll_lock))
-		return;
-	/* A poller of ours made the eventfd before it slept (a poller in a
-	 * fork child: before the fork, or it is not ours to write). */
-	fd = atomic_load_explicit((_Atomic int *)&kick_efd,
-				  memory_order_relaxed);
-	if (fd >= 0 && write(fd, &one, sizeof(one)) < 0)
-		return; /* EAGAIN at 2^64 - 2 kicks: pollers have an edge */
+	if (c->bell || atomic_load(&c->ep->poll_lock))
+		kick_write();
 }
 
 /* The poller: sleeps in poll(), drains the doorbell, then bumps wake_gen so
@@ -729,12 +741,140 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	return err ? err : r;
 }
 
+/*
+ * The wait of a channel whose doorbell is an interrupt shared by every
+ * channel of its region (chan_cfg.bell: an ivshmem device's MSI-X vector on
+ * an eventfd), with sleep_wait()'s protocol: raise the needs-wakeup flag
+ * (F2), re-check, sleep; the peer rings only for a raised flag. One waiter
+ * of the region, whatever channel it waits for, holds the bell's poll role
+ * and sleeps in poll() on the fd and its kick set. Leaving, it bumps the
+ * bell's generation, which wakes the others (futex): after an interrupt,
+ * every waiter of every channel of the region re-checks. The generation is
+ * read before the re-check, and a poller consumes the fd only before its
+ * bump: a waiter that takes the role and still sees its snapshot knows the
+ * interrupt that may follow its re-check is still in the fd; one that sees
+ * a newer generation re-checks instead. Shared, so a waiter may wake for
+ * another channel's ring (spurious, re-checked); none is lost.
+ */
+static void bell_bump(struct chan_bell *b)
+{
+	atomic_fetch_add(&b->gen, 1);
+	/* Seq-cst both: a follower counts itself, then sleeps only on the
+	 * old generation (Dekker: it sees the bump, or we see it). */
+	if (atomic_load(&b->followers))
+		syscall(SYS_futex, &b->gen, FUTEX_WAKE, INT32_MAX, NULL, NULL,
+			0);
+}
+
+/* Read the eventfd empty. Returns true if it held a ring. */
+static bool bell_take(struct chan_bell *b)
+{
+	uint64_t v;
+
+	return read(b->fd, &v, sizeof(v)) == (ssize_t)sizeof(v);
+}
+
+static int bell_lead(struct chan *c, uint32_t gen, int timeout_ms)
+{
+	struct chan_bell *b = c->bell;
+	struct pollfd p[2] = { { b->fd, POLLIN, 0 }, { kick_ep(), POLLIN, 0 } };
+	bool nap_only = false;
+	int r = 0;
+
+	/* Without a kick set, nap at most KICK_NAP_MS: a kick is late, not
+	 * lost. (poll() skips a negative fd.) */
+	if (p[1].fd < 0 && (timeout_ms < 0 || timeout_ms > KICK_NAP_MS))
+		timeout_ms = KICK_NAP_MS, nap_only = true;
+	if (ivmc_load_acquire(&b->gen) == gen)
+		r = poll(p, 2, timeout_ms);
+	if (r < 0)
+		r = errno == EINTR ? -EINTR : -errno;
+	if (r > 0 && (p[0].revents & POLLNVAL))
+		r = chan_poison(c, -EBADF); /* the bell's owner closed it */
+	else if (r > 0 && p[0].revents)
+		(void)bell_take(b);
+	if (r > 0 && p[1].revents)
+		kick_take(p[1].fd);
+	ep_unlock(&b->poll_lock);
+	bell_bump(b);
+	return r < 0 ? r : (r == 0 && timeout_ms >= 0 && !nap_only ? -ETIMEDOUT
+								   : 0);
+}
+
+/* As follow(), on the bell's generation. */
+static int bell_follow(struct chan_bell *b, uint32_t gen, int timeout_ms)
+{
+	int ms = FOLLOW_MS, r;
+
+	if (timeout_ms >= 0 && timeout_ms < ms)
+		ms = timeout_ms;
+	atomic_fetch_add(&b->followers, 1);
+	r = futex_wait(&b->gen, gen, ms);
+	atomic_fetch_sub(&b->followers, 1);
+	if (r == -EINTR)
+		return r;
+	if (ivmc_load_acquire(&b->gen) == gen)
+		ep_lock_reap(&b->poll_lock);
+	return 0;
+}
+
+static int bell_wait(struct chan *c, enum chan_dir d, int timeout_ms)
+{
+	struct chan_ep *ep = c->ep;
+	struct chan_bell *b = c->bell;
+	bool rx = d == CHAN_RX;
+	_Atomic uint32_t *lock = rx ? &ep->rx_lock : &ep->tx_lock;
+	_Atomic uint32_t *flag = rx ? &c->rx.shm->cons_wait : &c->tx.shm->prod_wait;
+	uint32_t *seq = rx ? &ep->rx_wait_seq : &ep->tx_wait_seq;
+	uint32_t *sleepers = rx ? &ep->rx_sleepers : &ep->tx_sleepers;
+	/* Both before the re-check: a ring, a kick or poison after it moves
+	 * one of them. */
+	uint32_t bgen = ivmc_load_acquire(&b->gen);
+	uint32_t egen = ivmc_load_acquire(&ep->wake_gen);
+	struct snap sn = snap_take(c, d);
+	uint64_t t0 = now_ns();
+	int r = 0, err;
+
+	++*sleepers;
+	ring_set_waiting(flag, seq, true); /* includes F2 */
+	chan_unlock(c, lock);
+	if (!changed(c, d, &sn) && ivmc_load_acquire(&ep->wake_gen) == egen) {
+		if (ep_lock(&b->poll_lock, true) == 0)
+			r = bell_lead(c, bgen, timeout_ms);
+		else
+			r = bell_follow(b, bgen, timeout_ms);
+		atomic_fetch_add(&ep->st_sleeps, 1);
+	}
+	err = chan_relock(c, lock);
+	if (!--*sleepers)
+		ring_set_waiting(flag, seq, false);
+	adapt(c, d, now_ns() - t0);
+	return err ? err : r;
+}
+
+/* For a non-blocking caller: consume the bell (else its fd stays readable
+ * and an event loop spins) unless a waiter is polling it; the bump makes
+ * every waiter of the region re-check, as a poller's does. */
+static void bell_drain_nowait(struct chan_bell *b)
+{
+	bool took;
+
+	if (ep_lock(&b->poll_lock, true))
+		return;
+	took = bell_take(b);
+	ep_unlock(&b->poll_lock);
+	if (took)
+		bell_bump(b);
+}
+
 int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
 	int r;
 
 	if (spin(c, d))
 		return 0;
+	if (c->bell)
+		return bell_wait(c, d, timeout_ms);
 	if (c->doorbell < 0)
 		return poll_wait(c, d, timeout_ms);
 	r = sleep_wait(c, d, timeout_ms);
@@ -762,6 +902,10 @@ bool chan_drain_nowait(struct chan *c)
 	struct chan_ep *ep = c->ep;
 	uint32_t flags = ivmc_load_once(&ep->flags);
 
+	if (c->bell) {
+		bell_drain_nowait(c->bell);
+		return false;
+	}
 	/* Only the poller drains: take the role, or leave it to its holder.
 	 * Without a doorbell there is nothing to drain. */
 	if (c->doorbell < 0 || !take_poller_role(ep))

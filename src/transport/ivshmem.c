@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Description: the ivshmem transport, guest side: the shared region is BAR2
- * of an ivshmem PCI device, reached through sysfs without a driver. No
- * doorbell used here yet: channels on it poll. Also the guest's reading of
- * what ivmc-vmd(8) set up (ivshmem_vm.h): device IDs, the control region.
+ * of an ivshmem PCI device, reached through sysfs; its doorbell is the
+ * device's MSI-X vector on an eventfd through vfio-pci, and its Doorbell
+ * register. Also the guest's reading of what ivmc-vmd(8) set up
+ * (ivshmem_vm.h): device IDs, the control region.
  */
 #include <ctype.h>
 #include <stdbool.h>
@@ -13,6 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/pci_regs.h>
+#include <linux/vfio.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -25,6 +30,10 @@
 #define IVSHMEM_DEVICE	0x1110u
 #define BDF_LEN		12 /* "0000:00:04.0" */
 #define REG_IVPOSITION	8  /* BAR0 register: the device's ID */
+#define REG_DOORBELL	12 /* BAR0 register: ring peer << 16 | vector */
+#define REGS_MAP	4096 /* 256 bytes of registers; sysfs maps pages */
+#define VFIO_CONTAINER	"/dev/vfio/vfio"
+#define VFIO_PCI_DRIVER	"/sys/bus/pci/drivers/vfio-pci"
 #define CTL_READ_TRIES	1000
 
 /* Read a sysfs file of one hex number ("0x1af4\n"). */
@@ -89,8 +98,27 @@ static int find_first(char *out)
 	return err;
 }
 
-/* Memory decoding on: write "1" to the device's enable (a no-op if a
- * driver or an earlier open enabled it). */
+/* Is memory decoding on (the command register, from sysfs config)? */
+static bool decoding(const char *bdf)
+{
+	char path[128];
+	uint16_t cmd = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), PCI_DEVICES "/%s/config", bdf);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	if (pread(fd, &cmd, sizeof(cmd), PCI_COMMAND) != sizeof(cmd))
+		cmd = 0;
+	close(fd);
+	return cmd & PCI_COMMAND_MEMORY;
+}
+
+/* Memory decoding on: write "1" to the device's enable (a no-op if an
+ * earlier open enabled it). sysfs refuses that (EBUSY) once a driver
+ * holds the device (vfio-pci, for its interrupt): then the driver or an
+ * earlier enable must have turned decoding on. */
 static int enable(const char *bdf)
 {
 	char path[128];
@@ -103,6 +131,8 @@ static int enable(const char *bdf)
 	if (write(fd, "1", 1) != 1)
 		err = -errno;
 	close(fd);
+	if (err == -EBUSY && decoding(bdf))
+		err = 0;
 	return err;
 }
 
@@ -162,33 +192,270 @@ int xport_ivshmem_list(char (*bdf)[BDF_LEN + 1], int max)
 	return n;
 }
 
-int xport_ivshmem_id(const char *bdf, uint32_t *id)
+/* Map the device's registers (BAR0) through sysfs, after enabling it.
+ * Returns the map, or NULL and *err. */
+static volatile uint32_t *map_regs(const char *bdf, bool rw, int *err)
 {
 	char path[128];
-	volatile const uint32_t *regs;
 	void *p;
-	int fd, err;
+	int fd;
 
-	if (!bdf_ok(bdf))
+	*err = !bdf_ok(bdf) ? -EINVAL : !is_ivshmem(bdf) ? -ENODEV : enable(bdf);
+	if (*err)
+		return NULL;
+	snprintf(path, sizeof(path), PCI_DEVICES "/%s/resource0", bdf);
+	fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_SYNC | O_CLOEXEC);
+	if (fd < 0) {
+		*err = errno == ENOENT ? -ENODEV : -errno;
+		return NULL;
+	}
+	p = mmap(NULL, REGS_MAP, rw ? PROT_READ | PROT_WRITE : PROT_READ,
+		 MAP_SHARED, fd, 0);
+	*err = p == MAP_FAILED ? -errno : 0;
+	close(fd);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+int xport_ivshmem_id(const char *bdf, uint32_t *id)
+{
+	int err;
+	volatile uint32_t *regs = map_regs(bdf, false, &err);
+
+	if (!regs)
+		return err;
+	*id = regs[REG_IVPOSITION / 4];
+	munmap((void *)regs, REGS_MAP);
+	return 0;
+}
+
+/* ---- the doorbell: MSI-X vector 0 through vfio-pci ---- */
+
+struct xport_ivshmem_irq {
+	int efd;			/* the interrupt lands here */
+	int container, group, dev;	/* vfio */
+	volatile uint32_t *regs;	/* BAR0, for the Doorbell register */
+	uint32_t ring_val;		/* peer_id << 16 | vector 0; 0: none */
+};
+
+/* The last component of the symbolic link at path, into out ("" if there
+ * is no such link). */
+static int link_name(const char *path, char *out, size_t len)
+{
+	char link[256];
+	ssize_t n = readlink(path, link, sizeof(link) - 1);
+	const char *base;
+
+	out[0] = 0;
+	if (n < 0)
+		return errno == ENOENT ? 0 : -errno;
+	link[n] = 0;
+	base = strrchr(link, '/');
+	base = base ? base + 1 : link;
+	if (strlen(base) >= len)
+		return -ENAMETOOLONG;
+	memcpy(out, base, strlen(base) + 1);
+	return 0;
+}
+
+static int write_str(const char *path, const char *s)
+{
+	size_t len = strlen(s);
+	int fd = open(path, O_WRONLY | O_CLOEXEC), err = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write(fd, s, len);
+	if (n != (ssize_t)len)
+		err = n < 0 ? -errno : -EIO;
+	close(fd);
+	return err;
+}
+
+/* Bind the device to vfio-pci, unless it is already; never take it from
+ * another driver. */
+static int bind_vfio(const char *bdf)
+{
+	char path[128], drv[64];
+	int err;
+
+	snprintf(path, sizeof(path), PCI_DEVICES "/%s/driver", bdf);
+	err = link_name(path, drv, sizeof(drv));
+	if (err || !strcmp(drv, "vfio-pci"))
+		return err;
+	if (drv[0])
+		return -EBUSY;
+	if (access(VFIO_PCI_DRIVER, F_OK) < 0)
+		return -ENXIO; /* vfio-pci not loaded */
+	snprintf(path, sizeof(path), PCI_DEVICES "/%s/driver_override", bdf);
+	err = write_str(path, "vfio-pci");
+	if (!err)
+		err = write_str("/sys/bus/pci/drivers_probe", bdf);
+	if (err)
+		return err;
+	snprintf(path, sizeof(path), PCI_DEVICES "/%s/driver", bdf);
+	err = link_name(path, drv, sizeof(drv));
+	return err ? err : strcmp(drv, "vfio-pci") ? -ENXIO : 0;
+}
+
+/* /dev/vfio/N for the device's IOMMU group; -ENOTSUP without an IOMMU. */
+static int group_path(const char *bdf, char *out, size_t len)
+{
+	char path[128], grp[32];
+	int err;
+
+	snprintf(path, sizeof(path), PCI_DEVICES "/%s/iommu_group", bdf);
+	err = link_name(path, grp, sizeof(grp));
+	if (err)
+		return err;
+	if (!grp[0] || strspn(grp, "0123456789") != strlen(grp))
+		return -ENOTSUP;
+	snprintf(out, len, "/dev/vfio/%s", grp);
+	return 0;
+}
+
+/* Container, group grp (exclusive: -EBUSY if another process holds it),
+ * the type1 IOMMU (no DMA mapping is ever made), then the device. */
+static int vfio_attach(struct xport_ivshmem_irq *q, const char *bdf,
+		       const char *grp)
+{
+	struct vfio_group_status st = { .argsz = sizeof(st) };
+
+	q->container = open(VFIO_CONTAINER, O_RDWR | O_CLOEXEC);
+	if (q->container < 0)
+		return errno == ENOENT ? -ENXIO : -errno;
+	if (ioctl(q->container, VFIO_GET_API_VERSION) != VFIO_API_VERSION ||
+	    ioctl(q->container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
+		return -ENXIO; /* vfio_iommu_type1 not loaded */
+	q->group = open(grp, O_RDWR | O_CLOEXEC);
+	if (q->group < 0)
+		return -errno;
+	if (ioctl(q->group, VFIO_GROUP_GET_STATUS, &st) < 0)
+		return -errno;
+	if (!(st.flags & VFIO_GROUP_FLAGS_VIABLE))
+		return -EBUSY; /* a device of the group has another driver */
+	if (ioctl(q->group, VFIO_GROUP_SET_CONTAINER, &q->container) < 0 ||
+	    ioctl(q->container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0)
+		return -errno;
+	q->dev = ioctl(q->group, VFIO_GROUP_GET_DEVICE_FD, bdf);
+	return q->dev < 0 ? -errno : 0;
+}
+
+/* vfio-pci leaves bus mastering off, and QEMU drops the MSI-X writes of a
+ * device that is not a bus master: set it through vfio's config region. */
+static int bus_master(int dev)
+{
+	struct vfio_region_info ri = { .argsz = sizeof(ri),
+				       .index = VFIO_PCI_CONFIG_REGION_INDEX };
+	uint16_t cmd;
+
+	if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &ri) < 0)
+		return -errno;
+	if (pread(dev, &cmd, sizeof(cmd), (off_t)ri.offset + PCI_COMMAND) !=
+	    sizeof(cmd))
+		return -EIO;
+	if (cmd & PCI_COMMAND_MASTER)
+		return 0;
+	cmd |= PCI_COMMAND_MASTER;
+	if (pwrite(dev, &cmd, sizeof(cmd), (off_t)ri.offset + PCI_COMMAND) !=
+	    sizeof(cmd))
+		return -EIO;
+	return 0;
+}
+
+/* MSI-X vector 0 triggers efd. */
+static int msix_eventfd(int dev, int efd)
+{
+	union {
+		struct vfio_irq_set s;
+		char b[sizeof(struct vfio_irq_set) + sizeof(int32_t)];
+	} u;
+
+	memset(&u, 0, sizeof(u));
+	u.s.argsz = sizeof(u.b);
+	u.s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+	u.s.index = VFIO_PCI_MSIX_IRQ_INDEX;
+	u.s.start = 0;
+	u.s.count = 1;
+	memcpy(u.s.data, &efd, sizeof(int32_t));
+	return ioctl(dev, VFIO_DEVICE_SET_IRQS, &u.s) < 0 ? -errno : 0;
+}
+
+static void close_fd(int fd)
+{
+	if (fd >= 0)
+		close(fd);
+}
+
+void xport_ivshmem_irq_close(struct xport_ivshmem_irq *q)
+{
+	if (!q)
+		return;
+	if (q->regs)
+		munmap((void *)q->regs, REGS_MAP);
+	/* Closing the device disables MSI-X and drops the trigger. */
+	close_fd(q->dev);
+	close_fd(q->group);
+	close_fd(q->container);
+	close_fd(q->efd);
+	free(q);
+}
+
+int xport_ivshmem_irq_open(const char *bdf, uint32_t peer_id,
+			   struct xport_ivshmem_irq **out)
+{
+	struct xport_ivshmem_irq *q;
+	char grp[64];
+	uint32_t own;
+	int err;
+
+	if (!bdf_ok(bdf) || peer_id > IVMC_VM_ID_MAX)
 		return -EINVAL;
 	if (!is_ivshmem(bdf))
 		return -ENODEV;
-	err = enable(bdf);
+	err = group_path(bdf, grp, sizeof(grp)); /* no IOMMU: say so first */
 	if (err)
 		return err;
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/resource0", bdf);
-	fd = open(path, O_RDONLY | O_SYNC | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? -ENODEV : -errno;
-	/* 256 bytes of registers; sysfs maps whole pages of a BAR. */
-	p = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
-	err = p == MAP_FAILED ? -errno : 0;
-	close(fd);
-	if (err)
+	q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->efd = q->container = q->group = q->dev = -1;
+	/* vfio-pci enables the device while we hold it: map the registers
+	 * after it did. */
+	err = bind_vfio(bdf);
+	if (!err)
+		err = vfio_attach(q, bdf, grp);
+	if (!err)
+		q->regs = map_regs(bdf, true, &err);
+	own = q->regs ? q->regs[REG_IVPOSITION / 4] : 0;
+	if (!err && peer_id && (peer_id == own || !own))
+		err = -EINVAL; /* never ring ourselves, nor as a plain device */
+	if (!err) {
+		q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		err = q->efd < 0 ? -errno : bus_master(q->dev);
+	}
+	if (!err)
+		err = msix_eventfd(q->dev, q->efd);
+	if (err) {
+		xport_ivshmem_irq_close(q);
 		return err;
-	regs = p;
-	*id = regs[REG_IVPOSITION / 4];
-	munmap(p, 4096);
+	}
+	q->ring_val = peer_id << 16;
+	*out = q;
+	return 0;
+}
+
+int xport_ivshmem_irq_fd(const struct xport_ivshmem_irq *q)
+{
+	return q->efd;
+}
+
+int xport_ivshmem_irq_ring(struct xport_ivshmem_irq *q)
+{
+	if (!q->ring_val)
+		return -EINVAL;
+	/* An uncached store: after every store before it (our publish). */
+	q->regs[REG_DOORBELL / 4] = q->ring_val;
 	return 0;
 }
 

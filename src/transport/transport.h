@@ -61,6 +61,33 @@ ssize_t xport_recv_fds(int sock, void *msg, size_t len, int *fds, int *nfds,
  * -EINVAL (malformed bdf) or -errno. */
 int xport_ivshmem_open(const char *bdf, int *fd, uint64_t *size);
 
+/*
+ * ivshmem doorbell (inside a QEMU guest): the interrupt of the device at bdf
+ * (its MSI-X vector 0) delivered to an eventfd through vfio-pci, and its
+ * Doorbell register to ring peer_id's vector 0 (0: receive only). Binds the
+ * device to vfio-pci if it has no driver. Needs vfio-pci and
+ * vfio_iommu_type1 loaded and an IOMMU in the guest (Debian's kernels have
+ * no vfio no-IOMMU mode). One process at a time holds a device's interrupt.
+ * Returns 0 and *out, -ENODEV (no such device), -EINVAL (bdf, peer_id),
+ * -ENOTSUP (no IOMMU), -ENXIO (no vfio-pci or type1 IOMMU driver), -EBUSY
+ * (another driver or process holds it), -EPERM (the IOMMU cannot remap
+ * interrupts), or -errno.
+ */
+struct xport_ivshmem_irq;
+int xport_ivshmem_irq_open(const char *bdf, uint32_t peer_id,
+			   struct xport_ivshmem_irq **out);
+
+/* The eventfd (non-blocking): readable once an interrupt came; read its 8
+ * bytes to consume. Owned by the handle. */
+int xport_ivshmem_irq_fd(const struct xport_ivshmem_irq *q);
+
+/* Ring the peer: one write of the Doorbell register. Returns 0, or -EINVAL
+ * for a receive-only handle. */
+int xport_ivshmem_irq_ring(struct xport_ivshmem_irq *q);
+
+/* Release the interrupt and every fd (the device stays bound to vfio-pci). */
+void xport_ivshmem_irq_close(struct xport_ivshmem_irq *q);
+
 /* Where the process's own long-lived fds go: 0 (the default) leaves them
  * where the kernel puts them; the preload sets it high so that they stay
  * out of the application's way (fds below it are the application's). */

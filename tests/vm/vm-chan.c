@@ -5,14 +5,20 @@
  * ivshmem BAR, and the same over TCP for comparison. With -P PEER the
  * channel is in the pair region ivmc-vmd(8) made for this VM and PEER, found
  * through the VM's control region, and a stream ends when the host says the
- * peer VM is gone. "ctl" checks what the control region and the devices
- * say. On the host, "init" lays channels out in a file, "stat" reads them.
+ * peer VM is gone. With -i the channel waits on the pair device's
+ * interrupt (MSI-X through vfio-pci) instead of polling, and a watching
+ * stream sleeps on it and on the control device's interrupt; where the
+ * guest cannot take interrupts, it says why and polls. "idle" waits for one
+ * byte that "poke" sends after a while (the host measures the idle cost).
+ * "ctl" checks what the control region and the devices say. On the host,
+ * "init" lays channels out in a file, "stat" reads them.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,12 +45,23 @@
 #define WATCH_NS   10000000 /* -P: look at the control region this often */
 #define NAP_MAX_NS 1000000
 #define PROGRESS   (8u << 20)
+#define IRQ_WATCH_MS 1000   /* -i: look at the control region at least this
+			     * often (its interrupt says when it changed) */
 
 struct opts {
 	const char *bdf, *file, *peer;
 	unsigned int idx, ring;
 	int wait_mode;
+	bool irq;
 };
+
+/* -i: the pair device's interrupt as the channel's bell; the control
+ * device's, for a stream that watches the host. */
+static struct {
+	struct xport_ivshmem_irq *pair, *ctl;
+	struct chan_bell *bell;
+	unsigned long ctl_irqs; /* the control device's interrupts taken */
+} I;
 
 /* -P: the control region, and the pair as it was when the channel opened. */
 static struct {
@@ -62,10 +79,11 @@ __attribute__((noreturn)) static void usage(void)
 {
 	fprintf(stderr,
 		"usage: vm-chan init FILE NCHAN RING | stat FILE NCHAN RING [OFF]\n"
-		"       vm-chan ctl NAME [PEER,...|-]\n"
-		"       vm-chan [-d BDF | -f FILE | -P PEER [-k]] [-c IDX] [-r RING]\n"
-		"               [-w adaptive|sleep|spin]\n"
-		"               send BYTES | recv BYTES | ping K | pong K\n"
+		"       vm-chan ctl NAME [PEER,...|-] | irq-probe\n"
+		"       vm-chan [-d BDF | -f FILE | -P PEER [-k] [-i]] [-c IDX]\n"
+		"               [-r RING] [-w adaptive|sleep|spin]\n"
+		"               send BYTES | recv BYTES | ping K | pong K |\n"
+		"               idle 1 | poke SECS\n"
 		"       vm-chan tcp-pong PORT K | tcp-ping ADDR PORT K\n"
 		"       vm-chan tcp-recv PORT BYTES | tcp-send ADDR PORT BYTES\n");
 	exit(2);
@@ -269,8 +287,9 @@ static const struct ivmc_shm_vm_pair *peer_wait(const char *peer)
 	}
 }
 
-/* -P: has the host ended the pair? Looks at most every WATCH_NS, and
- * copies the region only when its seqlock moved. Returns NULL or why. */
+/* -P: has the host ended the pair? Looks at most every WATCH_NS (or at
+ * once after the control device's interrupt: W.next_ns = 0), and copies
+ * the region only when its seqlock moved. Returns NULL or why. */
 static const char *peer_over(void)
 {
 	const struct ivmc_shm_vm_pair *p;
@@ -300,9 +319,14 @@ static bool gone_ok; /* -k: the peer's death ends a stream as expected */
 /* The host ended the pair: say so; exit 0 if that was expected (-k). */
 __attribute__((noreturn)) static void gone(const char *what, uint64_t bytes)
 {
-	printf("vm-chan: %s: host says %s (peer %s, epoch %llu) after %llu verified bytes\n",
+	char irqs[64] = "";
+
+	if (I.ctl)
+		snprintf(irqs, sizeof(irqs), " (%lu control device interrupts)",
+			 I.ctl_irqs);
+	printf("vm-chan: %s: host says %s (peer %s, epoch %llu) after %llu verified bytes%s\n",
 	       what, W.why, W.peer, (unsigned long long)W.epoch,
-	       (unsigned long long)bytes);
+	       (unsigned long long)bytes, irqs);
 	exit(gone_ok ? 0 : 3);
 }
 
@@ -418,6 +442,95 @@ static int cmd_ctl(const char *name, const char *peers)
 
 /* ---- guest: open a channel in the BAR (or a file) ---- */
 
+static int irq_ring(void *q)
+{
+	return xport_ivshmem_irq_ring(q);
+}
+
+static const char *irq_why(int err)
+{
+	switch (err) {
+	case -ENOTSUP:
+		return "no IOMMU in the guest (QEMU -machine q35 -device intel-iommu,intremap=on, kernel intel_iommu=on)";
+	case -ENXIO:
+		return "vfio-pci or vfio_iommu_type1 not loaded";
+	case -EPERM:
+		return "the IOMMU cannot remap interrupts (intremap=on, or vfio_iommu_type1 allow_unsafe_interrupts=1)";
+	case -EBUSY:
+		return "the device is held by another driver or process";
+	default:
+		return t_strerror(err);
+	}
+}
+
+/* -i: the pair device's interrupt as the channel's bell, ringing the peer's
+ * ID from our control region. Unavailable: say why and poll. */
+static void irq_open(const char *bdf, const struct ivmc_shm_vm_pair *p,
+		     struct chan_cfg *cfg)
+{
+	int err = xport_ivshmem_irq_open(bdf, p->peer_id, &I.pair);
+
+	if (!err)
+		err = chan_bell_new(xport_ivshmem_irq_fd(I.pair), irq_ring,
+				    I.pair, &I.bell);
+	if (!err && W.ctl_bdf[0])
+		err = xport_ivshmem_irq_open(W.ctl_bdf, 0, &I.ctl);
+	if (err) {
+		printf("vm-chan: IRQ unavailable (%s): %s; polling instead\n",
+		       bdf, irq_why(err));
+		chan_bell_free(I.bell);
+		xport_ivshmem_irq_close(I.pair);
+		I.bell = NULL;
+		I.pair = NULL;
+		return;
+	}
+	cfg->bell = I.bell;
+	printf("vm-chan: IRQ on: device %s MSI-X vector 0 -> eventfd (vfio-pci), rings peer ID %u; control device %s too\n",
+	       bdf, p->peer_id, W.ctl_bdf);
+}
+
+/* Can this guest take the control device's interrupt? Says which way;
+ * either is a success. */
+static int cmd_irq_probe(void)
+{
+	struct xport_ivshmem_irq *q;
+	int err;
+
+	ctl_map();
+	err = xport_ivshmem_irq_open(W.ctl_bdf, 0, &q);
+	if (err) {
+		printf("vm-chan: IRQ unavailable (%s): %s\n", W.ctl_bdf,
+		       irq_why(err));
+		return 0;
+	}
+	printf("vm-chan: IRQ on: control device %s MSI-X vector 0 -> eventfd (vfio-pci)\n",
+	       W.ctl_bdf);
+	xport_ivshmem_irq_close(q);
+	return 0;
+}
+
+/* Watch mode, nothing to do: with interrupts, sleep on the channel's bell
+ * and the control device's (then look at the host's word at once); else
+ * nap. */
+static void idle_wait(struct chan *c, uint64_t *ns)
+{
+	struct pollfd pf[2] = { { -1, POLLIN, 0 }, { -1, POLLIN, 0 } };
+	uint64_t v;
+
+	if (!I.bell) {
+		nap(ns);
+		return;
+	}
+	pf[0].fd = chan_fd(c);
+	pf[1].fd = xport_ivshmem_irq_fd(I.ctl);
+	if (poll(pf, 2, IRQ_WATCH_MS) > 0 && pf[1].revents) {
+		if (read(pf[1].fd, &v, sizeof(v)) < 0)
+			t_fail("control device interrupt: %s", strerror(errno));
+		I.ctl_irqs++;
+	}
+	W.next_ns = 0; /* the next peer_over() looks: one load if unchanged */
+}
+
 /* -P: the channel idx of the pair with the peer, as our control region
  * describes it; our side is the host's word too. */
 static int open_pair(const struct opts *o, struct chan_cfg *cfg, int *fd,
@@ -437,6 +550,8 @@ static int open_pair(const struct opts *o, struct chan_cfg *cfg, int *fd,
 	bdf = dev_with_id(&d, p->id);
 	if (!bdf)
 		t_fail("pair with %s: no device with ID %u", o->peer, p->id);
+	if (o->irq)
+		irq_open(bdf, p, cfg);
 	err = xport_ivshmem_open(bdf, fd, size);
 	if (err)
 		t_fail("pair device %s: %s", bdf, t_strerror(err));
@@ -504,7 +619,7 @@ static void send_all(struct chan *c, const void *p, size_t n, uint64_t done)
 		if (r == -EAGAIN) {
 			if (peer_over())
 				gone("send", done + (n - iov.iov_len));
-			nap(&ns);
+			idle_wait(c, &ns);
 			continue;
 		}
 		if (r <= 0)
@@ -543,7 +658,8 @@ static int cmd_send(struct chan *c, uint64_t total)
 		off += n;
 	}
 	T_ASSERT_OK(chan_shutdown(c, SHUT_WR));
-	report_rate("send chan", total, t_now_ns() - t0);
+	report_rate(I.bell ? "send chan-irq" : "send chan", total,
+		    t_now_ns() - t0);
 	return 0;
 }
 
@@ -595,7 +711,7 @@ static int cmd_recv(struct chan *c, uint64_t total)
 		if (r == -EAGAIN) {
 			if (peer_over())
 				recv_final(c, off, total);
-			nap(&ns);
+			idle_wait(c, &ns);
 			continue;
 		}
 		ns = 10000;
@@ -611,7 +727,8 @@ static int cmd_recv(struct chan *c, uint64_t total)
 	if (total && off != total)
 		t_fail("end of stream at %llu, want %llu",
 		       (unsigned long long)off, (unsigned long long)total);
-	report_rate("recv chan", off, t_now_ns() - t0);
+	report_rate(I.bell ? "recv chan-irq" : "recv chan", off,
+		    t_now_ns() - t0);
 	printf("vm-chan: verified %llu bytes\n", (unsigned long long)off);
 	return 0;
 }
@@ -712,6 +829,43 @@ static int pong(const struct pp *p, unsigned long k)
 	}
 	printf("vm-chan: pong: %lu round trips answered\n", k + WARMUP);
 	return 0;
+}
+
+/* The host measures this guest's CPU while it waits here, idle, for one
+ * byte (the channel's own wait: interrupt or polling). */
+static int cmd_idle(struct chan *c, bool irq)
+{
+	uint8_t b = 0;
+	uint64_t t0 = t_now_ns();
+
+	printf("vm-chan: IDLE start wait=%s\n", irq ? "irq" : "poll");
+	recv_all(c, &b, 1);
+	if (b != 0xa5)
+		t_fail("idle: got %#x, want 0xa5", b);
+	printf("vm-chan: IDLE end after %.1f ms\n", (double)(t_now_ns() - t0) / 1e6);
+	return 0;
+}
+
+/* Sleep, then wake the idle peer with one byte. */
+static int cmd_poke(struct chan *c, unsigned long secs)
+{
+	uint8_t b = 0xa5;
+
+	sleep((unsigned int)secs);
+	send_all(c, &b, 1, 0);
+	printf("vm-chan: poke sent after %lu s\n", secs);
+	return 0;
+}
+
+static void report_stats(const struct chan *c)
+{
+	struct chan_stats st;
+
+	chan_stats(c, &st);
+	printf("vm-chan: STATS irq=%s sleeps=%llu wakeups_sent=%llu spin_hits=%llu\n",
+	       I.bell ? "on" : "off", (unsigned long long)st.sleeps,
+	       (unsigned long long)st.wakeups_sent,
+	       (unsigned long long)st.spin_hits);
 }
 
 /* ---- TCP over the virtual NIC, for comparison ---- */
@@ -861,9 +1015,19 @@ static int wait_mode(const char *s)
 	return 0;
 }
 
+static const char *ping_name(const struct opts *o)
+{
+	bool sleep = o->wait_mode == CHAN_WAIT_SLEEP;
+
+	if (o->irq)
+		return sleep ? "chan-irq-sleep" : "chan-irq";
+	return sleep ? "chan-sleep" : "chan";
+}
+
 static int chan_cmd(const struct opts *o, const char *cmd, unsigned long n)
 {
-	bool first = !strcmp(cmd, "send") || !strcmp(cmd, "ping");
+	bool first = !strcmp(cmd, "send") || !strcmp(cmd, "ping") ||
+		     !strcmp(cmd, "poke");
 	bool stream = !strcmp(cmd, "send") || !strcmp(cmd, "recv");
 	struct chan *c = open_chan(o, first ? 0 : 1, o->peer && stream);
 	struct pp p = { c, -1 };
@@ -874,13 +1038,20 @@ static int chan_cmd(const struct opts *o, const char *cmd, unsigned long n)
 	else if (!strcmp(cmd, "recv"))
 		r = cmd_recv(c, n);
 	else if (!strcmp(cmd, "ping"))
-		r = ping(&p, n, o->wait_mode == CHAN_WAIT_SLEEP ? "chan-sleep"
-								: "chan");
+		r = ping(&p, n, ping_name(o));
 	else if (!strcmp(cmd, "pong"))
 		r = pong(&p, n);
+	else if (!strcmp(cmd, "idle"))
+		r = cmd_idle(c, I.bell != NULL);
+	else if (!strcmp(cmd, "poke"))
+		r = cmd_poke(c, n);
 	else
 		usage();
+	report_stats(c);
 	chan_close(c);
+	chan_bell_free(I.bell);
+	xport_ivshmem_irq_close(I.pair);
+	xport_ivshmem_irq_close(I.ctl);
 	return r;
 }
 
@@ -899,10 +1070,15 @@ int main(int argc, char **argv)
 				argc == 6 ? num(argv[5]) : 0);
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "ctl"))
 		return cmd_ctl(argv[2], argc == 4 ? argv[3] : "-");
+	if (argc == 2 && !strcmp(argv[1], "irq-probe"))
+		return cmd_irq_probe();
 	if (argc > 1 && !strncmp(argv[1], "tcp-", 4))
 		return tcp_cmd(argc - 1, argv + 1);
-	while ((opt = getopt(argc, argv, "d:f:P:kc:r:w:")) != -1) {
+	while ((opt = getopt(argc, argv, "d:f:P:kic:r:w:")) != -1) {
 		switch (opt) {
+		case 'i':
+			o.irq = true;
+			break;
 		case 'P':
 			o.peer = optarg;
 			break;
