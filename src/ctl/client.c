@@ -124,13 +124,18 @@ int ctl_mailbox_create(int *fd, struct ctl_mailbox **mb)
 	return 0;
 }
 
-/* The table fd must be the size we expect; we map it read-only. */
+/* The table fd must be a memfd sealed against shrinking (shrunk under
+ * our mapping, it would be SIGBUS in every look-up; the seal check also
+ * refuses a file of any other filesystem without calling into it) and
+ * the size we expect; we map it read-only. */
 static int table_map(struct ctl_client *c, int fd)
 {
+	int seals = fcntl(fd, F_GET_SEALS);
 	struct stat st;
 	void *p;
 
-	if (fstat(fd, &st) < 0 || st.st_size != (off_t)CTL_TABLE_SIZE)
+	if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) < 0 ||
+	    st.st_size != (off_t)CTL_TABLE_SIZE)
 		return -EPROTO;
 	p = mmap(NULL, CTL_TABLE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
 	if (p == MAP_FAILED)
@@ -254,8 +259,13 @@ int ctl_recv(struct ctl_client *c, void *buf, int *fds, int *nfds)
 
 	*nfds = max;
 	n = xport_recv_fds(c->fd, buf, CTL_MSG_MAX, fds, nfds, MSG_DONTWAIT);
-	if (n == 0)
+	if (n == 0) {
+		/* End of file, or an empty packet, which may carry fds. */
+		for (int i = 0; i < *nfds; i++)
+			close(fds[i]);
+		*nfds = 0;
 		return -EPIPE;
+	}
 	if (n < 0) {
 		/* Nothing left: what the mailbox said is now seen. */
 		if (n == -EAGAIN)

@@ -56,12 +56,17 @@ fail:
 	return err;
 }
 
+/* The seals first: F_GET_SEALS answers without calling into a filesystem
+ * (EINVAL for anything but tmpfs and hugetlbfs), where fstat() of a file on
+ * FUSE waits for its server, for ever and unkillably if it never answers. */
 int xport_memfd_verify(int fd, uint64_t *size)
 {
 	struct statfs sfs;
 	struct stat st;
-	int seals;
+	int seals = fcntl(fd, F_GET_SEALS);
 
+	if (seals < 0)
+		return -EBADFD; /* not a memfd, or an fd we cannot use (O_PATH) */
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (!S_ISREG(st.st_mode))
@@ -72,9 +77,6 @@ int xport_memfd_verify(int fd, uint64_t *size)
 		return -errno;
 	if (sfs.f_type != TMPFS_MAGIC && sfs.f_type != HUGETLBFS_MAGIC)
 		return -EBADFD; /* a file on disk, NFS, FUSE...: refuse */
-	seals = fcntl(fd, F_GET_SEALS);
-	if (seals < 0)
-		return errno == EINVAL ? -EBADFD : -errno;
 	if ((seals & SEALS_REQUIRED) != SEALS_REQUIRED)
 		return -EPERM;
 	if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
@@ -137,13 +139,10 @@ int xport_doorbell_verify(int fd)
 {
 	struct sockaddr_storage peer;
 	socklen_t len = sizeof(peer);
-	struct stat st;
 	int domain, type, err;
 
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	if (!S_ISSOCK(st.st_mode))
-		return -ENOTSOCK;
+	/* getsockopt first: it fails with ENOTSOCK on anything else without
+	 * calling into a filesystem (see xport_memfd_verify()). */
 	err = sockopt_int(fd, SO_DOMAIN, &domain);
 	if (!err)
 		err = sockopt_int(fd, SO_TYPE, &type);
