@@ -117,25 +117,6 @@ static int sock(int domain, int type)
 	return fd;
 }
 
-/* A regular file in dir (unlinked at once), size bytes, or -1 if dir is
- * not of the kind wanted (tmpfs or not). */
-static int file_in(const char *dir, bool want_tmpfs, uint64_t size)
-{
-	char p[128];
-	struct statfs sfs;
-	int fd;
-
-	if (statfs(dir, &sfs) || (sfs.f_type == TMPFS_MAGIC) != want_tmpfs)
-		return -1;
-	snprintf(p, sizeof(p), "%s/ivmc-forged.XXXXXX", dir);
-	fd = mkostemp(p, O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	unlink(p);
-	T_ASSERT(ftruncate(fd, (off_t)size) == 0);
-	return fd;
-}
-
 /* ---- the fake listener ---- */
 
 struct reply {
@@ -384,10 +365,10 @@ static bool f_claims_1g(struct reply *r)
 
 static bool f_disk_file(struct reply *r)
 {
-	int fd = file_in(t_dir, false, region_bytes(RING));
+	int fd = t_file_in(t_dir, false, region_bytes(RING));
 
 	if (fd < 0)
-		fd = file_in("/var/tmp", false, region_bytes(RING));
+		fd = t_file_in("/var/tmp", false, region_bytes(RING));
 	if (fd < 0)
 		return false;
 	two(r, fd, good_doorbell(&r->keep[0]));
@@ -396,7 +377,7 @@ static bool f_disk_file(struct reply *r)
 
 static bool f_tmpfs_file(struct reply *r)
 {
-	int fd = file_in("/dev/shm", true, region_bytes(RING));
+	int fd = t_file_in("/dev/shm", true, region_bytes(RING));
 
 	if (fd < 0)
 		return false;

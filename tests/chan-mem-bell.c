@@ -22,6 +22,7 @@
 #include "chan/shm_layout.h"
 #include "transport/transport.h"
 #include "helpers.h"
+#include "t_chan.h"
 
 #define RING   16384u
 #define SLOT   (IVMC_SHM_HDR_SIZE + 2 * RING) /* one region */
@@ -98,26 +99,13 @@ static void reader(void *p)
 
 static void stream(int idx)
 {
-	static uint8_t buf[5000];
 	struct chan_stats st;
 	struct chan *c;
-	uint64_t sent = 0;
 	pid_t pid = t_fork(reader, &idx);
 
 	c = open_at(idx, CHAN_WAIT_SLEEP, false);
 	T_ASSERT_EQ(chan_fd(c), irq[0]);
-	while (sent < STREAM) {
-		size_t left = STREAM - sent;
-		struct iovec iov = { buf, left < sizeof(buf) ? left : sizeof(buf) };
-		ssize_t r;
-
-		t_fill(SEED, sent, buf, iov.iov_len);
-		r = chan_sendv(c, &iov, 1, 0);
-		if (r <= 0)
-			t_fail("send at %llu: %s", (unsigned long long)sent,
-			       t_strerror(r));
-		sent += (uint64_t)r;
-	}
+	t_chan_send_stream(c, SEED, STREAM, 0);
 	T_ASSERT_OK(chan_shutdown(c, SHUT_WR));
 	T_ASSERT_EQ(t_wait(pid, 30000), 0);
 	chan_stats(c, &st);
@@ -265,24 +253,10 @@ static void nb_reader(void *p)
 
 static void nonblocking(int idx)
 {
-	static uint8_t buf[3000];
 	struct chan *c = open_at(idx, CHAN_WAIT_SLEEP, false);
-	uint64_t sent = 0;
 	pid_t pid = t_fork(nb_reader, &idx);
 
-	while (sent < STREAM) {
-		size_t left = STREAM - sent;
-		struct iovec iov = { buf, left < sizeof(buf) ? left : sizeof(buf) };
-		ssize_t r;
-
-		t_fill(SEED, sent, buf, iov.iov_len);
-		r = chan_sendv(c, &iov, 1, 0);
-		if (r <= 0)
-			t_fail("nb send: %s", t_strerror(r));
-		sent += (uint64_t)r;
-		if (!(sent % 65536))
-			usleep(2000); /* let the reader go idle */
-	}
+	t_chan_send_stream(c, SEED, STREAM, 2000); /* let the reader go idle */
 	T_ASSERT_OK(chan_shutdown(c, SHUT_WR));
 	T_ASSERT_EQ(t_wait(pid, 30000), 0);
 	chan_close(c);

@@ -16,6 +16,7 @@
 #include "chan/shm_layout.h"
 #include "transport/transport.h"
 #include "helpers.h"
+#include "t_chan.h"
 
 #define RING   16384u
 #define SLOT   (IVMC_SHM_HDR_SIZE + 2 * RING) /* one region */
@@ -69,28 +70,15 @@ static void reader(void *p)
 static void stream(uint64_t off, int mode)
 {
 	struct stream_arg a = { off, mode };
-	static uint8_t buf[5000];
 	struct chan_stats st;
 	struct chan *c;
-	uint64_t sent = 0;
 	pid_t pid;
 
 	T_ASSERT_OK(chan_region_init(mem + off, SLOT, RING));
 	pid = t_fork(reader, &a);
 	c = open_at(0, off, mode);
 	T_ASSERT_EQ(chan_fd(c), -1);
-	while (sent < STREAM) {
-		size_t left = STREAM - sent;
-		struct iovec iov = { buf, left < sizeof(buf) ? left : sizeof(buf) };
-		ssize_t r;
-
-		t_fill(SEED, sent, buf, iov.iov_len);
-		r = chan_sendv(c, &iov, 1, 0);
-		if (r <= 0)
-			t_fail("send at %llu: %s", (unsigned long long)sent,
-			       t_strerror(r));
-		sent += (uint64_t)r;
-	}
+	t_chan_send_stream(c, SEED, STREAM, 0);
 	T_ASSERT_OK(chan_shutdown(c, SHUT_WR));
 	T_ASSERT_EQ(t_wait(pid, 30000), 0);
 	chan_stats(c, &st);

@@ -11,24 +11,6 @@
 #define CHUNK 1000
 #define ROUNDS 200
 
-static void exchange(struct ivmc_chan *a, struct ivmc_chan *b, uint64_t *off)
-{
-	char buf[CHUNK], got[CHUNK];
-
-	/* a -> b and b -> a, the same stream offsets each way. */
-	t_fill(1, *off, buf, CHUNK);
-	t_send_all(a, buf, CHUNK);
-	t_recv_all(b, got, CHUNK);
-	if (t_verify(1, *off, got, CHUNK))
-		t_fail("a->b corrupt at %llu", (unsigned long long)*off);
-	t_fill(2, *off, buf, CHUNK);
-	t_send_all(b, buf, CHUNK);
-	t_recv_all(a, got, CHUNK);
-	if (t_verify(2, *off, got, CHUNK))
-		t_fail("b->a corrupt at %llu", (unsigned long long)*off);
-	*off += CHUNK;
-}
-
 static void one(bool v6)
 {
 	struct ivmc_chan *a, *b;
@@ -62,13 +44,13 @@ static void one(bool v6)
 	}
 	/* Keep talking while the attach happens under us. */
 	for (int i = 0; i < ROUNDS; i++)
-		exchange(a, b, &off);
+		t_exchange(a, b, &off, CHUNK, "ctl-attach");
 	st = t_tcp_settle(a, b, 5000);
 	if (st != 1 || ivmc_tcp_state(b) != 1)
 		t_fail("%s: not attached: a %d b %d", v6 ? "v6" : "v4", st,
 		       ivmc_tcp_state(b));
 	for (int i = 0; i < ROUNDS; i++)
-		exchange(a, b, &off);
+		t_exchange(a, b, &off, CHUNK, "ctl-attach");
 	T_ASSERT_OK(ivmc_stats(a, &sa));
 	T_ASSERT_OK(ivmc_stats(b, &sb));
 	T_ASSERT_EQ(sa.on_ring, 3);

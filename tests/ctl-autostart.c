@@ -104,23 +104,6 @@ static void cleanup(void)
 		(void)stop_daemons();
 }
 
-static void exchange(struct ivmc_chan *a, struct ivmc_chan *b, uint64_t *off)
-{
-	char buf[CHUNK], got[CHUNK];
-
-	t_fill(1, *off, buf, CHUNK);
-	t_send_all(a, buf, CHUNK);
-	t_recv_all(b, got, CHUNK);
-	if (t_verify(1, *off, got, CHUNK))
-		t_fail("a->b corrupt at %llu", (unsigned long long)*off);
-	t_fill(2, *off, buf, CHUNK);
-	t_send_all(b, buf, CHUNK);
-	t_recv_all(a, got, CHUNK);
-	if (t_verify(2, *off, got, CHUNK))
-		t_fail("b->a corrupt at %llu", (unsigned long long)*off);
-	*off += CHUNK;
-}
-
 /* One pair; returns its settled state (data verified either way). */
 static int try_pair(void)
 {
@@ -133,7 +116,7 @@ static int try_pair(void)
 	T_ASSERT_OK(ivmc_tcp(cfd, NULL, &a));
 	T_ASSERT_OK(ivmc_tcp(afd, NULL, &b));
 	for (int i = 0; i < 5; i++)
-		exchange(a, b, &off);
+		t_exchange(a, b, &off, CHUNK, "ctl-autostart");
 	/* Settled: both attached, or either end on TCP for good (an end
 	 * that registered while the other found no daemon waits for its
 	 * pending_timeout: no need to wait for that). */
@@ -148,7 +131,7 @@ static int try_pair(void)
 	if (s == 1) {
 		T_ASSERT_EQ(ivmc_tcp_state(b), 1);
 		for (int i = 0; i < 20; i++)
-			exchange(a, b, &off);
+			t_exchange(a, b, &off, CHUNK, "ctl-autostart");
 		T_ASSERT_OK(ivmc_stats(a, &st));
 		T_ASSERT_EQ(st.on_ring, 3);
 	}

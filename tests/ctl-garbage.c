@@ -721,23 +721,6 @@ static void fd_exhaustion(pid_t d)
 
 /* ---- a normal client, before and after ------------------------------- */
 
-static void exchange(struct ivmc_chan *a, struct ivmc_chan *b, uint64_t *off)
-{
-	char buf[CHUNK], got[CHUNK];
-
-	t_fill(1, *off, buf, CHUNK);
-	t_send_all(a, buf, CHUNK);
-	t_recv_all(b, got, CHUNK);
-	if (t_verify(1, *off, got, CHUNK))
-		t_fail("a->b corrupt at %llu", (unsigned long long)*off);
-	t_fill(2, *off, buf, CHUNK);
-	t_send_all(b, buf, CHUNK);
-	t_recv_all(a, got, CHUNK);
-	if (t_verify(2, *off, got, CHUNK))
-		t_fail("b->a corrupt at %llu", (unsigned long long)*off);
-	*off += CHUNK;
-}
-
 /* on_ring: check that both directions ended on the ring (not during
  * the storm: a fuzzed EVACUATE may legitimately detach everything). */
 static void normal_pair(bool on_ring)
@@ -751,12 +734,12 @@ static void normal_pair(bool on_ring)
 	T_ASSERT_OK(ivmc_tcp(cfd, NULL, &a));
 	T_ASSERT_OK(ivmc_tcp(afd, NULL, &b));
 	for (int i = 0; i < 20; i++)
-		exchange(a, b, &off);
+		t_exchange(a, b, &off, CHUNK, "ctl-garbage");
 	st = t_tcp_settle(a, b, 5000);
 	if (st != 1 || ivmc_tcp_state(b) != 1)
 		t_fail("not attached: a %d b %d", st, ivmc_tcp_state(b));
 	for (int i = 0; i < 50; i++)
-		exchange(a, b, &off);
+		t_exchange(a, b, &off, CHUNK, "ctl-garbage");
 	T_ASSERT_OK(ivmc_stats(a, &sa));
 	if (on_ring)
 		T_ASSERT_EQ(sa.on_ring, 3);

@@ -335,30 +335,11 @@ static void put_header(int fd)
 	T_ASSERT(pwrite(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h));
 }
 
-/* A regular file in dir (unlinked at once) of size bytes, or -1 if dir is
- * not of the kind wanted (tmpfs or not). */
-static int file_in(const char *dir, bool want_tmpfs, uint64_t size)
-{
-	char p[128];
-	struct statfs sfs;
-	int fd;
-
-	if (statfs(dir, &sfs) || (sfs.f_type == TMPFS_MAGIC) != want_tmpfs)
-		return -1;
-	snprintf(p, sizeof(p), "%s/ivmc-forged.XXXXXX", dir);
-	fd = mkostemp(p, O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	unlink(p);
-	T_ASSERT(ftruncate(fd, (off_t)size) == 0);
-	return fd;
-}
-
 static int disk_file(uint64_t size)
 {
-	int fd = file_in(t_dir, false, size);
+	int fd = t_file_in(t_dir, false, size);
 
-	return fd >= 0 ? fd : file_in("/var/tmp", false, size);
+	return fd >= 0 ? fd : t_file_in("/var/tmp", false, size);
 }
 
 static bool have_disk(void)
@@ -372,7 +353,7 @@ static bool have_disk(void)
 
 static bool have_shm(void)
 {
-	int fd = file_in("/dev/shm", true, 4096);
+	int fd = t_file_in("/dev/shm", true, 4096);
 
 	if (fd >= 0)
 		close(fd);
@@ -481,7 +462,7 @@ static int r_disk(struct fk *k)
 
 static int r_tmpfs(struct fk *k)
 {
-	int fd = file_in("/dev/shm", true, REGION);
+	int fd = t_file_in("/dev/shm", true, REGION);
 
 	(void)k;
 	T_ASSERT(fd >= 0);
@@ -1943,24 +1924,6 @@ static int forged_left(void)
 	return n;
 }
 
-/* CHUNK bytes each way, verified, at stream offset *off. */
-static void exchange(struct ivmc_chan *a, struct ivmc_chan *b, uint64_t *off)
-{
-	char buf[CHUNK], got[CHUNK];
-
-	t_fill(1, *off, buf, CHUNK);
-	t_send_all(a, buf, CHUNK);
-	t_recv_all(b, got, CHUNK);
-	if (t_verify(1, *off, got, CHUNK))
-		t_fail("%s: a->b corrupt at %llu", what, (unsigned long long)*off);
-	t_fill(2, *off, buf, CHUNK);
-	t_send_all(b, buf, CHUNK);
-	t_recv_all(a, got, CHUNK);
-	if (t_verify(2, *off, got, CHUNK))
-		t_fail("%s: b->a corrupt at %llu", what, (unsigned long long)*off);
-	*off += CHUNK;
-}
-
 /* Talk both ways until both ends say where they are (pending: for a
  * while), then some more, then (want_ring) until both are on the ring. */
 static void drive(struct ivmc_chan *a, struct ivmc_chan *b, bool pending,
@@ -1970,20 +1933,20 @@ static void drive(struct ivmc_chan *a, struct ivmc_chan *b, bool pending,
 	struct ivmc_stats sa, sb;
 
 	while (t_now_ns() < end) {
-		exchange(a, b, off);
+		t_exchange(a, b, off, CHUNK, what);
 		if (!pending && ivmc_tcp_state(a) && ivmc_tcp_state(b))
 			break;
 		usleep(200);
 	}
 	for (int i = 0; i < 20; i++)
-		exchange(a, b, off);
+		t_exchange(a, b, off, CHUNK, what);
 	end = t_now_ns() + 2000000000ull;
 	while (want_ring && t_now_ns() < end) {
 		T_ASSERT_OK(ivmc_stats(a, &sa));
 		T_ASSERT_OK(ivmc_stats(b, &sb));
 		if (sa.on_ring == 3 && sb.on_ring == 3)
 			break;
-		exchange(a, b, off);
+		t_exchange(a, b, off, CHUNK, what);
 	}
 }
 

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/magic.h>
+#include <sys/vfs.h>
 
 #include "helpers.h"
 #include "ivmc.h"
@@ -169,6 +171,25 @@ static inline void t_recv_all(struct ivmc_chan *c, void *buf, size_t n)
 	if (r != (ssize_t)n)
 		t_fail("ivmc_recv(%zu, WAITALL) returned %zd (%s)", n, r,
 		       t_strerror(r));
+}
+
+/* A regular file in dir (unlinked at once) of size bytes, or -1 if dir is
+ * not of the kind wanted (tmpfs or not): a forged region. */
+static inline int t_file_in(const char *dir, bool want_tmpfs, uint64_t size)
+{
+	char p[128];
+	struct statfs sfs;
+	int fd;
+
+	if (statfs(dir, &sfs) || (sfs.f_type == TMPFS_MAGIC) != want_tmpfs)
+		return -1;
+	snprintf(p, sizeof(p), "%s/ivmc-forged.XXXXXX", dir);
+	fd = mkostemp(p, O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	unlink(p);
+	T_ASSERT(ftruncate(fd, (off_t)size) == 0);
+	return fd;
 }
 
 #endif

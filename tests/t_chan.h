@@ -73,4 +73,31 @@ static inline ssize_t t_recv(struct chan *c, void *buf, size_t n,
 	return chan_recvv(c, &v, 1, flags);
 }
 
+/* Send len bytes of t_fill(seed)'s stream on c in pieces of up to 5000
+ * (not a divisor of any ring: the stream wraps), napping nap_us each time
+ * another 64 KiB went (0: never); fails the test on an error. */
+static inline void t_chan_send_stream(struct chan *c, uint64_t seed,
+				      uint64_t len, unsigned int nap_us)
+{
+	static uint8_t buf[5000];
+	uint64_t sent = 0, nap_at = 65536;
+
+	while (sent < len) {
+		uint64_t left = len - sent;
+		struct iovec iov = { buf, left < sizeof(buf) ? left : sizeof(buf) };
+		ssize_t r;
+
+		t_fill(seed, sent, buf, iov.iov_len);
+		r = chan_sendv(c, &iov, 1, 0);
+		if (r <= 0)
+			t_fail("send at %llu: %s", (unsigned long long)sent,
+			       t_strerror(r));
+		sent += (uint64_t)r;
+		if (nap_us && sent >= nap_at) {
+			usleep(nap_us);
+			nap_at += 65536;
+		}
+	}
+}
+
 #endif

@@ -306,6 +306,27 @@ static inline void t_show_fds(pid_t pid)
 		closedir(d);
 }
 
+/* chunk bytes (4096 at most) each way between a and b, the same stream
+ * offsets each way, verified; *off moves on. what names the case. */
+static inline void t_exchange(struct ivmc_chan *a, struct ivmc_chan *b,
+			      uint64_t *off, size_t chunk, const char *what)
+{
+	char buf[4096], got[4096];
+
+	T_ASSERT(chunk <= sizeof(buf));
+	t_fill(1, *off, buf, chunk);
+	t_send_all(a, buf, chunk);
+	t_recv_all(b, got, chunk);
+	if (t_verify(1, *off, got, chunk))
+		t_fail("%s: a->b corrupt at %llu", what, (unsigned long long)*off);
+	t_fill(2, *off, buf, chunk);
+	t_send_all(b, buf, chunk);
+	t_recv_all(a, got, chunk);
+	if (t_verify(2, *off, got, chunk))
+		t_fail("%s: b->a corrupt at %llu", what, (unsigned long long)*off);
+	*off += chunk;
+}
+
 /* A loopback TCP connection: *lfd listening (kept), *cfd and *afd its two
  * ends. v6: over ::1. */
 static inline void t_tcp_pair(bool v6, int *lfd, int *cfd, int *afd)
