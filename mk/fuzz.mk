@@ -31,8 +31,10 @@ FUZZ_CFLAGS := -std=gnu11 -O1 -g -Wall -Wextra -Werror -MMD -MP \
 FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz-*.c))
 FUZZ_TARGETS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_DIR)/%)
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_DIR)/obj/%.o)
-# fuzz-ctl-daemon links the daemon's own objects too.
-FUZZ_IVMCD_OBJS := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(sort $(wildcard tools/ivmcd/*.c)))
+# fuzz-ctl-daemon links the daemon's own objects too (and what the tools
+# share in tools/common).
+FUZZ_IVMCD_OBJS := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(sort \
+	$(wildcard tools/ivmcd/*.c) $(wildcard tools/common/*.c)))
 FUZZ_OBJS := $(FUZZ_LIB_OBJS) $(FUZZ_SRCS:%.c=$(FUZZ_DIR)/obj/%.o) \
 	$(FUZZ_IVMCD_OBJS)
 FUZZ_STAMP := $(FUZZ_DIR)/.build-flags
