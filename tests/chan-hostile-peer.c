@@ -34,7 +34,7 @@
 #define S1 0x51 /* stream: scribbler -> victim */
 #define V1 0x71 /* stream: victim -> scribbler */
 #define S2 0x52 /* stream on channel 2, echoed */
-#define CASE_S 10 /* a victim gets this long */
+#define CASE_S (10 * t_slow()) /* a victim gets this long */
 
 /* ---- what both sides share ---- */
 

@@ -232,6 +232,13 @@ int t_long(void)
 	return v && *v && strcmp(v, "0") != 0;
 }
 
+unsigned int t_slow(void)
+{
+	const char *v = getenv("IVMC_TEST_WRAPPER");
+
+	return v && *v ? 8 : 1;
+}
+
 uint64_t t_cpu_ns(void)
 {
 	struct rusage ru;

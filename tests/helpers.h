@@ -85,5 +85,8 @@ void t_alarm(unsigned int seconds);
 
 /* Non-zero when IVMC_LONG is set (make check-long): run longer. */
 int t_long(void);
+/* How many times slower than native the test runs: 8 under a wrapper
+ * (IVMC_TEST_WRAPPER: valgrind), else 1. For bounds, never for asserts. */
+unsigned int t_slow(void);
 
 #endif
