@@ -20,8 +20,8 @@
 
 #include "t_hostile.h"
 
-#define CASE_MS 12000
-#define END_MS 8000 /* the bad connection must end within this */
+#define CASE_MS (12000 * (int)t_slow())
+#define END_MS (8000 * (int)t_slow()) /* the bad connection must end within this */
 
 /* ---- the victim's echo threads ---- */
 
@@ -124,7 +124,7 @@ static void run_case(void *arg)
 		t_fail("%s: the bad connection did not end within %d ms",
 		       hc->mode, END_MS);
 	pthread_join(bad.t, NULL);
-	st = reap(hostile, 3000);
+	st = reap(hostile, 3000 * (int)t_slow());
 	printf("  %s: ended %zd (%s) after %.2f s, %llu bytes echoed, "
 	       "CPU %.3f s, state %d, hostile status 0x%x\n", hc->mode, bad.r,
 	       t_strerror(bad.r), (double)bad.wall_ns / 1e9,
