@@ -61,8 +61,8 @@ vm_kernel || skip "$VM_REASON"
 vm_tmpdir
 VM_INITRD=$VM_TMP/initrd.gz
 vm_initramfs "$VM_INITRD" "vfio_pci vfio_iommu_type1" "$chan" || fail "$VM_REASON"
-# guest-a and guest-b take interrupts (vm-ivshmem.sh says why this way).
-iommu=(-machine q35 -device "intel-iommu,intremap=on")
+# guest-a and guest-b take interrupts (vm-ivshmem.sh says why this way),
+# with the machine and IOMMU that qemu-args --iommu prints.
 irq="intel_iommu=on ivmc.mod=vfio_pci ivmc.mod=vfio_iommu_type1"
 
 # ---- the host's configuration ----
@@ -71,13 +71,15 @@ vm_vmd_start "$bin" || fail "$VM_REASON"
 "$ctl" vm add guest-b --addr 10.77.0.2 || fail "vm add guest-b"
 "$ctl" vm add guest-c --addr 10.77.0.3 --deny '*' || fail "vm add guest-c"
 "$ctl" vm list
-vm_qemu_args "$bin" guest-a || fail "$VM_REASON"
+vm_qemu_args "$bin" guest-a --iommu || fail "$VM_REASON"
 qa=("${VM_QARGS[@]}")
-vm_qemu_args "$bin" guest-b || fail "$VM_REASON"
+vm_qemu_args "$bin" guest-b --iommu || fail "$VM_REASON"
 qb=("${VM_QARGS[@]}")
 vm_qemu_args "$bin" guest-c || fail "$VM_REASON"
 qc=("${VM_QARGS[@]}")
 [ "${#qc[@]}" -eq 4 ] || fail "guest-c should get its control device only: ${qc[*]}"
+[ "${qa[*]:0:4}" = "-machine q35,kernel-irqchip=split -device intel-iommu,intremap=on" ] ||
+	fail "qemu-args --iommu: ${qa[*]}"
 run=$VM_VMD_RUN
 
 # ---- isolation on the host, before any guest ----
@@ -115,6 +117,7 @@ expect_err "bad or missing NAME" "$ctl" vm add '../x' --addr 10.1.2.3
 expect_err "exists" "$ctl" vm add guest-a --addr 10.9.9.9
 expect_err "no VM" "$ctl" vm remove guest-x
 expect_err "no VM" "$ctl" qemu-args guest-x
+expect_err "unknown option" "$ctl" qemu-args guest-a --iommmu
 expect_err "unknown" "$ctl" vm frobnicate
 cp "$VM_TMP/vms.conf" "$VM_TMP/vms.good"
 echo "vm guest-d 10.1.1.1 not-an-address" >> "$VM_TMP/vms.conf"
@@ -162,8 +165,8 @@ log_c=$VM_TMP/guest-c.log
 huge=1099511627776
 t0=$(date +%s%N)
 vm_boot guest-c "$log_c" "$secs" "ivmc.mod=vfio_pci ivmc.run=vm-chan,ctl,guest-c,- ivmc.run=vm-chan,irq-probe" "${qc[@]}"
-vm_boot guest-a "$log_a" "$secs" "$irq ivmc.run=vm-chan,ctl,guest-a,guest-b ivmc.run=vm-chan,-P,guest-b,-k,-i,recv,0 ivmc.run=sleep,1" "${iommu[@]}" "${qa[@]}"
-vm_boot guest-b "$log_b" "$secs" "$irq ivmc.run=vm-chan,ctl,guest-b,guest-a ivmc.run=vm-chan,-P,guest-a,-i,send,$huge" "${iommu[@]}" "${qb[@]}"
+vm_boot guest-a "$log_a" "$secs" "$irq ivmc.run=vm-chan,ctl,guest-a,guest-b ivmc.run=vm-chan,-P,guest-b,-k,-i,recv,0 ivmc.run=sleep,1" "${qa[@]}"
+vm_boot guest-b "$log_b" "$secs" "$irq ivmc.run=vm-chan,ctl,guest-b,guest-a ivmc.run=vm-chan,-P,guest-a,-i,send,$huge" "${qb[@]}"
 
 # A second QEMU for guest-a, once guest-a's own holds its devices: refused.
 for _ in $(seq 200); do

@@ -72,9 +72,9 @@ printf 'pair-size 4M\npair-ring %s\npair-channels 7\n' "$ring" > "$VM_TMP/vms.co
 "$bin/ivmcctl" vm reload > /dev/null || fail "ivmcctl vm reload"
 "$bin/ivmcctl" vm add guest-a --addr 10.77.0.1 || fail "ivmcctl vm add guest-a"
 "$bin/ivmcctl" vm add guest-b --addr 10.77.0.2 || fail "ivmcctl vm add guest-b"
-vm_qemu_args "$bin" guest-a || fail "$VM_REASON"
+vm_qemu_args "$bin" guest-a --iommu || fail "$VM_REASON"
 qa=("${VM_QARGS[@]}")
-vm_qemu_args "$bin" guest-b || fail "$VM_REASON"
+vm_qemu_args "$bin" guest-b --iommu || fail "$VM_REASON"
 qb=("${VM_QARGS[@]}")
 echo "vm-ivshmem: ivmcctl qemu-args guest-a: ${qa[*]}"
 
@@ -85,8 +85,8 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 # Interrupts in the guests: MSI-X reaches user space through vfio-pci,
 # which needs an IOMMU (Debian's kernels have no vfio no-IOMMU mode): q35
 # with the emulated intel-iommu, remapping interrupts (vfio refuses an
-# IOMMU that does not), and intel_iommu=on in the guest.
-iommu=(-machine q35 -device "intel-iommu,intremap=on")
+# IOMMU that does not) -- what qemu-args --iommu put first above -- and
+# intel_iommu=on in the guest.
 
 # A NAME=VALUE without a dot on the kernel command line is in /init's
 # environment, so the guests' vm-chan sees it.
@@ -117,14 +117,14 @@ log_a=$VM_TMP/guest-a.log
 log_b=$VM_TMP/guest-b.log
 t0=$(date +%s%N)
 # The listening side first (vm-testbed.md); the other connects to it.
-vm_boot guest-a "$log_a" "$secs" "${args_a[*]}" "${iommu[@]}" "${qa[@]}" \
+vm_boot guest-a "$log_a" "$secs" "${args_a[*]}" "${qa[@]}" \
 	-netdev "socket,id=n0,listen=127.0.0.1:$port" \
 	-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01,romfile=
 for _ in $(seq 100); do
 	ss -ltn 2> /dev/null | grep -q "127.0.0.1:$port " && break
 	sleep 0.1
 done
-vm_boot guest-b "$log_b" "$secs" "${args_b[*]}" "${iommu[@]}" "${qb[@]}" \
+vm_boot guest-b "$log_b" "$secs" "${args_b[*]}" "${qb[@]}" \
 	-netdev "socket,id=n0,connect=127.0.0.1:$port" \
 	-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,romfile=
 # The host's view of the region the guests share (the server's memfd,

@@ -451,7 +451,7 @@ static const char *irq_why(int err)
 {
 	switch (err) {
 	case -ENOTSUP:
-		return "no IOMMU in the guest (QEMU -machine q35 -device intel-iommu,intremap=on, kernel intel_iommu=on)";
+		return "no IOMMU in the guest (QEMU: ivmcctl qemu-args NAME --iommu; kernel: intel_iommu=on)";
 	case -ENXIO:
 		return "vfio-pci or vfio_iommu_type1 not loaded";
 	case -EPERM:

@@ -22,7 +22,7 @@
 #                                wrapper) and forget it
 #   vm_vmd_start BINDIR          start the host's ivmc-vmd (config and run
 #                                directory in VM_TMP); IVMC_VM_SOCKET set
-#   vm_qemu_args BINDIR NAME     VM_QARGS: what "ivmcctl qemu-args NAME"
+#   vm_qemu_args BINDIR NAME [--iommu]  VM_QARGS: what "ivmcctl qemu-args NAME"
 #                                prints, word by word
 #
 # Guest command line (read by /init from /proc/cmdline):
@@ -389,11 +389,13 @@ vm_vmd_start() {
 	vm_fail "ivmc-vmd did not start ($(tail -n 3 "$VM_TMP/ivmc-vmd.log" 2> /dev/null))"
 }
 
-# vm_qemu_args BIN NAME: VM_QARGS gets the words "ivmcctl qemu-args NAME"
-# prints (a shell-quoted line, read back by the shell itself).
+# vm_qemu_args BIN NAME [--iommu]: VM_QARGS gets the words "ivmcctl
+# qemu-args NAME [--iommu]" prints (a shell-quoted line, read back by the
+# shell itself).
 vm_qemu_args() {
-	local line
+	local line bin=$1
 
-	line=$("$1/ivmcctl" qemu-args "$2") || vm_fail "ivmcctl qemu-args $2 failed" || return
+	shift
+	line=$("$bin/ivmcctl" qemu-args "$@") || vm_fail "ivmcctl qemu-args $* failed" || return
 	eval "VM_QARGS=($line)"
 }
