@@ -1145,6 +1145,21 @@ static void sc_fork(int fd)
 	shutdown(fd, SHUT_WR);
 }
 
+/* ---- 8a. both ends send before either reads ------------------------------ */
+
+/* Below what a ring buffers (256 KiB, the default; TCP buffers more, see
+ * docs/protocol.md 3.7): both sends must complete before any read. */
+#define S8A_BYTES (192u << 10)
+
+static void sc_bothsend(int fd)
+{
+	uint64_t mine = is_client ? 81 : 82, theirs = is_client ? 82 : 81;
+
+	send_stream(fd, mine, 0, S8A_BYTES);
+	rec("sent %u bytes without reading", S8A_BYTES);
+	rec("then read %zu good bytes", recv_stream(fd, theirs, 0, S8A_BYTES));
+}
+
 /* ---- 8b. exec with unread bytes ------------------------------------------ */
 
 #define S8B_BYTES (48u << 10)
@@ -1441,8 +1456,8 @@ static const struct scenario scenarios[] = {
 	{ "shutdown", sc_shutdown }, { "peerclose", sc_peerclose },
 	{ "rcvtimeo", sc_rcvtimeo }, { "fork", sc_fork },
 	{ "dup", sc_dup },	     { "eintr", sc_eintr },
-	{ "sleep", sc_sleep },	     { "exec", sc_exec },
-	{ "splice", sc_splice },
+	{ "sleep", sc_sleep },	     { "bothsend", sc_bothsend },
+	{ "exec", sc_exec },	     { "splice", sc_splice },
 };
 #define NSCEN (int)(sizeof(scenarios) / sizeof(scenarios[0]))
 
