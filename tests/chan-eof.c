@@ -230,6 +230,35 @@ static void case_shut_rd(bool with_side, int how)
 	t_chan_pair_close(&p);
 }
 
+/* The peer rang far more than one drain takes (a burst, or a flood),
+ * then went away: a non-blocking receive still reaches the end at once,
+ * without an -EAGAIN while the hang-up waits behind the rings (found by
+ * fuzz-chan-consumer: 116 rings, then a close). */
+static void case_rings_then_gone(bool with_side)
+{
+	static const char burst[300]; /* ARMS_MAX (8) drains of 64 take 512 */
+	struct t_pair p;
+	char buf[64];
+	ssize_t r;
+
+	t_chan_pair(&p, RING, with_side, 0, CHAN_WAIT_ADAPTIVE);
+	T_ASSERT_EQ(t_send(p.b, "0123456789", 10, 0), 10);
+	T_ASSERT_EQ(send(chan_fd(p.b), burst, sizeof(burst), MSG_DONTWAIT),
+		    (ssize_t)sizeof(burst));
+	chan_close(p.b);
+	p.b = NULL;
+	if (p.side[1] >= 0) {
+		close(p.side[1]);
+		p.side[1] = -1;
+	}
+	T_ASSERT_EQ(t_recv(p.a, buf, sizeof(buf), CHAN_NONBLOCK), 10);
+	r = t_recv(p.a, buf, sizeof(buf), CHAN_NONBLOCK);
+	if (r != 0 && r != -ECONNRESET)
+		t_fail("%s: after the peer's rings and close, recv gave %zd",
+		       with_side ? "side" : "ring only", r);
+	t_chan_pair_close(&p);
+}
+
 int main(void)
 {
 	size_t sizes[] = { 0, 1, RING - 1, RING, 3 * RING + 7 };
@@ -251,6 +280,8 @@ int main(void)
 	case_shut_rd(true, SHUT_RD);
 	case_shut_rd(false, SHUT_RDWR);
 	case_shut_rd(true, SHUT_RDWR);
+	case_rings_then_gone(false);
+	case_rings_then_gone(true);
 	if (soft_failures)
 		t_fail("%d check(s) failed, see above", soft_failures);
 	return T_PASS;

@@ -191,7 +191,8 @@ static inline int chan_side_fd(const struct chan *c)
 }
 
 /* wake.c: empty the doorbell without waiting, if no poller is at it.
- * Returns true if that changed the end's state (peer gone, poisoned). */
+ * Returns true if that changed the end's state (peer gone, poisoned) or
+ * stopped at its bound with more rings maybe behind: look again. */
 bool chan_drain_nowait(struct chan *c);
 
 /* wake.c: publish the CPU we run on into our CPU word (if it changed). */

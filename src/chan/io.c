@@ -89,6 +89,8 @@ static bool nonblocking(const struct chan *c, unsigned int flags)
 	return (flags & CHAN_NONBLOCK) || chan_flag(c, EP_NONBLOCK);
 }
 
+#define ARMS_MAX 8
+
 /* Nothing to do now: sleep, or (non-blocking) arm the doorbell so that
  * ivmc_fd() polls readable on the next change and return -EAGAIN. Returns 0
  * to step again. */
@@ -98,10 +100,12 @@ static int wait_or_arm(struct chan *c, enum chan_dir d, bool nb, int *arms)
 		return chan_wait(c, d, -1);
 	/* Empty the doorbell that woke the caller (else ivmc_fd() stays
 	 * readable and an event loop spins) and learn of a peer gone; then
-	 * arm. In that order: a ring after the arm must stay in the doorbell. */
-	if (chan_drain_nowait(c) && ++*arms < 4)
+	 * arm. In that order: a ring after the arm must stay in the doorbell.
+	 * At most ARMS_MAX looks a call: a burst of rings (some 400 bytes)
+	 * with the hang-up behind it still ends the stream in this call. */
+	if (chan_drain_nowait(c) && ++*arms < ARMS_MAX)
 		return 0;
-	if (chan_arm(c, d) && ++*arms < 4)
+	if (chan_arm(c, d) && ++*arms < ARMS_MAX)
 		return 0;
 	return -EAGAIN;
 }

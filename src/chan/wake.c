@@ -324,7 +324,9 @@ static void no_progress(struct chan *c)
 /* Only the poller drains (it holds poll_lock), so no waiter can lose a
  * ring between its re-check and its sleep: it sleeps on wake_gen, which the
  * poller bumps after every drain. */
-static void drain(struct chan *c)
+/* Returns true if it stopped at DRAIN_MAX: more may be waiting (and behind
+ * it, the peer's hang-up). */
+static bool drain(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
 	ssize_t n = xport_drain(c->doorbell, DRAIN_MAX);
@@ -335,6 +337,7 @@ static void drain(struct chan *c)
 		drained(ep);
 	if (n > 0)
 		no_progress(c);
+	return n == DRAIN_MAX;
 }
 
 /* Side stream events a waiter in direction d needs. */
@@ -621,7 +624,7 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 	if (r < 0)
 		r = errno == EINTR ? -EINTR : -errno;
 	if (r > 0 && s.pfd[0].fd == c->doorbell && s.pfd[0].revents)
-		drain(c);
+		(void)drain(c);
 	if (r > 0 && s.kick >= 0 && s.pfd[s.nfds - 1].revents) {
 		kick_take(s.kick);
 		drained(ep); /* a kick is a ring from ourselves */
@@ -901,6 +904,7 @@ bool chan_drain_nowait(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
 	uint32_t flags = ivmc_load_once(&ep->flags);
+	bool more;
 
 	if (c->bell) {
 		bell_drain_nowait(c->bell);
@@ -910,8 +914,10 @@ bool chan_drain_nowait(struct chan *c)
 	 * Without a doorbell there is nothing to drain. */
 	if (c->doorbell < 0 || !take_poller_role(ep))
 		return false;
-	drain(c);
+	more = drain(c);
 	ep_unlock(&ep->poll_lock);
 	gen_bump(ep, 1); /* a release: wakes followers */
-	return ivmc_load_once(&ep->flags) != flags || chan_dead(c);
+	/* A full drain: look again (bounded by the caller), or a hang-up
+	 * behind a burst of rings would wait for the next call. */
+	return more || ivmc_load_once(&ep->flags) != flags || chan_dead(c);
 }
