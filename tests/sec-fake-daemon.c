@@ -96,6 +96,8 @@ struct fcase {
 #define F_LOST	  0x2u /* the daemon connection ends: one fd, one mapping less */
 #define F_AGAIN	  0x4u /* then close, wrap a fresh pair: both want2 */
 #define F_CROSS	  0x10u /* two connections, spliced: see cross_victim() */
+#define F_OTHER_UID 0x20u /* the fake listens as uid 65534 (not root, not
+			   * the victim's): never talked to */
 #define F_EARLY	  0x8u /* -ECONNREFUSED is right too: the victim may see
 			* the hang-up early (a late mailbox bump, e.g. the
 			* WELCOME's, makes it look) */
@@ -1344,6 +1346,14 @@ static void p_cross(struct fk *k, struct reg *a, struct reg *b)
 
 /* ---- forged WELCOMEs ---- */
 
+/* F_OTHER_UID: a client must not even say HELLO (it would hand over its
+ * mailbox). */
+static void h_never(struct fk *k)
+{
+	(void)k;
+	t_fail("a client said HELLO to a daemon of uid 65534");
+}
+
 static void h_silent(struct fk *k)
 {
 	(void)k;
@@ -1655,6 +1665,8 @@ static const struct fcase fcases[] = {
 	{ "mailbox: resizing refused, 1000 bumps, then the answer",
 	  .pair = p_mailbox, .want = ATTACHED },
 	/* the conversation */
+	{ "a daemon of another uid (not root, not ours): never talked to",
+	  .hello = h_never, .flags = F_OTHER_UID, .want = NO_DAEMON },
 	{ "accepts, never answers the HELLO", .hello = h_silent,
 	  .want = NO_DAEMON },
 	{ "welcomes, never answers a registration", .pair = p_silent,
@@ -1799,7 +1811,19 @@ static void fk_listen(struct fk *k)
 	k->lfd = sock(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK);
 	strcpy(sa.sun_path, path);
 	T_ASSERT(bind(k->lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
-	T_ASSERT(listen(k->lfd, 8) == 0);
+	if (k->fc && (k->fc->flags & F_OTHER_UID)) {
+		/* A client sees the credentials of whoever called listen(). */
+		pid_t pid = fork();
+
+		T_ASSERT(pid >= 0);
+		if (pid == 0)
+			_exit(setresgid(65534, 65534, 65534) ||
+			      setresuid(65534, 65534, 65534) ||
+			      listen(k->lfd, 8));
+		T_ASSERT_EQ(t_wait(pid, 5000), 0);
+	} else {
+		T_ASSERT(listen(k->lfd, 8) == 0);
+	}
 	fk_lfd = k->lfd;
 }
 

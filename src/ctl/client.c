@@ -36,7 +36,7 @@ struct ctl_client {
 /* The IVMC_* settings, copied once by ctl_env_snapshot(). */
 static const char *const env_names[] = { CTL_SOCKET_ENV, "IVMC_CTL_BUDGET_US",
 					 "IVMC_CTL_RETRY_MS", "IVMC_AUTOSTART",
-					 "IVMC_DAEMON" };
+					 "IVMC_DAEMON", "IVMC_DAEMON_UID" };
 #define N_ENV (sizeof(env_names) / sizeof(env_names[0]))
 static struct {
 	bool taken;
@@ -67,6 +67,34 @@ const char *ctl_socket_path(void)
 	const char *p = ctl_getenv(CTL_SOCKET_ENV);
 
 	return p && *p ? p : CTL_SOCKET_DEFAULT;
+}
+
+/* The daemon is whoever called listen() on the socket (SO_PEERCRED, from
+ * the kernel): root, our own uid (an ivmcd we or IVMC_AUTOSTART started),
+ * or IVMC_DAEMON_UID (a container whose user namespace shows the host's
+ * root as another uid). Anyone else who could bind the path is not
+ * talked to at all: no HELLO, no mailbox, no sockets (docs/SECURITY.md).
+ * ivmcctl's requests (ctl_request()) hand over nothing and are not
+ * checked: root may ask a user's daemon for its status. */
+static int daemon_trusted(int fd)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+	const char *v = ctl_getenv("IVMC_DAEMON_UID");
+	char *end;
+	unsigned long uid;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		return -errno;
+	if (cr.uid == 0 || cr.uid == geteuid())
+		return 0;
+	if (v && *v) {
+		errno = 0;
+		uid = strtoul(v, &end, 10);
+		if (!*end && !errno && uid == cr.uid)
+			return 0;
+	}
+	return -EPERM;
 }
 
 static int sock_connect(const char *path, int *out)
@@ -194,6 +222,8 @@ int ctl_open(const char *path, unsigned int budget_us, int mbox_fd,
 	c->mbox = mb;
 	c->mbox_seen = ivmc_load_acquire(&mb->seq);
 	err = sock_connect(path, &c->fd);
+	if (!err)
+		err = daemon_trusted(c->fd);
 	if (!err)
 		err = hello(c, mbox_fd, budget_us);
 	if (err && err != -EINPROGRESS) {

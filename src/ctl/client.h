@@ -35,7 +35,8 @@ int ctl_mailbox_create(int *fd, struct ctl_mailbox **mb);
  * waiting at most budget_us for the welcome. Returns 0 and *out, or
  * -EINPROGRESS and *out (no welcome yet: finish with ctl_open_finish()
  * later, or ctl_close() it), or -errno: -ENOENT/-ECONNREFUSED (no daemon),
- * -EAGAIN (its backlog is full), -EPROTO (it spoke garbage). */
+ * -EAGAIN (its backlog is full), -EPROTO (it spoke garbage), -EPERM (it
+ * listens as neither root, our uid nor IVMC_DAEMON_UID: not talked to). */
 int ctl_open(const char *path, unsigned int budget_us, int mbox_fd,
 	     struct ctl_mailbox *mb, struct ctl_client **out);
 
