@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -322,15 +323,29 @@ struct result {
 
 static int job_pipe[2], res_pipe[2];
 
+/* libFuzzer's timer (SIGALRM, every second) may interrupt a read that
+ * waits: the harness's own pipes retry, as a read of the library would
+ * not be asked to. */
 static void read_all(int fd, void *p, size_t n)
 {
-	FZ_ASSERT(read(fd, p, n) == (ssize_t)n, "pipe read");
+	ssize_t r;
+
+	do
+		r = read(fd, p, n);
+	while (r < 0 && errno == EINTR);
+	FZ_ASSERT(r == (ssize_t)n, "pipe read");
 }
 
 /* The fake listener: one connection per job. */
 static void *fake_listener(void *arg)
 {
+	sigset_t all;
+
 	(void)arg;
+	/* Signals (libFuzzer's timer) go to the main thread, not to the
+	 * fake's waits. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	for (;;) {
 		struct job j;
 		struct result res = { false, -1, -1 };
