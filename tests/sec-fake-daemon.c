@@ -96,11 +96,11 @@ struct fcase {
 #define F_LOST	  0x2u /* the daemon connection ends: one fd, one mapping less */
 #define F_AGAIN	  0x4u /* then close, wrap a fresh pair: both want2 */
 #define F_CROSS	  0x10u /* two connections, spliced: see cross_victim() */
-#define F_OTHER_UID 0x20u /* the fake listens as uid 65534 (not root, not
-			   * the victim's): never talked to */
 #define F_EARLY	  0x8u /* -ECONNREFUSED is right too: the victim may see
 			* the hang-up early (a late mailbox bump, e.g. the
 			* WELCOME's, makes it look) */
+#define F_OTHER_UID 0x20u /* the fake listens as uid 65534 (not root, not
+			   * the victim's): never talked to */
 
 struct tcase {
 	const char *what;

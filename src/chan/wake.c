@@ -323,9 +323,8 @@ static void no_progress(struct chan *c)
 
 /* Only the poller drains (it holds poll_lock), so no waiter can lose a
  * ring between its re-check and its sleep: it sleeps on wake_gen, which the
- * poller bumps after every drain. */
-/* Returns true if it stopped at DRAIN_MAX: more may be waiting (and behind
- * it, the peer's hang-up). */
+ * poller bumps after every drain. Returns true if it stopped at DRAIN_MAX:
+ * more may be waiting (and behind it, the peer's hang-up). */
 static bool drain(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
