@@ -9,7 +9,10 @@
 # Runs every executable in TESTDIR (or only the NAMEs given). A test exits 0
 # (pass), 77 (skip; its last line on stderr is the reason) or anything else
 # (fail). Output of each test goes to $IVMC_TEST_LOGDIR/NAME.log (default
-# TESTDIR/../test-logs); a failing test's last 30 lines are printed too.
+# TESTDIR/../test-logs); a failing test's last 30 lines are printed too,
+# after its first failure messages (lines "file.c:LINE: ..." and "FAIL ...")
+# when those are further up: in a test of many cases the cause is often
+# above the tail.
 # The last line printed is exactly "N passed, N failed".
 #
 # Environment:
@@ -142,6 +145,12 @@ for name in "${tests[@]}"; do
 			why="rc=$rc, $(signame $((rc - 128)))"
 		fi
 		echo "FAIL $name ($why) after ${secs}s, log: $log"
+		nlines=$(wc -l < "$log")
+		if [ "$nlines" -gt 30 ]; then
+			head -n $((nlines - 30)) "$log" |
+				grep -E -m 5 '^(FAIL |[^ :]+\.[ch]:[0-9]+: )' |
+				sed 's/^/    ! /'
+		fi
 		tail -n 30 "$log" | sed 's/^/    | /'
 		failed=$((failed + 1))
 		failed_names+=("$name")

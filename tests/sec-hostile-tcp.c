@@ -22,6 +22,7 @@
 
 #define CASE_MS (12000 * (int)t_slow())
 #define END_MS (8000 * (int)t_slow()) /* the bad connection must end within this */
+#define WAIT_MS (5000 * (int)t_slow()) /* the honest peer's steps */
 
 /* ---- the victim's echo threads ---- */
 
@@ -109,12 +110,12 @@ static void run_case(void *arg)
 	fflush(stdout);
 	honest = fork();
 	if (honest == 0)
-		honest_peer(port, up[1], down[0], 200, 20);
+		honest_peer(port, up[1], down[0], 200, 20 * t_slow());
 	echo_start(&good, lfd);
 	{
 		struct pollfd p = { up[0], POLLIN, 0 };
 
-		if (poll(&p, 1, 5000) != 1 || read(up[0], &c, 1) != 1)
+		if (poll(&p, 1, WAIT_MS) != 1 || read(up[0], &c, 1) != 1)
 			t_fail("the honest connection did not attach");
 	}
 
@@ -150,15 +151,15 @@ static void run_case(void *arg)
 	{
 		struct pollfd p = { up[0], POLLIN, 0 };
 
-		if (poll(&p, 1, 5000) != 1 ||
+		if (poll(&p, 1, WAIT_MS) != 1 ||
 		    read(up[0], &moved, sizeof(moved)) != sizeof(moved))
 			t_fail("the honest peer did not finish");
 	}
-	T_ASSERT(wait_done(&good, 5000));
+	T_ASSERT(wait_done(&good, WAIT_MS));
 	pthread_join(good.t, NULL);
 	T_ASSERT_EQ(good.r, 0);
 	T_ASSERT_EQ(good.bytes, moved);
-	T_ASSERT_EQ(t_wait(honest, 5000), 0);
+	T_ASSERT_EQ(t_wait(honest, WAIT_MS), 0);
 	ivmc_close(good.h);
 	printf("  %s: honest connection: %llu bytes verified\n", hc->mode,
 	       (unsigned long long)moved);

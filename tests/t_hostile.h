@@ -69,6 +69,9 @@ static inline void honest_peer(uint16_t port, int up, int down,
 				 .sin_port = htons(port),
 				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 
+	/* Dies with its victim: an orphan would print a stray failure into
+	 * the next case's output. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)))
 		t_fail("honest: connect: %s", strerror(errno));
 	T_ASSERT_OK(ivmc_tcp(fd, NULL, &h));

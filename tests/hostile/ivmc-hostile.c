@@ -105,7 +105,7 @@ static int ctl_hello_reg(int tcp)
 	ctl_hdr_init(&h.h, CTL_HELLO, 0);
 	if (xport_send_fds(s, &h, sizeof(h), NULL, 0))
 		die(1, "HELLO");
-	if (ctl_in(s, &m, sizeof(m), fds, &nfds, 5000) <= 0 ||
+	if (ctl_in(s, &m, sizeof(m), fds, &nfds, 5000 * (int)t_slow()) <= 0 ||
 	    m.h.type != CTL_WELCOME)
 		die(1, "no WELCOME");
 	for (int i = 0; i < nfds; i++)
@@ -123,7 +123,8 @@ static void take_chan(struct hctx *h, int *region)
 	union { struct ctl_hdr h; struct ctl_chan c; struct ctl_nochan n;
 		char b[CTL_MSG_MAX]; } m;
 	int fds[2], nfds;
-	ssize_t n = ctl_in(h->ctl, &m, sizeof(m), fds, &nfds, 8000);
+	ssize_t n = ctl_in(h->ctl, &m, sizeof(m), fds, &nfds,
+			   8000 * (int)t_slow());
 
 	if (n <= 0 || m.h.type != CTL_CHAN || nfds != 2) {
 		fprintf(stderr, "ivmc-hostile: no CHAN (%zd, type %u, reason %u)\n",
@@ -201,13 +202,14 @@ static bool on_ring(const struct ivmc_shm_dir *d)
 	return ivmc_w_epoch(w) >= 1 && !(w & IVMC_PW_CLOSED);
 }
 
-/* Echoed rounds until both directions are on the ring (at most 3 s). */
+/* Echoed rounds until both directions are on the ring (at most 3 s, 8x
+ * that under a test wrapper such as valgrind). */
 static void warm_up(struct hctx *h)
 {
 	uint64_t t0 = t_now_ns();
 
 	do {
-		if (t_now_ns() - t0 > 3000000000ull) {
+		if (t_now_ns() - t0 > 3000000000ull * t_slow()) {
 			fprintf(stderr, "ivmc-hostile: not on the ring\n");
 			exit(3);
 		}
