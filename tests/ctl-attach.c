@@ -4,7 +4,8 @@
  * ivmc_tcp(), attach through a private ivmcd: bytes sent before, during
  * and after the attach arrive once and in order, both directions end up
  * on the ring, and ivmcctl status lists the channel. Over IPv4 and IPv6,
- * and again with a daemon started with --linger-us.
+ * with the daemon's defaults and again with --linger-us=0 (a wake-up per
+ * message; ctl-linger tests lingering itself).
  */
 #include "t_ctl.h"
 
@@ -94,8 +95,8 @@ int main(void)
 		t_fail("ivmcctl status: %s", cmd);
 	st = t_daemon_stop(d);
 	T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	/* The same through a daemon that lingers after each round. */
-	t_dextra = "--linger-us=200";
+	/* The same through a daemon that never lingers. */
+	t_dextra = "--linger-us=0";
 	d = t_daemon_start(NULL);
 	one(false);
 	one(true);

@@ -2,7 +2,7 @@
 /*
  * Description: bad command lines for ivmcd and ivmcctl get exit status 2
  * and a one-line reason on stderr, never a crash, and never start a
- * daemon; good ones (--help, --linger-us in range) are accepted.
+ * daemon; --help is accepted and lists --linger-us and --tick-us.
  */
 #include "t_ctl.h"
 
@@ -52,10 +52,14 @@ int main(void)
 {
 	static const char *const bad_d[][4] = {
 		{ "--linger-us", "-3", NULL },
-		{ "--linger-us", "100001", NULL },
+		{ "--linger-us", "1000001", NULL },
 		{ "--linger-us", "12x", NULL },
 		{ "--linger-us", "", NULL },
 		{ "--linger-us=99999999999999999999999", NULL },
+		{ "--tick-us", "-1", NULL },
+		{ "--tick-us", "10001", NULL },
+		{ "--tick-us", "1e3", NULL },
+		{ "--tick-us", NULL },
 		{ "-l", "loud", NULL },
 		{ "--no-such-option", NULL },
 		{ "extra-argument", NULL },
@@ -95,5 +99,6 @@ int main(void)
 	st = run(d, (const char *const[]){ "--help", NULL }, out);
 	T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	T_ASSERT(file_has(out, "--linger-us"));
+	T_ASSERT(file_has(out, "--tick-us"));
 	return T_PASS;
 }

@@ -640,6 +640,7 @@ struct opts {
 	size_t ring;
 	int quick, netns, no_setup, no_attach, no_scale, scale_netns;
 	int daemon_batch;
+	long linger_us, tick_us; /* passed to ivmcd; -1: its default */
 	int timeout_s;
 	const char *json, *log_level;
 };
@@ -692,8 +693,19 @@ static int daemon_start(const struct opts *o)
 		return -errno;
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		execl(bin, "ivmcd", "-f", "-s", g.sock, "-c", g.conf, "-l",
-		      o->log_level, "-L", g.log, (char *)NULL);
+		char lg[32], tk[32];
+		const char *argv[16] = { "ivmcd", "-f", "-s", g.sock, "-c",
+					 g.conf, "-l", o->log_level, "-L",
+					 g.log };
+		int k = 10;
+
+		snprintf(lg, sizeof(lg), "--linger-us=%ld", o->linger_us);
+		snprintf(tk, sizeof(tk), "--tick-us=%ld", o->tick_us);
+		if (o->linger_us >= 0)
+			argv[k++] = lg;
+		if (o->tick_us >= 0)
+			argv[k++] = tk;
+		execv(bin, (char *const *)argv);
 		_exit(127);
 	}
 	g.daemon = pid;
@@ -1883,12 +1895,18 @@ static void print_header(FILE *f, const struct report *rp)
 		m->kernel, m->arch, m->cpus, m->cpu, m->mem_mb);
 	fprintf(f, "- load average at start: %.2f %.2f %.2f\n",
 		m->load_start[0], m->load_start[1], m->load_start[2]);
+	char lg[24], tk[24];
+
+	snprintf(lg, sizeof(lg), "%ld", o->linger_us);
+	snprintf(tk, sizeof(tk), "%ld", o->tick_us);
 	fprintf(f,
-		"- ivmcd: %s/ivmcd, private socket, log level %s%s; config "
+		"- ivmcd: %s/ivmcd, private socket, log level %s%s, "
+		"--linger-us %s, --tick-us %s; config "
 		"ring_size %zuK, quota channels 0, quota memory 0, "
 		"pending_max 100000\n",
 		g.bindir, o->log_level, o->daemon_batch ? ", SCHED_BATCH" : "",
-		o->ring >> 10);
+		o->linger_us >= 0 ? lg : "default",
+		o->tick_us >= 0 ? tk : "default", o->ring >> 10);
 	fprintf(f, "- ratios: median over rounds of the per-round ratio of "
 		   "p50s\n");
 }
@@ -2351,6 +2369,8 @@ static void usage(FILE *f)
 		"      --spin             test 2 polls without sched_yield()",
 		"      --scale-netns      test 3 in a named netns (root)",
 		"      --daemon-batch     run ivmcd as SCHED_BATCH",
+		"      --linger-us N      ivmcd --linger-us N (its default)",
+		"      --tick-us N        ivmcd --tick-us N (its default)",
 		"      --keep             keep the temporary directory (log)",
 		"      --timeout SECONDS  watchdog for the whole run (900)",
 		"  -h, --help             this text",
@@ -2416,7 +2436,9 @@ enum {
 	OPT_TIMEOUT,
 	OPT_SPIN,
 	OPT_SCALENS,
-	OPT_BATCH
+	OPT_BATCH,
+	OPT_LINGER,
+	OPT_TICK
 };
 
 static const struct option lopts[] = {
@@ -2438,6 +2460,8 @@ static const struct option lopts[] = {
 	{ "spin", no_argument, NULL, OPT_SPIN },
 	{ "scale-netns", no_argument, NULL, OPT_SCALENS },
 	{ "daemon-batch", no_argument, NULL, OPT_BATCH },
+	{ "linger-us", required_argument, NULL, OPT_LINGER },
+	{ "tick-us", required_argument, NULL, OPT_TICK },
 	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
@@ -2506,6 +2530,10 @@ static int parse_one(struct opts *o, int c)
 	case OPT_BATCH:
 		o->daemon_batch = 1;
 		return 0;
+	case OPT_LINGER:
+		return parse_long(optarg, 0, 1000000, &o->linger_us);
+	case OPT_TICK:
+		return parse_long(optarg, 0, 10000, &o->tick_us);
 	case OPT_TIMEOUT:
 		return parse_int(optarg, 10, 86400, &o->timeout_s);
 	case 'h':
@@ -2532,6 +2560,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	o->netns = 1;
 	o->timeout_s = 900;
 	o->log_level = "info";
+	o->linger_us = o->tick_us = -1;
 	while ((c = getopt_long(argc, argv, "qn:a:c:p:w:r:R:j:hV", lopts,
 				NULL)) != -1) {
 		err = parse_one(o, c);

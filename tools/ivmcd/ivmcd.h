@@ -23,7 +23,11 @@
 #define MAX_NS_ADDRS	   64	/* local addresses kept per namespace */
 #define NS_REFRESH_MS	   1000 /* re-read a namespace's addresses at most this often */
 #ifndef IVMCD_LINGER_US_DEFAULT
-#define IVMCD_LINGER_US_DEFAULT 0 /* --linger-us: stay awake after work */
+#define IVMCD_LINGER_US_DEFAULT 2000 /* --linger-us: look for work after work */
+#endif
+#define LINGER_EVENTS 8 /* events within linger_us that start a linger */
+#ifndef IVMCD_TICK_US_DEFAULT
+#define IVMCD_TICK_US_DEFAULT 100 /* --tick-us: how often, meanwhile */
 #endif
 
 #define log_err(...)   dlog(LOG_ERR, __VA_ARGS__)
@@ -156,7 +160,9 @@ struct daemon {
 	uint64_t paired, bad_msgs, refused_clients;
 	uint64_t own_netns_ino;
 	uint64_t accept_paused_ms; /* accept() ran out of fds at; 0: not */
-	unsigned int linger_us; /* stay awake after work (--linger-us) */
+	unsigned int linger_us; /* look for work after work (--linger-us) */
+	unsigned int tick_us;	/* that often meanwhile, 0: spin (--tick-us) */
+	uint64_t lingers, ticks, tick_hits; /* lingers started, looks, fruitful */
 	uint64_t timer_armed; /* deadline the timer is set for; 0: none */
 	bool table_dirty; /* rebuild the table after this round */
 	bool stop;

@@ -111,6 +111,9 @@ static void text_daemon(FILE *f)
 	fprintf(f, "clients %u, listeners %u, pending %u, channels %u, paired %llu, bad messages %llu\n",
 		D.nclients, D.nlisteners, D.npending, D.nchannels,
 		(unsigned long long)D.paired, (unsigned long long)D.bad_msgs);
+	fprintf(f, "lingers %llu (--linger-us %u, --tick-us %u), looks %llu, fruitful %llu\n",
+		(unsigned long long)D.lingers, D.linger_us, D.tick_us,
+		(unsigned long long)D.ticks, (unsigned long long)D.tick_hits);
 	fprintf(f, "stayed on TCP:");
 	for (int i = 1; i < CTL_R_MAX; i++)
 		fprintf(f, " %s %llu", reason_names[i], (unsigned long long)D.why.n[i]);
@@ -253,11 +256,12 @@ static void json_all(FILE *f, uint32_t uid)
 	char ns[64], a[64];
 	const char *sep = "";
 
-	fprintf(f, "{\"daemon\":{\"pid\":%d,\"uptime_ms\":%llu,\"socket\":\"%s\",\"policy_generation\":%u,\"clients\":%u,\"listeners\":%u,\"pending\":%u,\"channels\":%u,\"paired\":%llu,\"bad_messages\":%llu},\"stayed_on_tcp\":{",
+	fprintf(f, "{\"daemon\":{\"pid\":%d,\"uptime_ms\":%llu,\"socket\":\"%s\",\"policy_generation\":%u,\"clients\":%u,\"listeners\":%u,\"pending\":%u,\"channels\":%u,\"paired\":%llu,\"bad_messages\":%llu,\"lingers\":%llu,\"looks\":%llu,\"fruitful_looks\":%llu},\"stayed_on_tcp\":{",
 		(int)getpid(), (unsigned long long)(now_ms() - D.start_ms),
 		D.sock_path, D.pol_gen, D.nclients, D.nlisteners, D.npending,
 		D.nchannels, (unsigned long long)D.paired,
-		(unsigned long long)D.bad_msgs);
+		(unsigned long long)D.bad_msgs, (unsigned long long)D.lingers,
+		(unsigned long long)D.ticks, (unsigned long long)D.tick_hits);
 	for (int i = 1; i < CTL_R_MAX; i++)
 		fprintf(f, "%s\"%s\":%llu", i > 1 ? "," : "", reason_names[i],
 			(unsigned long long)D.why.n[i]);
