@@ -4,10 +4,10 @@
 # Description: two QEMU guests, configured on the host with ivmcctl vm add
 # and started with exactly what ivmcctl qemu-args prints, get their pair
 # region from the host's ivmc-vmd (ivshmem-doorbell devices: each guest's
-# control region names the peer and its device). A stream of 8 MiB sent by
-# one guest is verified byte by byte by the other, twice: polling, then
-# waiting on the device's interrupt (MSI-X through vfio-pci behind the
-# emulated intel-iommu). Then 64-byte ping-pongs: the adaptive wait (spin,
+# control region names the peer and its device). A stream of 64 MiB each
+# way is verified byte by byte by the receiving guest: B to A polling, then
+# A to B waiting on the device's interrupt (MSI-X through vfio-pci behind
+# the emulated intel-iommu). Then 64-byte ping-pongs: the adaptive wait (spin,
 # then poll), the polling sleep only, and the interrupt only; the same
 # ping-pong and stream run over TCP on virtio-net between the same guests,
 # and all are reported side by side. The host checks in the pair region
@@ -21,7 +21,7 @@
 # Run by make check-vm (mk/vm.mk), from $(O)/vm beside vm-lib.sh and the
 # static vm-chan, with ivmc-vmd and ivmcctl in $(O)/bin. Skips (77) only
 # when QEMU, busybox or the kernel package cannot be had. Environment:
-# IVMC_VM_BYTES (stream, default 8 MiB), IVMC_VM_ROUNDS (round trips,
+# IVMC_VM_BYTES (each stream, default 64 MiB), IVMC_VM_ROUNDS (round trips,
 # default 2000), IVMC_VM_SECS (per guest, default 400), IVMC_VM_IDLE_SECS
 # (each idle measurement, default 5), IVMC_VM_REQUIRE_IRQ, IVMC_POLL_MAX_US
 # (passed to the guests' channels).
@@ -32,7 +32,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/vm/vm-lib.sh
 . "$here/vm-lib.sh"
 
-bytes=${IVMC_VM_BYTES:-8388608}
+bytes=${IVMC_VM_BYTES:-67108864}
 rounds=${IVMC_VM_ROUNDS:-2000}
 secs=${IVMC_VM_SECS:-400}
 idle=${IVMC_VM_IDLE_SECS:-5}
@@ -96,18 +96,19 @@ base="intel_iommu=on ivmc.mod=virtio_pci ivmc.mod=virtio_net ivmc.mod=vfio_pci"
 base="$base ivmc.mod=vfio_iommu_type1 ivmc.run=cat,/proc/uptime $poll"
 va="ivmc.run=vm-chan,-P,guest-b"
 vb="ivmc.run=vm-chan,-P,guest-a"
-# Channels: 0 and 3 streams (polling, interrupt); 1, 2 and 4 ping-pongs
+# Channels: 0 and 3 streams (B to A polling, A to B on the interrupt); 1,
+# 2 and 4 ping-pongs
 # (adaptive, polling sleep, interrupt); 5 and 6 idle waits (interrupt,
 # polling). B's poke on 5 rings A's interrupt; on 6 A finds it polling.
 args_a=("$base" "ivmc.ip=eth0,10.77.0.1/24" "ivmc.run=vm-chan,ctl,guest-a,guest-b"
-	"$va,-c,0,recv,$bytes" "$va,-i,-c,3,recv,$bytes" "ivmc.run=sleep,1"
+	"$va,-c,0,recv,$bytes" "$va,-i,-c,3,send,$bytes" "ivmc.run=sleep,1"
 	"$va,-c,1,pong,$rounds" "$va,-c,2,-w,sleep,pong,$rounds"
 	"$va,-i,-c,4,-w,sleep,pong,$rounds"
 	"ivmc.run=vm-chan,tcp-pong,7000,$rounds"
 	"ivmc.run=vm-chan,tcp-recv,7001,$bytes"
 	"$va,-i,-c,5,-w,sleep,idle,1" "$va,-c,6,-w,sleep,idle,1" "ivmc.run=sleep,$hold")
 args_b=("$base" "ivmc.ip=eth0,10.77.0.2/24" "ivmc.run=vm-chan,ctl,guest-b,guest-a"
-	"$vb,-c,0,send,$bytes" "$vb,-i,-c,3,send,$bytes" "$vb,-c,1,ping,$rounds"
+	"$vb,-c,0,send,$bytes" "$vb,-i,-c,3,recv,$bytes" "$vb,-c,1,ping,$rounds"
 	"$vb,-c,2,-w,sleep,ping,$rounds" "$vb,-i,-c,4,-w,sleep,ping,$rounds"
 	"ivmc.run=vm-chan,tcp-ping,10.77.0.1,7000,$rounds"
 	"ivmc.run=vm-chan,tcp-send,10.77.0.1,7001,$bytes"
@@ -135,17 +136,20 @@ region=
 for f in /proc/"$VM_VMD_PID"/fd/*; do
 	case "$(readlink "$f")" in "/memfd:ivmc-pair:guest-a:guest-b "*) region=$f ;; esac
 done
-# wait_log PATTERN: until guest A's console shows it N ($2, default 1)
-# times; fails if A is gone first.
+# wait_log PATTERN [N [GUEST]]: until the console of GUEST (default
+# guest-a) shows PATTERN N times (default 1); fails if GUEST is gone first.
 wait_log() {
+	local g=${3:-guest-a} l=$log_a
+	[ "$g" = guest-b ] && l=$log_b
 	for _ in $(seq $((secs * 20))); do
-		[ "$(grep -ac "$1" "$log_a")" -ge "${2:-1}" ] && return 0
-		vm_alive guest-a || return 1
+		[ "$(grep -ac "$1" "$l")" -ge "${2:-1}" ] && return 0
+		vm_alive "$g" || return 1
 		sleep 0.05
 	done
 	return 1
 }
-[ -n "$region" ] && wait_log "^vm-chan: verified $bytes bytes" 2 &&
+[ -n "$region" ] && wait_log "^vm-chan: verified $bytes bytes" 1 &&
+	wait_log "^vm-chan: verified $bytes bytes" 1 guest-b &&
 	"$chan" stat "$region" 7 "$ring" 4096 > "$VM_TMP/stat"
 
 # Host CPU (user + system) of a QEMU so far, in clock ticks.
@@ -200,7 +204,8 @@ for l in "$log_a" "$log_b"; do
 done
 "$bin/ivmcctl" vm list
 [ $rc -eq 0 ] || { tail -n 20 "$VM_TMP/ivmc-vmd.log"; fail "a guest did not finish (logs above)"; }
-grep -aq "^vm-chan: verified $bytes bytes" "$log_a" || fail "stream not verified"
+grep -aq "^vm-chan: verified $bytes bytes" "$log_a" || fail "stream B to A not verified"
+grep -aq "^vm-chan: verified $bytes bytes" "$log_b" || fail "stream A to B not verified"
 
 [ -n "$region" ] || fail "no pair region among ivmc-vmd's fds"
 [ -s "$VM_TMP/stat" ] || fail "the host could not read the pair region while the guests ran"
@@ -210,12 +215,12 @@ want_stat() {
 		fail "host view of channel $1 direction $2: want $3 bytes through, $4"
 }
 # guest-b is side 1 of the pair (the host's word: names in order): its
-# stream is direction 1. The ping-pongs were still to come when the host
+# stream (channel 0) is direction 1, guest-a's (channel 3) direction 0. The ping-pongs were still to come when the host
 # looked; the guests check them (every echo compared).
 want_stat 0 1 $((bytes % 4294967296)) "fin=set end=$bytes"
 want_stat 0 0 0 "fin=no end=0"
-want_stat 3 1 $((bytes % 4294967296)) "fin=set end=$bytes"
-want_stat 3 0 0 "fin=no end=0"
+want_stat 3 0 $((bytes % 4294967296)) "fin=set end=$bytes"
+want_stat 3 1 0 "fin=no end=0"
 
 # Both QEMUs are gone: the server has given the region's pages back.
 blocks=$(stat -L -c %b "$region") || fail "stat of the pair region"
@@ -252,9 +257,9 @@ i99=$(val 'ping chan-irq-sleep' p99_us "$log_b")
 t50=$(val 'ping tcp' p50_us "$log_b")
 t99=$(val 'ping tcp' p99_us "$log_b")
 cbw=$(val 'recv chan' MiBps "$log_a")
-ibw=$(val 'recv chan-irq' MiBps "$log_a")
+ibw=$(val 'recv chan-irq' MiBps "$log_b")
 tbw=$(val 'recv tcp' MiBps "$log_a")
-[ "$irq" = off ] && ibw=$(sed -n 's/.*RESULT recv chan .*MiBps=\([0-9.]*\).*/\1/p' "$log_a" | sed -n 2p)
+[ "$irq" = off ] && ibw=$(val 'recv chan' MiBps "$log_b")
 for v in "$c50" "$s50" "$i50" "$t50" "$cbw" "$ibw" "$tbw"; do
 	[ -n "$v" ] || fail "a result line is missing"
 done
@@ -277,7 +282,7 @@ awk -v c50="$c50" -v c99="$c99" -v t50="$t50" -v t99="$t99" -v i50="$i50" \
 	printf "vm-ivshmem:   ivshmem channel, interrupt      %8.1f / %8.1f\n", i50, i99
 	printf "vm-ivshmem:   virtio-net TCP                  %8.1f / %8.1f\n", t50, t99
 	printf "vm-ivshmem:   p50 ratio TCP/channel: adaptive %.1fx, polling sleep %.1fx, interrupt %.1fx\n", t50 / c50, t50 / s50, t50 / i50
-	printf "vm-ivshmem: stream of %d bytes: ivshmem channel polling %.1f MiB/s, interrupt %.1f MiB/s, virtio-net TCP %.1f MiB/s; channel/TCP %.1fx\n", b, cbw, ibw, tbw, cbw / tbw
+	printf "vm-ivshmem: streams of %d bytes: ivshmem channel polling (B to A) %.1f MiB/s, interrupt (A to B) %.1f MiB/s, virtio-net TCP (B to A) %.1f MiB/s; channel/TCP %.1fx\n", b, cbw, ibw, tbw, cbw / tbw
 	printf "vm-ivshmem: idle, host CPU of guest A over %d s, %% of one core:\n", secs
 	printf "vm-ivshmem:   waiting on the interrupt        %6.2f %%  (guest B, idle meanwhile: %.2f %%)\n", ia, ib
 	printf "vm-ivshmem:   polling (cap %s us)            %6.2f %%\n", cap, pa
