@@ -31,6 +31,8 @@
 # Throughout: each worker keeps its pid (no crash and respawn), maps the
 # preload, answers 200 only, and nginx logs no [alert]/[crit]/[emerg].
 # With IVMC_PLAIN=1 nothing runs under ivmc-run and only the data is checked.
+# Under make check-asan only the wrk parts run (curl hangs under the ASan
+# runtime, see below).
 #
 # Environment (besides preload-lib.bash's):
 #   IVMC_NGINX_MIB     size of the big file in MiB (default 128; across
@@ -55,11 +57,20 @@ case ":$PATH:" in
 esac
 
 pl_init
-# KNOWN GAP: with the ASan runtime preloaded in front of a sanitized preload
-# (make check-asan), nginx's worker never answered (curl timed out; not
-# investigated): skip there, say so.
-[ -z "${IVMC_PRELOAD_FIRST:-}" ] ||
-	skip "nginx under the ASan runtime (IVMC_PRELOAD_FIRST) never answered; not investigated"
+# With the ASan runtime preloaded in front of a sanitized preload (make
+# check-asan), curl itself hangs at start: in setlocale(), on glibc's
+# locale lock, whose reader count the runtime's presence leaves negative
+# (seen 2026-12-07 with gcc 12's libasan alone, no ivmc: `LD_PRELOAD=
+# libasan.so curl --version` hangs; wget too; nginx, wrk and python do
+# not; llvm-project#49223 reports the like). So there the curl parts are
+# skipped and nginx is driven by wrk alone (pairs, no socket error, 2xx
+# only), in both places; without wrk the whole test is skipped.
+curl_runs() { [ -z "${IVMC_PRELOAD_FIRST:-}" ]; }
+if ! curl_runs; then
+	pl_try_cmd wrk wrk ||
+		skip "under the ASan runtime only wrk can drive nginx (curl hangs in setlocale there), and wrk is missing"
+	say "ASan runtime preloaded: curl hangs under it (without ivmc too): curl parts skipped, wrk only"
+fi
 pl_need_cmd nginx nginx
 pl_need_cmd curl curl
 pl_need_preload
@@ -415,13 +426,17 @@ no_channels() {
 }
 
 T0=$(date +%s%N)
-big big ivmc accel
-slow
-small small ivmc accel
+if curl_runs; then
+	big big ivmc accel
+	slow
+	small small ivmc accel
+fi
 bench
 no_channels "before the plain runs"
-big big-plain plain tcp
-small small-plain plain tcp
+if curl_runs; then
+	big big-plain plain tcp
+	small small-plain plain tcp
+fi
 
 no_channels end
 say "at the end: $(accel_summary); access log: $(wc -l < "$PL_DIR/nginx-access.log") requests"
@@ -432,11 +447,13 @@ if [ "$(id -u)" -eq 0 ]; then
 	served big-ns.bin "$NS_MIB"
 	nginx_start nginx-ns "$IP_A" "$NS_A"
 	C_NS=$NS_B
-	big ns-big ivmc accel big-ns.bin
-	small ns-small ivmc accel
+	if curl_runs; then
+		big ns-big ivmc accel big-ns.bin
+		small ns-small ivmc accel
+	fi
 	bench ns-
 	no_channels "before the plain run across namespaces"
-	big ns-big-plain plain tcp big-ns.bin
+	curl_runs && big ns-big-plain plain tcp big-ns.bin
 	no_channels "end across namespaces"
 	say "across namespaces: $(accel_summary); access log: $(wc -l < "$PL_DIR/nginx-ns-access.log") requests"
 else
