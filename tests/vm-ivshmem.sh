@@ -7,10 +7,15 @@
 # control region names the peer and its device). A stream of 64 MiB each
 # way is verified byte by byte by the receiving guest: B to A polling, then
 # A to B waiting on the device's interrupt (MSI-X through vfio-pci behind
-# the emulated intel-iommu). Then 64-byte ping-pongs: the adaptive wait (spin,
-# then poll), the polling sleep only, and the interrupt only; the same
-# ping-pong and stream run over TCP on virtio-net between the same guests,
-# and all are reported side by side. The host checks in the pair region
+# the emulated intel-iommu). Then 64-byte ping-pongs: the adaptive wait
+# (spin, then poll), the polling sleep only, the interrupt only, and spin
+# only (a measurement, bounded by the guests' timeout); the same ping-pong
+# and stream run over TCP on virtio-net between the same guests; and the
+# baselines of the same boot without ivmc code: a raw round
+# trip of a counter between two cache lines of a spare channel slot, and
+# memcpy() into and out of that slot (a stream's ceiling). All are reported
+# side by side, with the issue's targets (spinning p50 at most 10x raw,
+# stream at least 5x the NIC). The host checks in the pair region
 # (the server's memfd) that every byte of both streams went through it.
 # Last, the idle cost: the host reads guest A's QEMU CPU time while A waits
 # for a byte that comes only later, on the interrupt, then polling, then
@@ -65,10 +70,10 @@ VM_INITRD=$VM_TMP/initrd.gz
 vm_initramfs "$VM_INITRD" "virtio_pci virtio_net vfio_pci vfio_iommu_type1" "$chan" ||
 	fail "$VM_REASON"
 
-# The host's side: the server, two VMs that may pair (4 MiB region, seven
-# channels of 256 KiB rings).
+# The host's side: the server, two VMs that may pair (8 MiB region, nine
+# channels of 256 KiB rings; the eighth is the raw baselines' scratch).
 vm_vmd_start "$bin" || fail "$VM_REASON"
-printf 'pair-size 4M\npair-ring %s\npair-channels 7\n' "$ring" > "$VM_TMP/vms.conf"
+printf 'pair-size 8M\npair-ring %s\npair-channels 9\n' "$ring" > "$VM_TMP/vms.conf"
 "$bin/ivmcctl" vm reload > /dev/null || fail "ivmcctl vm reload"
 "$bin/ivmcctl" vm add guest-a --addr 10.77.0.1 || fail "ivmcctl vm add guest-a"
 "$bin/ivmcctl" vm add guest-b --addr 10.77.0.2 || fail "ivmcctl vm add guest-b"
@@ -97,19 +102,23 @@ base="$base ivmc.mod=vfio_iommu_type1 ivmc.run=cat,/proc/uptime $poll"
 va="ivmc.run=vm-chan,-P,guest-b"
 vb="ivmc.run=vm-chan,-P,guest-a"
 # Channels: 0 and 3 streams (B to A polling, A to B on the interrupt); 1,
-# 2 and 4 ping-pongs
+# 2 and 4 ping-pongs; 7 raw (A's copy, then the raw ping-pong); 8 a
+# ping-pong that only spins (measured, bounded by the guests' timeout)
 # (adaptive, polling sleep, interrupt); 5 and 6 idle waits (interrupt,
 # polling). B's poke on 5 rings A's interrupt; on 6 A finds it polling.
 args_a=("$base" "ivmc.ip=eth0,10.77.0.1/24" "ivmc.run=vm-chan,ctl,guest-a,guest-b"
 	"$va,-c,0,recv,$bytes" "$va,-i,-c,3,send,$bytes" "ivmc.run=sleep,1"
+	"$va,-c,7,raw-copy,$bytes"
 	"$va,-c,1,pong,$rounds" "$va,-c,2,-w,sleep,pong,$rounds"
-	"$va,-i,-c,4,-w,sleep,pong,$rounds"
+	"$va,-i,-c,4,-w,sleep,pong,$rounds" "$va,-c,7,raw-pong,$rounds"
+	"$va,-c,8,-w,spin,pong,$rounds"
 	"ivmc.run=vm-chan,tcp-pong,7000,$rounds"
 	"ivmc.run=vm-chan,tcp-recv,7001,$bytes"
 	"$va,-i,-c,5,-w,sleep,idle,1" "$va,-c,6,-w,sleep,idle,1" "ivmc.run=sleep,$hold")
 args_b=("$base" "ivmc.ip=eth0,10.77.0.2/24" "ivmc.run=vm-chan,ctl,guest-b,guest-a"
 	"$vb,-c,0,send,$bytes" "$vb,-i,-c,3,recv,$bytes" "$vb,-c,1,ping,$rounds"
 	"$vb,-c,2,-w,sleep,ping,$rounds" "$vb,-i,-c,4,-w,sleep,ping,$rounds"
+	"$vb,-c,7,raw-ping,$rounds" "$vb,-c,8,-w,spin,ping,$rounds"
 	"ivmc.run=vm-chan,tcp-ping,10.77.0.1,7000,$rounds"
 	"ivmc.run=vm-chan,tcp-send,10.77.0.1,7001,$bytes"
 	"$vb,-i,-c,5,poke,$hold" "$vb,-c,6,poke,$hold" "ivmc.run=sleep,$hold")
@@ -255,12 +264,18 @@ s99=$(val 'ping chan-sleep' p99_us "$log_b")
 i50=$(val 'ping chan-irq-sleep' p50_us "$log_b")
 i99=$(val 'ping chan-irq-sleep' p99_us "$log_b")
 t50=$(val 'ping tcp' p50_us "$log_b")
+r50=$(val 'ping raw' p50_us "$log_b")
+p50=$(val 'ping chan-spin' p50_us "$log_b")
+p99=$(val 'ping chan-spin' p99_us "$log_b")
+r99=$(val 'ping raw' p99_us "$log_b")
+cpin=$(val 'copy to-bar' MiBps "$log_a")
+cpout=$(val 'copy from-bar' MiBps "$log_a")
 t99=$(val 'ping tcp' p99_us "$log_b")
 cbw=$(val 'recv chan' MiBps "$log_a")
 ibw=$(val 'recv chan-irq' MiBps "$log_b")
 tbw=$(val 'recv tcp' MiBps "$log_a")
 [ "$irq" = off ] && ibw=$(val 'recv chan' MiBps "$log_b")
-for v in "$c50" "$s50" "$i50" "$t50" "$cbw" "$ibw" "$tbw"; do
+for v in "$c50" "$s50" "$i50" "$t50" "$cbw" "$ibw" "$tbw" "$r50" "$p50" "$cpin" "$cpout"; do
 	[ -n "$v" ] || fail "a result line is missing"
 done
 idl() { sed -n "s/.*IDLE $1 .*$2=\([0-9.]*\).*/\1/p" "$VM_TMP/idle"; }
@@ -274,15 +289,20 @@ fi
 awk -v c50="$c50" -v c99="$c99" -v t50="$t50" -v t99="$t99" -v i50="$i50" \
 	-v i99="$i99" -v s50="$s50" -v s99="$s99" -v cbw="$cbw" -v tbw="$tbw" \
 	-v ibw="$ibw" -v n="$rounds" -v b="$bytes" -v irq="$irq" -v ia="$ia" \
-	-v pa="$pa" -v na="$na" -v ib="$ib" -v secs="$idle" \
+	-v pa="$pa" -v na="$na" -v ib="$ib" -v secs="$idle" -v r50="$r50" \
+	-v r99="$r99" -v cpin="$cpin" -v cpout="$cpout" -v p50="$p50" -v p99="$p99" \
 	-v cap="${IVMC_POLL_MAX_US:-1000}" 'BEGIN {
 	printf "vm-ivshmem: 64 B round trip, %d rounds, p50 / p99 in us (interrupts %s):\n", n, irq
 	printf "vm-ivshmem:   ivshmem channel, adaptive wait  %8.1f / %8.1f\n", c50, c99
 	printf "vm-ivshmem:   ivshmem channel, polling sleep  %8.1f / %8.1f\n", s50, s99
 	printf "vm-ivshmem:   ivshmem channel, interrupt      %8.1f / %8.1f\n", i50, i99
 	printf "vm-ivshmem:   virtio-net TCP                  %8.1f / %8.1f\n", t50, t99
+	printf "vm-ivshmem:   raw ivshmem, no ivmc code       %8.1f / %8.1f\n", r50, r99
+	printf "vm-ivshmem:   ivshmem channel, spin only      %8.1f / %8.1f\n", p50, p99
+	printf "vm-ivshmem:   spinning p50 channel/raw %.1fx (target at most 10x; adaptive/raw %.1fx)\n", p50 / r50, c50 / r50
 	printf "vm-ivshmem:   p50 ratio TCP/channel: adaptive %.1fx, polling sleep %.1fx, interrupt %.1fx\n", t50 / c50, t50 / s50, t50 / i50
-	printf "vm-ivshmem: streams of %d bytes: ivshmem channel polling (B to A) %.1f MiB/s, interrupt (A to B) %.1f MiB/s, virtio-net TCP (B to A) %.1f MiB/s; channel/TCP %.1fx\n", b, cbw, ibw, tbw, cbw / tbw
+	printf "vm-ivshmem: streams of %d bytes: ivshmem channel polling (B to A) %.1f MiB/s, interrupt (A to B) %.1f MiB/s, virtio-net TCP (B to A) %.1f MiB/s; channel/TCP %.1fx (target at least 5x)\n", b, cbw, ibw, tbw, cbw / tbw
+	printf "vm-ivshmem: ceiling: memcpy() into the BAR %.1f MiB/s, out of it %.1f MiB/s (guest A)\n", cpin, cpout
 	printf "vm-ivshmem: idle, host CPU of guest A over %d s, %% of one core:\n", secs
 	printf "vm-ivshmem:   waiting on the interrupt        %6.2f %%  (guest B, idle meanwhile: %.2f %%)\n", ia, ib
 	printf "vm-ivshmem:   polling (cap %s us)            %6.2f %%\n", cap, pa

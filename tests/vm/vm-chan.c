@@ -10,6 +10,10 @@
  * stream sleeps on it and on the control device's interrupt; where the
  * guest cannot take interrupts, it says why and polls. "idle" waits for one
  * byte that "poke" sends after a while (the host measures the idle cost).
+ * "raw-ping"/"raw-pong" bounce a counter between two cache lines of a
+ * channel slot no channel uses (no ivmc code: the raw ivshmem round trip
+ * the channel's is compared with), and "raw-copy" times memcpy() into and
+ * out of that slot (the ceiling for a stream).
  * "ctl" checks what the control region and the devices say. On the host,
  * "init" lays channels out in a file, "stat" reads them.
  */
@@ -19,6 +23,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,7 +88,8 @@ __attribute__((noreturn)) static void usage(void)
 		"       vm-chan [-d BDF | -f FILE | -P PEER [-k] [-i]] [-c IDX]\n"
 		"               [-r RING] [-w adaptive|sleep|spin]\n"
 		"               send BYTES | recv BYTES | ping K | pong K |\n"
-		"               idle 1 | poke SECS\n"
+		"               idle 1 | poke SECS | raw-ping K | raw-pong K |\n"
+		"               raw-copy BYTES  (raw-*: -P PEER -c IDX, a spare slot)\n"
 		"       vm-chan tcp-pong PORT K | tcp-ping ADDR PORT K\n"
 		"       vm-chan tcp-recv PORT BYTES | tcp-send ADDR PORT BYTES\n");
 	exit(2);
@@ -1015,12 +1021,147 @@ static int wait_mode(const char *s)
 	return 0;
 }
 
+/* ---- raw ivshmem: no channel, the baseline of the same boot ---- */
+
+#define RAW_READY 0x52415750494e4731ull /* "RAWPING1": the pong side is up */
+#define RAW_DONE  UINT64_MAX		 /* the ping side gave up or ended */
+#define RAW_SECS  20			 /* either side's bound */
+
+/* Map channel slot o->idx of the pair with o->peer (its whole size). */
+static uint8_t *raw_slot(const struct opts *o, uint64_t *len)
+{
+	struct chan_cfg cfg = { .side_fd = -1 };
+	uint64_t size, off, rsz;
+	uint8_t *m;
+	int fd;
+
+	if (!o->peer)
+		t_fail("raw-*: needs -P PEER");
+	open_pair(o, &cfg, &fd, &size, &off);
+	T_ASSERT_OK(chan_region_size(RING_DEF, &rsz));
+	m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED || off + rsz > size)
+		t_fail("raw-*: map of the pair region: %s", strerror(errno));
+	*len = rsz;
+	return m + off;
+}
+
+/* Spin until *w == want (or RAW_DONE, or the deadline): true if seen. */
+static bool raw_wait(_Atomic uint64_t *w, uint64_t want, uint64_t end_ns)
+{
+	for (unsigned int i = 0;; i++) {
+		uint64_t v = atomic_load_explicit(w, memory_order_acquire);
+
+		if (v == want)
+			return true;
+		if (v == RAW_DONE || ((i & 1023) == 0 && t_now_ns() > end_ns))
+			return false;
+	}
+}
+
+/* The ping side writes round i into its line and spins until the pong
+ * side has copied it into the other: one round trip of a cache line
+ * each way, no ivmc code. */
+static int raw_ping(const struct opts *o, unsigned long k)
+{
+	uint64_t len, end = t_now_ns() + RAW_SECS * 1000000000ull;
+	uint8_t *slot = raw_slot(o, &len);
+	_Atomic uint64_t *ping = (_Atomic uint64_t *)slot;
+	_Atomic uint64_t *pong = (_Atomic uint64_t *)(slot + 64);
+	uint64_t *ns = calloc(k, sizeof(*ns));
+	unsigned long i;
+
+	if (!ns || !k)
+		t_fail("raw-ping: %lu round trips", k);
+	if (!raw_wait(pong, RAW_READY, end))
+		t_fail("raw-ping: the pong side never came");
+	for (i = 0; i < k + WARMUP; i++) {
+		uint64_t t0 = t_now_ns();
+
+		atomic_store_explicit(ping, i + 1, memory_order_release);
+		if (!raw_wait(pong, i + 1, end))
+			break;
+		if (i >= WARMUP)
+			ns[i - WARMUP] = t_now_ns() - t0;
+	}
+	atomic_store_explicit(ping, RAW_DONE, memory_order_release);
+	if (i < k + WARMUP)
+		t_fail("raw-ping: round %lu not answered within %d s", i,
+		       RAW_SECS);
+	report_rtt("raw", ns, k);
+	free(ns);
+	return 0;
+}
+
+static int raw_pong(const struct opts *o, unsigned long k)
+{
+	uint64_t len, end = t_now_ns() + RAW_SECS * 1000000000ull;
+	uint8_t *slot = raw_slot(o, &len);
+	_Atomic uint64_t *ping = (_Atomic uint64_t *)slot;
+	_Atomic uint64_t *pong = (_Atomic uint64_t *)(slot + 64);
+	unsigned long i;
+
+	atomic_store_explicit(ping, 0, memory_order_relaxed);
+	atomic_store_explicit(pong, RAW_READY, memory_order_release);
+	for (i = 0; i < k + WARMUP; i++) {
+		if (!raw_wait(ping, i + 1, end))
+			break;
+		atomic_store_explicit(pong, i + 1, memory_order_release);
+	}
+	atomic_store_explicit(pong, RAW_DONE, memory_order_release);
+	if (i < k + WARMUP)
+		t_fail("raw-pong: round %lu never came within %d s", i, RAW_SECS);
+	printf("vm-chan: raw-pong: %lu round trips answered\n", k + WARMUP);
+	return 0;
+}
+
+/* memcpy() of total bytes into the slot's rings, then out of them: what
+ * a stream's copies cost with nothing else (the sender copies in, the
+ * receiver copies out). */
+static int raw_copy(const struct opts *o, uint64_t total)
+{
+	uint64_t len, done, t0;
+	uint8_t *slot = raw_slot(o, &len), *area = slot + 4096;
+	size_t n = (size_t)(len - 4096) < BUF ? (size_t)(len - 4096) : BUF;
+	size_t span = (size_t)(len - 4096);
+
+	t_fill(SEED, 0, buf, n);
+	for (int dir = 0; dir < 2; dir++) {
+		t0 = t_now_ns();
+		for (done = 0; done < total; done += n) {
+			uint8_t *at = area + (size_t)(done % (span - span % n));
+
+			if (dir == 0)
+				memcpy(at, buf, n);
+			else
+				memcpy(buf, at, n);
+		}
+		report_rate(dir == 0 ? "copy to-bar" : "copy from-bar", done,
+			    t_now_ns() - t0);
+	}
+	return 0;
+}
+
+static int raw_cmd(const struct opts *o, const char *cmd, unsigned long n)
+{
+	if (!strcmp(cmd, "raw-ping"))
+		return raw_ping(o, n);
+	if (!strcmp(cmd, "raw-pong"))
+		return raw_pong(o, n);
+	if (!strcmp(cmd, "raw-copy"))
+		return raw_copy(o, n);
+	usage();
+}
+
 static const char *ping_name(const struct opts *o)
 {
 	bool sleep = o->wait_mode == CHAN_WAIT_SLEEP;
 
 	if (o->irq)
 		return sleep ? "chan-irq-sleep" : "chan-irq";
+	if (o->wait_mode == CHAN_WAIT_SPIN)
+		return "chan-spin";
 	return sleep ? "chan-sleep" : "chan";
 }
 
@@ -1106,5 +1247,7 @@ int main(int argc, char **argv)
 	}
 	if (argc - optind != 2)
 		usage();
+	if (!strncmp(argv[optind], "raw-", 4))
+		return raw_cmd(&o, argv[optind], num(argv[optind + 1]));
 	return chan_cmd(&o, argv[optind], num(argv[optind + 1]));
 }
