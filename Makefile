@@ -219,9 +219,11 @@ check: all
 	$(msg) RUN $(O)/tests
 	$(Q)$(RUN_TESTS)
 
-check-long: all
+check-long: all vm
 	$(msg) RUN "$(O)/tests (IVMC_LONG=1)"
 	$(Q)IVMC_LONG=1 IVMC_TEST_TIMEOUT=$${IVMC_TEST_TIMEOUT:-900} $(RUN_TESTS)
+	$(Q)IVMC_LONG=1 IVMC_TEST_TIMEOUT=$${IVMC_TEST_TIMEOUT:-1800} \
+		$(MAKE) --no-print-directory check-vm
 
 # Sanitizer builds live in their own directories so they never mix objects
 # with the normal build; the recursive make rebuilds only what changed.

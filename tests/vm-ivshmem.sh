@@ -26,8 +26,9 @@
 # Run by make check-vm (mk/vm.mk), from $(O)/vm beside vm-lib.sh and the
 # static vm-chan, with ivmc-vmd and ivmcctl in $(O)/bin. Skips (77) only
 # when QEMU, busybox or the kernel package cannot be had. Environment:
-# IVMC_VM_BYTES (each stream, default 64 MiB), IVMC_VM_ROUNDS (round trips,
-# default 2000), IVMC_VM_SECS (per guest, default 400), IVMC_VM_IDLE_SECS
+# IVMC_VM_BYTES (each stream, default 64 MiB; 512 MiB with IVMC_LONG),
+# IVMC_VM_ROUNDS (round trips, default 2000; 20000 with IVMC_LONG),
+# IVMC_VM_SECS (per guest, default 400), IVMC_VM_IDLE_SECS
 # (each idle measurement, default 5), IVMC_VM_REQUIRE_IRQ, IVMC_POLL_MAX_US
 # (passed to the guests' channels).
 
@@ -37,8 +38,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/vm/vm-lib.sh
 . "$here/vm-lib.sh"
 
-bytes=${IVMC_VM_BYTES:-67108864}
-rounds=${IVMC_VM_ROUNDS:-2000}
+# make check-long (IVMC_LONG=1): 512 MiB each way, 20000 round trips.
+if [ -n "${IVMC_LONG:-}" ] && [ "${IVMC_LONG}" != 0 ]; then
+	bytes=${IVMC_VM_BYTES:-536870912}
+	rounds=${IVMC_VM_ROUNDS:-20000}
+else
+	bytes=${IVMC_VM_BYTES:-67108864}
+	rounds=${IVMC_VM_ROUNDS:-2000}
+fi
 secs=${IVMC_VM_SECS:-400}
 idle=${IVMC_VM_IDLE_SECS:-5}
 hold=$((idle + 3)) # an idle step lasts this long; the host samples $idle s
