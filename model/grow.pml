@@ -1,0 +1,199 @@
+/*
+ * SPDX-License-Identifier: MIT
+ *
+ * Description: a design model, not yet code: the two-area growth of one
+ * direction sketched in docs/protocol.md 3.7 (a small ring S, a deep ring
+ * L the producer switches to when S is full, and back when everything is
+ * consumed), as a small exhaustive model for spin. See model/README.md.
+ *
+ * One producer P and one consumer C. Bytes are numbered 0..N-1; C asserts
+ * it reads them in order, each from where P wrote it and not overwritten.
+ * Shared, each access atomic (seq-cst):
+ *   prodw  EP * 16 + CTR: the episode (even: small, odd: deep) and the
+ *          count of bytes published, both written by one store of P
+ *   dat    the counter X where the current deep episode began (P, before
+ *          the store that makes EP odd)
+ *   sat    the counter Y where the current small episode began (P, before
+ *          the store that makes EP even; 0 at the start)
+ *   cons   the count of bytes C has consumed (C)
+ *   small  S cells, byte c at c % S; deep L cells, byte c at (c - X) % L
+ * Counters here do not wrap (N < 16); the code's are modular.
+ *
+ * P's rules: in a small episode, write while c - cons < S; when full, go
+ * deep at once (dat := ctr, then EP + 1). In a deep episode, write while
+ * ctr - max(cons, X) < L; when P finds cons == ctr it may go back (sat :=
+ * ctr, then EP + 1). C's rules: load prodw; if EP moved since its last
+ * look, load dat and sat, then load prodw again and start over unless EP
+ * is unchanged (a seqlock: P may have moved on in between); then read.
+ *
+ * Properties: (1) every byte is read in order from the cell P wrote it to,
+ * before it was overwritten; (2) when C stops reading for good (STOP: at
+ * any point it may), P blocks only in a deep episode whose area is full:
+ * with C not reading, P always gets S + L bytes ahead, however many
+ * episodes came before (the "second round" of docs/protocol.md 3.7);
+ * (3) no deadlock while C reads.
+ *
+ * Compile-time choices (spin -DNAME): N bytes (7), S (1), L (2),
+ * STOP (1: C may stop reading). Mutants spin must catch: BUG_NO_RECHECK
+ * (C trusts dat/sat without reloading prodw: a torn view, which fails the
+ * consumer's own check of X, a false EPROTO), BUG_BACK_EARLY (P goes back
+ * to small with a byte unread), BUG_OVERWRITE (P's deep space ignores
+ * cons). THIS IS A MODEL OF A DESIGN; src/ does not implement it yet.
+ *
+ * What the search showed while the model was written (2026-12-07): the
+ * consumer may be any number of episodes behind (a deep episode left
+ * empty, because the consumer drained the small ring meanwhile, needs no
+ * look); P never blocks in a small episode, however many came before
+ * (when it goes back to small everything is consumed, so it may always go
+ * deep again); and dat/sat can change between the consumer's loads only
+ * while its view has nothing left to read, which the recheck makes
+ * harmless.
+ */
+
+#ifndef N
+#define N 7
+#endif
+#ifndef S
+#define S 1
+#endif
+#ifndef L
+#define L 2
+#endif
+#ifndef STOP
+#define STOP 1
+#endif
+
+#define EPOF(w) ((w) / 16)
+#define CTROF(w) ((w) % 16)
+
+byte prodw = 0;	/* EP 0 (small), CTR 0 */
+byte dat = 0, sat = 0;
+byte cons = 0;
+byte small[S];
+byte deep[L];
+bool stopped = false;
+bool pdone = false;
+
+active proctype P()
+{
+	byte ctr = 0, ep = 0, x = 0, c;
+	byte i;
+
+	for (i : 0 .. S - 1) { small[i] = 255 }
+	for (i : 0 .. L - 1) { deep[i] = 255 }
+	do
+	:: ctr == N -> break
+	:: else ->
+		if
+		:: ep % 2 == 0 ->
+			c = cons;
+			if
+			:: ctr - c < S ->
+				small[ctr % S] = ctr;
+				ctr++;
+				prodw = ep * 16 + ctr
+			:: else ->
+				/* small full: go deep at once */
+				dat = ctr;
+				x = ctr;
+				ep++;
+				prodw = ep * 16 + ctr
+			fi
+		:: else ->
+			c = cons;
+			if
+#ifdef BUG_BACK_EARLY
+			:: ctr - c == 1 ->
+#else
+			:: c == ctr ->
+#endif
+				/* everything consumed: back to small */
+				sat = ctr;
+				ep++;
+				prodw = ep * 16 + ctr
+#ifdef BUG_OVERWRITE
+			:: ctr - x < L + 1 ->
+#else
+			:: (c > x -> ctr - c : ctr - x) < L ->
+#endif
+				deep[(ctr - x) % L] = ctr;
+				ctr++;
+				prodw = ep * 16 + ctr
+			:: else ->
+				/* deep full: wait for C, unless C stopped */
+				if
+				:: atomic { cons != c -> skip }
+				:: atomic { stopped && cons == c ->
+					/* (2): only a full deep area blocks */
+					assert(ctr - cons >= L);
+					goto done }
+				fi
+			fi
+		fi
+	od;
+done:
+	pdone = true
+}
+
+active proctype C()
+{
+	byte c = 0, ep = 0, x = 0, y = 0, w, w2, p, e;
+
+	do
+	:: c == N -> break
+#if STOP
+	:: atomic { !stopped -> stopped = true }; break
+#endif
+	:: c < N ->
+		w = prodw;
+		p = CTROF(w);
+		e = EPOF(w);
+		if
+		:: e != ep ->
+			/* P switched (once or twice, see below) since we looked */
+			x = dat;
+			y = sat;
+#ifndef BUG_NO_RECHECK
+			w2 = prodw;
+			if
+			:: EPOF(w2) != e -> goto again /* torn: look again */
+			:: else -> skip
+			fi;
+#endif
+			/* What the consumer will check (an honest P must
+			 * never fail it, a lying one gets EPROTO): a deep
+			 * episode begins within what we have not read and
+			 * what is published; a small one within what is
+			 * published (we may have read past its start: the
+			 * small ring's places do not depend on episodes). */
+			assert(e % 2 == 0 || (c <= x && x <= p));
+			assert(e % 2 == 1 || y <= p);
+			/* We may be many episodes behind: a deep episode
+			 * left empty (we consumed the small ring meanwhile)
+			 * needs no look. One with bytes does: P goes back
+			 * only once we consumed them, and we read a byte only
+			 * from a view that places it. */
+			ep = e
+		:: else -> skip
+		fi;
+		if
+		:: c < p ->
+			/* where byte c is: a deep episode holds [x, ...); the
+			 * small one before it [y or earlier, x); a small
+			 * episode [y, ...) */
+			if
+			:: ep % 2 == 1 && c >= x ->
+				assert(deep[(c - x) % L] == c)
+			:: else ->
+				assert(ep % 2 == 1 || c >= y);
+				assert(small[c % S] == c)
+			fi;
+			c++;
+			cons = c
+		:: else ->
+			/* nothing new: wait for P to publish or finish */
+			atomic { prodw != w || pdone -> skip }
+		fi;
+again:		skip
+	od
+}
