@@ -212,16 +212,17 @@ static uint64_t mono_us(void)
 /* When work comes densely, keep looking for more after a round: a round
  * whose events (busy: how many) bring LINGER_EVENTS within D.linger_us
  * starts (or extends) a linger of D.linger_us, during which we look every
- * D.tick_us
- * from a sleep in nanosleep(), not in epoll_wait(). A client's
+ * D.tick_us from a sleep in nanosleep(), not in epoll_wait(). A client's
  * registration then only queues: its sendmsg() finds nobody waiting on our
  * epoll and wakes nobody (waking a sleeper on another vCPU costs the
  * sender ~10 us on a VM, more than the rest of its registration), and we
- * pick it up at the next tick. A tick costs us too (18 us of CPU each on
+ * pick it up at the next look. A look costs us too (18 us of CPU each on
  * the development VM, timer exits included), so sparse work, below
  * LINGER_EVENTS events per linger_us, keeps the plain wake-up per message.
  * tick_us 0: look without sleeping, yielding between looks. Idle, we sleep
- * in epoll_wait() and cost nothing. */
+ * in epoll_wait() and cost nothing. While lingering, run()'s chores after
+ * a round (table rebuild, timers) wait for the next round: at most
+ * linger_us. */
 static int wait_events(struct epoll_event *evs, int busy)
 {
 	static uint64_t until, event_at[LINGER_EVENTS];
