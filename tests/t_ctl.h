@@ -24,7 +24,7 @@
 
 static char t_sock[128];
 static pid_t t_dpid;
-static const char *t_dextra; /* one more ivmcd argument, e.g. "--linger-us=200" */
+static const char *t_dextra, *t_dextra2; /* ivmcd arguments, e.g. "--linger-us=0" */
 
 /* Path of a binary built beside the tests: ../bin/NAME. */
 static inline void t_bin(char *buf, size_t n, const char *name)
@@ -61,7 +61,7 @@ static inline pid_t t_daemon_spawn(void)
 		/* A test that dies (failure, timeout) takes its daemon along. */
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		execl(bin, "ivmcd", "-f", "-s", t_sock, "-c", t_dconf, "-l",
-		      "debug", "-L", t_dlog, t_dextra, (char *)NULL);
+		      "debug", "-L", t_dlog, t_dextra, t_dextra2, (char *)NULL);
 		_exit(127);
 	}
 	return pid;
