@@ -131,6 +131,10 @@ if [ "$want" = pass ]; then
 	check grow-n7-s1-l2-nostop grow safety -DSTOP=0
 	check grow-n9-s2-l3 grow safety -DN=9 -DS=2 -DL=3
 	check grow-n10-s2-l2 grow safety -DN=10 -DS=2 -DL=2
+	# ... with the consumer's detach (CLOSED, CASes, stranded bytes)
+	check grow-n7-s1-l2-detach grow safety -DDETACH
+	check grow-n9-s2-l3-detach-nostop grow safety -DDETACH -DSTOP=0 -DN=9 \
+		-DS=2 -DL=3
 else
 	echo "spin model mutants (each must be caught):"
 	for b in BUG_UNLOCK_THEN_BUMP BUG_BUMP_BEFORE_UNLOCK BUG_F1_LOAD_FIRST \
@@ -158,6 +162,9 @@ else
 		-DBUG_OPEN_UNCHECKED -DBUG_NO_EMPTY_SKIP -DNO_CHECK_DETACH
 	for b in BUG_NO_RECHECK BUG_BACK_EARLY BUG_OVERWRITE; do
 		check "grow-$b" grow safety -D$b
+	done
+	for b in BUG_SWITCH_STORE BUG_STRAND_SMALL; do
+		check "grow-$b" grow safety -DDETACH -D$b
 	done
 fi
 

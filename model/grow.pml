@@ -34,11 +34,16 @@
  * (3) no deadlock while C reads.
  *
  * Compile-time choices (spin -DNAME): N bytes (7), S (1), L (2),
- * STOP (1: C may stop reading). Mutants spin must catch: BUG_NO_RECHECK
+ * STOP (1: C may stop reading), DETACH (C may detach once, at any moment:
+ * CLOSED by fetch_or, P's publishes and switches are CASes, stranded bytes
+ * come first on the side stream). Mutants spin must catch: BUG_NO_RECHECK
  * (C trusts dat/sat without reloading prodw: a torn view, which fails the
  * consumer's own check of X, a false EPROTO), BUG_BACK_EARLY (P goes back
  * to small with a byte unread), BUG_OVERWRITE (P's deep space ignores
- * cons). THIS IS A MODEL OF A DESIGN; src/ does not implement it yet.
+ * cons), and with DETACH: BUG_SWITCH_STORE (a switch by plain store, which
+ * loses CLOSED) and BUG_STRAND_SMALL (stranded bytes copied out of the
+ * small ring even when they are in the deep one). THIS IS A MODEL OF A
+ * DESIGN; src/ does not implement it yet.
  *
  * What the search showed while the model was written (2026-12-07): the
  * consumer may be any number of episodes behind (a deep episode left
@@ -73,6 +78,28 @@ byte small[S];
 byte deep[L];
 bool stopped = false;
 bool pdone = false;
+#ifdef DETACH
+/* The consumer's detach (docs/protocol.md 3.4): CLOSED set by fetch_or at
+ * any moment ends the epoch at the CTR then published (kc); every publish
+ * and every switch of P is a CAS that fails once CLOSED is set, and P then
+ * sends what it wrote past kc (stranded) and everything after on the side
+ * stream, a FIFO. */
+bool closed = false;
+byte kc = 0;
+chan side = [N] of { byte };
+#define PUB(v) atomic { if :: !closed -> prodw = (v) :: else -> goto stranded fi }
+#ifdef BUG_SWITCH_STORE
+/* a store, not a CAS: CLOSED (a bit of the same word in the code) is lost */
+#define SWITCH(v) atomic { prodw = (v); closed = false }
+#else
+#define SWITCH(v) PUB(v)
+#endif
+#define RINGOK !(detached && c == kc)
+#else
+#define PUB(v) prodw = (v)
+#define SWITCH(v) prodw = (v)
+#define RINGOK true
+#endif
 
 active proctype P()
 {
@@ -91,13 +118,13 @@ active proctype P()
 			:: ctr - c < S ->
 				small[ctr % S] = ctr;
 				ctr++;
-				prodw = ep * 16 + ctr
+				PUB(ep * 16 + ctr)
 			:: else ->
 				/* small full: go deep at once */
 				dat = ctr;
+				SWITCH((ep + 1) * 16 + ctr);
 				x = ctr;
-				ep++;
-				prodw = ep * 16 + ctr
+				ep++
 			fi
 		:: else ->
 			c = cons;
@@ -109,8 +136,8 @@ active proctype P()
 #endif
 				/* everything consumed: back to small */
 				sat = ctr;
-				ep++;
-				prodw = ep * 16 + ctr
+				SWITCH((ep + 1) * 16 + ctr);
+				ep++
 #ifdef BUG_OVERWRITE
 			:: ctr - x < L + 1 ->
 #else
@@ -118,11 +145,14 @@ active proctype P()
 #endif
 				deep[(ctr - x) % L] = ctr;
 				ctr++;
-				prodw = ep * 16 + ctr
+				PUB(ep * 16 + ctr)
 			:: else ->
 				/* deep full: wait for C, unless C stopped */
 				if
 				:: atomic { cons != c -> skip }
+#ifdef DETACH
+				:: atomic { closed -> skip }; goto stranded
+#endif
 				:: atomic { stopped && cons == c ->
 					/* (2): only a full deep area blocks */
 					assert(ctr - cons >= L);
@@ -131,6 +161,30 @@ active proctype P()
 			fi
 		fi
 	od;
+#ifdef DETACH
+	/* every byte published into the ring; the rest, if C detaches
+	 * later, is nobody's: C reads the ring to kc == N */
+	goto done;
+stranded:
+	/* the bytes from kc to ctr are in the ring, unpublished: copy them
+	 * out of the area of the current episode, then go on */
+	c = kc;
+	do
+	:: c < ctr ->
+		if
+#ifndef BUG_STRAND_SMALL
+		:: ep % 2 == 1 && c >= x -> side!deep[(c - x) % L]
+#endif
+		:: else -> side!small[c % S]
+		fi;
+		c++
+	:: else -> break
+	od;
+	do
+	:: ctr < N -> side!ctr; ctr++
+	:: else -> break
+	od;
+#endif
 done:
 	pdone = true
 }
@@ -138,13 +192,28 @@ done:
 active proctype C()
 {
 	byte c = 0, ep = 0, x = 0, y = 0, w, w2, p, e;
+#ifdef DETACH
+	bool detached = false;
+	byte v;
+#endif
 
 	do
 	:: c == N -> break
+#ifdef DETACH
+	:: !detached -> atomic { closed = true; kc = CTROF(prodw) };
+		detached = true
+	:: detached && c == kc ->
+		/* the ring is drained to the end of the epoch: the side
+		 * stream has the rest, stranded bytes first */
+		do
+		:: c < N -> side?v; assert(v == c); c++
+		:: else -> break
+		od
+#endif
 #if STOP
 	:: atomic { !stopped -> stopped = true }; break
 #endif
-	:: c < N ->
+	:: c < N && RINGOK ->
 		w = prodw;
 		p = CTROF(w);
 		e = EPOF(w);
