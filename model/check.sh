@@ -135,6 +135,10 @@ if [ "$want" = pass ]; then
 	check grow-n7-s1-l2-detach grow safety -DDETACH
 	check grow-n9-s2-l3-detach-nostop grow safety -DDETACH -DSTOP=0 -DN=9 \
 		-DS=2 -DL=3
+	# ... and with a rewind instead (3.6: given back from either ring)
+	check grow-n7-s1-l2-rw grow safety -DDETACH -DRW
+	check grow-n9-s2-l3-rw-nostop grow safety -DDETACH -DRW -DSTOP=0 -DN=9 \
+		-DS=2 -DL=3
 else
 	echo "spin model mutants (each must be caught):"
 	for b in BUG_UNLOCK_THEN_BUMP BUG_BUMP_BEFORE_UNLOCK BUG_F1_LOAD_FIRST \
@@ -165,6 +169,7 @@ else
 	done
 	for b in BUG_SWITCH_STORE BUG_STRAND_SMALL; do
 		check "grow-$b" grow safety -DDETACH -D$b
+		check "grow-$b-rw" grow safety -DDETACH -DRW -D$b
 	done
 fi
 

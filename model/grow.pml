@@ -36,7 +36,9 @@
  * Compile-time choices (spin -DNAME): N bytes (7), S (1), L (2),
  * STOP (1: C may stop reading), DETACH (C may detach once, at any moment:
  * CLOSED by fetch_or, P's publishes and switches are CASes, stranded bytes
- * come first on the side stream). Mutants spin must catch: BUG_NO_RECHECK
+ * come first on the side stream), RW (with DETACH: the close is a rewind
+ * at C's own counter, 3.6, so the bytes P sends again may be published
+ * ones, in either ring). Mutants spin must catch: BUG_NO_RECHECK
  * (C trusts dat/sat without reloading prodw: a torn view, which fails the
  * consumer's own check of X, a false EPROTO), BUG_BACK_EARLY (P goes back
  * to small with a byte unread), BUG_OVERWRITE (P's deep space ignores
@@ -84,7 +86,7 @@ bool pdone = false;
  * and every switch of P is a CAS that fails once CLOSED is set, and P then
  * sends what it wrote past kc (stranded) and everything after on the side
  * stream, a FIFO. */
-bool closed = false;
+bool closed = false, cdone = false;
 byte kc = 0;
 chan side = [N] of { byte };
 #define PUB(v) atomic { if :: !closed -> prodw = (v) :: else -> goto stranded fi }
@@ -162,9 +164,12 @@ active proctype P()
 		fi
 	od;
 #ifdef DETACH
-	/* every byte published into the ring; the rest, if C detaches
-	 * later, is nobody's: C reads the ring to kc == N */
-	goto done;
+	/* every byte published into the ring: P still serves a close that
+	 * comes later (a rewind gives bytes back), until C has them all */
+	if
+	:: atomic { closed -> skip }
+	:: atomic { cdone -> skip }; goto done
+	fi;
 stranded:
 	/* the bytes from kc to ctr are in the ring, unpublished: copy them
 	 * out of the area of the current episode, then go on */
@@ -200,8 +205,15 @@ active proctype C()
 	do
 	:: c == N -> break
 #ifdef DETACH
+#ifdef RW
+	/* a rewind (3.6): the epoch ends at our own counter; the producer
+	 * sends again, first, what we had not read of the ring */
+	:: !detached -> atomic { closed = true; kc = c };
+		detached = true
+#else
 	:: !detached -> atomic { closed = true; kc = CTROF(prodw) };
 		detached = true
+#endif
 	:: detached && c == kc ->
 		/* the ring is drained to the end of the epoch: the side
 		 * stream has the rest, stranded bytes first */
@@ -264,5 +276,8 @@ active proctype C()
 			atomic { prodw != w || pdone -> skip }
 		fi;
 again:		skip
-	od
+	od;
+#ifdef DETACH
+	cdone = true
+#endif
 }
