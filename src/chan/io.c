@@ -286,6 +286,11 @@ ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 		err = tx_enter(c, nb);
 	if (err)
 		return err;
+	/* Any send makes an open reservation stale (ivmc_reserve(3)): its
+	 * bytes may land where the reservation points (a ring reopened at
+	 * the same counter after a detach, or bytes stranded and taken
+	 * back), so the ring counter alone cannot tell. */
+	c->ep->tx_resv = 0;
 	while (left) {
 		r = chan_dead(c);
 		if (!r)
