@@ -106,7 +106,9 @@ static inline pid_t t_daemon_start(const char *conf)
 	for (int i = 0; i < 500; i++) {
 		struct stat st;
 
-		if (stat(t_sock, &st) == 0) {
+		/* The path appears at bind(), before listen(): a connect in
+		 * between is refused, so wait for one that is taken. */
+		if (stat(t_sock, &st) == 0 && t_daemon_answers()) {
 			t_dpid = pid;
 			return pid;
 		}
