@@ -81,13 +81,34 @@ static inline bool t_daemon_answers(void)
 	return ok;
 }
 
+/* Spawn ivmcd (t_daemon_spawn()) and wait (bounded) until it takes a
+ * connection: its socket path proves nothing, since it appears at bind(),
+ * before listen(), and a dead daemon's stays. what names it in failures.
+ * Returns its pid, also in t_dpid. */
+static inline pid_t t_daemon_launch(const char *what)
+{
+	pid_t pid = t_daemon_spawn();
+
+	for (int i = 0; i < 500; i++) {
+		int st;
+
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			t_fail("%s exited (status %#x), see %s", what, st,
+			       t_dlog);
+		if (t_daemon_answers()) {
+			t_dpid = pid;
+			return pid;
+		}
+		usleep(10000);
+	}
+	t_fail("%s did not answer within 5 s", what);
+}
+
 /* Start ivmcd in the foreground on t_dir/ivmcd.sock with config conf (NULL:
  * none, the default policy) and wait (bounded) until it answers. Exports
  * IVMC_SOCKET. Returns its pid. */
 static inline pid_t t_daemon_start(const char *conf)
 {
-	pid_t pid;
-
 	t_tmpdir();
 	t_path(t_sock, sizeof(t_sock), "ivmcd.sock");
 	t_path(t_dlog, sizeof(t_dlog), "ivmcd.log");
@@ -102,43 +123,14 @@ static inline pid_t t_daemon_start(const char *conf)
 	/* A loaded CI machine may take more than the default 2 ms to say
 	 * hello; tests of that bound set their own. */
 	setenv("IVMC_CTL_BUDGET_US", "1000000", 0);
-	pid = t_daemon_spawn();
-	for (int i = 0; i < 500; i++) {
-		struct stat st;
-
-		/* The path appears at bind(), before listen(): a connect in
-		 * between is refused, so wait for one that is taken. */
-		if (stat(t_sock, &st) == 0 && t_daemon_answers()) {
-			t_dpid = pid;
-			return pid;
-		}
-		if (waitpid(pid, NULL, WNOHANG) == pid)
-			t_fail("ivmcd exited at start (see %s)", t_dlog);
-		usleep(10000);
-	}
-	t_fail("ivmcd did not start within 5 s");
+	return t_daemon_launch("ivmcd");
 }
 
-/* Start ivmcd again (the last one was killed) as t_daemon_start() did and
- * wait (bounded) until it answers: a dead daemon's socket file is still
- * there, so stat() proves nothing. Returns its pid, also in t_dpid. */
+/* Start ivmcd again (the last one was killed) as t_daemon_start() did.
+ * Returns its pid, also in t_dpid. */
 static inline pid_t t_daemon_restart(void)
 {
-	pid_t pid = t_daemon_spawn();
-
-	for (int i = 0; i < 500; i++) {
-		int st;
-
-		if (waitpid(pid, &st, WNOHANG) == pid)
-			t_fail("restarted ivmcd exited (status %#x), see %s", st,
-			       t_dlog);
-		if (t_daemon_answers()) {
-			t_dpid = pid;
-			return pid;
-		}
-		usleep(10000);
-	}
-	t_fail("restarted ivmcd did not answer within 5 s");
+	return t_daemon_launch("restarted ivmcd");
 }
 
 /* How many fds pid has open. */
