@@ -41,22 +41,6 @@ static void counters(long long *lingers, long long *looks, long long *hits)
 		t_fail("status lacks the linger counters:\n%.400s", out);
 }
 
-/* t_tcp_settle() at a finer grain (50 us): the next connection follows
- * the attach closely. */
-static int settle(struct ivmc_chan *a, struct ivmc_chan *b, int ms)
-{
-	int sa = 0, sb = 0;
-
-	for (int i = 0; i < ms * 20; i++) {
-		sa = ivmc_tcp_state(a);
-		sb = ivmc_tcp_state(b);
-		if (sa != 0 && sb != 0)
-			break;
-		usleep(50);
-	}
-	return sa;
-}
-
 static void burst(const char *extra)
 {
 	static struct ivmc_chan *h[N][2];
@@ -92,7 +76,9 @@ static void burst(const char *extra)
 			t_fail("connection %d: %s", i, strerror(errno));
 		T_ASSERT_OK(ivmc_tcp(fd[i][0], NULL, &h[i][0]));
 		T_ASSERT_OK(ivmc_tcp(fd[i][1], NULL, &h[i][1]));
-		st = settle(h[i][0], h[i][1], 10000 * (int)t_slow());
+		/* polled finely: the next connection follows closely */
+		st = t_tcp_settle_every(h[i][0], h[i][1],
+					10000 * (int)t_slow(), 50);
 		if (st != 1 || ivmc_tcp_state(h[i][1]) != 1)
 			t_fail("%s: connection %d not attached: %d %d", extra,
 			       i, st, ivmc_tcp_state(h[i][1]));

@@ -356,21 +356,29 @@ static inline void t_tcp_pair(bool v6, int *lfd, int *cfd, int *afd)
 	setsockopt(*afd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-/* Poll ivmc_tcp_state() of both handles until neither is pending (at most
- * ms). Returns the state of a (both must agree for an attach). */
-static inline int t_tcp_settle(struct ivmc_chan *a, struct ivmc_chan *b,
-			       int ms)
+/* Poll ivmc_tcp_state() of both handles (b may be NULL) every step_us
+ * until neither is pending (at most ms). Returns the state of a (both
+ * must agree for an attach). */
+static inline int t_tcp_settle_every(struct ivmc_chan *a, struct ivmc_chan *b,
+				     int ms, unsigned int step_us)
 {
 	int sa = 0, sb = 0;
 
-	for (int i = 0; i < ms; i++) {
+	for (long i = 0; i < (long)ms * 1000 / step_us; i++) {
 		sa = ivmc_tcp_state(a);
 		sb = b ? ivmc_tcp_state(b) : 1;
 		if (sa != 0 && sb != 0)
 			break;
-		usleep(1000);
+		usleep(step_us);
 	}
 	return sa;
+}
+
+/* The same, every millisecond. */
+static inline int t_tcp_settle(struct ivmc_chan *a, struct ivmc_chan *b,
+			       int ms)
+{
+	return t_tcp_settle_every(a, b, ms, 1000);
 }
 
 #endif
