@@ -540,7 +540,7 @@ static void idle_wait(struct chan *c, uint64_t *ns)
 /* -P: the channel idx of the pair with the peer, as our control region
  * describes it; our side is the host's word too. */
 static int open_pair(const struct opts *o, struct chan_cfg *cfg, int *fd,
-		     uint64_t *size, uint64_t *off)
+		     uint64_t *size, uint64_t *off, uint64_t *slot)
 {
 	const struct ivmc_shm_vm_pair *p;
 	struct devs d;
@@ -567,6 +567,7 @@ static int open_pair(const struct opts *o, struct chan_cfg *cfg, int *fd,
 		       o->idx, p->nchan, (unsigned long long)*size);
 	*off = p->chan_off + o->idx * rsz;
 	*size = p->region_size;
+	*slot = rsz;
 	cfg->side = p->side;
 	printf("vm-chan: pair with %s: device %s ID %u, side %u, epoch %llu, channel %u at %llu\n",
 	       o->peer, bdf, p->id, p->side, (unsigned long long)p->epoch,
@@ -584,7 +585,7 @@ static struct chan *open_chan(const struct opts *o, int side, bool watch)
 	int fd, err;
 
 	if (o->peer) {
-		open_pair(o, &cfg, &fd, &size, &off);
+		open_pair(o, &cfg, &fd, &size, &off, &rsz);
 	} else {
 		if (o->file) {
 			fd = open(o->file, O_RDWR | O_CLOEXEC);
@@ -1027,7 +1028,8 @@ static int wait_mode(const char *s)
 #define RAW_DONE  UINT64_MAX		 /* the ping side gave up or ended */
 #define RAW_SECS  20			 /* either side's bound */
 
-/* Map channel slot o->idx of the pair with o->peer (its whole size). */
+/* Map channel slot o->idx of the pair with o->peer; *len: its size (the
+ * pair's ring size decides it, as it decides where the slot is). */
 static uint8_t *raw_slot(const struct opts *o, uint64_t *len)
 {
 	struct chan_cfg cfg = { .side_fd = -1 };
@@ -1037,8 +1039,7 @@ static uint8_t *raw_slot(const struct opts *o, uint64_t *len)
 
 	if (!o->peer)
 		t_fail("raw-*: needs -P PEER");
-	open_pair(o, &cfg, &fd, &size, &off);
-	T_ASSERT_OK(chan_region_size(RING_DEF, &rsz));
+	open_pair(o, &cfg, &fd, &size, &off, &rsz);
 	m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
 	if (m == MAP_FAILED || off + rsz > size)
@@ -1122,9 +1123,9 @@ static int raw_pong(const struct opts *o, unsigned long k)
 static int raw_copy(const struct opts *o, uint64_t total)
 {
 	uint64_t len, done, t0;
-	uint8_t *slot = raw_slot(o, &len), *area = slot + 4096;
-	size_t n = (size_t)(len - 4096) < BUF ? (size_t)(len - 4096) : BUF;
-	size_t span = (size_t)(len - 4096);
+	uint8_t *slot = raw_slot(o, &len), *area = slot + IVMC_SHM_HDR_SIZE;
+	size_t span = (size_t)(len - IVMC_SHM_HDR_SIZE);
+	size_t n = span < BUF ? span : BUF;
 
 	t_fill(SEED, 0, buf, n);
 	for (int dir = 0; dir < 2; dir++) {
