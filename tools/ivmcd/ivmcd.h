@@ -162,7 +162,7 @@ struct daemon {
 	uint64_t accept_paused_ms; /* accept() ran out of fds at; 0: not */
 	unsigned int linger_us; /* look for work after work (--linger-us) */
 	unsigned int tick_us;	/* that often meanwhile, 0: spin (--tick-us) */
-	uint64_t lingers, ticks, tick_hits; /* lingers started, looks, fruitful */
+	uint64_t lingers, looks, fruitful; /* lingers started, looks, looks that found work */
 	uint64_t timer_armed; /* deadline the timer is set for; 0: none */
 	bool table_dirty; /* rebuild the table after this round */
 	bool stop;

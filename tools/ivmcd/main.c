@@ -247,13 +247,13 @@ static int wait_events(struct epoll_event *evs, int busy)
 			*oldest = now;
 		}
 	}
-	for (bool ticked = false; mono_us() < until; ticked = true) {
+	for (bool looked = false; mono_us() < until; looked = true) {
 		n = epoll_wait(D.epfd, evs, 64, 0);
 		if (n) {
-			D.tick_hits += ticked;
+			D.fruitful += looked;
 			return n;
 		}
-		D.ticks++;
+		D.looks++;
 		if (D.tick_us)
 			(void)nanosleep(&tick, NULL);
 		else

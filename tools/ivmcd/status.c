@@ -113,7 +113,7 @@ static void text_daemon(FILE *f)
 		(unsigned long long)D.paired, (unsigned long long)D.bad_msgs);
 	fprintf(f, "lingers %llu (--linger-us %u, --tick-us %u), looks %llu, fruitful %llu\n",
 		(unsigned long long)D.lingers, D.linger_us, D.tick_us,
-		(unsigned long long)D.ticks, (unsigned long long)D.tick_hits);
+		(unsigned long long)D.looks, (unsigned long long)D.fruitful);
 	fprintf(f, "stayed on TCP:");
 	for (int i = 1; i < CTL_R_MAX; i++)
 		fprintf(f, " %s %llu", reason_names[i], (unsigned long long)D.why.n[i]);
@@ -261,7 +261,7 @@ static void json_all(FILE *f, uint32_t uid)
 		D.sock_path, D.pol_gen, D.nclients, D.nlisteners, D.npending,
 		D.nchannels, (unsigned long long)D.paired,
 		(unsigned long long)D.bad_msgs, (unsigned long long)D.lingers,
-		(unsigned long long)D.ticks, (unsigned long long)D.tick_hits);
+		(unsigned long long)D.looks, (unsigned long long)D.fruitful);
 	for (int i = 1; i < CTL_R_MAX; i++)
 		fprintf(f, "%s\"%s\":%llu", i > 1 ? "," : "", reason_names[i],
 			(unsigned long long)D.why.n[i]);
