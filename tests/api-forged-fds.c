@@ -698,7 +698,7 @@ static void m_side_flag(struct ivmc_shm_hdr *h)
 
 static void m_reserved(struct ivmc_shm_hdr *h)
 {
-	h->reserved[6] = 1;
+	h->reserved[5] = 1;
 }
 
 static bool f_hdr_magic(struct reply *r)
@@ -754,6 +754,33 @@ static bool f_hdr_side_flag(struct reply *r)
 static bool f_hdr_reserved(struct reply *r)
 {
 	return mutated(r, m_reserved, region_bytes(RING));
+}
+
+/* A large area of deep bytes, the region's size claiming it. */
+static void with_deep(struct ivmc_shm_hdr *h, uint32_t deep)
+{
+	h->deep_size = deep;
+	h->region_size = region_bytes(RING) + 2 * (uint64_t)deep;
+}
+
+static void m_deep_5000(struct ivmc_shm_hdr *h)
+{
+	with_deep(h, 5000);
+}
+
+static void m_deep_small(struct ivmc_shm_hdr *h)
+{
+	with_deep(h, RING / 2);
+}
+
+static bool f_hdr_deep_5000(struct reply *r)
+{
+	return mutated(r, m_deep_5000, region_bytes(RING) + 10000);
+}
+
+static bool f_hdr_deep_small(struct reply *r)
+{
+	return mutated(r, m_deep_small, region_bytes(RING) + RING);
 }
 
 #define W1(a) { a }, 1
@@ -829,6 +856,10 @@ static const struct scenario scenarios[] = {
 	{ "header: side-stream flag on an API channel", f_hdr_side_flag,
 	  W1(-EPROTO) },
 	{ "header: reserved word set", f_hdr_reserved, W1(-EPROTO) },
+	{ "header: deep_size 5000 (sizes consistent)", f_hdr_deep_5000,
+	  W1(-EPROTO) },
+	{ "header: deep_size 2048 (below the ring)", f_hdr_deep_small,
+	  W1(-EPROTO) },
 	/* Last: it takes the whole 5 s reply timeout. */
 	{ "listener never answers", f_silent, W1(-ETIMEDOUT) },
 };

@@ -6,7 +6,8 @@
  * once, and rapid toggling. Then two processes stream 128 MiB each way
  * while a controller thread in each calls chan_detach()/chan_attach() for
  * TX and RX at random moments; every byte arrives once, in order, and a
- * counting relay in the side stream proves both paths carried data.
+ * counting relay in the side stream proves both paths carried data. All of
+ * it twice: with rings of fixed size, and with rings that grow.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +15,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -147,8 +149,8 @@ static void forced_full(bool by_consumer)
 	where = by_consumer ? "consumer detach, ring full" :
 			      "producer detach, ring full";
 	forced_setup(&p, &d);
-	if (send_fill(&d) != RING)
-		t_fail("%s: ring did not take a full ring", where);
+	if (send_fill(&d) != RING + t_deep_size)
+		t_fail("%s: did not take a full ring (and its large area)", where);
 	T_ASSERT_OK(chan_detach(by_consumer ? p.b : p.a,
 				by_consumer ? CHAN_RX : CHAN_TX));
 	send_n(&d, 3 * RING, 0); /* goes on the side stream at once */
@@ -421,6 +423,15 @@ static void run_end(struct chan *c, const char *name, uint64_t seed_tx,
 	       (unsigned long long)rx.calls);
 	if (!k.ops[0] || !k.ops[2])
 		t_fail("%s: the controller never detached both ways", name);
+	{
+		struct chan_stats st;
+
+		chan_stats(c, &st);
+		printf("%s: went deep %llu times\n", name,
+		       (unsigned long long)st.deeps);
+		if (t_deep_size && !st.deeps)
+			t_fail("%s: rings that can grow never did", name);
+	}
 }
 
 static void child(void *arg)
@@ -472,16 +483,22 @@ static void random_switches(void)
 int main(void)
 {
 	t_alarm(t_long() ? 870 : 58);
-	forced_full(false);
-	forced_full(true);
-	forced_more_stranded();
-	forced_empty(false);
-	forced_empty(true);
-	forced_both();
-	for (int how = 0; how < 5; how++)
-		forced_rewind(how);
-	forced_open_empty();
-	forced_toggle();
-	random_switches();
+	/* Everything twice: rings of RING only, then rings that grow into
+	 * a large area of 4 * RING when full (docs/protocol.md 3.7). */
+	for (int deep = 0; deep < 2; deep++) {
+		t_deep_size = deep ? 4 * RING : 0;
+		printf("-- rings %s\n", deep ? "that grow" : "of fixed size");
+		forced_full(false);
+		forced_full(true);
+		forced_more_stranded();
+		forced_empty(false);
+		forced_empty(true);
+		forced_both();
+		for (int how = 0; how < 5; how++)
+			forced_rewind(how);
+		forced_open_empty();
+		forced_toggle();
+		random_switches();
+	}
 	return T_PASS;
 }

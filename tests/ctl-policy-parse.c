@@ -511,7 +511,8 @@ static const char *json_value(const char *s, int depth)
 static void check_json(void)
 {
 	static const char *const want[] = {
-		"{\"ring_size\":131072,\"pending_timeout_ms\":1500,"
+		"{\"ring_size\":131072,\"ring_grow\":4194304,"
+		"\"pending_timeout_ms\":1500,"
 		"\"pending_max\":7,\"quota_channels\":0,"
 		"\"quota_bytes\":3145728,"
 		"\"default\":\"same-uid\",\"rules\":[",

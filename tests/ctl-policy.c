@@ -34,7 +34,8 @@
 #define CHUNK	 1000
 #define NOBODY	 65534
 #define NOBODY2	 65533
-#define REGION64 (4096 + 2 * 65536) /* chan_region_size(64K) */
+#define REGION64 (4096 + 2 * 65536) /* chan_region_size(64K, 0) */
+#define REGION64G (4096 + 2 * (65536 + 262144)) /* with 256K to grow into */
 
 static char conf_path[PATH_MAX];
 
@@ -476,14 +477,21 @@ static void case_quota(void)
 	pair_close(&p[2]);
 	pair_close(&p[3]);
 
-	/* Memory: 64K rings; room for two regions and a half. */
-	policy_set("default allow\nring_size 64K\n");
+	/* Memory: a ring's large area counts. */
+	policy_set("default allow\nring_size 64K\nring_grow 256K\n");
+	T_ASSERT_EQ(pair_open(&p[0]), 1);
+	T_ASSERT_EQ(status_num("shm_bytes"), REGION64G);
+	exchange(&p[0], 20);
+	pair_close(&p[0]);
+	/* 64K rings that do not grow; room for two regions and a half. */
+	policy_set("default allow\nring_size 64K\nring_grow 0\n");
 	T_ASSERT_EQ(pair_open(&p[0]), 1);
 	region = status_num("shm_bytes");
 	printf("a 64K channel's region: %lld bytes\n", region);
 	T_ASSERT_EQ(region, REGION64);
 	pair_close(&p[0]);
-	snprintf(text, sizeof(text), "default allow\nring_size 64K\nquota memory %lldK\n",
+	snprintf(text, sizeof(text),
+		 "default allow\nring_size 64K\nring_grow 0\nquota memory %lldK\n",
 		 (region * 5 / 2) / 1024);
 	policy_set(text);
 	T_ASSERT_EQ(pair_open(&p[0]), 1);

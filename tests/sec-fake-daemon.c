@@ -296,7 +296,7 @@ static int forge(uint64_t fsize, bool sealing, int seals,
 	struct ivmc_shm_hdr h;
 	int hon, fd;
 
-	T_ASSERT_OK(chan_region_create(RING, true, 0, &hon));
+	T_ASSERT_OK(chan_region_create(RING, 0, true, 0, &hon));
 	T_ASSERT(pread(hon, &h, sizeof(h), 0) == (ssize_t)sizeof(h));
 	close(hon);
 	fd = memfd_create("forged", MFD_CLOEXEC | (sealing ? MFD_ALLOW_SEALING : 0));
@@ -316,7 +316,7 @@ static int honest_region(struct fk *k)
 	int fd;
 
 	(void)k;
-	T_ASSERT_OK(chan_region_create(RING, true, 0, &fd));
+	T_ASSERT_OK(chan_region_create(RING, 0, true, 0, &fd));
 	return fd;
 }
 
@@ -411,7 +411,7 @@ MUT_FN(m_ring_5000, (h->ring_size = 5000, h->region_size = IVMC_SHM_HDR_SIZE + 1
 MUT_FN(m_ring_0, (h->ring_size = 0, h->region_size = IVMC_SHM_HDR_SIZE))
 MUT_FN(m_region_size, h->region_size += 4096)
 MUT_FN(m_flags, h->flags |= 0x80)
-MUT_FN(m_reserved, h->reserved[6] = 1)
+MUT_FN(m_reserved, h->reserved[5] = 1)
 MUT_FN(m_ring_1g, (h->ring_size = 1u << 30,
 		   h->region_size = IVMC_SHM_HDR_SIZE + 2ull * (1u << 30)))
 
@@ -448,7 +448,7 @@ static int r_ring_only(struct fk *k)
 	int fd;
 
 	(void)k;
-	T_ASSERT_OK(chan_region_create(RING, false, 0, &fd));
+	T_ASSERT_OK(chan_region_create(RING, 0, false, 0, &fd));
 	return fd;
 }
 

@@ -20,8 +20,13 @@ struct t_pair {
 	int region;	    /* the region memfd (kept for hostile tests) */
 };
 
-/* Build a pair: ring_size bytes per ring, with a side stream or not, ring
- * counters starting at init_ctr, wait mode. Asserts on failure. */
+/* The size of the large areas t_chan_pair() gives its regions (0: none);
+ * a test sets it to run its cases with rings that grow. */
+static uint32_t t_deep_size;
+
+/* Build a pair: ring_size bytes per ring (and L areas of t_deep_size),
+ * with a side stream or not, ring counters starting at init_ctr, wait
+ * mode. Asserts on failure. */
 static inline void t_chan_pair(struct t_pair *p, uint32_t ring_size,
 			       bool with_side, uint32_t init_ctr, int wait_mode)
 {
@@ -37,8 +42,8 @@ static inline void t_chan_pair(struct t_pair *p, uint32_t ring_size,
 		ca.side_fd = p->side[0];
 		cb.side_fd = p->side[1];
 	}
-	T_ASSERT_OK(chan_region_create(ring_size, with_side, init_ctr,
-				       &p->region));
+	T_ASSERT_OK(chan_region_create(ring_size, t_deep_size, with_side,
+				       init_ctr, &p->region));
 	T_ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, db) == 0);
 	T_ASSERT_OK(chan_open(&ca, p->region, db[0], &p->a));
 	T_ASSERT_OK(chan_open(&cb, p->region, db[1], &p->b));

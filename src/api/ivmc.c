@@ -272,7 +272,7 @@ static int serve(struct ivmc_listener *l, int fd, struct ivmc_chan **out)
 			rs = m.ring_size;
 	}
 	if (!err)
-		err = chan_region_create(rs, false, 0, &rfd);
+		err = chan_region_create(rs, 0, false, 0, &rfd);
 	if (err)
 		goto reject;
 	err = xport_doorbell_pair(db);

@@ -22,11 +22,12 @@ static bool ring_size_ok(uint32_t size)
 	       !(size & (size - 1));
 }
 
-int chan_region_size(uint32_t ring_size, uint64_t *size)
+int chan_region_size(uint32_t ring_size, uint32_t deep_size, uint64_t *size)
 {
-	if (!ring_size_ok(ring_size))
+	if (!ring_size_ok(ring_size) ||
+	    (deep_size && (!ring_size_ok(deep_size) || deep_size < ring_size)))
 		return -EINVAL;
-	*size = IVMC_SHM_HDR_SIZE + 2 * (uint64_t)ring_size;
+	*size = IVMC_SHM_HDR_SIZE + 2 * ((uint64_t)ring_size + deep_size);
 	return 0;
 }
 
@@ -41,16 +42,19 @@ static void dir_init(struct ivmc_shm_dir *d, bool with_side, uint32_t ctr)
 	ivmc_store_once(&d->cons, ivmc_w_make(e, ctr));
 	ivmc_store_once(&d->attach, 0);
 	ivmc_store_once(&d->fin, 0);
+	ivmc_store_once(&d->deep, ivmc_deep_make(false, ctr));
 }
 
 /* Write a header (into fresh memory nobody else maps yet). */
 static void hdr_format(struct ivmc_shm_hdr *h, uint32_t ring_size,
-		       uint64_t size, bool with_side, uint32_t init_ctr)
+		       uint32_t deep_size, uint64_t size, bool with_side,
+		       uint32_t init_ctr)
 {
 	h->magic = IVMC_SHM_MAGIC;
 	h->version = IVMC_SHM_VERSION;
 	h->hdr_size = IVMC_SHM_HDR_SIZE;
 	h->ring_size = ring_size;
+	h->deep_size = deep_size;
 	h->region_size = size;
 	h->flags = with_side ? IVMC_SHM_F_SIDE : 0;
 	h->init_ctr[0] = h->init_ctr[1] = init_ctr;
@@ -61,22 +65,22 @@ static void hdr_format(struct ivmc_shm_hdr *h, uint32_t ring_size,
 /* The header is written with pwrite(), not through a mapping: mmap, the
  * page fault and munmap cost more than the rest of the creation (ivmcd
  * makes one region per connection: 35 -> 15 us per region here). */
-int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
-		       int *out)
+int chan_region_create(uint32_t ring_size, uint32_t deep_size, bool with_side,
+		       uint32_t init_ctr, int *out)
 {
 	struct ivmc_shm_hdr h;
 	uint64_t size;
 	ssize_t n;
 	int fd, err;
 
-	err = chan_region_size(ring_size, &size);
+	err = chan_region_size(ring_size, deep_size, &size);
 	if (err)
 		return err;
 	err = xport_memfd_create(size, &fd);
 	if (err)
 		return err;
 	memset(&h, 0, sizeof(h));
-	hdr_format(&h, ring_size, size, with_side, init_ctr);
+	hdr_format(&h, ring_size, deep_size, size, with_side, init_ctr);
 	do
 		n = pwrite(fd, &h, sizeof(h), 0);
 	while (n < 0 && errno == EINTR);
@@ -91,7 +95,7 @@ int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
 
 /* The header as copied once at open; never re-read. */
 struct hdr_copy {
-	uint32_t ring_size, flags, init_ctr[2];
+	uint32_t ring_size, deep_size, flags, init_ctr[2];
 };
 
 /* fsize: the region's exact size; or, with fit, how much room there is. */
@@ -108,11 +112,13 @@ static int hdr_validate(const struct ivmc_shm_hdr *h, uint64_t fsize, bool fit,
 	for (size_t i = 0; i < sizeof(tmp.reserved) / sizeof(tmp.reserved[0]); i++)
 		if (tmp.reserved[i])
 			return -EPROTO;
-	if (chan_region_size(tmp.ring_size, &want) || tmp.region_size != want)
+	if (chan_region_size(tmp.ring_size, tmp.deep_size, &want) ||
+	    tmp.region_size != want)
 		return -EPROTO;
 	if (fit ? want > fsize : fsize != want)
 		return -EMSGSIZE;
 	hc->ring_size = tmp.ring_size;
+	hc->deep_size = tmp.deep_size;
 	hc->flags = tmp.flags;
 	hc->init_ctr[0] = tmp.init_ctr[0];
 	hc->init_ctr[1] = tmp.init_ctr[1];
@@ -160,20 +166,32 @@ static int map_rings(struct chan *c, int fd, uint64_t base, int side)
 		int err = xport_map_mirror(fd, off, c->ring_size,
 					   (void **)&c->mirror[d]);
 
+		if (!err && c->deep_size)
+			err = xport_map_mirror(fd, base + IVMC_SHM_HDR_SIZE +
+						   2 * (uint64_t)c->ring_size +
+						   (uint64_t)d * c->deep_size,
+					       c->deep_size,
+					       (void **)&c->deep_mirror[d]);
 		if (err)
 			return err;
 	}
-	c->tx = (struct ring){ &c->hdr->dir[side], c->mirror[side], c->ring_size };
-	c->rx = (struct ring){ &c->hdr->dir[1 - side], c->mirror[1 - side],
-			       c->ring_size };
+	for (int d = 0; d < 2; d++)
+		(d ? &c->rx : &c->tx)[0] = (struct ring){
+			&c->hdr->dir[d ? 1 - side : side],
+			c->mirror[d ? 1 - side : side], c->ring_size,
+			c->deep_size, c->deep_mirror[d ? 1 - side : side]
+		};
 	return 0;
 }
 
 static void chan_free(struct chan *c)
 {
-	for (int d = 0; d < 2; d++)
+	for (int d = 0; d < 2; d++) {
 		if (c->mirror[d])
 			munmap(c->mirror[d], 2 * (size_t)c->ring_size);
+		if (c->deep_mirror[d])
+			munmap(c->deep_mirror[d], 2 * (size_t)c->deep_size);
+	}
 	if (c->hdr)
 		munmap(c->hdr, IVMC_SHM_HDR_SIZE);
 	if (c->ep)
@@ -289,6 +307,7 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 		goto fail;
 	}
 	c->ring_size = hc.ring_size;
+	c->deep_size = hc.deep_size;
 	c->side_fd = cfg->side_fd;
 	c->doorbell = doorbell_fd;
 	c->wait_mode = cfg->wait_mode;
@@ -317,14 +336,14 @@ fail:
 int chan_region_init(void *mem, uint64_t len, uint32_t ring_size)
 {
 	uint64_t size;
-	int err = chan_region_size(ring_size, &size);
+	int err = chan_region_size(ring_size, 0, &size);
 
 	if (err || (uintptr_t)mem % IVMC_SHM_HDR_SIZE)
 		return -EINVAL;
 	if (size > len)
 		return -EMSGSIZE;
 	memset(mem, 0, IVMC_SHM_HDR_SIZE);
-	hdr_format(mem, ring_size, size, false, 0);
+	hdr_format(mem, ring_size, 0, size, false, 0);
 	return 0;
 }
 
@@ -356,8 +375,8 @@ static int mem_map(struct chan *c, const struct chan_cfg *cfg, int fd,
 		return err;
 	}
 	err = hdr_validate(c->hdr, avail, true, hc);
-	if (!err && (hc->flags & IVMC_SHM_F_SIDE))
-		err = -EPROTO; /* formatted for a side stream we do not have */
+	if (!err && ((hc->flags & IVMC_SHM_F_SIDE) || hc->deep_size))
+		err = -EPROTO; /* a side stream we do not have, or an L */
 	if (err)
 		return err;
 	c->ring_size = hc->ring_size;
@@ -510,6 +529,30 @@ void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo)
 		atomic_fetch_add(&c->ep->st_wakes, 1);
 }
 
+bool chan_tx_deep(struct chan *c)
+{
+	if (!ring_go_deep(&c->tx, &c->ep->tx))
+		return false;
+	atomic_fetch_add(&c->ep->st_deeps, 1);
+	return true;
+}
+
+void chan_tx_shallow(struct chan *c)
+{
+	uint32_t n = ring_go_shallow(&c->tx, &c->ep->tx);
+	size_t page = IVMC_SHM_HDR_SIZE; /* the page size the layout assumes */
+
+	/* L was written from its start (the episode's first byte is at
+	 * offset 0); nobody reads it before we go deep again, and then we
+	 * write before we publish. Giving the pages back is what makes an
+	 * idle connection cost S only; if it fails they just stay. */
+	if (n > c->deep_size)
+		n = c->deep_size;
+	if (n)
+		(void)madvise(c->tx.deep_data, (n + page - 1) / page * page,
+			      MADV_REMOVE);
+}
+
 int chan_fd(const struct chan *c)
 {
 	return c->bell ? c->bell->fd : c->doorbell;
@@ -534,6 +577,9 @@ void chan_stats(const struct chan *c, struct chan_stats *st)
 	st->sleeps = ep->st_sleeps;
 	st->spin_hits = ep->st_spin_hits;
 	st->ring_size = c->ring_size;
+	st->deep_size = c->deep_size;
+	st->deeps = ep->st_deeps;
+	st->tx_deep = ep->tx.deep;
 	st->spin_ns = ep->spin_ns[CHAN_RX];
 	st->tx_on_ring = !(ep->tx.pw & IVMC_PW_CLOSED);
 	st->rx_on_ring = ep->rx_mode == RX_RING;

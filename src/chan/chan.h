@@ -48,19 +48,22 @@ struct chan_cfg {
 struct chan_stats {
 	uint64_t sent, received, wakeups_sent, sleeps, spin_hits;
 	uint64_t tx_offset, rx_offset; /* stream offsets, both paths */
-	uint32_t ring_size, spin_ns;
-	bool tx_on_ring, rx_on_ring;
+	uint64_t deeps;	    /* times our producer went deep (into L) */
+	uint32_t ring_size, deep_size, spin_ns;
+	bool tx_on_ring, rx_on_ring, tx_deep;
 };
 
-/* Bytes of region needed for rings of ring_size. Returns 0 or -EINVAL. */
-int chan_region_size(uint32_t ring_size, uint64_t *size);
+/* Bytes of region needed for rings of ring_size and, if deep_size (a power
+ * of two >= ring_size), large areas of deep_size. Returns 0 or -EINVAL. */
+int chan_region_size(uint32_t ring_size, uint32_t deep_size, uint64_t *size);
 
-/* Create a sealed memfd holding a formatted region. with_side: both
- * directions start on the side stream; else both start on the ring at
- * offset 0. init_ctr: starting ring counter (tests pass 2^32 - k).
- * Returns 0 and *fd, or -errno. */
-int chan_region_create(uint32_t ring_size, bool with_side, uint32_t init_ctr,
-		       int *fd);
+/* Create a sealed memfd holding a formatted region. deep_size: 0, or the
+ * size of the area a producer whose ring is full goes on into
+ * (docs/protocol.md 3.7). with_side: both directions start on the side
+ * stream; else both start on the ring at offset 0. init_ctr: starting ring
+ * counter (tests pass 2^32 - k). Returns 0 and *fd, or -errno. */
+int chan_region_create(uint32_t ring_size, uint32_t deep_size, bool with_side,
+		       uint32_t init_ctr, int *fd);
 
 /* Open one end on a (verified) region fd and doorbell fd. Takes ownership of
  * doorbell_fd on success only; region_fd stays the caller's. Returns 0 and

@@ -84,7 +84,7 @@ struct chan_ep {
 	bool rx_att_known;
 	bool rx_ready_ok;
 
-	_Atomic uint64_t st_wakes, st_sleeps, st_spin_hits;
+	_Atomic uint64_t st_wakes, st_sleeps, st_spin_hits, st_deeps;
 };
 
 /* A doorbell shared by every channel of a region (chan_bell_new()): an
@@ -107,7 +107,9 @@ struct chan {
 	struct ivmc_shm_hdr *hdr; /* hostile; only hdr->dir[] is used */
 	struct ring tx, rx;	  /* tx: dir[side], rx: dir[1 - side] */
 	uint8_t *mirror[2];	  /* mirror maps, 2 * ring_size each */
+	uint8_t *deep_mirror[2];  /* the same for L, 2 * deep_size, or NULL */
 	uint32_t ring_size;
+	uint32_t deep_size;	  /* 0: the rings never grow */
 	uint32_t spin_default;
 	int doorbell;
 	_Atomic int side_fd;	  /* may move (chan_set_side_fd()); read it
@@ -148,6 +150,14 @@ static inline bool chan_flag(const struct chan *c, uint32_t f)
 {
 	return ivmc_load_once(&c->ep->flags) & f;
 }
+
+/* tx, under the tx lock: S is full, go deep into L (docs/protocol.md 3.7).
+ * Returns true if we did (then try again). */
+bool chan_tx_deep(struct chan *c);
+
+/* tx, under the tx lock: deep and everything read: back to S, and L's
+ * pages go back to the system. */
+void chan_tx_shallow(struct chan *c);
 
 /* Ring the peer if its sleeper on flag wants it (after our publish). */
 void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo);

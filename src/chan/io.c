@@ -169,10 +169,15 @@ static ssize_t tx_ring(struct chan *c, struct iovc *ic, size_t left,
 {
 	struct chan_ep *ep = c->ep;
 	uint32_t space, n;
-	int err = ring_free(&c->tx, &ep->tx, 1, &space);
+	int err;
 
+	if (ep->tx.deep)
+		chan_tx_shallow(c);
+	err = ring_free(&c->tx, &ep->tx, 1, &space);
 	if (err)
 		return chan_poison(c, err);
+	if (!space && chan_tx_deep(c))
+		return STEP_AGAIN;
 	if (!space) {
 		err = tx_publish(c); /* bytes held back by CHAN_MORE */
 		if (!err)
@@ -443,14 +448,14 @@ static int rx_avail(struct chan *c, uint32_t *avail, uint64_t *w)
 	struct chan_ep *ep = c->ep;
 
 	*w = ep->rx_seen_pw;
-	*avail = ep->rx.peer_prod - ep->rx.ctr;
+	*avail = ring_avail(&ep->rx);
 	if (*avail)
 		return 0;
 	if (ring_load_prod(&c->rx, &ep->rx, w) < 0 ||
 	    ivmc_w_epoch(*w) != ep->rx_epoch)
 		return chan_poison(c, -EPROTO);
 	ep->rx_seen_pw = *w;
-	*avail = ep->rx.peer_prod - ep->rx.ctr;
+	*avail = ring_avail(&ep->rx);
 	return 0;
 }
 
@@ -565,10 +570,15 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 			r = -EPIPE;
 		/* Asking for the whole ring refreshes the consumer counter
 		 * unless the ring is empty: reserve hands out all free space. */
-		if (!r && ring_free(&c->tx, &ep->tx, c->ring_size, &space))
+		if (!r && ep->tx.deep)
+			chan_tx_shallow(c);
+		if (!r && ring_free(&c->tx, &ep->tx,
+				    ring_area_cap(&c->tx, &ep->tx), &space))
 			r = chan_poison(c, -EPROTO);
 		if (r || space)
 			break;
+		if (chan_tx_deep(c))
+			continue;
 		r = tx_publish(c);
 		if (!r)
 			r = sw_tx_check_closed(c);
@@ -786,8 +796,11 @@ static short arm_one(struct chan *c, short ev, bool arm)
 					continue;
 				return 0;
 			}
-			if (ep->rx_mode != RX_RING || rx_avail(c, &n, &w))
-				return POLLIN; /* end of file on the side, or an error */
+			if (ep->rx_mode != RX_RING)
+				return POLLIN | POLLRDHUP; /* end of file on
+							    * the side */
+			if (rx_avail(c, &n, &w))
+				return POLLIN; /* an error */
 			rd = ivmc_load_once(&c->rx.shm->fin) ? POLLRDHUP : 0;
 			if (n)
 				return POLLIN | rd; /* data */
@@ -810,8 +823,10 @@ static short arm_one(struct chan *c, short ev, bool arm)
 	    !ep->tx_pend && (!arm || !side_ready(c, POLLOUT)))
 		return 0; /* the caller polls the side fd for POLLOUT */
 	if (chan_flag(c, EP_SHUT_WR) || (ep->tx.pw & IVMC_PW_CLOSED) ||
-	    ring_free(&c->tx, &ep->tx, 1, &n) || n)
-		return POLLOUT; /* space, a switch, an error or -EPIPE */
+	    ring_free(&c->tx, &ep->tx, 1, &n) || n ||
+	    (c->deep_size && !ep->tx.deep))
+		return POLLOUT; /* space (in L if need be), a switch, an
+				 * error or -EPIPE */
 	if (!arm)
 		return 0;
 	return chan_arm(c, CHAN_TX) ? POLLOUT : 0;

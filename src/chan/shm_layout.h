@@ -15,7 +15,7 @@
 #include "../ring/atomics.h"
 
 #define IVMC_SHM_MAGIC	 0x434d5649u /* "IVMC" read as little-endian */
-#define IVMC_SHM_VERSION 1u
+#define IVMC_SHM_VERSION 2u
 #define IVMC_CACHELINE	 64u
 #define IVMC_SHM_HDR_SIZE 4096u	    /* ring data starts page aligned */
 #define IVMC_RING_MIN	 4096u
@@ -48,6 +48,22 @@
 #define ivmc_w_epoch(w)	    ((uint32_t)((w) >> IVMC_W_EPOCH_SHIFT) & IVMC_W_EPOCH_MASK)
 #define ivmc_w_make(e, ctr) (((uint64_t)((e) & IVMC_W_EPOCH_MASK) << IVMC_W_EPOCH_SHIFT) | (uint32_t)(ctr))
 
+/*
+ * The deep word (struct ivmc_shm_dir.deep), written by the producer only
+ * (docs/protocol.md 3.7): where the direction's bytes are.
+ *   bit 32      DEEP: bytes from counter X on are in the large area L, at
+ *               (ctr - X) mod deep_size; bytes before X in the ring S.
+ *               Clear: every byte the consumer has not read is in S.
+ *   bits 31..0  X when DEEP (the counter at which the producer went deep),
+ *               else the counter at which it came back to S.
+ * The producer changes it only before publishing anything past it (and
+ * comes back to S only with everything consumed), so a consumer that
+ * loads it after the producer word finds the right place of every byte
+ * that word published.
+ */
+#define IVMC_DEEP_ON	  (1ull << 32)
+#define ivmc_deep_make(on, ctr) (((on) ? IVMC_DEEP_ON : 0) | (uint32_t)(ctr))
+
 /* fin: bit 63 set once the producer shut the direction down; bits 62..0 are
  * the stream offset of its end (every byte before it was sent). */
 #define IVMC_FIN_SET	(1ull << 63)
@@ -68,7 +84,8 @@ struct ivmc_shm_dir {
 				     * written (release) before the CAS that
 				     * opens the epoch, constant while it lasts */
 	_Atomic uint64_t fin;	    /* IVMC_FIN_SET | end offset, or 0 */
-	uint64_t pad0[5];
+	_Atomic uint64_t deep;	    /* the deep word, above */
+	uint64_t pad0[4];
 	uint8_t guard0[IVMC_CACHELINE];
 	/* Line 2, written by the consumer only. */
 	_Atomic uint64_t cons;	    /* consumer word, above */
@@ -88,7 +105,9 @@ struct ivmc_shm_dir {
 
 /*
  * The region: this header (one page), then ring 0's data, then ring 1's
- * data, each ring_size bytes. Side 0 is the creator's side. Everything above
+ * data, each ring_size bytes, then (if deep_size) the large areas L of
+ * direction 0 and 1, deep_size bytes each, untouched until a producer
+ * goes deep. Side 0 is the creator's side. Everything above
  * dir[] is written once by the creator before either fd is handed out and
  * never changes; a peer could still scribble on it, so each side copies it
  * once at open and never reads it again.
@@ -98,10 +117,12 @@ struct ivmc_shm_hdr {
 	uint32_t version;	/* IVMC_SHM_VERSION */
 	uint32_t hdr_size;	/* IVMC_SHM_HDR_SIZE */
 	uint32_t ring_size;	/* bytes per ring, power of two */
-	uint64_t region_size;	/* hdr_size + 2 * ring_size */
+	uint64_t region_size;	/* hdr_size + 2 * (ring_size + deep_size) */
 	uint32_t flags;		/* IVMC_SHM_F_* */
 	uint32_t init_ctr[2];	/* starting CTR of each ring (tests use 2^32 - k) */
-	uint32_t reserved[7];	/* zero */
+	uint32_t deep_size;	/* bytes of each large area: 0 (none), or a
+				 * power of two >= ring_size */
+	uint32_t reserved[6];	/* zero */
 	uint8_t pad[192];
 	struct ivmc_shm_dir dir[2];
 };

@@ -27,6 +27,11 @@ int sw_tx_try_open(struct chan *c)
 	if (ivmc_w_epoch(cw) != ((e + 1) & IVMC_W_EPOCH_MASK) ||
 	    ivmc_w_ctr(cw) != ep->tx.ctr)
 		return 0;
+	/* Every epoch starts in S (R9 before R6 and the open). */
+	if (ep->tx.deep)
+		chan_tx_shallow(c);
+	if (ep->tx.deep)
+		return 0; /* the consumer word moved back: not ready after all */
 	/* R6: the attach offset /then/ the open; pairs with A6 in
 	 * sw_rx_side_limit(). */
 	ivmc_store_release(&c->tx.shm->attach, ep->tx_off);
@@ -57,8 +62,10 @@ int sw_tx_flush_pending(struct chan *c)
 	struct chan_ep *ep = c->ep;
 
 	while (ep->tx_pend) {
-		const uint8_t *p = c->tx.data + (ep->tx_pend_at & (c->ring_size - 1));
-		ssize_t n = send(chan_side_fd(c), p, ep->tx_pend,
+		const uint8_t *p;
+		uint32_t k = ring_span(&c->tx, &ep->tx, ep->tx_pend_at,
+				       ep->tx_pend, &p);
+		ssize_t n = send(chan_side_fd(c), p, k,
 				 MSG_DONTWAIT | MSG_NOSIGNAL);
 
 		if (n < 0) {
@@ -243,7 +250,7 @@ int sw_rx_side_limit(struct chan *c, uint64_t *limit)
 			return chan_poison(c, -EPROTO);
 		return 0;
 	}
-	if (e != ep->rx_epoch || ivmc_w_ctr(w) - ep->rx.ctr > c->ring_size)
+	if (e != ep->rx_epoch || ivmc_w_ctr(w) - ep->rx.ctr > ring_total(&c->rx))
 		return chan_poison(c, -EPROTO);
 	/* A6: pairs with R6 in sw_tx_try_open(). */
 	att = ivmc_load_acquire(&c->rx.shm->attach);

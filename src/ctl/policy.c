@@ -35,7 +35,7 @@ static const char *const dflt_names[] = { "same-uid", "allow", "deny" };
  * that written text parses back to the same number. */
 enum kind { K_RING, K_MS, K_NUM, K_BYTES, K_DFLT };
 
-enum glob { G_RING, G_TIMEOUT, G_PMAX, G_QCHAN, G_QMEM, G_DFLT, NGLOBAL };
+enum glob { G_RING, G_GROW, G_TIMEOUT, G_PMAX, G_QCHAN, G_QMEM, G_DFLT, NGLOBAL };
 
 static const struct global {
 	const char *kw, *kw2, *name, *json, *want;
@@ -45,6 +45,9 @@ static const struct global {
 	[G_RING] = { "ring_size", NULL, "ring_size", "ring_size",
 		     "a power of two in 4K..1G", K_RING, RING_MIN, RING_MAX,
 		     256u << 10 },
+	[G_GROW] = { "ring_grow", NULL, "ring_grow", "ring_grow",
+		     "0 or a power of two in 4K..1G", K_RING, 0, RING_MAX,
+		     4u << 20 },
 	[G_TIMEOUT] = { "pending_timeout", NULL, "pending_timeout",
 			"pending_timeout_ms", "a time in 1ms..3600s", K_MS, 1,
 			3600000, 10000 },
@@ -236,7 +239,7 @@ static bool value(const struct global *g, const struct tok *t, uint64_t *v)
 	if (!n || !u->sfx || *v > UINT64_MAX / u->mult)
 		return false;
 	*v *= u->mult;
-	if (g->kind == K_RING && (*v & (*v - 1)))
+	if (g->kind == K_RING && ((*v & (*v - 1)) || (*v && *v < RING_MIN)))
 		return false;
 	return *v >= g->min && *v <= g->max;
 }
@@ -684,6 +687,8 @@ void policy_decide(const struct policy *p, const struct pol_end *a,
 			size <<= 1;
 		v->ring_size = size;
 	}
+	/* A large area no larger than the ring would add nothing. */
+	v->deep_size = p->g[G_GROW] > v->ring_size ? (uint32_t)p->g[G_GROW] : 0;
 }
 
 uint32_t policy_quota_channels(const struct policy *p)

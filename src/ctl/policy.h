@@ -28,6 +28,7 @@ struct pol_verdict {
 	bool allow;
 	unsigned int line;  /* rule that decided (config line), 0 = default */
 	uint32_t ring_size; /* bytes per direction for this channel */
+	uint32_t deep_size; /* its large area (ring_grow), 0 for none */
 };
 
 /* Resolve a netns name (as `ip netns` names it, /run/netns/NAME) to its

@@ -7,14 +7,30 @@
 
 #include "ring.h"
 
+/* Of used bytes in flight, those in the area the producer writes now:
+ * deep, only those past X (the ones before are in S until the consumer
+ * has read past X). -EPROTO if the counts are beyond what the areas hold. */
+static int area_used(const struct ring *r, const struct ring_prod *p,
+		     uint32_t used, uint32_t *out)
+{
+	uint32_t s = p->deep && !p->past_x ? p->x - p->peer_cons : 0;
+
+	if (!p->deep)
+		return used > r->cap ? -EPROTO : (*out = used, 0);
+	if (s > r->cap || s > used || used - s > r->deep_cap)
+		return -EPROTO;
+	*out = used - s;
+	return 0;
+}
+
 int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 	      uint32_t *space)
 {
-	uint32_t used = p->ctr - p->peer_cons;
+	uint32_t used = p->ctr - p->peer_cons, cap = ring_area_cap(r, p), in;
 
-	if (used > r->cap)
+	if (used > ring_total(r) || area_used(r, p, used, &in))
 		return -EPROTO; /* never size anything from a wrapped count */
-	if (r->cap - used < want) {
+	if (cap - in < want) {
 		/* A2: pairs with R2 in ring_consume(); the consumer is done
 		 * with every byte before its CTR, so we may overwrite them. */
 		uint32_t cons = ivmc_w_ctr(ivmc_load_acquire(&r->shm->cons));
@@ -22,11 +38,60 @@ int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 		/* It only moves forward, and never past what we wrote. */
 		if (cons - p->peer_cons > used)
 			return -EPROTO;
+		if (p->deep && !p->past_x &&
+		    cons - p->peer_cons >= p->x - p->peer_cons)
+			p->past_x = true; /* it has read S to X */
 		p->peer_cons = cons;
-		used = p->ctr - cons;
+		if (area_used(r, p, p->ctr - cons, &in))
+			return -EPROTO;
 	}
-	*space = r->cap - used;
+	*space = cap - in;
 	return 0;
+}
+
+uint32_t ring_span(const struct ring *r, const struct ring_prod *p, uint32_t k,
+		   uint32_t n, const uint8_t **ptr)
+{
+	/* k is in [peer_cons, ctr]. Deep and not past X: the bytes before
+	 * X are in S, the rest in L. */
+	uint32_t s = p->x - k;
+
+	if (!p->deep || (!p->past_x && s && k - p->peer_cons < p->x - p->peer_cons)) {
+		*ptr = r->data + (k & (r->cap - 1));
+		return p->deep && s < n ? s : n;
+	}
+	*ptr = r->deep_data + ((k - p->x) & (r->deep_cap - 1));
+	return n;
+}
+
+bool ring_go_deep(const struct ring *r, struct ring_prod *p)
+{
+	if (p->deep || !r->deep_cap || (p->pw & IVMC_PW_CLOSED))
+		return false;
+	p->deep = true;
+	p->past_x = false;
+	p->x = p->ctr;
+	/* R9: where the bytes from X on are /then/ any publish of them (R1,
+	 * a release); pairs with A9 in ring_load_prod(). */
+	ivmc_store_release(&r->shm->deep, ivmc_deep_make(true, p->x));
+	return true;
+}
+
+uint32_t ring_go_shallow(const struct ring *r, struct ring_prod *p)
+{
+	uint32_t cons;
+
+	if (!p->deep || ivmc_w_ctr(p->pw) != p->ctr)
+		return 0;
+	/* A2 as in ring_free(): the consumer has read everything, L too. */
+	cons = ivmc_w_ctr(ivmc_load_acquire(&r->shm->cons));
+	if (cons != p->ctr)
+		return 0;
+	p->peer_cons = cons;
+	p->deep = false;
+	/* R9 again: S from here on, before any publish past it. */
+	ivmc_store_release(&r->shm->deep, ivmc_deep_make(false, p->ctr));
+	return p->ctr - p->x;
 }
 
 /* Is w a close of p's open epoch by its consumer? CLOSED, the same epoch,
@@ -92,6 +157,42 @@ int ring_close_prod(const struct ring *r, struct ring_prod *p)
 	return 0;
 }
 
+/* Where the bytes up to prod are: load the deep word (A9, after A1, so
+ * that it places every byte A1 showed) and check it against the counts. */
+static int deep_load(const struct ring *r, struct ring_cons *c, uint32_t prod)
+{
+	/* A9: pairs with R9 in ring_go_deep() and ring_go_shallow(). */
+	uint64_t d = ivmc_load_acquire(&r->shm->deep); /* the only read */
+	uint32_t x = (uint32_t)d, n = prod - c->ctr, s;
+
+	if (d & ~(IVMC_DEEP_ON | UINT32_MAX))
+		return -EPROTO;
+	if (!(d & IVMC_DEEP_ON)) {
+		/* Back in S, which the producer does only with all read. */
+		if ((c->in_l && x != c->ctr) || n > r->cap)
+			return -EPROTO;
+		c->deep = c->in_l = false;
+		return 0;
+	}
+	if (c->in_l && x == c->x)
+		return n > r->deep_cap ? -EPROTO : 0;
+	/* A deep episode we are not reading L of: it starts at or past our
+	 * CTR, in what was published or ahead of it by at most a ring (the
+	 * bytes the producer had written to S but not published). */
+	if (x - c->ctr <= n)
+		s = x - c->ctr;
+	else if (x - prod <= r->cap)
+		s = n;
+	else
+		return -EPROTO;
+	if (!r->deep_cap || s > r->cap || n - s > r->deep_cap)
+		return -EPROTO;
+	c->deep = true;
+	c->x = x;
+	c->in_l = x == c->ctr;
+	return 0;
+}
+
 int ring_load_prod(const struct ring *r, struct ring_cons *c, uint64_t *pw)
 {
 	/* A1: pairs with R1 in ring_publish(); bytes before CTR are complete. */
@@ -99,7 +200,9 @@ int ring_load_prod(const struct ring *r, struct ring_cons *c, uint64_t *pw)
 	uint32_t n = ivmc_w_ctr(w) - c->ctr;
 
 	/* Within a ring of us, and never behind what it showed us before. */
-	if (n > r->cap || ivmc_w_ctr(w) - c->peer_prod > n)
+	if (n > ring_total(r) || ivmc_w_ctr(w) - c->peer_prod > n)
+		return -EPROTO;
+	if (r->deep_cap ? deep_load(r, c, ivmc_w_ctr(w)) < 0 : n > r->cap)
 		return -EPROTO;
 	c->peer_prod = ivmc_w_ctr(w);
 	*pw = w;
@@ -109,6 +212,8 @@ int ring_load_prod(const struct ring *r, struct ring_cons *c, uint64_t *pw)
 void ring_consume(const struct ring *r, struct ring_cons *c, uint32_t n)
 {
 	c->ctr += n;
+	if (c->deep && c->ctr == c->x)
+		c->in_l = true; /* read S up to X: L from here */
 	/* R2: we are done reading [old, ctr); pairs with A2 in ring_free().
 	 * Seq-cst exchange: also the store half of F1 for a producer that
 	 * sleeps for space. */
@@ -138,13 +243,13 @@ int ring_rewind_cons(const struct ring *r, const struct ring_cons *c,
 
 	/* Each failed CAS is a publish (at most a ring of them, since we
 	 * read nothing more) or the producer's own close. */
-	for (uint32_t tries = 0; tries <= r->cap + 1; tries++) {
+	for (uint32_t tries = 0; tries <= ring_total(r) + 1; tries++) {
 		if (ivmc_w_epoch(w) == ((epoch - 1) & IVMC_W_EPOCH_MASK))
 			return (w & IVMC_PW_CLOSED) && ivmc_w_ctr(w) == c->ctr
 				       ? 2 /* not opened: nothing to give back */
 				       : -EPROTO;
 		if (ivmc_w_epoch(w) != (epoch & IVMC_W_EPOCH_MASK) ||
-		    ivmc_w_ctr(w) - c->ctr > r->cap)
+		    ivmc_w_ctr(w) - c->ctr > ring_total(r))
 			return -EPROTO;
 		if (w & IVMC_PW_CLOSED)
 			return ivmc_w_ctr(w) == c->ctr ? 0 : 1;

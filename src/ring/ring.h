@@ -13,11 +13,15 @@
 
 #include "../chan/shm_layout.h"
 
-/* Private view of one direction: geometry copied once at open. */
+/* Private view of one direction: geometry copied once at open. The ring
+ * S (data, cap) and, if deep_cap, the large area L the producer goes deep
+ * into when S is full (docs/protocol.md 3.7). */
 struct ring {
 	struct ivmc_shm_dir *shm; /* hostile memory */
 	uint8_t *data;		  /* mirror-mapped: [0, 2*cap) is valid */
 	uint32_t cap;
+	uint32_t deep_cap;	  /* 0: no L */
+	uint8_t *deep_data;	  /* mirror-mapped: [0, 2*deep_cap) */
 };
 
 /* Producer state; lives in the endpoint page, never in the shared region. */
@@ -25,6 +29,11 @@ struct ring_prod {
 	uint64_t pw;	    /* the producer word as we last published it */
 	uint32_t ctr;	    /* bytes written (published or not) */
 	uint32_t peer_cons; /* cached consumer CTR */
+	uint32_t x;	    /* deep: bytes from counter x on are in L */
+	bool deep;
+	bool past_x;	    /* deep, and peer_cons has reached x: all we
+			     * wrote and the consumer has not read is in L
+			     * (counters wrap: an episode may outlast 2^32) */
 };
 
 /* Consumer state; lives in the endpoint page. */
@@ -32,25 +41,71 @@ struct ring_cons {
 	uint32_t ctr;	    /* bytes consumed */
 	uint32_t peer_prod; /* cached producer CTR */
 	uint32_t ready;	    /* READY epoch we last published */
+	uint32_t x;	    /* deep: bytes from counter x on are in L */
+	bool deep;	    /* as the deep word said at our last load */
+	bool in_l;	    /* deep, and ctr has reached x: we read L */
 };
+
+/* Bytes that may be in flight in a direction: S, and L if there is one. */
+static inline uint32_t ring_total(const struct ring *r)
+{
+	return r->cap + r->deep_cap;
+}
+
+/* The capacity of the area the producer writes now (S, or L if deep). */
+static inline uint32_t ring_area_cap(const struct ring *r,
+				     const struct ring_prod *p)
+{
+	return p->deep ? r->deep_cap : r->cap;
+}
 
 /* Bytes we may write now (refreshes the cached consumer counter when the
  * cache shows less than want). Returns 0, or -EPROTO if the peer lied. */
 int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 	      uint32_t *space);
 
-/* Where the next written byte goes (contiguous for up to cap bytes). */
+/* Where the next written byte goes (contiguous for the area's capacity). */
 static inline uint8_t *ring_wptr(const struct ring *r, const struct ring_prod *p)
 {
+	if (p->deep)
+		return r->deep_data + ((p->ctr - p->x) & (r->deep_cap - 1));
 	return r->data + (p->ctr & (r->cap - 1));
 }
 
-/* Where the next byte to read is (contiguous for up to cap bytes). */
+/* Where the next byte to read is (contiguous for ring_avail() bytes). */
 static inline const uint8_t *ring_rptr(const struct ring *r,
 				       const struct ring_cons *c)
 {
+	if (c->in_l)
+		return r->deep_data + ((c->ctr - c->x) & (r->deep_cap - 1));
 	return r->data + (c->ctr & (r->cap - 1));
 }
+
+/* Bytes the consumer may read at ring_rptr() in one piece, by what it
+ * last loaded: up to X while X is ahead, then from L. */
+static inline uint32_t ring_avail(const struct ring_cons *c)
+{
+	uint32_t n = c->peer_prod - c->ctr;
+
+	if (c->deep && !c->in_l && c->x - c->ctr < n)
+		n = c->x - c->ctr;
+	return n;
+}
+
+/* The producer's bytes [k, k + n) (written, not yet consumed: stranded or
+ * given back), in pieces: sets *ptr to byte k and returns how many of
+ * them follow it contiguously (at least 1 if n). */
+uint32_t ring_span(const struct ring *r, const struct ring_prod *p, uint32_t k,
+		   uint32_t n, const uint8_t **ptr);
+
+/* S is full: go deep (into L) at our counter, without waiting for the
+ * consumer. Returns true if we did (there is an L and we were not deep). */
+bool ring_go_deep(const struct ring *r, struct ring_prod *p);
+
+/* Back to S if deep and the consumer has read everything we wrote (all
+ * published). Returns how many bytes went through L (their pages may be
+ * given back: nobody reads them again), 0 if we stayed (or were in S). */
+uint32_t ring_go_shallow(const struct ring *r, struct ring_prod *p);
 
 /* Publish every byte written so far. Returns 0, 1 if the consumer closed
  * the epoch first (p->pw now has CLOSED; bytes past its CTR were not

@@ -94,7 +94,7 @@ static int make_fd(enum kind k, int *keep)
 	case K_REGION:
 	case K_SIDEREGION:
 	case K_RDONLY:
-		FZ_ASSERT(!chan_region_create(RING, k == K_SIDEREGION, 0, &fd),
+		FZ_ASSERT(!chan_region_create(RING, 0, k == K_SIDEREGION, 0, &fd),
 			  "region");
 		if (k != K_RDONLY) {
 			*keep = dup(fd);

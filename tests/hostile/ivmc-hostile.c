@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -159,7 +160,11 @@ static void open_end(struct hctx *h, int region)
 				.wait_mode = CHAN_WAIT_ADAPTIVE };
 	void *m;
 
-	h->size = IVMC_SHM_HDR_SIZE + 2ull * h->cap;
+	struct stat st;
+
+	if (fstat(region, &st))
+		die(1, "fstat region");
+	h->size = (uint64_t)st.st_size; /* the rings, and any large areas */
 	try_seals(region, h->size);
 	m = mmap(NULL, h->size, PROT_READ | PROT_WRITE, MAP_SHARED, region, 0);
 	if (m == MAP_FAILED)

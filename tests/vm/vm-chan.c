@@ -140,7 +140,7 @@ static uint8_t *host_map(const char *file, unsigned int nchan,
 	uint8_t *mem;
 	int fd;
 
-	if (chan_region_size(ring, rsz))
+	if (chan_region_size(ring, 0, rsz))
 		t_fail("ring size %u: not a power of two in range", ring);
 	fd = open(file, O_RDWR | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st) < 0)
@@ -561,7 +561,7 @@ static int open_pair(const struct opts *o, struct chan_cfg *cfg, int *fd,
 	err = xport_ivshmem_open(bdf, fd, size);
 	if (err)
 		t_fail("pair device %s: %s", bdf, t_strerror(err));
-	if (o->idx >= p->nchan || chan_region_size(p->ring_size, &rsz) ||
+	if (o->idx >= p->nchan || chan_region_size(p->ring_size, 0, &rsz) ||
 	    *size < p->region_size)
 		t_fail("pair with %s: channel %u of %u, %llu-byte BAR", o->peer,
 		       o->idx, p->nchan, (unsigned long long)*size);
@@ -598,7 +598,7 @@ static struct chan *open_chan(const struct opts *o, int side, bool watch)
 				t_fail("ivshmem device %s: %s",
 				       o->bdf ? o->bdf : "(any)", t_strerror(err));
 		}
-		if (chan_region_size(o->ring, &rsz))
+		if (chan_region_size(o->ring, 0, &rsz))
 			t_fail("ring size %u: not a power of two in range", o->ring);
 		off = o->idx * rsz;
 	}

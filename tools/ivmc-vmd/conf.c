@@ -228,7 +228,7 @@ static int parse_line(struct conf *c, char **w, int n, unsigned int line,
 		uint64_t rsz;
 
 		if (parse_size(w[1], 1ull << 30, &v) ||
-		    chan_region_size((uint32_t)v, &rsz))
+		    chan_region_size((uint32_t)v, 0, &rsz))
 			return bad(err, len, line, "pair-ring: a power of two, 4K to 1G");
 		c->pair_ring = (uint32_t)v;
 	} else if (!strcmp(w[0], "pair-channels")) {
@@ -283,7 +283,7 @@ int conf_check(const struct conf *c, char *err, size_t errlen)
 			return bad(err, errlen, 0, "rule '%s %s %s' names a VM not defined",
 				   r->allow ? "allow" : "deny", r->a, r->b);
 	}
-	if (chan_region_size(c->pair_ring, &rsz) ||
+	if (chan_region_size(c->pair_ring, 0, &rsz) ||
 	    IVMC_VM_PAIR_HDR + rsz * c->pair_chans > c->pair_size)
 		return bad(err, errlen, 0,
 			   "%u channels of %u-byte rings do not fit a pair-size of %llu",

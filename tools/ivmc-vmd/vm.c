@@ -231,7 +231,7 @@ static void pair_reset(struct pairst *p)
 	if (fallocate(p->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
 		      (off_t)p->size) < 0)
 		memset(p->map, 0, p->size);
-	(void)chan_region_size(p->ring, &rsz); /* checked by conf_check() */
+	(void)chan_region_size(p->ring, 0, &rsz); /* checked by conf_check() */
 	for (uint32_t i = 0; i < p->nchan; i++)
 		(void)chan_region_init(p->map + IVMC_VM_PAIR_HDR + i * rsz, rsz,
 				       p->ring);

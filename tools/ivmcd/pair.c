@@ -495,7 +495,7 @@ static int make_channel(struct reg *a, struct reg *b,
 	bool sent[2];
 	uint64_t size;
 
-	if (!ch || chan_region_size(v->ring_size, &size)) {
+	if (!ch || chan_region_size(v->ring_size, v->deep_size, &size)) {
 		free(ch);
 		return CTL_R_NO_MEMORY;
 	}
@@ -505,7 +505,8 @@ static int make_channel(struct reg *a, struct reg *b,
 	}
 	ch->region_size = size;
 	ch->region_fd = -1;
-	err = chan_region_create(v->ring_size, true, 0, &ch->region_fd);
+	err = chan_region_create(v->ring_size, v->deep_size, true, 0,
+				 &ch->region_fd);
 	if (!err)
 		err = xport_doorbell_pair(bell);
 	if (err) {
