@@ -17,6 +17,7 @@
 # usage: bench/preload.sh [--quick] [--rounds N] [--only redis|iperf|sockperf|idle]
 #                         [--json FILE] [--plain-only] [--hog]
 # env:   IVMC_RUN, IVMCD, IVMCCTL: the tools (default: build/bin/...)
+#        IVMC_BENCH_POLICY: lines added to ivmcd's policy (e.g. "ring_grow 0")
 #        IVMC_PRELOAD: the library (build/lib/libivmc-preload.so); the four are
 #        copied at the start, so a rebuild during the run does not change them
 # Needs redis-server, redis-tools, iperf3, sockperf, jq and iproute2;
@@ -210,6 +211,9 @@ start_ivmcd() {
 	sock=$tmp/ivmcd.sock
 	# An empty policy: the built-in one (same uid, or root, may pair).
 	echo "# bench/preload.sh: built-in policy" >"$tmp/ivmcd.conf"
+	# IVMC_BENCH_POLICY: more lines for it (e.g. "ring_grow 0").
+	[ -z "${IVMC_BENCH_POLICY:-}" ] ||
+		printf '%s\n' "$IVMC_BENCH_POLICY" >>"$tmp/ivmcd.conf"
 	"$IVMCD" -f -s "$sock" -c "$tmp/ivmcd.conf" -l info -L "$tmp/ivmcd.log" \
 		</dev/null >/dev/null 2>"$tmp/ivmcd.err" &
 	ivmcd_pid=$!

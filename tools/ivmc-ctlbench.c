@@ -638,6 +638,7 @@ struct opts {
 	long setup_n, attach_n, chans;
 	int rounds, procs, window;
 	size_t ring;
+	size_t grow; /* ring_grow, or SIZE_MAX: ivmcd's default */
 	int quick, netns, no_setup, no_attach, no_scale, scale_netns;
 	int daemon_batch;
 	long linger_us, tick_us; /* passed to ivmcd; -1: its default */
@@ -658,6 +659,8 @@ static int conf_write(const struct opts *o)
 		"ring_size %zuK\nquota channels 0\nquota memory 0\n"
 		"pending_max 100000\n",
 		o->ring >> 10);
+	if (o->grow != SIZE_MAX)
+		fprintf(f, "ring_grow %zuK\n", o->grow >> 10);
 	err = ferror(f) ? -EIO : 0;
 	if (fclose(f) && !err)
 		err = -errno;
@@ -2359,6 +2362,7 @@ static void usage(FILE *f)
 		"  -w, --window W         registrations each process keeps",
 		"                         waiting for ivmcd (64; 0: no limit)",
 		"  -r, --ring BYTES       ring_size in ivmcd's config (64K)",
+		"  -g, --ring-grow BYTES  ring_grow in it (0 or 4K..1G; ivmcd's)",
 		"  -R, --rounds N         interleaved rounds (5, max 32)",
 		"  -j, --json FILE        also write the results as JSON",
 		"      --no-netns         skip the cases across namespaces",
@@ -2449,6 +2453,7 @@ static const struct option lopts[] = {
 	{ "procs", required_argument, NULL, 'p' },
 	{ "window", required_argument, NULL, 'w' },
 	{ "ring", required_argument, NULL, 'r' },
+	{ "ring-grow", required_argument, NULL, 'g' },
 	{ "rounds", required_argument, NULL, 'R' },
 	{ "json", required_argument, NULL, 'j' },
 	{ "no-netns", no_argument, NULL, OPT_NONETNS },
@@ -2498,6 +2503,10 @@ static int parse_one(struct opts *o, int c)
 		return parse_int(optarg, 0, 1000000, &o->window);
 	case 'r':
 		return parse_ring(optarg, &o->ring);
+	case 'g':
+		if (!strcmp(optarg, "0"))
+			return o->grow = 0, 0;
+		return parse_ring(optarg, &o->grow);
 	case 'R':
 		return parse_int(optarg, 1, MAX_ROUNDS, &o->rounds);
 	case 'j':
@@ -2557,11 +2566,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	o->procs = 4;
 	o->window = 64;
 	o->ring = 64 << 10;
+	o->grow = SIZE_MAX;
 	o->netns = 1;
 	o->timeout_s = 900;
 	o->log_level = "info";
 	o->linger_us = o->tick_us = -1;
-	while ((c = getopt_long(argc, argv, "qn:a:c:p:w:r:R:j:hV", lopts,
+	while ((c = getopt_long(argc, argv, "qn:a:c:p:w:r:g:R:j:hV", lopts,
 				NULL)) != -1) {
 		err = parse_one(o, c);
 		if (err == 1)
