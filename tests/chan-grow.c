@@ -198,7 +198,7 @@ static void stream_two_processes(void)
  */
 static void episode_past_2e32(void)
 {
-	static uint8_t s_mem[2 * RING], l_mem[2 * DEEP];
+	static uint8_t s_mem[2 * RING], l_mem[DEEP];
 	static struct ivmc_shm_dir dir;
 	struct ring r = { &dir, s_mem, RING, DEEP, l_mem };
 	uint32_t x = 0x70000000u, ctr = x + 200, space, n;
@@ -214,12 +214,19 @@ static void episode_past_2e32(void)
 	T_ASSERT_OK(ring_free(&r, &pr, DEEP, &space));
 	T_ASSERT_EQ(space, DEEP - 300);
 	T_ASSERT(ring_wptr(&r, &pr) == l_mem + ((ctr - x) & (DEEP - 1)));
+	/* The 300 bytes start 100 before L's end (L is not mirrored). */
 	n = ring_span(&r, &pr, ctr - 300, 300, &ptr);
-	T_ASSERT_EQ(n, 300);
-	T_ASSERT(ptr == l_mem + ((ctr - 300 - x) & (DEEP - 1)));
+	T_ASSERT_EQ(n, 100);
+	T_ASSERT(ptr == l_mem + DEEP - 100);
+	n = ring_span(&r, &pr, ctr - 200, 200, &ptr);
+	T_ASSERT_EQ(n, 200);
+	T_ASSERT(ptr == l_mem);
 	T_ASSERT_OK(ring_load_prod(&r, &cr, &w));
-	T_ASSERT_EQ(ring_avail(&cr), 300);
-	T_ASSERT(ring_rptr(&r, &cr) == l_mem + ((ctr - 300 - x) & (DEEP - 1)));
+	T_ASSERT_EQ(ring_avail(&r, &cr), 100);
+	T_ASSERT(ring_rptr(&r, &cr) == l_mem + DEEP - 100);
+	ring_consume(&r, &cr, 100);
+	T_ASSERT_EQ(ring_avail(&r, &cr), 200);
+	T_ASSERT(ring_rptr(&r, &cr) == l_mem);
 	/* Not yet past X (the consumer still in S): S up to X, then L. */
 	pr = (struct ring_prod){ ivmc_w_make(1, x + 50), x + 50, x - 100, x,
 				 true, false };

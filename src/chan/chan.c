@@ -158,40 +158,46 @@ static void ep_start(struct chan *c, const struct hdr_copy *hc, int side)
 		ring_set_ready(&c->rx, &ep->rx, 1);
 }
 
+/* The rings S, mirror-mapped (copies ignore their wrap); the large areas
+ * L of both directions in one plain mapping (cheaper to make and unmake
+ * than two mirrors of 4 MiB: ivmcd makes a channel per connection), whose
+ * users cut copies at its end. */
 static int map_rings(struct chan *c, int fd, uint64_t base, int side)
 {
-	for (int d = 0; d < 2; d++) {
-		uint64_t off = base + IVMC_SHM_HDR_SIZE +
-			       (uint64_t)d * c->ring_size;
-		int err = xport_map_mirror(fd, off, c->ring_size,
-					   (void **)&c->mirror[d]);
+	int err = 0;
 
-		if (!err && c->deep_size)
-			err = xport_map_mirror(fd, base + IVMC_SHM_HDR_SIZE +
-						   2 * (uint64_t)c->ring_size +
-						   (uint64_t)d * c->deep_size,
-					       c->deep_size,
-					       (void **)&c->deep_mirror[d]);
-		if (err)
-			return err;
+	for (int d = 0; d < 2 && !err; d++)
+		err = xport_map_mirror(fd, base + IVMC_SHM_HDR_SIZE +
+					   (uint64_t)d * c->ring_size,
+				       c->ring_size, (void **)&c->mirror[d]);
+	if (!err && c->deep_size)
+		err = xport_map(fd, base + IVMC_SHM_HDR_SIZE +
+					2 * (uint64_t)c->ring_size,
+				2 * (size_t)c->deep_size, (void **)&c->deep_map);
+	if (err) {
+		c->deep_map = NULL;
+		return err;
 	}
-	for (int d = 0; d < 2; d++)
+	for (int d = 0; d < 2; d++) {
+		int s = d ? 1 - side : side; /* tx: dir[side], rx: the other */
+
 		(d ? &c->rx : &c->tx)[0] = (struct ring){
-			&c->hdr->dir[d ? 1 - side : side],
-			c->mirror[d ? 1 - side : side], c->ring_size,
-			c->deep_size, c->deep_mirror[d ? 1 - side : side]
+			&c->hdr->dir[s], c->mirror[s], c->ring_size,
+			c->deep_size,
+			c->deep_map ? c->deep_map + (size_t)s * c->deep_size
+				    : NULL
 		};
+	}
 	return 0;
 }
 
 static void chan_free(struct chan *c)
 {
-	for (int d = 0; d < 2; d++) {
+	for (int d = 0; d < 2; d++)
 		if (c->mirror[d])
 			munmap(c->mirror[d], 2 * (size_t)c->ring_size);
-		if (c->deep_mirror[d])
-			munmap(c->deep_mirror[d], 2 * (size_t)c->deep_size);
-	}
+	if (c->deep_map)
+		munmap(c->deep_map, 2 * (size_t)c->deep_size);
 	if (c->hdr)
 		munmap(c->hdr, IVMC_SHM_HDR_SIZE);
 	if (c->ep)

@@ -107,7 +107,8 @@ struct chan {
 	struct ivmc_shm_hdr *hdr; /* hostile; only hdr->dir[] is used */
 	struct ring tx, rx;	  /* tx: dir[side], rx: dir[1 - side] */
 	uint8_t *mirror[2];	  /* mirror maps, 2 * ring_size each */
-	uint8_t *deep_mirror[2];  /* the same for L, 2 * deep_size, or NULL */
+	uint8_t *deep_map;	  /* L of direction 0 then 1, 2 * deep_size
+				   * (not mirrored), or NULL */
 	uint32_t ring_size;
 	uint32_t deep_size;	  /* 0: the rings never grow */
 	uint32_t spin_default;

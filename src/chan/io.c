@@ -187,6 +187,8 @@ static ssize_t tx_ring(struct chan *c, struct iovc *ic, size_t left,
 		return (ep->tx.pw & IVMC_PW_CLOSED) ? STEP_AGAIN : -EAGAIN;
 	}
 	n = space < TX_CHUNK ? space : TX_CHUNK;
+	if (n > ring_wcontig(&c->tx, &ep->tx))
+		n = ring_wcontig(&c->tx, &ep->tx); /* L's end: the rest next */
 	if (n > left)
 		n = (uint32_t)left;
 	iovc_gather(ic, ring_wptr(&c->tx, &ep->tx), n);
@@ -448,14 +450,14 @@ static int rx_avail(struct chan *c, uint32_t *avail, uint64_t *w)
 	struct chan_ep *ep = c->ep;
 
 	*w = ep->rx_seen_pw;
-	*avail = ring_avail(&ep->rx);
+	*avail = ring_avail(&c->rx, &ep->rx);
 	if (*avail)
 		return 0;
 	if (ring_load_prod(&c->rx, &ep->rx, w) < 0 ||
 	    ivmc_w_epoch(*w) != ep->rx_epoch)
 		return chan_poison(c, -EPROTO);
 	ep->rx_seen_pw = *w;
-	*avail = ring_avail(&ep->rx);
+	*avail = ring_avail(&c->rx, &ep->rx);
 	return 0;
 }
 
@@ -593,6 +595,8 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 		r = -EPIPE; /* bytes stranded by the close could not go out */
 	if (!r) {
 		*buf = ring_wptr(&c->tx, &ep->tx);
+		if (space > ring_wcontig(&c->tx, &ep->tx))
+			space = ring_wcontig(&c->tx, &ep->tx); /* up to L's end */
 		ep->tx_resv = space;
 		ep->tx_resv_at = ep->tx.ctr;
 		r = space;

@@ -60,8 +60,9 @@ uint32_t ring_span(const struct ring *r, const struct ring_prod *p, uint32_t k,
 		*ptr = r->data + (k & (r->cap - 1));
 		return p->deep && s < n ? s : n;
 	}
-	*ptr = r->deep_data + ((k - p->x) & (r->deep_cap - 1));
-	return n;
+	s = (k - p->x) & (r->deep_cap - 1);
+	*ptr = r->deep_data + s;
+	return n < r->deep_cap - s ? n : r->deep_cap - s; /* L's end */
 }
 
 bool ring_go_deep(const struct ring *r, struct ring_prod *p)

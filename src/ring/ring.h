@@ -21,7 +21,8 @@ struct ring {
 	uint8_t *data;		  /* mirror-mapped: [0, 2*cap) is valid */
 	uint32_t cap;
 	uint32_t deep_cap;	  /* 0: no L */
-	uint8_t *deep_data;	  /* mirror-mapped: [0, 2*deep_cap) */
+	uint8_t *deep_data;	  /* [0, deep_cap), not mirrored: copies
+				   * stop at its end (ring_wcontig()) */
 };
 
 /* Producer state; lives in the endpoint page, never in the shared region. */
@@ -64,7 +65,17 @@ static inline uint32_t ring_area_cap(const struct ring *r,
 int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 	      uint32_t *space);
 
-/* Where the next written byte goes (contiguous for the area's capacity). */
+/* How many bytes from ring_wptr() on are contiguous: S is mirrored (all
+ * of it), L is not (up to its end). */
+static inline uint32_t ring_wcontig(const struct ring *r,
+				    const struct ring_prod *p)
+{
+	if (p->deep)
+		return r->deep_cap - ((p->ctr - p->x) & (r->deep_cap - 1));
+	return r->cap;
+}
+
+/* Where the next written byte goes (contiguous for ring_wcontig()). */
 static inline uint8_t *ring_wptr(const struct ring *r, const struct ring_prod *p)
 {
 	if (p->deep)
@@ -82,13 +93,19 @@ static inline const uint8_t *ring_rptr(const struct ring *r,
 }
 
 /* Bytes the consumer may read at ring_rptr() in one piece, by what it
- * last loaded: up to X while X is ahead, then from L. */
-static inline uint32_t ring_avail(const struct ring_cons *c)
+ * last loaded: up to X while X is ahead, then from L up to its end. */
+static inline uint32_t ring_avail(const struct ring *r,
+				  const struct ring_cons *c)
 {
-	uint32_t n = c->peer_prod - c->ctr;
+	uint32_t n = c->peer_prod - c->ctr, end;
 
 	if (c->deep && !c->in_l && c->x - c->ctr < n)
 		n = c->x - c->ctr;
+	if (c->in_l) {
+		end = r->deep_cap - ((c->ctr - c->x) & (r->deep_cap - 1));
+		if (n > end)
+			n = end;
+	}
 	return n;
 }
 
