@@ -5,8 +5,9 @@
  * (honest, control socket closed after or before the CHAN, producer
  * counter past capacity or backwards, consumer counter past the victim's
  * producer, a counter flipped valid/invalid while read, garbage in both
- * directions' words, a ring that never drains, a stall, a doorbell flood,
- * death mid-record), a fresh victim process listens on loopback, serves an
+ * directions' words, a ring that never drains (the victim must block with
+ * S + L full), a stall, a doorbell flood, death mid-record), a fresh
+ * victim process listens on loopback, serves an
  * honest peer (ivmc_tcp on both ends, attached, a verified echoed stream)
  * and then the hostile program, whose connection it wraps with ivmc_tcp()
  * and echoes. The victim must stay alive; the honest connection must keep

@@ -10,7 +10,9 @@
  * the victim at PORT echoes what it receives.
  *
  * Exit: 0 when its own checks passed, 2 usage, 3 no channel, 4 a seal
- * did not hold, 5 the echo was wrong while it was honest.
+ * did not hold, 5 the echo was wrong while it was honest, 6 the
+ * victim's producer was not as the mode needs (it wrote past S + L or
+ * never filled them).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,7 +43,7 @@ struct hctx {
 	struct chan *c;
 	struct ivmc_shm_hdr *hdr;
 	uint64_t size;
-	uint32_t cap;
+	uint32_t cap, deep; /* ring_size (from the CHAN), deep_size (header) */
 	uint64_t tx_off, rx_off; /* of stream SEED_H, sent / echoed back */
 };
 
@@ -170,6 +172,9 @@ static void open_end(struct hctx *h, int region)
 	if (m == MAP_FAILED)
 		die(1, "mmap region");
 	h->hdr = m;
+	/* ivmcd wrote the header; chan_open() checks it below, and so a
+	 * region of another size would not open. */
+	h->deep = h->hdr->deep_size;
 	T_ASSERT_OK(chan_open(&cfg, region, h->bell, &h->c));
 	close(region); /* mapped; the doorbell is the channel's now */
 	h->bell = chan_fd(h->c);
@@ -177,7 +182,7 @@ static void open_end(struct hctx *h, int region)
 
 /* ---- honest traffic ---- */
 
-static void send_h(struct hctx *h, size_t n, unsigned int flags)
+static ssize_t send_h(struct hctx *h, size_t n, unsigned int flags)
 {
 	static uint8_t buf[65536];
 	ssize_t r;
@@ -186,6 +191,7 @@ static void send_h(struct hctx *h, size_t n, unsigned int flags)
 	r = t_send(h->c, buf, n, flags);
 	if (r > 0)
 		h->tx_off += (uint64_t)r;
+	return r;
 }
 
 static void recv_h(struct hctx *h, size_t n)
@@ -366,18 +372,51 @@ static void with_thread(struct hctx *h, void *(*fn)(void *), int ms)
 	printf("victim hung up: %d\n", victim_hung_up(h, 3000));
 }
 
-/* We stop reading; the victim echoes until its ring and the socket are
- * full and blocks. Then we go away. */
+/* The victim's bytes in flight towards us: it wrote them, we did not
+ * read them (we read nothing any more, so our consumer word stays). */
+static uint32_t victim_in_flight(const struct hctx *h)
+{
+	const struct ivmc_shm_dir *d = &h->hdr->dir[1 - h->side];
+
+	return ivmc_w_ctr(atomic_load(&d->prod)) -
+	       ivmc_w_ctr(atomic_load(&d->cons));
+}
+
+/* We stop reading; the victim echoes until its S and its L are full and
+ * blocks: on the ring nothing else holds its bytes, so then exactly
+ * ring_size + deep_size are in flight (it went deep rather than wait, and
+ * never wrote past what we had read). We send until our own S and L are
+ * full too (the victim holds one buffer it cannot echo), see the count
+ * stay there, and go away. At most 2 s, 8x that under a test wrapper. */
 static void m_never_drains(struct hctx *h)
 {
-	uint64_t end = t_now_ns() + 300000000ull;
+	uint64_t t0 = t_now_ns(), full = (uint64_t)h->cap + h->deep;
+	uint32_t n = 0;
+	bool blocked = false;
 
-	while (t_now_ns() < end) {
-		send_h(h, 65536, CHAN_NONBLOCK);
-		usleep(1000);
+	while (!blocked && t_now_ns() - t0 < 2000000000ull * t_slow()) {
+		ssize_t r = send_h(h, 65536, CHAN_NONBLOCK);
+
+		n = victim_in_flight(h);
+		if (n > full)
+			break;
+		blocked = r == -EAGAIN && n == full;
+		if (r == -EAGAIN)
+			usleep(1000);
 	}
-	printf("sent %llu bytes, read none back\n",
-	       (unsigned long long)h->tx_off);
+	if (blocked) {
+		usleep(100000); /* it stays blocked: nothing more comes */
+		n = victim_in_flight(h);
+	}
+	printf("sent %llu bytes, read none back; the victim's bytes in "
+	       "flight: %u (S + L: %llu)\n", (unsigned long long)h->tx_off, n,
+	       (unsigned long long)full);
+	if (n != full) {
+		fprintf(stderr, "ivmc-hostile: the victim has %u bytes in "
+			"flight, not S + L (%llu)\n", n,
+			(unsigned long long)full);
+		exit(6);
+	}
 	usleep(1500000);
 }
 
