@@ -3,11 +3,12 @@
  * Description: a hostile peer that got its channel through ivmcd, against
  * a native-API victim. For each behaviour of tests/hostile/ivmc-hostile
  * (honest, control socket closed after or before the CHAN, producer
- * counter past capacity or backwards, consumer counter past the victim's
- * producer, a counter flipped valid/invalid while read, garbage in both
- * directions' words, a ring that never drains (the victim must block with
- * S + L full), a stall, a doorbell flood, death mid-record), a fresh
- * victim process listens on loopback, serves an
+ * counter past S with the deep word saying S holds everything, past S + L,
+ * or backwards, consumer counter past the victim's producer, a counter
+ * flipped valid/invalid while read, garbage in both directions' words, a
+ * ring that never drains (the victim must block with S + L full), a stall,
+ * a doorbell flood, death mid-record), a fresh victim process listens on
+ * loopback, serves an
  * honest peer (ivmc_tcp on both ends, attached, a verified echoed stream)
  * and then the hostile program, whose connection it wraps with ivmc_tcp()
  * and echoes. The victim must stay alive; the honest connection must keep

@@ -38,6 +38,7 @@ static const struct hcase cases[] = {
 	{ .mode = "ctl-closed" },
 	{ .mode = "ctl-early" },
 	{ .mode = "prod-past-cap", .must_err = true },
+	{ .mode = "prod-past-total", .must_err = true },
 	{ .mode = "prod-back", .must_err = true },
 	{ .mode = "cons-past", .must_err = true },
 	{ .mode = "flip" },

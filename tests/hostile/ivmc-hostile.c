@@ -52,8 +52,8 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: ivmc-hostile MODE PORT\n"
 		"MODE: honest, ctl-closed (after CHAN), ctl-early (before CHAN),\n"
-		"  prod-past-cap, prod-back, cons-past, flip, garbage,\n"
-		"  never-drains, stall, flood, die-mid-record\n");
+		"  prod-past-cap, prod-past-total, prod-back, cons-past, flip,\n"
+		"  garbage, never-drains, stall, flood, die-mid-record\n");
 	exit(2);
 }
 
@@ -286,8 +286,9 @@ static void m_prod(struct hctx *h, int64_t delta)
 
 static _Atomic int stop;
 
-/* Our producer word flips between its true value and one past capacity
- * while the victim reads (a double fetch would see both). */
+/* Our producer word flips between its true value and one past S (the
+ * deep word saying S holds every byte) while the victim reads (a double
+ * fetch would see both). */
 static void *flipper(void *arg)
 {
 	struct hctx *h = arg;
@@ -337,7 +338,8 @@ static void m_cons_past(struct hctx *h)
 	printf("victim hung up: %d\n", victim_hung_up(h, 5000));
 }
 
-/* Random words into both directions' lines while we also send. */
+/* Random words into both directions' lines (deep words too) while we
+ * also send. */
 static void *scribbler(void *arg)
 {
 	struct hctx *h = arg;
@@ -504,8 +506,14 @@ int main(int argc, char **argv)
 	       h.side, h.cap, (unsigned long long)h.tx_off);
 	if (!strcmp(mode, "honest") || !strcmp(mode, "ctl-closed"))
 		m_honest(&h);
-	else if (!strcmp(mode, "prod-past-cap"))
+	else if (!strcmp(mode, "prod-past-cap")) {
+		/* Past S, the deep word saying S holds every byte (we never
+		 * filled S): within S + L, so only that word makes it a lie. */
+		if (atomic_load(&h.hdr->dir[h.side].deep) & IVMC_DEEP_ON)
+			exit(6);
 		m_prod(&h, (int64_t)h.cap + 64);
+	} else if (!strcmp(mode, "prod-past-total"))
+		m_prod(&h, (int64_t)h.cap + h.deep + 64); /* past S + L */
 	else if (!strcmp(mode, "prod-back"))
 		m_prod(&h, -1);
 	else if (!strcmp(mode, "cons-past"))
