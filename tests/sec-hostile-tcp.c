@@ -7,8 +7,10 @@
  * or backwards, consumer counter past the victim's producer, a counter
  * flipped valid/invalid while read, garbage in both directions' words, a
  * ring that never drains (the victim must block with S + L full), a stall,
- * a doorbell flood, death mid-record), a fresh victim process listens on
- * loopback, serves an
+ * a doorbell flood, death mid-record, and lies in the deep word: X far from
+ * the counters, more than S holds before X or more than L holds after it,
+ * while going deep or while reading L, back to S where the victim is not,
+ * garbage above DEEP), a fresh victim process listens on loopback, serves an
  * honest peer (ivmc_tcp on both ends, attached, a verified echoed stream)
  * and then the hostile program, whose connection it wraps with ivmc_tcp()
  * and echoes. The victim must stay alive; the honest connection must keep

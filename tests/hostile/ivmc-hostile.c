@@ -7,12 +7,15 @@
  * honestly (chan_open on the region, with the TCP socket as side stream),
  * moves an echoed stream until both directions are on the ring, then
  * misbehaves as MODE says (see usage()). Used by tests/sec-hostile-tcp.c;
- * the victim at PORT echoes what it receives.
+ * the victim at PORT echoes what it receives. The deep-* modes lie in the
+ * deep word of our direction (docs/protocol.md 3.7): they write our bytes
+ * and words by hand, our channel's producer state going stale.
  *
  * Exit: 0 when its own checks passed, 2 usage, 3 no channel, 4 a seal
- * did not hold, 5 the echo was wrong while it was honest, 6 the
- * victim's producer was not as the mode needs (it wrote past S + L or
- * never filled them).
+ * did not hold, 5 the echo was wrong (while honest, or a byte the victim
+ * could only have placed right), 6 the region or the victim's producer
+ * was not as the mode needs (no large area, the victim wrote past S + L
+ * or never filled them).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -53,7 +56,9 @@ static void usage(void)
 		"usage: ivmc-hostile MODE PORT\n"
 		"MODE: honest, ctl-closed (after CHAN), ctl-early (before CHAN),\n"
 		"  prod-past-cap, prod-past-total, prod-back, cons-past, flip,\n"
-		"  garbage, never-drains, stall, flood, die-mid-record\n");
+		"  garbage, never-drains, stall, flood, die-mid-record,\n"
+		"  deep-x-far, deep-past-s, deep-past-l, deep-past-l-reading,\n"
+		"  deep-back-early, deep-garbage\n");
 	exit(2);
 }
 
@@ -450,6 +455,194 @@ static void m_die_mid_record(struct hctx *h)
 	raise(SIGKILL);
 }
 
+/* ---- lies in the deep word: our direction by hand ----
+ * From here on we write our bytes, the deep word and the producer word
+ * ourselves; the channel's producer state goes stale, so nothing is sent
+ * through it again (it still reads the victim's echo: the receive path
+ * looks at our producer word only for CLOSED, which we never set). */
+
+struct raw {
+	struct ivmc_shm_dir *d;
+	uint8_t *s, *l;	/* our ring S and large area L (not mirrored here) */
+	uint32_t ctr;	/* our producer counter: written, maybe unpublished */
+	uint32_t x;	/* deep: our bytes from x on are in L */
+	bool deep;
+};
+
+static void raw_init(struct hctx *h, struct raw *r)
+{
+	uint8_t *base = (uint8_t *)h->hdr + IVMC_SHM_HDR_SIZE;
+	uint64_t dw;
+
+	if (!h->deep) {
+		fprintf(stderr, "ivmc-hostile: the region has no large area\n");
+		exit(6);
+	}
+	r->d = &h->hdr->dir[h->side];
+	r->s = base + (size_t)h->side * h->cap;
+	r->l = base + 2 * (size_t)h->cap + (size_t)h->side * h->deep;
+	r->ctr = ivmc_w_ctr(atomic_load(&r->d->prod));
+	/* After the warm-up (4 KiB echoed at a time) we never filled S. */
+	dw = atomic_load(&r->d->deep);
+	if (dw & IVMC_DEEP_ON) {
+		fprintf(stderr, "ivmc-hostile: deep after the warm-up\n");
+		exit(6);
+	}
+	r->deep = false;
+}
+
+/* The victim's consumer counter of our direction. */
+static uint32_t raw_cons(const struct raw *r)
+{
+	return ivmc_w_ctr(atomic_load(&r->d->cons));
+}
+
+/* n bytes of src into an area of size sz at offset off, wrapping. */
+static void put(uint8_t *area, uint32_t sz, uint32_t off, const uint8_t *src,
+		uint32_t n)
+{
+	uint32_t at = off & (sz - 1), k = sz - at < n ? sz - at : n;
+
+	memcpy(area + at, src, k);
+	memcpy(area, src + k, n - k);
+}
+
+/* The next n (<= 64 KiB) bytes of our stream where an honest producer
+ * puts them (L if deep, else S), counted (not published). */
+static void raw_put(struct hctx *h, struct raw *r, uint32_t n)
+{
+	static uint8_t buf[65536];
+
+	t_fill(SEED_H, h->tx_off, buf, n);
+	if (r->deep)
+		put(r->l, h->deep, r->ctr - r->x, buf, n);
+	else
+		put(r->s, h->cap, r->ctr, buf, n);
+	r->ctr += n;
+	h->tx_off += n;
+}
+
+/* The deep word (before any publish it places). */
+static void raw_set_deep(struct raw *r, uint64_t dw)
+{
+	atomic_store(&r->d->deep, dw);
+}
+
+/* Publish counter ctr (after the bytes and the deep word) and wake the
+ * victim. */
+static void raw_publish(struct hctx *h, struct raw *r, uint32_t ctr)
+{
+	atomic_store(&r->d->prod, with_ctr(atomic_load(&r->d->prod), ctr));
+	ring_bell(h);
+}
+
+/* Honestly deep at our counter (the victim has read everything, so it
+ * reads L from its next byte), with n bytes in L that the victim must
+ * echo right: our layout of L is the victim's. */
+static void raw_deep_honest(struct hctx *h, struct raw *r, uint32_t n)
+{
+	if (raw_cons(r) != r->ctr) {
+		fprintf(stderr, "ivmc-hostile: the victim has not read all\n");
+		exit(6);
+	}
+	r->deep = true;
+	r->x = r->ctr;
+	raw_set_deep(r, ivmc_deep_make(true, r->x));
+	raw_put(h, r, n);
+	raw_publish(h, r, r->ctr);
+	recv_h(h, n);
+}
+
+static void hung_up(struct hctx *h)
+{
+	printf("victim hung up: %d\n", victim_hung_up(h, 5000));
+}
+
+/* DEEP with X half the counter space away from everything published:
+ * neither in [cons, prod] nor within a ring ahead of prod. */
+static void m_deep_x_far(struct hctx *h)
+{
+	struct raw r;
+
+	raw_init(h, &r);
+	raw_put(h, &r, 1000); /* into S, where X says they are */
+	raw_set_deep(&r, ivmc_deep_make(true, r.ctr + 0x80000000u));
+	raw_publish(h, &r, r.ctr);
+	hung_up(h);
+}
+
+/* DEEP with X inside what we publish, more than a ring past the
+ * victim's counter: S would hold more than S holds (L not even full). */
+static void m_deep_past_s(struct hctx *h)
+{
+	struct raw r;
+	uint32_t x;
+
+	raw_init(h, &r);
+	x = r.ctr + h->cap + 100;
+	raw_set_deep(&r, ivmc_deep_make(true, x));
+	raw_publish(h, &r, x + 100);
+	hung_up(h);
+}
+
+/* DEEP with X inside what we publish, 100 bytes past the victim's
+ * counter, and more than deep_size bytes past X: L would hold more than
+ * L holds. The count is within S + L: only the deep word places it wrong. */
+static void m_deep_past_l(struct hctx *h)
+{
+	struct raw r;
+	uint32_t x;
+
+	raw_init(h, &r);
+	raw_put(h, &r, 100);
+	x = r.ctr;
+	raw_set_deep(&r, ivmc_deep_make(true, x));
+	raw_publish(h, &r, x + h->deep + 64);
+	hung_up(h);
+}
+
+/* Honestly deep, the victim reading L; then more unread bytes than L
+ * holds, the deep word unchanged (within S + L from the victim's
+ * counter, so only the check of the episode it reads catches it). */
+static void m_deep_past_l_reading(struct hctx *h)
+{
+	struct raw r;
+
+	raw_init(h, &r);
+	raw_deep_honest(h, &r, 3000);
+	raw_publish(h, &r, raw_cons(&r) + h->deep + 64);
+	hung_up(h);
+}
+
+/* Honestly deep, the victim reading L (it read 3000 bytes past X); then
+ * back to S "at X": not where the victim is, so not with everything
+ * read. The bytes after it go into S. */
+static void m_deep_back_early(struct hctx *h)
+{
+	struct raw r;
+
+	raw_init(h, &r);
+	raw_deep_honest(h, &r, 3000);
+	r.deep = false;
+	raw_set_deep(&r, ivmc_deep_make(false, r.x));
+	raw_put(h, &r, 1000);
+	raw_publish(h, &r, r.ctr);
+	hung_up(h);
+}
+
+/* A deep word true in every bit the layout defines (back in S at the
+ * victim's counter), with bit 33, the nearest above DEEP, set. */
+static void m_deep_garbage(struct hctx *h)
+{
+	struct raw r;
+
+	raw_init(h, &r);
+	raw_set_deep(&r, ivmc_deep_make(false, r.ctr) | 1ull << 33);
+	raw_put(h, &r, 1000);
+	raw_publish(h, &r, r.ctr);
+	hung_up(h);
+}
+
 /* Registered, then gone from ivmcd before the CHAN: the connection stays
  * TCP, and the victim's echo must still be right. */
 static void m_ctl_early(int tcp)
@@ -530,6 +723,18 @@ int main(int argc, char **argv)
 		m_flood(&h);
 	else if (!strcmp(mode, "die-mid-record"))
 		m_die_mid_record(&h);
+	else if (!strcmp(mode, "deep-x-far"))
+		m_deep_x_far(&h);
+	else if (!strcmp(mode, "deep-past-s"))
+		m_deep_past_s(&h);
+	else if (!strcmp(mode, "deep-past-l"))
+		m_deep_past_l(&h);
+	else if (!strcmp(mode, "deep-past-l-reading"))
+		m_deep_past_l_reading(&h);
+	else if (!strcmp(mode, "deep-back-early"))
+		m_deep_back_early(&h);
+	else if (!strcmp(mode, "deep-garbage"))
+		m_deep_garbage(&h);
 	else
 		usage();
 	fflush(stdout);
