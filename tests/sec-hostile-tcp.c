@@ -10,7 +10,8 @@
  * a doorbell flood, death mid-record, and lies in the deep word: X far from
  * the counters, more than S holds before X or more than L holds after it,
  * while going deep or while reading L, back to S where the victim is not,
- * garbage above DEEP), a fresh victim process listens on loopback, serves an
+ * garbage above DEEP, the word flipped between the truth and lies while
+ * published honestly), a fresh victim process listens on loopback, serves an
  * honest peer (ivmc_tcp on both ends, attached, a verified echoed stream)
  * and then the hostile program, whose connection it wraps with ivmc_tcp()
  * and echoes. The victim must stay alive; the honest connection must keep

@@ -55,6 +55,7 @@ static const struct hcase cases[] = {
 	{ .mode = "deep-past-l-reading", .must_err = true },
 	{ .mode = "deep-back-early", .must_err = true },
 	{ .mode = "deep-garbage", .must_err = true },
+	{ .mode = "deep-flip", .must_err = true },
 };
 
 #define N_CASES (sizeof(cases) / sizeof(cases[0]))

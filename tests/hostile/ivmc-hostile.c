@@ -58,7 +58,7 @@ static void usage(void)
 		"  prod-past-cap, prod-past-total, prod-back, cons-past, flip,\n"
 		"  garbage, never-drains, stall, flood, die-mid-record,\n"
 		"  deep-x-far, deep-past-s, deep-past-l, deep-past-l-reading,\n"
-		"  deep-back-early, deep-garbage\n");
+		"  deep-back-early, deep-garbage, deep-flip\n");
 	exit(2);
 }
 
@@ -469,6 +469,10 @@ struct raw {
 	bool deep;
 };
 
+/* What the deep word says when we tell the truth (deep_flipper() puts
+ * it back after each lie). */
+static _Atomic uint64_t deep_truth;
+
 static void raw_init(struct hctx *h, struct raw *r)
 {
 	uint8_t *base = (uint8_t *)h->hdr + IVMC_SHM_HDR_SIZE;
@@ -489,6 +493,7 @@ static void raw_init(struct hctx *h, struct raw *r)
 		exit(6);
 	}
 	r->deep = false;
+	atomic_store(&deep_truth, dw);
 }
 
 /* The victim's consumer counter of our direction. */
@@ -508,23 +513,26 @@ static void put(uint8_t *area, uint32_t sz, uint32_t off, const uint8_t *src,
 }
 
 /* The next n (<= 64 KiB) bytes of our stream where an honest producer
- * puts them (L if deep, else S), counted (not published). */
-static void raw_put(struct hctx *h, struct raw *r, uint32_t n)
+ * puts them (L if deep, else S) and, with also_s, into S as well, then
+ * counted (not published). */
+static void raw_put(struct hctx *h, struct raw *r, uint32_t n, bool also_s)
 {
 	static uint8_t buf[65536];
 
 	t_fill(SEED_H, h->tx_off, buf, n);
 	if (r->deep)
 		put(r->l, h->deep, r->ctr - r->x, buf, n);
-	else
+	if (!r->deep || also_s)
 		put(r->s, h->cap, r->ctr, buf, n);
 	r->ctr += n;
 	h->tx_off += n;
 }
 
-/* The deep word (before any publish it places). */
+/* The deep word, stored after the truth it is (so that a flipper that
+ * read the old truth fails its compare-and-swap). */
 static void raw_set_deep(struct raw *r, uint64_t dw)
 {
+	atomic_store(&deep_truth, dw);
 	atomic_store(&r->d->deep, dw);
 }
 
@@ -548,7 +556,7 @@ static void raw_deep_honest(struct hctx *h, struct raw *r, uint32_t n)
 	r->deep = true;
 	r->x = r->ctr;
 	raw_set_deep(r, ivmc_deep_make(true, r->x));
-	raw_put(h, r, n);
+	raw_put(h, r, n, false);
 	raw_publish(h, r, r->ctr);
 	recv_h(h, n);
 }
@@ -565,7 +573,7 @@ static void m_deep_x_far(struct hctx *h)
 	struct raw r;
 
 	raw_init(h, &r);
-	raw_put(h, &r, 1000); /* into S, where X says they are */
+	raw_put(h, &r, 1000, false); /* into S, where X says they are */
 	raw_set_deep(&r, ivmc_deep_make(true, r.ctr + 0x80000000u));
 	raw_publish(h, &r, r.ctr);
 	hung_up(h);
@@ -594,7 +602,7 @@ static void m_deep_past_l(struct hctx *h)
 	uint32_t x;
 
 	raw_init(h, &r);
-	raw_put(h, &r, 100);
+	raw_put(h, &r, 100, false);
 	x = r.ctr;
 	raw_set_deep(&r, ivmc_deep_make(true, x));
 	raw_publish(h, &r, x + h->deep + 64);
@@ -625,7 +633,7 @@ static void m_deep_back_early(struct hctx *h)
 	raw_deep_honest(h, &r, 3000);
 	r.deep = false;
 	raw_set_deep(&r, ivmc_deep_make(false, r.x));
-	raw_put(h, &r, 1000);
+	raw_put(h, &r, 1000, false);
 	raw_publish(h, &r, r.ctr);
 	hung_up(h);
 }
@@ -638,8 +646,124 @@ static void m_deep_garbage(struct hctx *h)
 
 	raw_init(h, &r);
 	raw_set_deep(&r, ivmc_deep_make(false, r.ctr) | 1ull << 33);
-	raw_put(h, &r, 1000);
+	raw_put(h, &r, 1000, false);
 	raw_publish(h, &r, r.ctr);
+	hung_up(h);
+}
+
+/* While we publish honestly, the deep word flips from its true value to
+ * a lie and back all the time. The lies: mostly back in S at a random X
+ * (refused while the victim reads L; otherwise it reads S, where
+ * m_deep_flip() puts every byte too), 1 in 16 DEEP with X half the
+ * counter space away or just behind the victim's counter (refused
+ * whenever loaded: no episode of ours starts there; rare, so that the
+ * victim takes many looks before it sees one). So every byte that a
+ * victim which loads the word once, checks it and uses it echoes is
+ * right; one that loaded it again after checking would read L where a
+ * refused X points. A compare-and-swap each way: a lie never outlives,
+ * and never brings back, a truth the main thread replaced. */
+static void *deep_flipper(void *arg)
+{
+	struct hctx *h = arg;
+	struct ivmc_shm_dir *d = &h->hdr->dir[h->side];
+	uint64_t rnd = 0xdeef;
+
+	while (!stop) {
+		uint64_t t = atomic_load(&deep_truth), v = t_rand64(&rnd);
+		uint32_t cons = ivmc_w_ctr(atomic_load(&d->cons));
+
+		switch (v % 32) {
+		case 0:
+			v = ivmc_deep_make(true, cons + 0x80000000u);
+			break;
+		case 1:
+			v = ivmc_deep_make(true, cons - 1);
+			break;
+		default:
+			v = ivmc_deep_make(false, v >> 32);
+		}
+		if (atomic_compare_exchange_strong(&d->deep, &t, v))
+			(void)atomic_compare_exchange_strong(&d->deep, &v, t);
+	}
+	return NULL;
+}
+
+/* What the victim echoed so far, checked; -1 once its end is gone (a
+ * non-blocking receive does not read the doorbell, whose end of file
+ * says so: its wake-ups are not needed, we never wait). */
+static int drain_echo(struct hctx *h)
+{
+	static uint8_t buf[65536];
+
+	for (int i = 0; i < 64; i++) {
+		ssize_t r = recv(h->bell, buf, sizeof(buf), MSG_DONTWAIT);
+
+		if (r == 0)
+			return -1;
+		if (r < 0)
+			break;
+	}
+	for (int i = 0; i < 64; i++) {
+		ssize_t r = t_recv(h->c, buf, sizeof(buf), CHAN_NONBLOCK);
+
+		if (r == -EAGAIN)
+			return 0;
+		if (r <= 0)
+			return -1;
+		if (t_verify(SEED_H, h->rx_off, buf, (size_t)r)) {
+			fprintf(stderr, "ivmc-hostile: echo wrong at %llu\n",
+				(unsigned long long)h->rx_off);
+			exit(5);
+		}
+		h->rx_off += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* Up to 1 s of 1000-byte publishes, never more than a ring unread (so
+ * that S can hold a copy of every unread byte), going deep every 8th and
+ * back to S once the victim has read everything, while deep_flipper()
+ * lies. Then a lie that stays, so that the victim must end with an
+ * error. */
+static void m_deep_flip(struct hctx *h)
+{
+	uint64_t end = t_now_ns() + 1000000000ull;
+	unsigned int deeps = 0, round = 0;
+	bool gone = false;
+	struct raw r;
+	pthread_t t;
+
+	raw_init(h, &r);
+	T_ASSERT(pthread_create(&t, NULL, deep_flipper, h) == 0);
+	for (; !gone && t_now_ns() < end && round < 100000; round++) {
+		uint32_t cons = raw_cons(&r);
+
+		if (!r.deep && round % 8 == 0) {
+			r.deep = true;
+			r.x = r.ctr;
+			raw_set_deep(&r, ivmc_deep_make(true, r.x));
+			deeps++;
+		} else if (r.deep && cons == r.ctr) {
+			r.deep = false;
+			raw_set_deep(&r, ivmc_deep_make(false, r.ctr));
+		}
+		if (r.ctr - cons <= h->cap - 1000) {
+			raw_put(h, &r, 1000, true);
+			raw_publish(h, &r, r.ctr);
+		}
+		gone = drain_echo(h) < 0;
+		usleep(100);
+	}
+	stop = 1;
+	pthread_join(t, NULL);
+	printf("%u rounds, %u deep episodes, %llu bytes echoed right, "
+	       "victim gone: %d\n", round, deeps,
+	       (unsigned long long)h->rx_off, gone);
+	if (!gone) {
+		raw_set_deep(&r, ivmc_deep_make(true, r.ctr + 0x80000000u));
+		raw_put(h, &r, 1, false);
+		raw_publish(h, &r, r.ctr);
+	}
 	hung_up(h);
 }
 
@@ -735,6 +859,8 @@ int main(int argc, char **argv)
 		m_deep_back_early(&h);
 	else if (!strcmp(mode, "deep-garbage"))
 		m_deep_garbage(&h);
+	else if (!strcmp(mode, "deep-flip"))
+		m_deep_flip(&h);
 	else
 		usage();
 	fflush(stdout);
