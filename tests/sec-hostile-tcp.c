@@ -3,10 +3,15 @@
  * Description: a hostile peer that got its channel through ivmcd, against
  * a native-API victim. For each behaviour of tests/hostile/ivmc-hostile
  * (honest, control socket closed after or before the CHAN, producer
- * counter past capacity or backwards, consumer counter past the victim's
- * producer, a counter flipped valid/invalid while read, garbage in both
- * directions' words, a ring that never drains, a stall, a doorbell flood,
- * death mid-record), a fresh victim process listens on loopback, serves an
+ * counter past S with the deep word saying S holds everything, past S + L,
+ * or backwards, consumer counter past the victim's producer, a counter
+ * flipped valid/invalid while read, garbage in both directions' words, a
+ * ring that never drains (the victim must block with S + L full), a stall,
+ * a doorbell flood, death mid-record, and lies in the deep word: X far from
+ * the counters, more than S holds before X or more than L holds after it,
+ * while going deep or while reading L, back to S where the victim is not,
+ * garbage above DEEP, the word flipped between the truth and lies while
+ * published honestly), a fresh victim process listens on loopback, serves an
  * honest peer (ivmc_tcp on both ends, attached, a verified echoed stream)
  * and then the hostile program, whose connection it wraps with ivmc_tcp()
  * and echoes. The victim must stay alive; the honest connection must keep

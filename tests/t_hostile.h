@@ -38,6 +38,7 @@ static const struct hcase cases[] = {
 	{ .mode = "ctl-closed" },
 	{ .mode = "ctl-early" },
 	{ .mode = "prod-past-cap", .must_err = true },
+	{ .mode = "prod-past-total", .must_err = true },
 	{ .mode = "prod-back", .must_err = true },
 	{ .mode = "cons-past", .must_err = true },
 	{ .mode = "flip" },
@@ -46,6 +47,15 @@ static const struct hcase cases[] = {
 	{ .mode = "stall" },
 	{ .mode = "flood", .must_err = true, .cpu_budget_s = 1.0 },
 	{ .mode = "die-mid-record", .peer_dies = true },
+	/* Lies in the deep word (docs/protocol.md 3.7), each refused by
+	 * the victim's check of it against the counts. */
+	{ .mode = "deep-x-far", .must_err = true },
+	{ .mode = "deep-past-s", .must_err = true },
+	{ .mode = "deep-past-l", .must_err = true },
+	{ .mode = "deep-past-l-reading", .must_err = true },
+	{ .mode = "deep-back-early", .must_err = true },
+	{ .mode = "deep-garbage", .must_err = true },
+	{ .mode = "deep-flip", .must_err = true },
 };
 
 #define N_CASES (sizeof(cases) / sizeof(cases[0]))

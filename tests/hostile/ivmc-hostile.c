@@ -7,10 +7,15 @@
  * honestly (chan_open on the region, with the TCP socket as side stream),
  * moves an echoed stream until both directions are on the ring, then
  * misbehaves as MODE says (see usage()). Used by tests/sec-hostile-tcp.c;
- * the victim at PORT echoes what it receives.
+ * the victim at PORT echoes what it receives. The deep-* modes lie in the
+ * deep word of our direction (docs/protocol.md 3.7): they write our bytes
+ * and words by hand, our channel's producer state going stale.
  *
  * Exit: 0 when its own checks passed, 2 usage, 3 no channel, 4 a seal
- * did not hold, 5 the echo was wrong while it was honest.
+ * did not hold, 5 the echo was wrong (while honest, or a byte the victim
+ * could only have placed right), 6 the region or the victim's producer
+ * was not as the mode needs (no large area, the victim wrote past S + L
+ * or never filled them).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,7 +46,7 @@ struct hctx {
 	struct chan *c;
 	struct ivmc_shm_hdr *hdr;
 	uint64_t size;
-	uint32_t cap;
+	uint32_t cap, deep; /* ring_size (from the CHAN), deep_size (header) */
 	uint64_t tx_off, rx_off; /* of stream SEED_H, sent / echoed back */
 };
 
@@ -50,8 +55,10 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: ivmc-hostile MODE PORT\n"
 		"MODE: honest, ctl-closed (after CHAN), ctl-early (before CHAN),\n"
-		"  prod-past-cap, prod-back, cons-past, flip, garbage,\n"
-		"  never-drains, stall, flood, die-mid-record\n");
+		"  prod-past-cap, prod-past-total, prod-back, cons-past, flip,\n"
+		"  garbage, never-drains, stall, flood, die-mid-record,\n"
+		"  deep-x-far, deep-past-s, deep-past-l, deep-past-l-reading,\n"
+		"  deep-back-early, deep-garbage, deep-flip\n");
 	exit(2);
 }
 
@@ -170,6 +177,9 @@ static void open_end(struct hctx *h, int region)
 	if (m == MAP_FAILED)
 		die(1, "mmap region");
 	h->hdr = m;
+	/* ivmcd wrote the header; chan_open() checks it below, and so a
+	 * region of another size would not open. */
+	h->deep = h->hdr->deep_size;
 	T_ASSERT_OK(chan_open(&cfg, region, h->bell, &h->c));
 	close(region); /* mapped; the doorbell is the channel's now */
 	h->bell = chan_fd(h->c);
@@ -177,7 +187,7 @@ static void open_end(struct hctx *h, int region)
 
 /* ---- honest traffic ---- */
 
-static void send_h(struct hctx *h, size_t n, unsigned int flags)
+static ssize_t send_h(struct hctx *h, size_t n, unsigned int flags)
 {
 	static uint8_t buf[65536];
 	ssize_t r;
@@ -186,6 +196,7 @@ static void send_h(struct hctx *h, size_t n, unsigned int flags)
 	r = t_send(h->c, buf, n, flags);
 	if (r > 0)
 		h->tx_off += (uint64_t)r;
+	return r;
 }
 
 static void recv_h(struct hctx *h, size_t n)
@@ -280,8 +291,9 @@ static void m_prod(struct hctx *h, int64_t delta)
 
 static _Atomic int stop;
 
-/* Our producer word flips between its true value and one past capacity
- * while the victim reads (a double fetch would see both). */
+/* Our producer word flips between its true value and one past S (the
+ * deep word saying S holds every byte) while the victim reads (a double
+ * fetch would see both). */
 static void *flipper(void *arg)
 {
 	struct hctx *h = arg;
@@ -331,7 +343,8 @@ static void m_cons_past(struct hctx *h)
 	printf("victim hung up: %d\n", victim_hung_up(h, 5000));
 }
 
-/* Random words into both directions' lines while we also send. */
+/* Random words into both directions' lines (deep words too) while we
+ * also send. */
 static void *scribbler(void *arg)
 {
 	struct hctx *h = arg;
@@ -366,18 +379,51 @@ static void with_thread(struct hctx *h, void *(*fn)(void *), int ms)
 	printf("victim hung up: %d\n", victim_hung_up(h, 3000));
 }
 
-/* We stop reading; the victim echoes until its ring and the socket are
- * full and blocks. Then we go away. */
+/* The victim's bytes in flight towards us: it wrote them, we did not
+ * read them (we read nothing any more, so our consumer word stays). */
+static uint32_t victim_in_flight(const struct hctx *h)
+{
+	const struct ivmc_shm_dir *d = &h->hdr->dir[1 - h->side];
+
+	return ivmc_w_ctr(atomic_load(&d->prod)) -
+	       ivmc_w_ctr(atomic_load(&d->cons));
+}
+
+/* We stop reading; the victim echoes until its S and its L are full and
+ * blocks: on the ring nothing else holds its bytes, so then exactly
+ * ring_size + deep_size are in flight (it went deep rather than wait, and
+ * never wrote past what we had read). We send until our own S and L are
+ * full too (the victim holds one buffer it cannot echo), see the count
+ * stay there, and go away. At most 2 s, 8x that under a test wrapper. */
 static void m_never_drains(struct hctx *h)
 {
-	uint64_t end = t_now_ns() + 300000000ull;
+	uint64_t t0 = t_now_ns(), full = (uint64_t)h->cap + h->deep;
+	uint32_t n = 0;
+	bool blocked = false;
 
-	while (t_now_ns() < end) {
-		send_h(h, 65536, CHAN_NONBLOCK);
-		usleep(1000);
+	while (!blocked && t_now_ns() - t0 < 2000000000ull * t_slow()) {
+		ssize_t r = send_h(h, 65536, CHAN_NONBLOCK);
+
+		n = victim_in_flight(h);
+		if (n > full)
+			break;
+		blocked = r == -EAGAIN && n == full;
+		if (r == -EAGAIN)
+			usleep(1000);
 	}
-	printf("sent %llu bytes, read none back\n",
-	       (unsigned long long)h->tx_off);
+	if (blocked) {
+		usleep(100000); /* it stays blocked: nothing more comes */
+		n = victim_in_flight(h);
+	}
+	printf("sent %llu bytes, read none back; the victim's bytes in "
+	       "flight: %u (S + L: %llu)\n", (unsigned long long)h->tx_off, n,
+	       (unsigned long long)full);
+	if (n != full) {
+		fprintf(stderr, "ivmc-hostile: the victim has %u bytes in "
+			"flight, not S + L (%llu)\n", n,
+			(unsigned long long)full);
+		exit(6);
+	}
 	usleep(1500000);
 }
 
@@ -407,6 +453,318 @@ static void m_die_mid_record(struct hctx *h)
 	send_h(h, 500, CHAN_MORE); /* written, never published */
 	fflush(stdout);
 	raise(SIGKILL);
+}
+
+/* ---- lies in the deep word: our direction by hand ----
+ * From here on we write our bytes, the deep word and the producer word
+ * ourselves; the channel's producer state goes stale, so nothing is sent
+ * through it again (it still reads the victim's echo: the receive path
+ * looks at our producer word only for CLOSED, which we never set). */
+
+struct raw {
+	struct ivmc_shm_dir *d;
+	uint8_t *s, *l;	/* our ring S and large area L (not mirrored here) */
+	uint32_t ctr;	/* our producer counter: written, maybe unpublished */
+	uint32_t x;	/* deep: our bytes from x on are in L */
+	bool deep;
+};
+
+/* What the deep word says when we tell the truth (deep_flipper() puts
+ * it back after each lie). */
+static _Atomic uint64_t deep_truth;
+
+static void raw_init(struct hctx *h, struct raw *r)
+{
+	uint8_t *base = (uint8_t *)h->hdr + IVMC_SHM_HDR_SIZE;
+	uint64_t dw;
+
+	if (!h->deep) {
+		fprintf(stderr, "ivmc-hostile: the region has no large area\n");
+		exit(6);
+	}
+	r->d = &h->hdr->dir[h->side];
+	r->s = base + (size_t)h->side * h->cap;
+	r->l = base + 2 * (size_t)h->cap + (size_t)h->side * h->deep;
+	r->ctr = ivmc_w_ctr(atomic_load(&r->d->prod));
+	/* After the warm-up (4 KiB echoed at a time) we never filled S. */
+	dw = atomic_load(&r->d->deep);
+	if (dw & IVMC_DEEP_ON) {
+		fprintf(stderr, "ivmc-hostile: deep after the warm-up\n");
+		exit(6);
+	}
+	r->deep = false;
+	atomic_store(&deep_truth, dw);
+}
+
+/* The victim's consumer counter of our direction. */
+static uint32_t raw_cons(const struct raw *r)
+{
+	return ivmc_w_ctr(atomic_load(&r->d->cons));
+}
+
+/* n bytes of src into an area of size sz at offset off, wrapping. */
+static void put(uint8_t *area, uint32_t sz, uint32_t off, const uint8_t *src,
+		uint32_t n)
+{
+	uint32_t at = off & (sz - 1), k = sz - at < n ? sz - at : n;
+
+	memcpy(area + at, src, k);
+	memcpy(area, src + k, n - k);
+}
+
+/* The next n (<= 64 KiB) bytes of our stream where an honest producer
+ * puts them (L if deep, else S) and, with also_s, into S as well, then
+ * counted (not published). */
+static void raw_put(struct hctx *h, struct raw *r, uint32_t n, bool also_s)
+{
+	static uint8_t buf[65536];
+
+	t_fill(SEED_H, h->tx_off, buf, n);
+	if (r->deep)
+		put(r->l, h->deep, r->ctr - r->x, buf, n);
+	if (!r->deep || also_s)
+		put(r->s, h->cap, r->ctr, buf, n);
+	r->ctr += n;
+	h->tx_off += n;
+}
+
+/* The deep word, stored after the truth it is (so that a flipper that
+ * read the old truth fails its compare-and-swap). */
+static void raw_set_deep(struct raw *r, uint64_t dw)
+{
+	atomic_store(&deep_truth, dw);
+	atomic_store(&r->d->deep, dw);
+}
+
+/* Publish counter ctr (after the bytes and the deep word) and wake the
+ * victim. */
+static void raw_publish(struct hctx *h, struct raw *r, uint32_t ctr)
+{
+	atomic_store(&r->d->prod, with_ctr(atomic_load(&r->d->prod), ctr));
+	ring_bell(h);
+}
+
+/* Honestly deep at our counter (the victim has read everything, so it
+ * reads L from its next byte), with n bytes in L that the victim must
+ * echo right: our layout of L is the victim's. */
+static void raw_deep_honest(struct hctx *h, struct raw *r, uint32_t n)
+{
+	if (raw_cons(r) != r->ctr) {
+		fprintf(stderr, "ivmc-hostile: the victim has not read all\n");
+		exit(6);
+	}
+	r->deep = true;
+	r->x = r->ctr;
+	raw_set_deep(r, ivmc_deep_make(true, r->x));
+	raw_put(h, r, n, false);
+	raw_publish(h, r, r->ctr);
+	recv_h(h, n);
+}
+
+static void hung_up(struct hctx *h)
+{
+	printf("victim hung up: %d\n", victim_hung_up(h, 5000));
+}
+
+/* DEEP with X half the counter space away from everything published:
+ * neither in [cons, prod] nor within a ring ahead of prod. */
+static void m_deep_x_far(struct hctx *h)
+{
+	struct raw r;
+
+	raw_init(h, &r);
+	raw_put(h, &r, 1000, false); /* into S, where X says they are */
+	raw_set_deep(&r, ivmc_deep_make(true, r.ctr + 0x80000000u));
+	raw_publish(h, &r, r.ctr);
+	hung_up(h);
+}
+
+/* DEEP with X inside what we publish, more than a ring past the
+ * victim's counter: S would hold more than S holds (L not even full). */
+static void m_deep_past_s(struct hctx *h)
+{
+	struct raw r;
+	uint32_t x;
+
+	raw_init(h, &r);
+	x = r.ctr + h->cap + 100;
+	raw_set_deep(&r, ivmc_deep_make(true, x));
+	raw_publish(h, &r, x + 100);
+	hung_up(h);
+}
+
+/* DEEP with X inside what we publish, 100 bytes past the victim's
+ * counter, and more than deep_size bytes past X: L would hold more than
+ * L holds. The count is within S + L: only the deep word places it wrong. */
+static void m_deep_past_l(struct hctx *h)
+{
+	struct raw r;
+	uint32_t x;
+
+	raw_init(h, &r);
+	raw_put(h, &r, 100, false);
+	x = r.ctr;
+	raw_set_deep(&r, ivmc_deep_make(true, x));
+	raw_publish(h, &r, x + h->deep + 64);
+	hung_up(h);
+}
+
+/* Honestly deep, the victim reading L; then more unread bytes than L
+ * holds, the deep word unchanged (within S + L from the victim's
+ * counter, so only the check of the episode it reads catches it). */
+static void m_deep_past_l_reading(struct hctx *h)
+{
+	struct raw r;
+
+	raw_init(h, &r);
+	raw_deep_honest(h, &r, 3000);
+	raw_publish(h, &r, raw_cons(&r) + h->deep + 64);
+	hung_up(h);
+}
+
+/* Honestly deep, the victim reading L (it read 3000 bytes past X); then
+ * back to S "at X": not where the victim is, so not with everything
+ * read. The bytes after it go into S. */
+static void m_deep_back_early(struct hctx *h)
+{
+	struct raw r;
+
+	raw_init(h, &r);
+	raw_deep_honest(h, &r, 3000);
+	r.deep = false;
+	raw_set_deep(&r, ivmc_deep_make(false, r.x));
+	raw_put(h, &r, 1000, false);
+	raw_publish(h, &r, r.ctr);
+	hung_up(h);
+}
+
+/* A deep word true in every bit the layout defines (back in S at the
+ * victim's counter), with bit 33, the nearest above DEEP, set. */
+static void m_deep_garbage(struct hctx *h)
+{
+	struct raw r;
+
+	raw_init(h, &r);
+	raw_set_deep(&r, ivmc_deep_make(false, r.ctr) | 1ull << 33);
+	raw_put(h, &r, 1000, false);
+	raw_publish(h, &r, r.ctr);
+	hung_up(h);
+}
+
+/* While we publish honestly, the deep word flips from its true value to
+ * a lie and back all the time. The lies: mostly back in S at a random X
+ * (refused while the victim reads L; otherwise it reads S, where
+ * m_deep_flip() puts every byte too), 1 in 16 DEEP with X half the
+ * counter space away or just behind the victim's counter (refused
+ * whenever loaded: no episode of ours starts there; rare, so that the
+ * victim takes many looks before it sees one). So every byte that a
+ * victim which loads the word once, checks it and uses it echoes is
+ * right; one that loaded it again after checking would read L where a
+ * refused X points. A compare-and-swap each way: a lie never outlives,
+ * and never brings back, a truth the main thread replaced. */
+static void *deep_flipper(void *arg)
+{
+	struct hctx *h = arg;
+	struct ivmc_shm_dir *d = &h->hdr->dir[h->side];
+	uint64_t rnd = 0xdeef;
+
+	while (!stop) {
+		uint64_t t = atomic_load(&deep_truth), v = t_rand64(&rnd);
+		uint32_t cons = ivmc_w_ctr(atomic_load(&d->cons));
+
+		switch (v % 32) {
+		case 0:
+			v = ivmc_deep_make(true, cons + 0x80000000u);
+			break;
+		case 1:
+			v = ivmc_deep_make(true, cons - 1);
+			break;
+		default:
+			v = ivmc_deep_make(false, v >> 32);
+		}
+		if (atomic_compare_exchange_strong(&d->deep, &t, v))
+			(void)atomic_compare_exchange_strong(&d->deep, &v, t);
+	}
+	return NULL;
+}
+
+/* What the victim echoed so far, checked; -1 once its end is gone (a
+ * non-blocking receive does not read the doorbell, whose end of file
+ * says so: its wake-ups are not needed, we never wait). */
+static int drain_echo(struct hctx *h)
+{
+	static uint8_t buf[65536];
+
+	for (int i = 0; i < 64; i++) {
+		ssize_t r = recv(h->bell, buf, sizeof(buf), MSG_DONTWAIT);
+
+		if (r == 0)
+			return -1;
+		if (r < 0)
+			break;
+	}
+	for (int i = 0; i < 64; i++) {
+		ssize_t r = t_recv(h->c, buf, sizeof(buf), CHAN_NONBLOCK);
+
+		if (r == -EAGAIN)
+			return 0;
+		if (r <= 0)
+			return -1;
+		if (t_verify(SEED_H, h->rx_off, buf, (size_t)r)) {
+			fprintf(stderr, "ivmc-hostile: echo wrong at %llu\n",
+				(unsigned long long)h->rx_off);
+			exit(5);
+		}
+		h->rx_off += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* Up to 1 s of 1000-byte publishes, never more than a ring unread (so
+ * that S can hold a copy of every unread byte), going deep every 8th and
+ * back to S once the victim has read everything, while deep_flipper()
+ * lies. Then a lie that stays, so that the victim must end with an
+ * error. */
+static void m_deep_flip(struct hctx *h)
+{
+	uint64_t end = t_now_ns() + 1000000000ull;
+	unsigned int deeps = 0, round = 0;
+	bool gone = false;
+	struct raw r;
+	pthread_t t;
+
+	raw_init(h, &r);
+	T_ASSERT(pthread_create(&t, NULL, deep_flipper, h) == 0);
+	for (; !gone && t_now_ns() < end && round < 100000; round++) {
+		uint32_t cons = raw_cons(&r);
+
+		if (!r.deep && round % 8 == 0) {
+			r.deep = true;
+			r.x = r.ctr;
+			raw_set_deep(&r, ivmc_deep_make(true, r.x));
+			deeps++;
+		} else if (r.deep && cons == r.ctr) {
+			r.deep = false;
+			raw_set_deep(&r, ivmc_deep_make(false, r.ctr));
+		}
+		if (r.ctr - cons <= h->cap - 1000) {
+			raw_put(h, &r, 1000, true);
+			raw_publish(h, &r, r.ctr);
+		}
+		gone = drain_echo(h) < 0;
+		usleep(100);
+	}
+	stop = 1;
+	pthread_join(t, NULL);
+	printf("%u rounds, %u deep episodes, %llu bytes echoed right, "
+	       "victim gone: %d\n", round, deeps,
+	       (unsigned long long)h->rx_off, gone);
+	if (!gone) {
+		raw_set_deep(&r, ivmc_deep_make(true, r.ctr + 0x80000000u));
+		raw_put(h, &r, 1, false);
+		raw_publish(h, &r, r.ctr);
+	}
+	hung_up(h);
 }
 
 /* Registered, then gone from ivmcd before the CHAN: the connection stays
@@ -465,8 +823,14 @@ int main(int argc, char **argv)
 	       h.side, h.cap, (unsigned long long)h.tx_off);
 	if (!strcmp(mode, "honest") || !strcmp(mode, "ctl-closed"))
 		m_honest(&h);
-	else if (!strcmp(mode, "prod-past-cap"))
+	else if (!strcmp(mode, "prod-past-cap")) {
+		/* Past S, the deep word saying S holds every byte (we never
+		 * filled S): within S + L, so only that word makes it a lie. */
+		if (atomic_load(&h.hdr->dir[h.side].deep) & IVMC_DEEP_ON)
+			exit(6);
 		m_prod(&h, (int64_t)h.cap + 64);
+	} else if (!strcmp(mode, "prod-past-total"))
+		m_prod(&h, (int64_t)h.cap + h.deep + 64); /* past S + L */
 	else if (!strcmp(mode, "prod-back"))
 		m_prod(&h, -1);
 	else if (!strcmp(mode, "cons-past"))
@@ -483,6 +847,20 @@ int main(int argc, char **argv)
 		m_flood(&h);
 	else if (!strcmp(mode, "die-mid-record"))
 		m_die_mid_record(&h);
+	else if (!strcmp(mode, "deep-x-far"))
+		m_deep_x_far(&h);
+	else if (!strcmp(mode, "deep-past-s"))
+		m_deep_past_s(&h);
+	else if (!strcmp(mode, "deep-past-l"))
+		m_deep_past_l(&h);
+	else if (!strcmp(mode, "deep-past-l-reading"))
+		m_deep_past_l_reading(&h);
+	else if (!strcmp(mode, "deep-back-early"))
+		m_deep_back_early(&h);
+	else if (!strcmp(mode, "deep-garbage"))
+		m_deep_garbage(&h);
+	else if (!strcmp(mode, "deep-flip"))
+		m_deep_flip(&h);
 	else
 		usage();
 	fflush(stdout);
