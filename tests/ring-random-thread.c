@@ -3,8 +3,9 @@
  * Description: the threaded twin of ring-random-fork (for TSan): both ends
  * in one process, four threads stream 32 MiB each way at once over 16 KiB
  * rings with random sizes of 1..3 x ring (random vectors, CHAN_MORE,
- * CHAN_WAITALL), in each wait mode; every byte is verified in order and
- * each direction ends with chan_shutdown(SHUT_WR) seen as end of stream.
+ * CHAN_WAITALL), in each wait mode, then with rings that grow; every byte
+ * is verified in order and each direction ends with chan_shutdown(SHUT_WR)
+ * seen as end of stream.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -62,5 +63,7 @@ int main(void)
 	run(CHAN_WAIT_ADAPTIVE, total, deadline_ns);
 	run(CHAN_WAIT_SLEEP, total / 2, deadline_ns);
 	run(CHAN_WAIT_SPIN, total / 4, deadline_ns);
+	t_deep_size = 4 * RING; /* S full: on into L (docs/protocol.md 3.7) */
+	run(CHAN_WAIT_ADAPTIVE, total / 2, deadline_ns);
 	return T_PASS;
 }
