@@ -233,8 +233,10 @@ static void forced_rewind(int how)
 	static const char *const names[] = {
 		"rewind, ring partly read", "rewind, ring full",
 		"rewind, CHAN_MORE bytes held back", "rewind, ring empty",
-		"rewind before the attach offset"
+		"rewind before the attach offset",
+		"rewind, full, read past S (into L if it grows)"
 	};
+	uint64_t n;
 	struct t_pair p;
 	struct dirst d;
 
@@ -271,6 +273,22 @@ static void forced_rewind(int how)
 		d.rx_off++;
 		send_n(&d, 3000, 0);
 		expect_mode(p.a, true, "the next epoch opened");
+		break;
+	case 5:
+		/* Rings that grow: read S and 1000 bytes of L, so that what
+		 * is given back lies in L only; else half the ring. */
+		n = send_fill(&d);
+		n = n > RING + 2000 ? RING + 1000 : n / 2;
+		for (int i = 0; n && i < 100; i++) {
+			ssize_t r = t_recv(d.rx, buf, n, CHAN_NONBLOCK);
+
+			if (r <= 0 || t_verify(d.seed, d.rx_off, buf, (size_t)r))
+				t_fail("%s: reading before the rewind: %zd", where, r);
+			d.rx_off += (uint64_t)r;
+			n -= (uint64_t)r;
+		}
+		if (n)
+			t_fail("%s: %llu bytes not read", where, (unsigned long long)n);
 		break;
 	}
 	T_ASSERT_OK(chan_rewind(p.b));
@@ -494,7 +512,7 @@ int main(void)
 		forced_empty(false);
 		forced_empty(true);
 		forced_both();
-		for (int how = 0; how < 5; how++)
+		for (int how = 0; how < 6; how++)
 			forced_rewind(how);
 		forced_open_empty();
 		forced_toggle();
