@@ -11,10 +11,15 @@
  * sender's stream, in order, with nothing lost; a channel nobody tampered
  * with never fails; a poisoned end returns -ECONNRESET from every later
  * call (side-stream errors are the socket's own and do not poison: chan.h);
- * no descriptor leaks.
+ * no descriptor leaks. With a large area L (rings that grow, docs/protocol.md
+ * 3.7): the deep word is one more field to scribble and perturb, L's bytes
+ * one more area to scribble, and on a ring-only channel nobody tampered
+ * with a send or reserve waits (-EAGAIN) only with S (no L) or L (deep)
+ * full of bytes the peer has not read.
  *
  * Input: byte 0 = configuration (bit 0: side stream; bits 1-2: starting
- * ring counter), then operations, one opcode byte each plus arguments.
+ * ring counter; bit 3: an L of DEEP bytes per direction), then operations,
+ * one opcode byte each plus arguments.
  */
 #include <errno.h>
 #include <poll.h>
@@ -27,14 +32,18 @@
 #include "fuzz.h"
 
 #define RING	   4096u
+#define DEEP	   (4 * RING) /* L, when the configuration asks for one */
 #define MAX_OPS	   160
 #define MAX_STREAM (48u * 1024) /* bytes per direction: side buffers never fill */
 #define MAX_IO	   8192u
 #define NPEND	   4
 
+/* F_DEEP last: without an L the library never loads the deep word, and
+ * the opcodes choose among the others only (nfields()), as they did before
+ * there was one, so that the seeds of those days mean what they meant. */
 enum field {
 	F_PROD, F_ATTACH, F_FIN, F_CONS,
-	F_CONS_WAIT, F_CONS_CPU, F_PROD_WAIT, F_PROD_CPU, NFIELDS
+	F_CONS_WAIT, F_CONS_CPU, F_PROD_WAIT, F_PROD_CPU, F_DEEP, NFIELDS
 };
 
 static const struct {
@@ -49,6 +58,7 @@ static const struct {
 	[F_CONS_CPU] = { offsetof(struct ivmc_shm_dir, cons_cpu), 4, false },
 	[F_PROD_WAIT] = { offsetof(struct ivmc_shm_dir, prod_wait), 4, false },
 	[F_PROD_CPU] = { offsetof(struct ivmc_shm_dir, prod_cpu), 4, false },
+	[F_DEEP] = { offsetof(struct ivmc_shm_dir, deep), 8, true },
 };
 
 struct end {
@@ -73,9 +83,11 @@ struct pend {
 static struct {
 	struct end e[2];
 	bool side;
+	uint32_t deep;		/* L's size: 0 or DEEP */
 	int region, sides[2];
 	struct ivmc_shm_hdr *h; /* our own map of the header page */
 	uint8_t *data[2];	/* our own maps of the rings (no mirror) */
+	uint8_t *ldata[2];	/* and of the L areas, if deep */
 	bool taint[2];		/* direction d was tampered with */
 	bool abrupt;		/* b's side socket closed with data unread */
 	bool armed;		/* a call on a is running */
@@ -127,14 +139,32 @@ static int field_at(size_t off, int *dir)
 	return -1;
 }
 
+/* Fields the opcodes choose among: the deep word only with an L. */
+static int nfields(void)
+{
+	return fz.deep ? NFIELDS : F_DEEP;
+}
+
+/* Without an L the deep word is never read (a region with deep_size 0
+ * works as it did before there was one): writing it changes nothing. */
 static void taint(int dir, int f)
 {
-	if (fields[f].data)
+	if (fields[f].data && (f != F_DEEP || fz.deep))
 		fz.taint[dir] = true;
 }
 
+/* The largest piece a peek or reserve may hand out: all of S, or all of
+ * L (contiguous through its mirror). */
+static uint32_t area_max(void)
+{
+	return fz.deep ? fz.deep : RING;
+}
+
 /* A value a hostile peer might put in a word: structured, so that the
- * fuzzer reaches counters just past capacity, CLOSED, epochs, offsets. */
+ * fuzzer reaches counters just past capacity, CLOSED, epochs, offsets.
+ * off is the reference modes 10 and 11 start from: the stream offset, or
+ * for the deep word DEEP and the producer's counter (ref()), so that X
+ * lands in, just before or just past what was published. */
 static uint64_t mutate(uint64_t cur, size_t size, uint8_t mode, uint64_t arg,
 		       uint64_t off)
 {
@@ -162,8 +192,25 @@ static uint64_t mutate(uint64_t cur, size_t size, uint8_t mode, uint64_t arg,
 
 static bool filter_match(uint8_t filter, int dir, int f)
 {
-	filter %= 2 * NFIELDS + 2;
-	return filter >= 2 * NFIELDS || (filter / NFIELDS == dir && filter % NFIELDS == f);
+	int n = nfields();
+
+	filter %= 2 * n + 2;
+	return filter >= 2 * n || (filter / n == dir && filter % n == f);
+}
+
+/* Our own view of a shared word (not through the hook). */
+static uint64_t *word(int dir, int f)
+{
+	return (uint64_t *)((uint8_t *)&fz.h->dir[dir] + fields[f].off);
+}
+
+/* mutate()'s reference for field f of direction dir. */
+static uint64_t ref(int dir, int f)
+{
+	if (f != F_DEEP)
+		return fz.e[dir].tx;
+	return IVMC_DEEP_ON |
+	       (uint32_t)__atomic_load_n(word(dir, F_PROD), __ATOMIC_SEQ_CST);
 }
 
 /* The IVMC_FUZZ_SHM hook (src/ring/atomics.h): every value the library
@@ -187,7 +234,7 @@ uint64_t ivmc_fuzz_shm(const volatile void *p, uint64_t v, size_t size)
 		taint(dir, f);
 		TRACE("   a's load of dir[%d] field %d perturbed (mode %d)\n",
 		      dir, f, q->mode % 14);
-		return mutate(v, size, q->mode, q->arg, fz.e[dir].tx);
+		return mutate(v, size, q->mode, q->arg, ref(dir, f));
 	}
 	return v;
 }
@@ -257,6 +304,26 @@ static void eof(struct end *e, const char *what)
 			  (unsigned long long)s->tx);
 }
 
+/* A send or reserve on e returned -EAGAIN: on a ring-only channel nobody
+ * tampered with (so the peer's ring counter is its rx: bytes it consumed,
+ * and nothing is on a side stream), the ring cannot take one more byte.
+ * Without an L, S holds RING unread bytes; with one, the producer went
+ * deep when S was full and L holds DEEP of them (it comes back to S only
+ * with everything read), so at least DEEP are in flight. */
+static void full(struct end *e, const char *what)
+{
+	struct end *r = peer(e);
+	uint64_t in_flight = e->tx - r->rx;
+	uint32_t want = fz.deep ? fz.deep : RING;
+
+	if (fz.side || hostile() || r->closed || r->shut_rd || r->dead ||
+	    e->dead || e->shut_wr)
+		return;
+	FZ_ASSERT(in_flight >= want, "%s on %c: -EAGAIN with %llu bytes in "
+		  "flight, room for %u", what, name(e),
+		  (unsigned long long)in_flight, want);
+}
+
 /* ---- operations ---- */
 
 static int split(uint8_t *p, size_t n, struct iovec *v, uint8_t sel)
@@ -306,6 +373,8 @@ static void op_send(struct end *e, struct fz_in *in)
 	FZ_ASSERT((r > 0 && (size_t)r <= len) || r == -EAGAIN || r == -EPIPE ||
 			  r == -ECONNRESET, "send on %c: %zd", name(e), r);
 	check_ret(e, "send", r, was_dead);
+	if (r == -EAGAIN)
+		full(e, "send");
 	if (r > 0) {
 		e->tx += (uint64_t)r;
 		e->unpub = (flags & CHAN_MORE) && (size_t)r == len;
@@ -364,8 +433,9 @@ static void op_peek(struct end *e, struct fz_in *in)
 	ssize_t r = CALL(e, chan_peek(e->c, &p, CHAN_NONBLOCK));
 	size_t len;
 
-	FZ_ASSERT((r >= 0 && r <= RING) || r == -EAGAIN || r == -EOPNOTSUPP ||
-			  r == -ECONNRESET, "peek on %c: %zd", name(e), r);
+	FZ_ASSERT((r >= 0 && r <= area_max()) || r == -EAGAIN ||
+			  r == -EOPNOTSUPP || r == -ECONNRESET,
+		  "peek on %c: %zd", name(e), r);
 	check_ret(e, "peek", r, was_dead);
 	if (r == 0)
 		eof(e, "peek");
@@ -416,10 +486,12 @@ static void op_reserve(struct end *e, struct fz_in *in)
 	ssize_t r = CALL(e, chan_reserve(e->c, &p, CHAN_NONBLOCK));
 	size_t len;
 
-	FZ_ASSERT((r > 0 && r <= RING) || r == -EAGAIN || r == -EOPNOTSUPP ||
-			  r == -EPIPE || r == -ECONNRESET,
+	FZ_ASSERT((r > 0 && r <= area_max()) || r == -EAGAIN ||
+			  r == -EOPNOTSUPP || r == -EPIPE || r == -ECONNRESET,
 		  "reserve on %c: %zd", name(e), r);
 	check_ret(e, "reserve", r, was_dead);
+	if (r == -EAGAIN)
+		full(e, "reserve");
 	if (r <= 0)
 		return;
 	FZ_ASSERT(p, "reserve on %c returned %zd and no buffer", name(e), r);
@@ -478,23 +550,17 @@ static void op_poll_arm(struct end *e, struct fz_in *in)
 	(void)dead_before(e);
 }
 
-/* Our own view of a shared word (not through the hook). */
-static uint64_t *word(int dir, int f)
-{
-	return (uint64_t *)((uint8_t *)&fz.h->dir[dir] + fields[f].off);
-}
-
 static void op_scribble(struct fz_in *in)
 {
-	uint8_t t = fz_u8(in) % (2 * NFIELDS), mode = fz_u8(in);
+	uint8_t t = fz_u8(in) % (2 * nfields()), mode = fz_u8(in);
 	uint64_t arg = fz_u64(in);
-	int dir = t / NFIELDS, f = t % NFIELDS;
+	int dir = t / nfields(), f = t % nfields();
 	uint64_t *w = word(dir, f);
 
 	if (fields[f].size == 8) {
 		uint64_t cur = __atomic_load_n(w, __ATOMIC_SEQ_CST);
 
-		__atomic_store_n(w, mutate(cur, 8, mode, arg, fz.e[dir].tx),
+		__atomic_store_n(w, mutate(cur, 8, mode, arg, ref(dir, f)),
 				 __ATOMIC_SEQ_CST);
 	} else {
 		uint32_t *w32 = (uint32_t *)w;
@@ -507,7 +573,8 @@ static void op_scribble(struct fz_in *in)
 	TRACE("scribble dir[%d] field %d (mode %d)\n", dir, f, mode % 14);
 }
 
-/* A byte anywhere in the header page, or a run of ring bytes. */
+/* A byte anywhere in the header page, or a run of ring bytes: S's, or
+ * with an L and bit 15 of the offset, L's. */
 static void op_raw(struct fz_in *in)
 {
 	uint8_t sel = fz_u8(in);
@@ -517,13 +584,19 @@ static void op_raw(struct fz_in *in)
 
 	if (sel & 1) {
 		size_t len = 1 + (sel >> 2) % 64;
+		bool l = fz.deep && (off & 0x8000);
+		uint8_t *area;
+		uint32_t mask;
 
 		dir = (sel >> 1) & 1;
+		area = l ? fz.ldata[dir] : fz.data[dir];
+		mask = l ? fz.deep - 1 : RING - 1;
 		for (size_t i = 0; i < len; i++)
-			fz.data[dir][(off + i) & (RING - 1)] =
+			area[(off + i) & mask] =
 				(uint8_t)(arg >> (8 * (i % 8))) ^ (uint8_t)i;
 		fz.taint[dir] = true;
-		TRACE("scribble ring %d at %u, %zu bytes\n", dir, off, len);
+		TRACE("scribble %s %d at %u, %zu bytes\n", l ? "L" : "ring",
+		      dir, off & mask, len);
 		return;
 	}
 	off %= IVMC_SHM_HDR_SIZE;
@@ -549,7 +622,7 @@ static void op_perturb(struct fz_in *in)
 			slot = i;
 	fz.pend[slot] = q;
 	TRACE("perturb the %dth load of a's matching filter %d (mode %d)\n",
-	      q.count, q.filter % (2 * NFIELDS + 2), q.mode % 14);
+	      q.count, q.filter % (2 * nfields() + 2), q.mode % 14);
 }
 
 /* Bytes that the peer never sent, or sent and someone took, on the side
@@ -617,10 +690,10 @@ static void op(struct fz_in *in)
 	case 0: op_send(e, in); break;
 	case 1: op_recv(e, in); break;
 	case 2: op_peek(e, in); break;
-	case 3: release(e, fz_u16(in) % (RING + 2), false); break;
+	case 3: release(e, fz_u16(in) % (area_max() + 2), false); break;
 	case 4: op_reserve(e, in); break;
 	case 5: {
-		size_t len = fz_u16(in) % (RING + 2);
+		size_t len = fz_u16(in) % (area_max() + 2);
 
 		commit(e, len, fz_u8(in) & 1 ? CHAN_MORE : 0, false);
 		break;
@@ -655,8 +728,10 @@ static void setup(uint8_t cfg)
 
 	memset(&fz, 0, sizeof(fz));
 	fz.side = cfg & 1;
-	TRACE("config: %s, ring counters from %#x\n",
-	      fz.side ? "side stream" : "ring only", ctrs[(cfg >> 1) & 3]);
+	fz.deep = cfg & 8 ? DEEP : 0;
+	TRACE("config: %s, ring counters from %#x, L of %u bytes\n",
+	      fz.side ? "side stream" : "ring only", ctrs[(cfg >> 1) & 3],
+	      fz.deep);
 	fz.sides[0] = fz.sides[1] = -1;
 	cb.side = 1;
 	if (fz.side) {
@@ -665,7 +740,8 @@ static void setup(uint8_t cfg)
 		ca.side_fd = fz.sides[0];
 		cb.side_fd = fz.sides[1];
 	}
-	err = chan_region_create(RING, fz.side, ctrs[(cfg >> 1) & 3], &fz.region);
+	err = chan_region_create(RING, fz.deep, fz.side, ctrs[(cfg >> 1) & 3],
+				 &fz.region);
 	FZ_ASSERT(!err, "chan_region_create: %d", err);
 	FZ_ASSERT(!socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, db),
 		  "socketpair");
@@ -680,6 +756,13 @@ static void setup(uint8_t cfg)
 		fz.data[d] = mmap(NULL, RING, PROT_READ | PROT_WRITE, MAP_SHARED,
 				  fz.region, IVMC_SHM_HDR_SIZE + d * RING);
 		FZ_ASSERT(fz.data[d] != MAP_FAILED, "mmap");
+		if (fz.deep) {
+			fz.ldata[d] = mmap(NULL, fz.deep, PROT_READ | PROT_WRITE,
+					   MAP_SHARED, fz.region,
+					   IVMC_SHM_HDR_SIZE + 2 * RING +
+						   (off_t)d * fz.deep);
+			FZ_ASSERT(fz.ldata[d] != MAP_FAILED, "mmap");
+		}
 		fz.e[d].idx = d;
 		fz.e[d].peek_rx = fz.e[d].resv_tx = UINT64_MAX;
 	}
@@ -755,12 +838,24 @@ static void finish(void)
 
 static void teardown(void)
 {
+	for (int i = 0; i < 2 && trace > 0; i++) {
+		struct chan_stats st;
+
+		if (fz.e[i].closed)
+			continue;
+		chan_stats(fz.e[i].c, &st);
+		TRACE("%c went deep %llu times%s\n", name(&fz.e[i]),
+		      (unsigned long long)st.deeps, st.tx_deep ? ", is deep" : "");
+	}
 	for (int i = 0; i < 2; i++)
 		if (!fz.e[i].closed)
 			chan_close(fz.e[i].c);
 	munmap(fz.h, IVMC_SHM_HDR_SIZE);
-	for (int d = 0; d < 2; d++)
+	for (int d = 0; d < 2; d++) {
 		munmap(fz.data[d], RING);
+		if (fz.ldata[d])
+			munmap(fz.ldata[d], fz.deep);
+	}
 	close(fz.region);
 	for (int i = 0; i < 2; i++)
 		if (fz.sides[i] >= 0)

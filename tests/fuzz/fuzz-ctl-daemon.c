@@ -46,6 +46,7 @@
 #define MAX_PKTS    64
 #define MAX_PKT_LEN 511
 #define RING	    4096u /* the config's ring_size */
+#define GROW	    16384u /* and its ring_grow (each region's L areas) */
 #define MAX_REPLIES 1024
 
 /* Not used here: the daemon maps headers read-only and only for status. */
@@ -133,8 +134,9 @@ static uint16_t local_port(int fd)
 			     ((struct sockaddr_in *)&ss)->sin_port);
 }
 
-/* The policy: tiny rings, two waiting registrations per client, two
- * channels per domain, and the IPv6 pair denied (by its listener's port).
+/* The policy: tiny rings and L areas, two waiting registrations per
+ * client, two channels per domain, and the IPv6 pair denied (by its
+ * listener's port).
  * In a memfd, named by its /proc path: RELOAD reads it again, and a crash
  * leaves no file behind. */
 static void write_conf(void)
@@ -142,7 +144,8 @@ static void write_conf(void)
 	char text[256];
 	int fd = memfd_create("fuzz-ctl-daemon.conf", MFD_CLOEXEC);
 	int n = snprintf(text, sizeof(text),
-			 "ring_size 4K\npending_max 2\nquota channels 2\n"
+			 "ring_size 4K\nring_grow 16K\npending_max 2\n"
+			 "quota channels 2\n"
 			 "pending_timeout 10s\ndeny port=%u\n",
 			 (unsigned int)local_port(lis6));
 
@@ -630,7 +633,7 @@ static void check_chan(struct got *g, const struct ctl_chan *c, const int *fds)
 
 	FZ_ASSERT(c->side <= 1 && c->ring_size == RING, "CHAN side %u ring %u",
 		  c->side, c->ring_size);
-	FZ_ASSERT(!chan_region_size(RING, &want) &&
+	FZ_ASSERT(!chan_region_size(RING, GROW, &want) &&
 			  !xport_memfd_verify(fds[0], &size) && size == want,
 		  "CHAN region");
 	FZ_ASSERT(!xport_doorbell_verify(fds[1]), "CHAN doorbell");

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Description: fuzz target: the input is the header page of a region (a
- * sealed memfd of 4096 + 2R bytes whose first page is the input), opened
+ * sealed memfd of 4096 + 2(R + L) bytes whose first page is the input,
+ * L the header's deep_size, 0 or a power of two >= R), opened
  * with chan_open() as either side, with or without a side stream. Asserts:
  * chan_open() returns exactly what docs/protocol.md (1.1) prescribes for
  * that page and file size (-EPROTO, -EMSGSIZE or success); a region that
@@ -9,6 +10,9 @@
  * intact when the direction words are as the creator writes them (even
  * after the header is scribbled on: it is never read again), and otherwise
  * every call succeeds or fails cleanly and a dead end stays dead; no leaks.
+ * With an L small enough, a second exchange sends more than the ring, so
+ * that the producer goes deep (into L) at a counter the header chose, and
+ * a third comes back to S.
  *
  * Input: byte 0 = selector (bit 0: open side 0 or 1 first; bit 1: side
  * stream; bits 2-3: file size; bit 4: scribble the header after opening),
@@ -32,22 +36,35 @@ uint64_t ivmc_fuzz_shm(const volatile void *p, uint64_t v, size_t size)
 	return v;
 }
 
+/* The deep exchange's largest ring and L (each side sends R + L / 2). */
+#define DEEP_RING_MAX (16u << 10)
+#define DEEP_MAX      (64u << 10)
+
 static bool ring_size_ok(uint32_t rs)
 {
 	return rs >= IVMC_RING_MIN && rs <= IVMC_RING_MAX && !(rs & (rs - 1));
 }
 
-/* What docs/protocol.md 1.1 says chan_open() must return. */
+/* deep_size: 0 (no L), or a power of two in [ring_size, IVMC_RING_MAX]. */
+static bool deep_size_ok(uint32_t ds, uint32_t rs)
+{
+	return !ds || (ring_size_ok(ds) && ds >= rs);
+}
+
+/* What docs/protocol.md 1.1 says chan_open() must return (and
+ * src/chan/shm_layout.h, version 2: deep_size took reserved[0]). */
 static int expected(const struct ivmc_shm_hdr *h, uint64_t fsize, bool side)
 {
 	if (h->magic != IVMC_SHM_MAGIC || h->version != IVMC_SHM_VERSION ||
 	    h->hdr_size != IVMC_SHM_HDR_SIZE || (h->flags & ~IVMC_SHM_F_SIDE))
 		return -EPROTO;
-	for (int i = 0; i < 7; i++)
+	for (size_t i = 0; i < sizeof(h->reserved) / sizeof(h->reserved[0]); i++)
 		if (h->reserved[i])
 			return -EPROTO;
 	if (!ring_size_ok(h->ring_size) ||
-	    h->region_size != IVMC_SHM_HDR_SIZE + 2 * (uint64_t)h->ring_size)
+	    !deep_size_ok(h->deep_size, h->ring_size) ||
+	    h->region_size != IVMC_SHM_HDR_SIZE +
+				      2 * ((uint64_t)h->ring_size + h->deep_size))
 		return -EPROTO;
 	if (fsize != h->region_size)
 		return -EMSGSIZE;
@@ -56,7 +73,9 @@ static int expected(const struct ivmc_shm_hdr *h, uint64_t fsize, bool side)
 	return 0;
 }
 
-/* Are the direction words as chan_region_create() writes them? */
+/* Are the direction words as chan_region_create() writes them? The deep
+ * word too (not DEEP, X the starting counter) when there is an L; without
+ * one it is never read, whatever it holds. */
 static bool pristine(const struct ivmc_shm_hdr *h)
 {
 	bool side = h->flags & IVMC_SHM_F_SIDE;
@@ -68,6 +87,9 @@ static bool pristine(const struct ivmc_shm_hdr *h)
 
 		if (s->prod != (w | (side ? IVMC_PW_CLOSED : 0)) ||
 		    s->cons != w || s->attach || s->fin)
+			return false;
+		if (h->deep_size &&
+		    s->deep != ivmc_deep_make(false, h->init_ctr[d]))
 			return false;
 	}
 	return true;
@@ -101,23 +123,27 @@ static ssize_t recv1(struct chan *c, void *p, size_t n)
 	return chan_recvv(c, &v, 1, CHAN_NONBLOCK | CHAN_WAITALL);
 }
 
-/* One message from -> to: exact when the words are pristine, else clean. */
-static void exchange(struct chan *from, struct chan *to, int dir, bool exact)
+/* n bytes (stream offset off) from -> to: exact when the words are
+ * pristine, else clean. The receiver takes what arrived in one call. */
+static void exchange(struct chan *from, struct chan *to, int dir, uint64_t off,
+		     size_t n, bool exact)
 {
-	uint8_t out[64], in[64];
+	static uint8_t out[DEEP_RING_MAX + DEEP_MAX / 2], in[sizeof(out)];
 	ssize_t s, r;
 
-	fz_fill(dir, 0, out, sizeof(out));
-	s = send1(from, out, sizeof(out));
-	r = recv1(to, in, sizeof(in));
+	fz_fill(dir, off, out, n);
+	s = send1(from, out, n);
+	r = recv1(to, in, n);
 	if (exact) {
-		FZ_ASSERT(s == (ssize_t)sizeof(out), "send: %zd", s);
-		FZ_ASSERT(r == s && !memcmp(in, out, sizeof(in)), "recv: %zd", r);
+		FZ_ASSERT(s == (ssize_t)n, "send %zu at %llu: %zd", n,
+			  (unsigned long long)off, s);
+		FZ_ASSERT(r == s && !memcmp(in, out, n), "recv %zu at %llu: %zd",
+			  n, (unsigned long long)off, r);
 		return;
 	}
-	FZ_ASSERT((s > 0 && s <= (ssize_t)sizeof(out)) || s == -EAGAIN ||
+	FZ_ASSERT((s > 0 && s <= (ssize_t)n) || s == -EAGAIN ||
 			  s == -EPIPE || s == -ECONNRESET, "send: %zd", s);
-	FZ_ASSERT((r >= 0 && r <= (ssize_t)sizeof(in)) || r == -EAGAIN ||
+	FZ_ASSERT((r >= 0 && r <= (ssize_t)n) || r == -EAGAIN ||
 			  r == -ECONNRESET, "recv: %zd", r);
 	if (s == -ECONNRESET)
 		FZ_ASSERT(send1(from, out, 1) == -ECONNRESET, "dead send lived");
@@ -140,14 +166,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size > 1)
 		memcpy(page, data + 1, size - 1 < sizeof(page) ? size - 1 : sizeof(page));
 	memcpy(&hdr, page, sizeof(hdr));
-	good = IVMC_SHM_HDR_SIZE + 2 * (uint64_t)(ring_size_ok(hdr.ring_size) ?
-							 hdr.ring_size : 4096);
+	good = ring_size_ok(hdr.ring_size) ? hdr.ring_size : 4096;
+	good = IVMC_SHM_HDR_SIZE +
+	       2 * (good + (deep_size_ok(hdr.deep_size, (uint32_t)good) ?
+				    hdr.deep_size : 0));
 	switch ((sel >> 2) & 3) {
 	case 0: fsize = good; break;
 	case 1: fsize = IVMC_SHM_HDR_SIZE + 2 * 4096; break;
 	case 2: /* what the header claims, if it is a size we can make */
 		fsize = hdr.region_size >= IVMC_SHM_HDR_SIZE &&
-				hdr.region_size <= IVMC_SHM_HDR_SIZE + 2ull * IVMC_RING_MAX
+				hdr.region_size <= IVMC_SHM_HDR_SIZE + 4ull * IVMC_RING_MAX
 			? hdr.region_size : good;
 		break;
 	default: fsize = good == IVMC_SHM_HDR_SIZE + 2 * 4096 ? IVMC_SHM_HDR_SIZE
@@ -186,8 +214,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			FZ_ASSERT(pwrite(region, junk, sizeof(junk), 0) ==
 					  (ssize_t)sizeof(junk), "pwrite");
 		}
-		exchange(c[0], c[1], 0, exact);
-		exchange(c[1], c[0], 1, exact);
+		exchange(c[0], c[1], 0, 0, 64, exact);
+		exchange(c[1], c[0], 1, 0, 64, exact);
+		if (hdr.deep_size && hdr.ring_size <= DEEP_RING_MAX &&
+		    hdr.deep_size <= DEEP_MAX) {
+			/* S fills, the rest goes to L; then back to S. */
+			size_t n = hdr.ring_size + hdr.deep_size / 2;
+
+			for (int d = 0; d < 2; d++) {
+				exchange(c[d], c[1 - d], d, 64, n, exact);
+				exchange(c[d], c[1 - d], d, 64 + n, 64, exact);
+			}
+		}
+		for (int d = 0; d < 2 && getenv("FZ_TRACE"); d++) {
+			struct chan_stats st;
+
+			chan_stats(c[d], &st);
+			fprintf(stderr, "side %d went deep %llu times%s\n", d,
+				(unsigned long long)st.deeps,
+				st.tx_deep ? ", is deep" : "");
+		}
 	}
 	for (int s = 0; s < 2; s++) {
 		if (c[s])
