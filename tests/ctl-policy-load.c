@@ -62,7 +62,7 @@ int main(void)
 	T_ASSERT_EQ(policy_quota_channels(p), 4096);
 	T_ASSERT_EQ(policy_quota_bytes(p), 4ull << 30);
 	policy_decide(p, &a, &b, 0, NULL, &v);
-	T_ASSERT(!v.allow && v.line == 0 && v.ring_size == 256 * 1024);
+	T_ASSERT(!v.allow && v.line == 0 && v.ring_size == 64 * 1024);
 	policy_free(p);
 	rc = load(false, &p, err, sizeof(err));
 	T_ASSERT_EQ(rc, -ENOENT);

@@ -176,7 +176,7 @@ static void check_defaults(void)
 			t_fail("defaults %zu: allow %d line %u", i, v.allow,
 			       v.line);
 		T_ASSERT_EQ(v.ring_size, strstr(t[i].text, "4K") ? 4 * K
-								 : 256 * K);
+								 : 64 * K);
 		policy_free(p);
 	}
 }

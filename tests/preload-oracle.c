@@ -1147,10 +1147,10 @@ static void sc_fork(int fd)
 
 /* ---- 8a. both ends send before either reads ------------------------------ */
 
-/* Eight times a ring (256 KiB, the default), below what loopback TCP
- * buffers (some 4 MB here) and what a ring that grows does (S + L, 4.25 MiB
- * by default, docs/protocol.md 3.7): both sends must complete before any
- * read. A fixed ring stopped at 256 KiB. */
+/* 2 MiB: more than a ring (64 KiB by default, 256 KiB before rings grew),
+ * below what loopback TCP buffers (some 4 MB here) and what a ring that
+ * grows does (S + L, 4.06 MiB by default, docs/protocol.md 3.7): both sends
+ * must complete before any read. A fixed ring stopped at its size. */
 #define S8A_BYTES (2u << 20)
 
 static void sc_bothsend(int fd)

@@ -44,7 +44,7 @@ static const struct global {
 } globals[NGLOBAL] = {
 	[G_RING] = { "ring_size", NULL, "ring_size", "ring_size",
 		     "a power of two in 4K..1G", K_RING, RING_MIN, RING_MAX,
-		     256u << 10 },
+		     64u << 10 },
 	[G_GROW] = { "ring_grow", NULL, "ring_grow", "ring_grow",
 		     "0 or a power of two in 4K..1G", K_RING, 0, RING_MAX,
 		     4u << 20 },

@@ -308,11 +308,14 @@ static void *flipper(void *arg)
 	return NULL;
 }
 
-/* The victim's consumer word, kept half a ring past what it produced. The
- * victim reads that word only when its cached copy says the ring is full;
- * a value written once would look honest by then (the victim has
- * produced past it), so it is rewritten all the time, far enough ahead
- * that the victim cannot have caught up between our load and store. */
+/* The victim's consumer word, kept a ring and a large area (all it may
+ * have in flight) past what it produced. The victim reads that word only
+ * when its cached copy says its area is full; a value written once would
+ * look honest by then (the victim has produced past it), so it is
+ * rewritten all the time, far enough ahead that the victim cannot have
+ * caught up between our load and store (half a ring was not: with 64 KiB
+ * rings the victim's 64 KiB sends passed it, and the lie looked like an
+ * honest consumer's). */
 static void *cons_pusher(void *arg)
 {
 	struct hctx *h = arg;
@@ -322,7 +325,8 @@ static void *cons_pusher(void *arg)
 		uint32_t prod = ivmc_w_ctr(atomic_load(&d->prod));
 
 		atomic_store(&d->cons,
-			     with_ctr(atomic_load(&d->cons), prod + h->cap / 2));
+			     with_ctr(atomic_load(&d->cons),
+				      prod + h->cap + h->deep + 1));
 	}
 	return NULL;
 }
