@@ -773,6 +773,33 @@ static void m_deep_flip(struct hctx *h)
 
 /* Registered, then gone from ivmcd before the CHAN: the connection stays
  * TCP, and the victim's echo must still be right. */
+/* The modes that take the channel and nothing else. */
+static const struct {
+	const char *name;
+	void (*fn)(struct hctx *h);
+} modes[] = {
+	{ "never-drains", m_never_drains },
+	{ "flood", m_flood },
+	{ "die-mid-record", m_die_mid_record },
+	{ "deep-x-far", m_deep_x_far },
+	{ "deep-past-s", m_deep_past_s },
+	{ "deep-past-l", m_deep_past_l },
+	{ "deep-past-l-reading", m_deep_past_l_reading },
+	{ "deep-back-early", m_deep_back_early },
+	{ "deep-garbage", m_deep_garbage },
+	{ "deep-flip", m_deep_flip },
+};
+
+static void run_mode(struct hctx *h, const char *mode)
+{
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+		if (!strcmp(mode, modes[i].name)) {
+			modes[i].fn(h);
+			return;
+		}
+	usage();
+}
+
 static void m_ctl_early(int tcp)
 {
 	uint8_t buf[4096];
@@ -843,30 +870,10 @@ int main(int argc, char **argv)
 		with_thread(&h, flipper, 1000);
 	else if (!strcmp(mode, "garbage"))
 		with_thread(&h, scribbler, 1000);
-	else if (!strcmp(mode, "never-drains"))
-		m_never_drains(&h);
 	else if (!strcmp(mode, "stall"))
 		usleep(1500000);
-	else if (!strcmp(mode, "flood"))
-		m_flood(&h);
-	else if (!strcmp(mode, "die-mid-record"))
-		m_die_mid_record(&h);
-	else if (!strcmp(mode, "deep-x-far"))
-		m_deep_x_far(&h);
-	else if (!strcmp(mode, "deep-past-s"))
-		m_deep_past_s(&h);
-	else if (!strcmp(mode, "deep-past-l"))
-		m_deep_past_l(&h);
-	else if (!strcmp(mode, "deep-past-l-reading"))
-		m_deep_past_l_reading(&h);
-	else if (!strcmp(mode, "deep-back-early"))
-		m_deep_back_early(&h);
-	else if (!strcmp(mode, "deep-garbage"))
-		m_deep_garbage(&h);
-	else if (!strcmp(mode, "deep-flip"))
-		m_deep_flip(&h);
 	else
-		usage();
+		run_mode(&h, mode);
 	fflush(stdout);
 	_exit(0); /* no clean close: a hostile peer just goes */
 }
