@@ -4,8 +4,9 @@
  * ring S is full goes deep into the large area L: a non-blocking send takes
  * exactly S + L bytes before -EAGAIN, and they come back in order; both
  * ends can each send S + L before either reads (what a fixed ring cannot
- * do); once everything is read the producer comes back to S and L's pages
- * go back (the region's allocated blocks fall); a reservation taken when S
+ * do); once everything is read the producer's next call (a receive will
+ * do) comes back to S and L's pages go back (the region's allocated blocks
+ * fall); a reservation taken when S
  * is full points into L; two processes stream with random sizes, the
  * reader taking less per call than the writer gives, crossing S/L many
  * times; and the
@@ -98,11 +99,14 @@ static void fill_drain_and_give_back(void)
 	T_ASSERT_EQ(stats(p.a).deeps, 1);
 	full = region_bytes(p.region);
 	drain(p.b, SEED_AB, 0, n);
-	/* The next send finds everything read: back to S, L given back. */
-	t_fill(SEED_AB, n, buf, 10);
-	T_ASSERT_EQ(t_send(p.a, buf, 10, CHAN_NONBLOCK), 10);
+	/* Everything read: the producer's next call on the channel, a
+	 * receive here (a client waiting for its answer), comes back to S
+	 * and gives L back. */
+	T_ASSERT_EQ(t_recv(p.a, buf, 1, CHAN_NONBLOCK), -EAGAIN);
 	T_ASSERT(!stats(p.a).tx_deep);
 	after = region_bytes(p.region);
+	t_fill(SEED_AB, n, buf, 10);
+	T_ASSERT_EQ(t_send(p.a, buf, 10, CHAN_NONBLOCK), 10);
 	printf("region: %llu bytes allocated deep, %llu back in S\n",
 	       (unsigned long long)full, (unsigned long long)after);
 	if (full < RING + DEEP || after > full - DEEP)

@@ -228,7 +228,8 @@ int sw_tx_check_closed(struct chan *c);
 /* tx: the epoch is closed; unpublished ring bytes become pending. */
 void sw_tx_strand(struct chan *c);
 /* Outside a send: if the consumer closed our epoch (a rewind), move what it
- * gave back to the side stream now, without blocking (trylock). */
+ * gave back to the side stream now, without blocking (trylock); if we went
+ * deep and everything is read, come back to S and give L's pages back. */
 void sw_tx_rescue(struct chan *c);
 /* tx, after SHUT_WR: shut the side stream down for writing once no rewind
  * can give bytes back to send on it; until then EP_SIDE_SHUT owes it. */

@@ -96,18 +96,22 @@ int sw_tx_check_closed(struct chan *c)
 void sw_tx_rescue(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
-	bool owed;
+	bool owed, grown;
 
-	/* One load of the shared word while on the ring (ep->tx is the
-	 * lock holder's: not looked at before taking it). */
-	if (!c->has_side)
+	/* One load of each shared word (ep->tx is the lock holder's: not
+	 * looked at before taking it). The deep word is ours (a peer that
+	 * writes it only costs us a try of the lock). */
+	grown = c->deep_size &&
+		(ivmc_load_once(&c->tx.shm->deep) & IVMC_DEEP_ON);
+	if (!c->has_side && !grown)
 		return;
-	owed = chan_flag(c, EP_SIDE_SHUT);
-	if (!owed && !(ivmc_load_once(&c->tx.shm->prod) & IVMC_PW_CLOSED))
+	owed = c->has_side && chan_flag(c, EP_SIDE_SHUT);
+	if (!owed && !grown &&
+	    !(ivmc_load_once(&c->tx.shm->prod) & IVMC_PW_CLOSED))
 		return;
 	if (chan_lock(c, &ep->tx_lock, true))
 		return; /* a call is in: it will see the close */
-	if (!chan_dead(c)) {
+	if (!chan_dead(c) && c->has_side) {
 		if (!(ep->tx.pw & IVMC_PW_CLOSED))
 			(void)sw_tx_check_closed(c);
 		if ((ep->tx.pw & IVMC_PW_CLOSED) && ep->tx_pend)
@@ -115,6 +119,11 @@ void sw_tx_rescue(struct chan *c)
 		if (owed)
 			sw_tx_shut_side(c);
 	}
+	/* Deep, and the consumer has read it all: L's pages go back now,
+	 * not at our next send, which may never come (a client that sent
+	 * a large request and waits for the answer). */
+	if (!chan_dead(c) && ep->tx.deep && !(ep->tx.pw & IVMC_PW_CLOSED))
+		chan_tx_shallow(c);
 	chan_unlock(c, &ep->tx_lock);
 }
 
