@@ -96,7 +96,7 @@ int sw_tx_check_closed(struct chan *c)
 void sw_tx_rescue(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
-	bool owed, grown;
+	bool owed, grown, closed;
 
 	/* One load of each shared word (ep->tx is the lock holder's: not
 	 * looked at before taking it). The deep word is ours (a peer that
@@ -106,12 +106,13 @@ void sw_tx_rescue(struct chan *c)
 	if (!c->has_side && !grown)
 		return;
 	owed = c->has_side && chan_flag(c, EP_SIDE_SHUT);
-	if (!owed && !grown &&
-	    !(ivmc_load_once(&c->tx.shm->prod) & IVMC_PW_CLOSED))
+	closed = c->has_side &&
+		 (ivmc_load_once(&c->tx.shm->prod) & IVMC_PW_CLOSED);
+	if (!owed && !grown && !closed)
 		return;
 	if (chan_lock(c, &ep->tx_lock, true))
 		return; /* a call is in: it will see the close */
-	if (!chan_dead(c) && c->has_side) {
+	if (!chan_dead(c) && (owed || closed)) {
 		if (!(ep->tx.pw & IVMC_PW_CLOSED))
 			(void)sw_tx_check_closed(c);
 		if ((ep->tx.pw & IVMC_PW_CLOSED) && ep->tx_pend)
