@@ -3,7 +3,9 @@
  * Description: two ends of a loopback TCP connection, each wrapped with
  * ivmc_tcp(), attach through a private ivmcd: bytes sent before, during
  * and after the attach arrive once and in order, both directions end up
- * on the ring, and ivmcctl status lists the channel. Over IPv4 and IPv6,
+ * on the ring, and ivmcctl status lists the channel; three rings sent
+ * without reading go on into the large area and back (status shows both).
+ * Over IPv4 and IPv6,
  * with the daemon's defaults and again with --linger-us=0 (a wake-up per
  * message; ctl-linger tests lingering itself).
  */
@@ -11,6 +13,34 @@
 
 #define CHUNK 1000
 #define ROUNDS 200
+
+/* With the daemon's default ring_grow: a sends three 64 KiB rings that b
+ * does not read, without waiting (a goes on into the large area), and
+ * status says "deep"; b reads them; a's next call (a receive) brings it
+ * back to the ring, and status says so. */
+static void grow(struct ivmc_chan *a, struct ivmc_chan *b, uint64_t *off)
+{
+	static char big[3 << 16], got[3 << 16], json[65536];
+	ssize_t r;
+
+	t_fill(4, *off, big, sizeof(big));
+	r = ivmc_send(a, big, sizeof(big), IVMC_NONBLOCK);
+	if (r != (ssize_t)sizeof(big))
+		t_fail("a non-blocking send of 3 rings: %zd (%s)", r,
+		       t_strerror(r));
+	t_ivmcctl(json, sizeof(json), "--json status");
+	if (!strstr(json, "\"deep\":true") ||
+	    !strstr(json, "\"ring_grow\":4194304"))
+		t_fail("status does not show the ring grown: %s", json);
+	t_recv_all(b, got, sizeof(got));
+	if (t_verify(4, *off, got, sizeof(got)))
+		t_fail("bytes through the large area corrupt");
+	*off += sizeof(big);
+	T_ASSERT_EQ(ivmc_recv(a, got, 1, IVMC_NONBLOCK), -EAGAIN);
+	t_ivmcctl(json, sizeof(json), "--json status");
+	if (strstr(json, "\"deep\":true"))
+		t_fail("status shows a ring still grown once read: %s", json);
+}
 
 static void one(bool v6)
 {
@@ -58,6 +88,7 @@ static void one(bool v6)
 	T_ASSERT_EQ(sb.on_ring, 3);
 	T_ASSERT_EQ(sa.bytes_sent, off);
 	T_ASSERT_EQ(sb.bytes_received, off);
+	grow(a, b, &off);
 	/* Half-close: b reads a's bytes, then end of stream. */
 	{
 		char buf[CHUNK], got[CHUNK];

@@ -31,7 +31,7 @@ static long long json_num(const char *js, const char *key)
 
 static void counters(long long *lingers, long long *looks, long long *hits)
 {
-	static char out[1 << 16];
+	static char out[1 << 18]; /* 150 channels of JSON */
 
 	t_ivmcctl(out, sizeof(out), "--json status");
 	*lingers = json_num(out, "lingers");

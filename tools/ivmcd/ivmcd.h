@@ -119,6 +119,7 @@ struct channel {
 	uint64_t id;
 	uint64_t created_ms;
 	uint32_t ring_size;
+	uint32_t deep_size;	 /* its large areas (ring_grow), or 0 */
 	uint64_t region_size;
 	int region_fd;	 /* status reads the header through it (pread) */
 	unsigned int rule_line;

@@ -524,6 +524,7 @@ static int make_channel(struct reg *a, struct reg *b,
 	ch->id = D.next_id++;
 	ch->created_ms = now_ms();
 	ch->ring_size = v->ring_size;
+	ch->deep_size = v->deep_size;
 	ch->rule_line = v->line;
 	end_init(&ch->end[0], ch, a);
 	end_init(&ch->end[1], ch, b);

@@ -20,6 +20,7 @@ static const char *const reason_names[CTL_R_MAX] = {
 
 struct dir_view {
 	const char *mode;   /* ring, tcp, shut */
+	bool deep;	     /* on the ring, gone on into its large area */
 	uint32_t ring_bytes; /* through the ring, modulo 2^32 */
 	uint32_t epochs;
 };
@@ -50,6 +51,9 @@ static void dir_view(const struct ivmc_shm_hdr *h, int d, struct dir_view *v)
 		v->mode = "shut";
 	else
 		v->mode = (w & IVMC_PW_CLOSED) ? "tcp" : "ring";
+	v->deep = !(w & IVMC_PW_CLOSED) &&
+		  (atomic_load_explicit(&h->dir[d].deep, memory_order_relaxed) &
+		   IVMC_DEEP_ON);
 }
 
 /* One answer names the few namespaces of thousands of channel ends, and
@@ -220,7 +224,8 @@ static void text_tables(FILE *f, uint32_t uid)
 			 kaddr_str(&e0->k.local, a, sizeof(a)), e0->cl ? "" : " (gone)");
 		snprintf(eb, sizeof(eb), "%d/%u %s%s", (int)e1->pid, e1->uid,
 			 kaddr_str(&e1->k.local, b, sizeof(b)), e1->cl ? "" : " (gone)");
-		snprintf(mode, sizeof(mode), "%s/%s", v0.mode, v1.mode);
+		snprintf(mode, sizeof(mode), "%s/%s", v0.deep ? "deep" : v0.mode,
+			 v1.deep ? "deep" : v1.mode);
 		fprintf(f, "%-6llu %-8s %-30s %-30s %-8u %-10s %u %u\n",
 			(unsigned long long)ch->id, age, ea, eb, ch->ring_size, mode,
 			v0.ring_bytes, v1.ring_bytes);
@@ -306,16 +311,17 @@ static void json_all(FILE *f, uint32_t uid)
 		ok = hdr_read(ch, &h);
 		dir_view(ok ? &h : NULL, 0, &v[0]);
 		dir_view(ok ? &h : NULL, 1, &v[1]);
-		fprintf(f, "%s{\"id\":%llu,\"age_ms\":%llu,\"ring_size\":%u,\"rule_line\":%u,\"a\":",
+		fprintf(f, "%s{\"id\":%llu,\"age_ms\":%llu,\"ring_size\":%u,\"ring_grow\":%u,\"rule_line\":%u,\"a\":",
 			sep, (unsigned long long)ch->id,
 			(unsigned long long)(now_ms() - ch->created_ms), ch->ring_size,
-			ch->rule_line);
+			ch->deep_size, ch->rule_line);
 		json_end(f, &ch->end[0]);
 		fprintf(f, ",\"b\":");
 		json_end(f, &ch->end[1]);
 		for (int d = 0; d < 2; d++)
-			fprintf(f, ",\"%s\":{\"mode\":\"%s\",\"epochs\":%u,\"ring_bytes_mod32\":%u}",
-				d ? "b_to_a" : "a_to_b", v[d].mode, v[d].epochs,
+			fprintf(f, ",\"%s\":{\"mode\":\"%s\",\"deep\":%s,\"epochs\":%u,\"ring_bytes_mod32\":%u}",
+				d ? "b_to_a" : "a_to_b", v[d].mode,
+				v[d].deep ? "true" : "false", v[d].epochs,
 				v[d].ring_bytes);
 		fputc('}', f);
 		sep = ",";
