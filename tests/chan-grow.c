@@ -7,7 +7,8 @@
  * do); once everything is read the producer's next call (a receive will
  * do) comes back to S and L's pages go back (the region's allocated blocks
  * fall); a reservation taken when S
- * is full points into L; two processes stream with random sizes, the
+ * is full points into L; a peek copies across X and across L's end; two
+ * processes stream with random sizes, the
  * reader taking less per call than the writer gives, crossing S/L many
  * times; and the
  * counter arithmetic holds for a deep episode that outlasts 2^32 bytes
@@ -117,6 +118,41 @@ static void fill_drain_and_give_back(void)
 	T_ASSERT_EQ(fill(p.a, SEED_AB, n + 10), RING + DEEP);
 	T_ASSERT_EQ(stats(p.a).deeps, 2);
 	drain(p.b, SEED_AB, n + 10, RING + DEEP);
+	t_chan_pair_close(&p);
+}
+
+/* A peek (chan_peekv(), what the preload's MSG_PEEK uses) copies all
+ * that is readable, across X and across L's end, and consumes nothing. */
+static void peek_expect(struct chan *c, uint64_t off, uint64_t want)
+{
+	static uint8_t pk[RING + DEEP];
+	struct iovec v[2] = { { pk, 7 }, { pk + 7, sizeof(pk) - 7 } };
+	ssize_t r = chan_peekv(c, v, 2);
+
+	if (r != (ssize_t)want)
+		t_fail("peek at %llu: %zd (%s), want %llu",
+		       (unsigned long long)off, r, t_strerror(r),
+		       (unsigned long long)want);
+	if (t_verify(SEED_AB, off, pk, (size_t)r))
+		t_fail("peek at %llu: wrong bytes", (unsigned long long)off);
+}
+
+static void peek_across(void)
+{
+	struct t_pair p;
+	uint64_t sent;
+
+	t_chan_pair(&p, RING, false, 0, CHAN_WAIT_ADAPTIVE);
+	sent = fill(p.a, SEED_AB, 0); /* S, then L from its start */
+	peek_expect(p.b, 0, sent); /* across X */
+	drain(p.b, SEED_AB, 0, RING + DEEP / 2);
+	peek_expect(p.b, RING + DEEP / 2, DEEP / 2);
+	/* Half of L is free again: the producer wraps round L's end. */
+	sent += fill(p.a, SEED_AB, sent);
+	T_ASSERT_EQ(sent, RING + DEEP + DEEP / 2);
+	peek_expect(p.b, RING + DEEP / 2, DEEP); /* across L's end */
+	drain(p.b, SEED_AB, RING + DEEP / 2, DEEP);
+	T_ASSERT_EQ(chan_peekv(p.b, &(struct iovec){ buf, 10 }, 1), -EAGAIN);
 	t_chan_pair_close(&p);
 }
 
@@ -251,6 +287,7 @@ int main(void)
 	fill_drain_and_give_back();
 	both_send_then_read();
 	reserve_in_l();
+	peek_across();
 	episode_past_2e32();
 	stream_two_processes();
 	return T_PASS;

@@ -114,6 +114,10 @@ ssize_t chan_recvv(struct chan *c, const struct iovec *iov, int iovcnt,
 ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags);
 int chan_commit(struct chan *c, size_t len, unsigned int flags);
 ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags);
+/* Copy what the ring holds at our counter without consuming it (recv's
+ * MSG_PEEK), never waiting: bytes, 0 at end of stream, -EAGAIN, or
+ * -EOPNOTSUPP on the side stream (peek the socket then). */
+ssize_t chan_peekv(struct chan *c, const struct iovec *iov, int iovcnt);
 int chan_release(struct chan *c, size_t len);
 
 /* Move a direction off the ring onto the side stream now, losslessly, and

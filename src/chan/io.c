@@ -443,6 +443,20 @@ static ssize_t rx_ring_empty(struct chan *c, uint64_t w)
 	return -EAGAIN;
 }
 
+/* Load the producer word (and the deep word): *avail bytes ready in one
+ * piece. Returns 0, or -ECONNRESET. */
+static int rx_refresh(struct chan *c, uint32_t *avail, uint64_t *w)
+{
+	struct chan_ep *ep = c->ep;
+
+	if (ring_load_prod(&c->rx, &ep->rx, w) < 0 ||
+	    ivmc_w_epoch(*w) != ep->rx_epoch)
+		return chan_poison(c, -EPROTO);
+	ep->rx_seen_pw = *w;
+	*avail = ring_avail(&c->rx, &ep->rx);
+	return 0;
+}
+
 /* Bytes ready in the ring, loading the producer word only when the cache
  * says empty. Returns 0 and *avail, or -ECONNRESET. */
 static int rx_avail(struct chan *c, uint32_t *avail, uint64_t *w)
@@ -453,12 +467,7 @@ static int rx_avail(struct chan *c, uint32_t *avail, uint64_t *w)
 	*avail = ring_avail(&c->rx, &ep->rx);
 	if (*avail)
 		return 0;
-	if (ring_load_prod(&c->rx, &ep->rx, w) < 0 ||
-	    ivmc_w_epoch(*w) != ep->rx_epoch)
-		return chan_poison(c, -EPROTO);
-	ep->rx_seen_pw = *w;
-	*avail = ring_avail(&c->rx, &ep->rx);
-	return 0;
+	return rx_refresh(c, avail, w);
 }
 
 static void rx_consumed(struct chan *c, uint32_t n)
@@ -632,17 +641,18 @@ int chan_commit(struct chan *c, size_t len, unsigned int flags)
 	return err;
 }
 
-ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
+/* What chan_peek() and chan_peekv() wait for: bytes in the ring at our
+ * counter (*avail of them in one piece), end of stream (0), or an error.
+ * Called and returns with the rx locks held. */
+static ssize_t peek_wait(struct chan *c, unsigned int flags, uint32_t *avail)
 {
 	struct chan_ep *ep = c->ep;
 	bool nb = nonblocking(c, flags);
-	uint32_t avail = 0;
 	uint64_t w = 0;
 	int arms = 0;
-	ssize_t r = rx_enter(c, nb);
+	ssize_t r = 0;
 
-	if (r)
-		return r;
+	*avail = 0;
 	for (;;) {
 		if (chan_flag(c, EP_SHUT_RD))
 			break; /* end of stream, as recv */
@@ -657,8 +667,8 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 				r = -EOPNOTSUPP; /* use recv (MSG_PEEK) */
 		}
 		if (!r)
-			r = rx_avail(c, &avail, &w);
-		if (r || avail)
+			r = rx_avail(c, avail, &w);
+		if (r || *avail)
 			break;
 		r = rx_ring_empty(c, w);
 		if (r == STEP_AGAIN)
@@ -669,6 +679,18 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 		if (r)
 			break;
 	}
+	return r;
+}
+
+ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
+{
+	struct chan_ep *ep = c->ep;
+	uint32_t avail;
+	ssize_t r = rx_enter(c, nonblocking(c, flags));
+
+	if (r)
+		return r;
+	r = peek_wait(c, flags, &avail);
 	if (!r && avail) {
 		*buf = ring_rptr(&c->rx, &ep->rx);
 		ep->rx_peek = avail;
@@ -677,6 +699,40 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 	}
 	rx_exit(c);
 	return r;
+}
+
+ssize_t chan_peekv(struct chan *c, const struct iovec *iov, int iovcnt)
+{
+	struct chan_ep *ep = c->ep;
+	struct iovc ic = { iov, iovcnt, 0, 0 };
+	uint32_t avail, k;
+	uint64_t w;
+	size_t left, done = 0;
+	ssize_t r = iov_total(iov, iovcnt, &left);
+
+	if (!r)
+		r = rx_enter(c, true);
+	if (r)
+		return r;
+	r = peek_wait(c, CHAN_NONBLOCK, &avail);
+	if (!r && avail) /* all that is there now, not what the cache says */
+		r = rx_refresh(c, &avail, &w);
+	/* Everything loaded, not just the first piece: a peek across X or
+	 * L's end must see what MSG_PEEK on TCP would (a caller that peeks
+	 * until it has a whole header would otherwise wait for ever). */
+	for (k = ep->rx.ctr; !r && avail && left && k != ep->rx.peer_prod;) {
+		const uint8_t *p;
+		uint32_t n = ring_cons_span(&c->rx, &ep->rx, k, &p);
+
+		if (n > left)
+			n = (uint32_t)left;
+		iovc_scatter(&ic, p, n);
+		k += n;
+		done += n;
+		left -= n;
+	}
+	rx_exit(c);
+	return r ? r : (ssize_t)done;
 }
 
 int chan_release(struct chan *c, size_t len)

@@ -697,23 +697,12 @@ static ssize_t peek(struct pl_conn *c, const struct iovec *iov, int n,
 		int err;
 
 		if (pl_attached(c)) {
-			const void *p;
+			struct chan *ch = api_chan(c->h);
 
-			r = ivmc_peek(c->h, &p, IVMC_NONBLOCK);
-			if (r > 0) {
-				size_t done = 0;
-
-				for (int i = 0; i < n && done < (size_t)r; i++) {
-					size_t k = iov[i].iov_len < (size_t)r - done
-							   ? iov[i].iov_len
-							   : (size_t)r - done;
-
-					memcpy(iov[i].iov_base, (const char *)p + done, k);
-					done += k;
-				}
-				return (ssize_t)done;
-			}
-			if (r == 0 || (r != -EAGAIN && r != -EOPNOTSUPP))
+			/* A copy of all the ring holds, not one piece: it may
+			 * be split where the ring grew (docs/protocol.md 3.7). */
+			r = ch ? chan_peekv(ch, iov, n) : -EOPNOTSUPP;
+			if (r >= 0 || (r != -EAGAIN && r != -EOPNOTSUPP))
 				return r;
 		}
 		if (r == -EOPNOTSUPP) {

@@ -109,6 +109,12 @@ static inline uint32_t ring_avail(const struct ring *r,
 	return n;
 }
 
+/* The consumer's readable bytes from counter k (in [ctr, peer_prod]) on,
+ * in pieces: sets *ptr to byte k and returns how many follow it
+ * contiguously, up to what it last loaded (0 at peer_prod). */
+uint32_t ring_cons_span(const struct ring *r, const struct ring_cons *c,
+			uint32_t k, const uint8_t **ptr);
+
 /* The producer's bytes [k, k + n) (written, not yet consumed: stranded or
  * given back), in pieces: sets *ptr to byte k and returns how many of
  * them follow it contiguously (at least 1 if n). */
