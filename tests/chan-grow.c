@@ -7,7 +7,8 @@
  * do); once everything is read the producer's next call (a receive will
  * do) comes back to S and L's pages go back (the region's allocated blocks
  * fall); a reservation taken when S
- * is full points into L; a peek copies across X and across L's end; two
+ * is full points into L; a peek copies (and FIONREAD counts) across X and
+ * across L's end; two
  * processes stream with random sizes, the
  * reader taking less per call than the writer gives, crossing S/L many
  * times; and the
@@ -122,7 +123,8 @@ static void fill_drain_and_give_back(void)
 }
 
 /* A peek (chan_peekv(), what the preload's MSG_PEEK uses) copies all
- * that is readable, across X and across L's end, and consumes nothing. */
+ * that is readable, across X and across L's end, and consumes nothing;
+ * chan_nread() (its FIONREAD) counts it all. */
 static void peek_expect(struct chan *c, uint64_t off, uint64_t want)
 {
 	static uint8_t pk[RING + DEEP];
@@ -135,6 +137,8 @@ static void peek_expect(struct chan *c, uint64_t off, uint64_t want)
 		       (unsigned long long)want);
 	if (t_verify(SEED_AB, off, pk, (size_t)r))
 		t_fail("peek at %llu: wrong bytes", (unsigned long long)off);
+	/* FIONREAD through the preload: every piece too. */
+	T_ASSERT_EQ(chan_nread(c), (ssize_t)want);
 }
 
 static void peek_across(void)

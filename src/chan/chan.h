@@ -118,6 +118,10 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags);
  * MSG_PEEK), never waiting: bytes, 0 at end of stream, -EAGAIN, or
  * -EOPNOTSUPP on the side stream (peek the socket then). */
 ssize_t chan_peekv(struct chan *c, const struct iovec *iov, int iovcnt);
+
+/* How many bytes the ring holds at our counter now, all pieces (FIONREAD),
+ * never waiting: as chan_peekv() returns, without the copy. */
+ssize_t chan_nread(struct chan *c);
 int chan_release(struct chan *c, size_t len);
 
 /* Move a direction off the ring onto the side stream now, losslessly, and

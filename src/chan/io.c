@@ -735,6 +735,24 @@ ssize_t chan_peekv(struct chan *c, const struct iovec *iov, int iovcnt)
 	return r ? r : (ssize_t)done;
 }
 
+ssize_t chan_nread(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	uint32_t avail;
+	uint64_t w;
+	ssize_t r = rx_enter(c, true);
+
+	if (r)
+		return r;
+	r = peek_wait(c, CHAN_NONBLOCK, &avail);
+	if (!r && avail)
+		r = rx_refresh(c, &avail, &w);
+	if (!r && avail) /* every piece (3.7), not only the first */
+		r = (ssize_t)(ep->rx.peer_prod - ep->rx.ctr);
+	rx_exit(c);
+	return r;
+}
+
 int chan_release(struct chan *c, size_t len)
 {
 	struct chan_ep *ep = c->ep;

@@ -1418,13 +1418,13 @@ PL_API int ioctl(int fd, unsigned long req, ...)
 	va_end(ap);
 	c = pl_peek(fd);
 	if (c && req == FIONREAD && pl_attached(c)) {
-		const void *p;
-		ssize_t n = ivmc_peek(c->h, &p, IVMC_NONBLOCK);
+		struct chan *ch = api_chan(c->h);
+		ssize_t n = ch ? chan_nread(ch) : 0;
 		int k = 0;
 
 		if (n < 0) /* empty (-EAGAIN), on the side stream, or an error */
 			n = 0;
-		/* Bytes on the ring (the readable run), else on the socket. */
+		/* Bytes on the ring (all of them), else on the socket. */
 		if (!n && REAL(ioctl)(pl_sock(c), FIONREAD, &k) == 0)
 			n = k;
 		if (!arg)
