@@ -246,8 +246,10 @@ static void episode_past_2e32(void)
 	static struct ivmc_shm_dir dir;
 	struct ring r = { &dir, s_mem, RING, DEEP, l_mem };
 	uint32_t x = 0x70000000u, ctr = x + 200, space, n;
+	/* past_x: the consumer read S long ago; l_all: L was filled to
+	 * its end long ago (ring_free() saw it). */
 	struct ring_prod pr = { ivmc_w_make(1, ctr), ctr, ctr - 300, x, true,
-				true };
+				true, true };
 	struct ring_cons cr = { ctr - 300, ctr - 300, 1, x, true, true };
 	const uint8_t *ptr;
 	uint64_t w;
@@ -272,8 +274,14 @@ static void episode_past_2e32(void)
 	T_ASSERT_EQ(ring_avail(&r, &cr), 200);
 	T_ASSERT(ring_rptr(&r, &cr) == l_mem);
 	/* Not yet past X (the consumer still in S): S up to X, then L. */
+	/* The consumer read all: back to S, and all of L to give back,
+	 * though ctr - x (200) says otherwise. */
+	ivmc_store_once(&dir.cons, ivmc_w_make(1, ctr));
+	T_ASSERT_EQ(ring_go_shallow(&r, &pr), DEEP);
+	T_ASSERT(!pr.deep);
+	T_ASSERT_EQ(ivmc_load_once(&dir.deep), ivmc_deep_make(false, ctr));
 	pr = (struct ring_prod){ ivmc_w_make(1, x + 50), x + 50, x - 100, x,
-				 true, false };
+				 true, false, false };
 	T_ASSERT_OK(ring_free(&r, &pr, 1, &space));
 	T_ASSERT_EQ(space, DEEP - 50);
 	n = ring_span(&r, &pr, x - 100, 150, &ptr);

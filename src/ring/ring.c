@@ -30,6 +30,10 @@ int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 
 	if (used > ring_total(r) || area_used(r, p, used, &in))
 		return -EPROTO; /* never size anything from a wrapped count */
+	/* Called before every write (each at most L): seen long before
+	 * ctr - x could wrap. */
+	if (p->deep && p->ctr - p->x >= r->deep_cap)
+		p->l_all = true;
 	if (cap - in < want) {
 		/* A2: pairs with R2 in ring_consume(); the consumer is done
 		 * with every byte before its CTR, so we may overwrite them. */
@@ -87,6 +91,7 @@ bool ring_go_deep(const struct ring *r, struct ring_prod *p)
 		return false;
 	p->deep = true;
 	p->past_x = false;
+	p->l_all = false;
 	p->x = p->ctr;
 	/* R9: where the bytes from X on are /then/ any publish of them (R1,
 	 * a release); pairs with A9 in ring_load_prod(). */
@@ -108,7 +113,7 @@ uint32_t ring_go_shallow(const struct ring *r, struct ring_prod *p)
 	p->deep = false;
 	/* R9 again: S from here on, before any publish past it. */
 	ivmc_store_release(&r->shm->deep, ivmc_deep_make(false, p->ctr));
-	return p->ctr - p->x;
+	return p->l_all ? r->deep_cap : p->ctr - p->x;
 }
 
 /* Is w a close of p's open epoch by its consumer? CLOSED, the same epoch,

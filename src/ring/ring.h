@@ -35,6 +35,8 @@ struct ring_prod {
 	bool past_x;	    /* deep, and peer_cons has reached x: all we
 			     * wrote and the consumer has not read is in L
 			     * (counters wrap: an episode may outlast 2^32) */
+	bool l_all;	    /* deep, and L has been written to its end: all of
+			     * its pages to give back (ctr - x may wrap) */
 };
 
 /* Consumer state; lives in the endpoint page. */
@@ -126,8 +128,9 @@ uint32_t ring_span(const struct ring *r, const struct ring_prod *p, uint32_t k,
 bool ring_go_deep(const struct ring *r, struct ring_prod *p);
 
 /* Back to S if deep and the consumer has read everything we wrote (all
- * published). Returns how many bytes went through L (their pages may be
- * given back: nobody reads them again), 0 if we stayed (or were in S). */
+ * published). Returns how many bytes of L, from its start, the episode
+ * wrote (all of L if it reached its end): their pages may be given back,
+ * nobody reads them again. 0 if we stayed (or were in S). */
 uint32_t ring_go_shallow(const struct ring *r, struct ring_prod *p);
 
 /* Publish every byte written so far. Returns 0, 1 if the consumer closed
