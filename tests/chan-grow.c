@@ -277,7 +277,12 @@ static void episode_past_2e32(void)
 	/* The consumer read all: back to S, and all of L to give back,
 	 * though ctr - x (200) says otherwise. */
 	ivmc_store_once(&dir.cons, ivmc_w_make(1, ctr));
-	T_ASSERT_EQ(ring_go_shallow(&r, &pr), DEEP);
+	/* A consumer word past what was written is a lie, seen here too. */
+	ivmc_store_once(&dir.cons, ivmc_w_make(1, ctr + 5));
+	T_ASSERT_EQ(ring_go_shallow(&r, &pr, &n), -EPROTO);
+	ivmc_store_once(&dir.cons, ivmc_w_make(1, ctr));
+	T_ASSERT_OK(ring_go_shallow(&r, &pr, &n));
+	T_ASSERT_EQ(n, DEEP);
 	T_ASSERT(!pr.deep);
 	T_ASSERT_EQ(ivmc_load_once(&dir.deep), ivmc_deep_make(false, ctr));
 	pr = (struct ring_prod){ ivmc_w_make(1, x + 50), x + 50, x - 100, x,

@@ -543,11 +543,13 @@ bool chan_tx_deep(struct chan *c)
 	return true;
 }
 
-void chan_tx_shallow(struct chan *c)
+int chan_tx_shallow(struct chan *c)
 {
-	uint32_t n = ring_go_shallow(&c->tx, &c->ep->tx);
 	size_t page = IVMC_SHM_HDR_SIZE; /* the page size the layout assumes */
+	uint32_t n;
 
+	if (ring_go_shallow(&c->tx, &c->ep->tx, &n))
+		return chan_poison(c, -EPROTO);
 	/* L was written from its start (the episode's first byte is at
 	 * offset 0); nobody reads it before we go deep again, and then we
 	 * write before we publish. Giving the pages back is what makes an
@@ -557,6 +559,7 @@ void chan_tx_shallow(struct chan *c)
 	if (n)
 		(void)madvise(c->tx.deep_data, (n + page - 1) / page * page,
 			      MADV_REMOVE);
+	return 0;
 }
 
 int chan_fd(const struct chan *c)

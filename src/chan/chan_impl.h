@@ -157,8 +157,9 @@ static inline bool chan_flag(const struct chan *c, uint32_t f)
 bool chan_tx_deep(struct chan *c);
 
 /* tx, under the tx lock: deep and everything read: back to S, and L's
- * pages go back to the system. */
-void chan_tx_shallow(struct chan *c);
+ * pages go back to the system. Returns 0, or -ECONNRESET (poisoned: the
+ * consumer word lied). */
+int chan_tx_shallow(struct chan *c);
 
 /* Ring the peer if its sleeper on flag wants it (after our publish). */
 void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo);

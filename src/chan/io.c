@@ -171,8 +171,11 @@ static ssize_t tx_ring(struct chan *c, struct iovc *ic, size_t left,
 	uint32_t space, n;
 	int err;
 
-	if (ep->tx.deep)
-		chan_tx_shallow(c);
+	if (ep->tx.deep) {
+		err = chan_tx_shallow(c);
+		if (err)
+			return err;
+	}
 	err = ring_free(&c->tx, &ep->tx, 1, &space);
 	if (err)
 		return chan_poison(c, err);
@@ -582,7 +585,7 @@ ssize_t chan_reserve(struct chan *c, void **buf, unsigned int flags)
 		/* Asking for the whole ring refreshes the consumer counter
 		 * unless the ring is empty: reserve hands out all free space. */
 		if (!r && ep->tx.deep)
-			chan_tx_shallow(c);
+			r = chan_tx_shallow(c);
 		if (!r && ring_free(&c->tx, &ep->tx,
 				    ring_area_cap(&c->tx, &ep->tx), &space))
 			r = chan_poison(c, -EPROTO);

@@ -28,10 +28,10 @@ int sw_tx_try_open(struct chan *c)
 	    ivmc_w_ctr(cw) != ep->tx.ctr)
 		return 0;
 	/* Every epoch starts in S (R9 before R6 and the open). */
+	if (ep->tx.deep && chan_tx_shallow(c))
+		return -ECONNRESET;
 	if (ep->tx.deep)
-		chan_tx_shallow(c);
-	if (ep->tx.deep)
-		return 0; /* the consumer word moved back: not ready after all */
+		return 0; /* the consumer word moved: not ready after all */
 	/* R6: the attach offset /then/ the open; pairs with A6 in
 	 * sw_rx_side_limit(). */
 	ivmc_store_release(&c->tx.shm->attach, ep->tx_off);
@@ -124,7 +124,7 @@ void sw_tx_rescue(struct chan *c)
 	 * not at our next send, which may never come (a client that sent
 	 * a large request and waits for the answer). */
 	if (!chan_dead(c) && ep->tx.deep && !(ep->tx.pw & IVMC_PW_CLOSED))
-		chan_tx_shallow(c);
+		(void)chan_tx_shallow(c); /* a lie poisons: the next call sees it */
 	chan_unlock(c, &ep->tx_lock);
 }
 

@@ -99,21 +99,25 @@ bool ring_go_deep(const struct ring *r, struct ring_prod *p)
 	return true;
 }
 
-uint32_t ring_go_shallow(const struct ring *r, struct ring_prod *p)
+int ring_go_shallow(const struct ring *r, struct ring_prod *p, uint32_t *give)
 {
 	uint32_t cons;
 
+	*give = 0;
 	if (!p->deep || ivmc_w_ctr(p->pw) != p->ctr)
 		return 0;
 	/* A2 as in ring_free(): the consumer has read everything, L too. */
 	cons = ivmc_w_ctr(ivmc_load_acquire(&r->shm->cons));
+	if (cons - p->peer_cons > p->ctr - p->peer_cons)
+		return -EPROTO; /* past what we wrote, or backwards */
 	if (cons != p->ctr)
 		return 0;
 	p->peer_cons = cons;
 	p->deep = false;
 	/* R9 again: S from here on, before any publish past it. */
 	ivmc_store_release(&r->shm->deep, ivmc_deep_make(false, p->ctr));
-	return p->l_all ? r->deep_cap : p->ctr - p->x;
+	*give = p->l_all ? r->deep_cap : p->ctr - p->x;
+	return 0;
 }
 
 /* Is w a close of p's open epoch by its consumer? CLOSED, the same epoch,

@@ -128,10 +128,11 @@ uint32_t ring_span(const struct ring *r, const struct ring_prod *p, uint32_t k,
 bool ring_go_deep(const struct ring *r, struct ring_prod *p);
 
 /* Back to S if deep and the consumer has read everything we wrote (all
- * published). Returns how many bytes of L, from its start, the episode
- * wrote (all of L if it reached its end): their pages may be given back,
- * nobody reads them again. 0 if we stayed (or were in S). */
-uint32_t ring_go_shallow(const struct ring *r, struct ring_prod *p);
+ * published). *give: how many bytes of L, from its start, the episode
+ * wrote (all of L if it reached its end), whose pages may be given back
+ * (nobody reads them again); 0 if we stayed (or were in S). Returns 0, or
+ * -EPROTO if the consumer word claims bytes we never wrote. */
+int ring_go_shallow(const struct ring *r, struct ring_prod *p, uint32_t *give);
 
 /* Publish every byte written so far. Returns 0, 1 if the consumer closed
  * the epoch first (p->pw now has CLOSED; bytes past its CTR were not
