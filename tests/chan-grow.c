@@ -251,7 +251,7 @@ static void episode_past_2e32(void)
 	struct ring_prod pr = { ivmc_w_make(1, ctr), ctr, ctr - 300, x, true,
 				true, true };
 	struct ring_cons cr = { ctr - 300, ctr - 300, 1, x, true, true };
-	const uint8_t *ptr;
+	uint8_t *ptr;
 	uint64_t w;
 
 	ivmc_store_once(&dir.prod, ivmc_w_make(1, ctr));

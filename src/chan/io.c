@@ -704,54 +704,62 @@ ssize_t chan_peek(struct chan *c, const void **buf, unsigned int flags)
 	return r;
 }
 
+/* chan_peekv() and chan_nread(), with the rx locks held: how many bytes
+ * the ring holds at our counter now, every piece (3.7), the producer word
+ * loaded at the call, not what the cache says; 0 at end of stream. */
+static ssize_t peek_now(struct chan *c)
+{
+	struct chan_ep *ep = c->ep;
+	uint32_t avail;
+	uint64_t w;
+	ssize_t r = peek_wait(c, CHAN_NONBLOCK, &avail);
+
+	if (!r && avail)
+		r = rx_refresh(c, &avail, &w);
+	if (!r && avail)
+		r = (ssize_t)(ep->rx.peer_prod - ep->rx.ctr);
+	return r;
+}
+
 ssize_t chan_peekv(struct chan *c, const struct iovec *iov, int iovcnt)
 {
 	struct chan_ep *ep = c->ep;
 	struct iovc ic = { iov, iovcnt, 0, 0 };
-	uint32_t avail, k;
-	uint64_t w;
-	size_t left, done = 0;
+	size_t left;
+	uint32_t end;
 	ssize_t r = iov_total(iov, iovcnt, &left);
 
 	if (!r)
 		r = rx_enter(c, true);
 	if (r)
 		return r;
-	r = peek_wait(c, CHAN_NONBLOCK, &avail);
-	if (!r && avail) /* all that is there now, not what the cache says */
-		r = rx_refresh(c, &avail, &w);
-	/* Everything loaded, not just the first piece: a peek across X or
-	 * L's end must see what MSG_PEEK on TCP would (a caller that peeks
-	 * until it has a whole header would otherwise wait for ever). */
-	for (k = ep->rx.ctr; !r && avail && left && k != ep->rx.peer_prod;) {
+	r = peek_now(c);
+	if (r > 0 && (size_t)r > left)
+		r = (ssize_t)left;
+	/* Every piece, not just the first: a peek across X or L's end must
+	 * see what MSG_PEEK on TCP would (a caller that peeks until it has a
+	 * whole header would otherwise wait for ever). */
+	end = ep->rx.ctr + (uint32_t)(r > 0 ? r : 0);
+	for (uint32_t k = ep->rx.ctr; k != end;) {
 		const uint8_t *p;
 		uint32_t n = ring_cons_span(&c->rx, &ep->rx, k, &p);
 
-		if (n > left)
-			n = (uint32_t)left;
+		if (n > end - k)
+			n = end - k;
 		iovc_scatter(&ic, p, n);
 		k += n;
-		done += n;
-		left -= n;
 	}
 	rx_exit(c);
-	return r ? r : (ssize_t)done;
+	return r;
 }
 
 ssize_t chan_nread(struct chan *c)
 {
-	struct chan_ep *ep = c->ep;
-	uint32_t avail;
-	uint64_t w;
 	ssize_t r = rx_enter(c, true);
 
 	if (r)
 		return r;
-	r = peek_wait(c, CHAN_NONBLOCK, &avail);
-	if (!r && avail)
-		r = rx_refresh(c, &avail, &w);
-	if (!r && avail) /* every piece (3.7), not only the first */
-		r = (ssize_t)(ep->rx.peer_prod - ep->rx.ctr);
+	r = peek_now(c);
 	rx_exit(c);
 	return r;
 }

@@ -62,7 +62,7 @@ int sw_tx_flush_pending(struct chan *c)
 	struct chan_ep *ep = c->ep;
 
 	while (ep->tx_pend) {
-		const uint8_t *p;
+		uint8_t *p;
 		uint32_t k = ring_span(&c->tx, &ep->tx, ep->tx_pend_at,
 				       ep->tx_pend, &p);
 		ssize_t n = send(chan_side_fd(c), p, k,

@@ -53,38 +53,6 @@ int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 	return 0;
 }
 
-uint32_t ring_span(const struct ring *r, const struct ring_prod *p, uint32_t k,
-		   uint32_t n, const uint8_t **ptr)
-{
-	/* k is in [peer_cons, ctr]. Deep and not past X: the bytes before
-	 * X are in S, the rest in L. */
-	uint32_t s = p->x - k;
-
-	if (!p->deep || (!p->past_x && s && k - p->peer_cons < p->x - p->peer_cons)) {
-		*ptr = r->data + (k & (r->cap - 1));
-		return p->deep && s < n ? s : n;
-	}
-	s = (k - p->x) & (r->deep_cap - 1);
-	*ptr = r->deep_data + s;
-	return n < r->deep_cap - s ? n : r->deep_cap - s; /* L's end */
-}
-
-uint32_t ring_cons_span(const struct ring *r, const struct ring_cons *c,
-			uint32_t k, const uint8_t **ptr)
-{
-	uint32_t n = c->peer_prod - k, pos;
-
-	/* In L: reading it already, or k at or past an X we have not
-	 * reached (k - ctr and X - ctr are both within what we loaded). */
-	if (!c->in_l && !(c->deep && c->x - c->ctr <= k - c->ctr)) {
-		*ptr = r->data + (k & (r->cap - 1));
-		return c->deep && c->x - k < n ? c->x - k : n;
-	}
-	pos = (k - c->x) & (r->deep_cap - 1);
-	*ptr = r->deep_data + pos;
-	return n < r->deep_cap - pos ? n : r->deep_cap - pos;
-}
-
 bool ring_go_deep(const struct ring *r, struct ring_prod *p)
 {
 	if (p->deep || !r->deep_cap || (p->pw & IVMC_PW_CLOSED))

@@ -67,31 +67,74 @@ static inline uint32_t ring_area_cap(const struct ring *r,
 int ring_free(const struct ring *r, struct ring_prod *p, uint32_t want,
 	      uint32_t *space);
 
+/* The producer's bytes [k, k + n), k in [peer_cons, ctr] (written, not
+ * yet consumed: stranded, given back, or at k = ctr the space to write
+ * next), in pieces: sets *ptr to byte k and returns how many of them follow
+ * it contiguously (at least 1 if n). Deep and not past X, the bytes before
+ * X are in S (mirrored: contiguous), the rest in L (up to its end). */
+static inline uint32_t ring_span(const struct ring *r,
+				 const struct ring_prod *p, uint32_t k,
+				 uint32_t n, uint8_t **ptr)
+{
+	uint32_t s = p->x - k;
+
+	if (!p->deep ||
+	    (!p->past_x && s && k - p->peer_cons < p->x - p->peer_cons)) {
+		*ptr = r->data + (k & (r->cap - 1));
+		return p->deep && s < n ? s : n;
+	}
+	s = (k - p->x) & (r->deep_cap - 1);
+	*ptr = r->deep_data + s;
+	return n < r->deep_cap - s ? n : r->deep_cap - s; /* L's end */
+}
+
+/* Where the next written byte goes. */
+static inline uint8_t *ring_wptr(const struct ring *r, const struct ring_prod *p)
+{
+	uint8_t *w;
+
+	(void)ring_span(r, p, p->ctr, 1, &w);
+	return w;
+}
+
 /* How many bytes from ring_wptr() on are contiguous: S is mirrored (all
  * of it), L is not (up to its end). */
 static inline uint32_t ring_wcontig(const struct ring *r,
 				    const struct ring_prod *p)
 {
-	if (p->deep)
-		return r->deep_cap - ((p->ctr - p->x) & (r->deep_cap - 1));
-	return r->cap;
+	uint8_t *w;
+
+	return ring_span(r, p, p->ctr, ring_area_cap(r, p), &w);
 }
 
-/* Where the next written byte goes (contiguous for ring_wcontig()). */
-static inline uint8_t *ring_wptr(const struct ring *r, const struct ring_prod *p)
+/* The consumer's readable bytes from counter k (in [ctr, peer_prod]) on,
+ * in pieces: sets *ptr to byte k and returns how many follow it
+ * contiguously, up to what it last loaded (0 at peer_prod). In L if it
+ * reads L already, or k is at or past an X it has not reached (k - ctr and
+ * X - ctr both within what it loaded); S up to X otherwise. */
+static inline uint32_t ring_cons_span(const struct ring *r,
+				      const struct ring_cons *c, uint32_t k,
+				      const uint8_t **ptr)
 {
-	if (p->deep)
-		return r->deep_data + ((p->ctr - p->x) & (r->deep_cap - 1));
-	return r->data + (p->ctr & (r->cap - 1));
+	uint32_t n = c->peer_prod - k, pos;
+
+	if (!c->in_l && !(c->deep && c->x - c->ctr <= k - c->ctr)) {
+		*ptr = r->data + (k & (r->cap - 1));
+		return c->deep && c->x - k < n ? c->x - k : n;
+	}
+	pos = (k - c->x) & (r->deep_cap - 1);
+	*ptr = r->deep_data + pos;
+	return n < r->deep_cap - pos ? n : r->deep_cap - pos;
 }
 
 /* Where the next byte to read is (contiguous for ring_avail() bytes). */
 static inline const uint8_t *ring_rptr(const struct ring *r,
 				       const struct ring_cons *c)
 {
-	if (c->in_l)
-		return r->deep_data + ((c->ctr - c->x) & (r->deep_cap - 1));
-	return r->data + (c->ctr & (r->cap - 1));
+	const uint8_t *p;
+
+	(void)ring_cons_span(r, c, c->ctr, &p);
+	return p;
 }
 
 /* Bytes the consumer may read at ring_rptr() in one piece, by what it
@@ -99,29 +142,10 @@ static inline const uint8_t *ring_rptr(const struct ring *r,
 static inline uint32_t ring_avail(const struct ring *r,
 				  const struct ring_cons *c)
 {
-	uint32_t n = c->peer_prod - c->ctr, end;
+	const uint8_t *p;
 
-	if (c->deep && !c->in_l && c->x - c->ctr < n)
-		n = c->x - c->ctr;
-	if (c->in_l) {
-		end = r->deep_cap - ((c->ctr - c->x) & (r->deep_cap - 1));
-		if (n > end)
-			n = end;
-	}
-	return n;
+	return ring_cons_span(r, c, c->ctr, &p);
 }
-
-/* The consumer's readable bytes from counter k (in [ctr, peer_prod]) on,
- * in pieces: sets *ptr to byte k and returns how many follow it
- * contiguously, up to what it last loaded (0 at peer_prod). */
-uint32_t ring_cons_span(const struct ring *r, const struct ring_cons *c,
-			uint32_t k, const uint8_t **ptr);
-
-/* The producer's bytes [k, k + n) (written, not yet consumed: stranded or
- * given back), in pieces: sets *ptr to byte k and returns how many of
- * them follow it contiguously (at least 1 if n). */
-uint32_t ring_span(const struct ring *r, const struct ring_prod *p, uint32_t k,
-		   uint32_t n, const uint8_t **ptr);
 
 /* S is full: go deep (into L) at our counter, without waiting for the
  * consumer. Returns true if we did (there is an L and we were not deep). */
