@@ -15,7 +15,9 @@
  * the channel's is compared with), and "raw-copy" times memcpy() into and
  * out of that slot (the ceiling for a stream).
  * "ctl" checks what the control region and the devices say. On the host,
- * "init" lays channels out in a file, "stat" reads them.
+ * "init" lays channels out in a file, "stat" reads them. "gen" writes a
+ * seeded stream to standard output (a producer for other programs, e.g.
+ * socat, whose output the other side hashes against its own "gen").
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -84,7 +86,7 @@ __attribute__((noreturn)) static void usage(void)
 {
 	fprintf(stderr,
 		"usage: vm-chan init FILE NCHAN RING | stat FILE NCHAN RING [OFF]\n"
-		"       vm-chan ctl NAME [PEER,...|-] | irq-probe\n"
+		"       vm-chan ctl NAME [PEER,...|-] | irq-probe | gen BYTES SEED\n"
 		"       vm-chan [-d BDF | -f FILE | -P PEER [-k] [-i]] [-c IDX]\n"
 		"               [-r RING] [-w adaptive|sleep|spin]\n"
 		"               send BYTES | recv BYTES | ping K | pong K |\n"
@@ -493,6 +495,33 @@ static void irq_open(const char *bdf, const struct ivmc_shm_vm_pair *p,
 	cfg->bell = I.bell;
 	printf("vm-chan: IRQ on: device %s MSI-X vector 0 -> eventfd (vfio-pci), rings peer ID %u; control device %s too\n",
 	       bdf, p->peer_id, W.ctl_bdf);
+}
+
+/* BYTES of the stream SEED (t_fill(), as the channel streams use) on
+ * standard output, in 64 KiB writes. */
+static int cmd_gen(uint64_t total, uint64_t seed)
+{
+	uint64_t off = 0;
+
+	while (off < total) {
+		size_t n = total - off < BUF ? (size_t)(total - off) : BUF;
+		size_t done = 0;
+
+		t_fill(seed, off, buf, n);
+		while (done < n) {
+			ssize_t w = write(1, buf + done, n - done);
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				t_fail("gen: write at %llu: %s",
+				       (unsigned long long)(off + done),
+				       strerror(errno));
+			done += (size_t)w;
+		}
+		off += n;
+	}
+	return 0;
 }
 
 /* Can this guest take the control device's interrupt? Says which way;
@@ -1214,6 +1243,8 @@ int main(int argc, char **argv)
 		return cmd_ctl(argv[2], argc == 4 ? argv[3] : "-");
 	if (argc == 2 && !strcmp(argv[1], "irq-probe"))
 		return cmd_irq_probe();
+	if (argc == 4 && !strcmp(argv[1], "gen"))
+		return cmd_gen(num(argv[2]), num(argv[3]));
 	if (argc > 1 && !strncmp(argv[1], "tcp-", 4))
 		return tcp_cmd(argc - 1, argv + 1);
 	while ((opt = getopt(argc, argv, "d:f:P:kic:r:w:")) != -1) {
