@@ -6,7 +6,10 @@
 #
 #   make vm         $(O)/vm/: the static guest program vm-chan, vm-lib.sh
 #                   and the test scripts (tests/vm-NAME.sh -> vm-NAME); the
-#                   host's ivmc-vmd and ivmcctl they drive ($(O)/bin)
+#                   host's ivmc-vmd and ivmcctl they drive ($(O)/bin); for
+#                   vm-preload, what it copies into its guests: ivmcd,
+#                   ivmc-run, libivmc-preload.so and vm-chan-dyn (vm-chan
+#                   linked dynamically, so that ivmc-run can preload it)
 #   make check-vm   run them through tests/run.sh (IVMC_TEST_TIMEOUT,
 #                   default 600 s each)
 
@@ -14,17 +17,26 @@ VM_DIR := $(O)/vm
 VM_SCRIPTS := $(sort $(wildcard tests/vm-*.sh))
 VM_TESTS := $(VM_SCRIPTS:tests/%.sh=$(VM_DIR)/%)
 VM_CHAN := $(VM_DIR)/vm-chan
+VM_CHAN_DYN := $(VM_DIR)/vm-chan-dyn
 
 .PHONY: vm check-vm
 
 vm: $(VM_CHAN) $(VM_DIR)/vm-lib.sh $(VM_TESTS) $(O)/bin/ivmc-vmd \
-	$(O)/bin/ivmcctl
+	$(O)/bin/ivmcctl $(O)/bin/ivmcd $(O)/bin/ivmc-run $(PRELOAD_SO) \
+	$(VM_CHAN_DYN)
 
 # Static: it runs in a busybox initramfs with no libc beside it.
 $(VM_CHAN): $(O)/obj/tests/vm/vm-chan.o $(O)/obj/tests/helpers.o $(LIB_A)
 	@mkdir -p $(@D)
 	$(msg) LD $@
 	$(Q)$(CC) $(ALL_LDFLAGS) -static -o $@ $(filter %.o,$^) $(LIB_A) $(BIN_LIBS)
+
+# The same program as a dynamic executable: LD_PRELOAD (ivmc-run) has no
+# effect on a static one. vm-lib.sh copies its libraries into the guest.
+$(VM_CHAN_DYN): $(O)/obj/tests/vm/vm-chan.o $(O)/obj/tests/helpers.o $(LIB_A)
+	@mkdir -p $(@D)
+	$(msg) LD $@
+	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $(filter %.o,$^) $(LIB_A) $(BIN_LIBS)
 
 $(VM_DIR)/vm-lib.sh: tests/vm/vm-lib.sh
 	@mkdir -p $(@D)
