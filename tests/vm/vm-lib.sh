@@ -10,9 +10,18 @@
 # $VM_REASON instead of exiting. The caller sets a trap calling vm_cleanup.
 #
 #   vm_need_pkgs                 qemu-system-x86, busybox-static, cpio
+#   vm_need_cmd CMD PKG          CMD on the host, else apt-get install PKG
 #   vm_kernel                    sets VM_KERNEL (vmlinuz) and VM_MODDIR
 #   vm_initramfs OUT MODS BIN... cpio.gz: busybox, BINs in /bin, the modules
-#                                MODS (space separated names, deps added)
+#                                MODS (space separated names, deps added),
+#                                and the extras below (none unless asked)
+#   vm_extra_file SRC DEST       opt-in extra: SRC at DEST in the guest
+#   vm_extra_prog PROG DEST      a dynamically linked PROG at DEST, with
+#                                every library ldd lists (at the path it
+#                                lists, under the soname the loader looks
+#                                for) and the loader itself
+#   vm_extra_net_etc             /etc/services, /etc/protocols (the
+#                                host's) and a minimal nsswitch.conf, hosts
 #   vm_boot NAME LOG SECS KARGS QEMU_ARGS...   start a guest in the
 #                                background; VM_PIDS gains its pid
 #   vm_wait_all                  wait for every guest; 0 if each printed
@@ -29,7 +38,10 @@
 #   ivmc.mod=NAME        insmod NAME (and what it depends on, in order)
 #   ivmc.ip=DEV,A/N      ip address add A/N dev DEV; link up
 #   ivmc.run=CMD,ARG,... a step: commas become spaces; steps run in order,
-#                        each must exit 0
+#                        each must exit 0. A step is words, not a shell
+#                        line (no quotes, pipes or &): a test that needs
+#                        a shell puts its script in as an extra file and
+#                        runs "ivmc.run=sh,/PATH/SCRIPT,ARG"
 # /init prints "IVMC-RESULT: ok" or "IVMC-RESULT: fail rc=N step=CMD", then
 # powers off at once.
 #
@@ -49,6 +61,9 @@ VM_VMD_PID=
 VM_VMD_RUN=
 # shellcheck disable=SC2034 # VM_QARGS is read by the caller
 VM_QARGS=()
+# vm_extra_*: what vm_initramfs adds, source and destination paths
+VM_EXTRA_SRC=()
+VM_EXTRA_DST=()
 
 # shellcheck disable=SC2034 # VM_REASON is read by the caller
 vm_fail() {
@@ -97,6 +112,17 @@ vm_need_pkgs() {
 		qemu-system-x86 busybox-static cpio > /dev/null 2>&1 ||
 		vm_fail "apt-get install qemu-system-x86 busybox-static cpio failed" || return
 	vm_have_pkgs || vm_fail "packages installed but qemu, a static busybox or cpio still missing"
+}
+
+# vm_need_cmd CMD PKG: CMD on the host, or apt-get install PKG (root only).
+vm_need_cmd() {
+	command -v "$1" > /dev/null && return 0
+	[ "$(id -u)" -eq 0 ] || vm_fail "$1 missing (not root: cannot apt-get install $2)" || return
+	echo "vm-lib: installing $2" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get update -q > /dev/null 2>&1
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		"$2" > /dev/null 2>&1 || vm_fail "apt-get install $2 failed" || return
+	command -v "$1" > /dev/null || vm_fail "$2 installed but $1 still missing"
 }
 
 # The exact package linux-image-cloud-amd64 depends on now, e.g.
@@ -186,7 +212,7 @@ vm_mod_order() {
 vm_write_init() {
 	cat > "$1" << 'EOF'
 #!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /tmp
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox mount -t devtmpfs dev /dev
@@ -232,9 +258,67 @@ EOF
 	chmod 755 "$1"
 }
 
+# vm_extra_file SRC DEST: SRC (symlinks followed) at DEST in the next
+# initramfs.
+vm_extra_file() {
+	[ -r "$1" ] || vm_fail "$1: not readable" || return
+	VM_EXTRA_SRC+=("$1")
+	VM_EXTRA_DST+=("$2")
+}
+
+# vm_extra_prog PROG DEST: PROG at DEST and what the loader needs to run
+# it: each library at the path ldd prints (named by its soname, which is
+# what the loader looks for; the file behind any symlink is copied), and
+# the loader at its own path (/lib64/ld-linux-x86-64.so.2), which the
+# program names. Works for a shared library too (a preload). The guest has
+# no ld.so.cache: the loader's built-in paths (/lib/x86_64-linux-gnu, /lib,
+# /usr/lib...) are searched.
+vm_extra_prog() {
+	local prog=$1 dest=$2 out line lib
+
+	vm_extra_file "$prog" "$dest" || return
+	out=$(ldd "$prog" 2>&1) || {
+		# Not dynamic (static, or a script): nothing else to add.
+		case "$out" in *"not a dynamic"* | *"statically linked"*) return 0 ;; esac
+		vm_fail "ldd $prog: $out"
+		return
+	}
+	while read -r line; do
+		case "$line" in
+		*"=> not found"*) vm_fail "$prog: ${line%% *} not found" || return ;;
+		*" => /"*) lib=${line#* => } ;; # libc.so.6 => /lib/.../libc.so.6 (0x..)
+		/*) lib=$line ;;                # the loader: /lib64/ld-linux-x86-64.so.2 (0x..)
+		*) continue ;;                  # linux-vdso.so.1 (0x..): in the kernel
+		esac
+		lib=${lib%% (*}
+		vm_extra_file "$lib" "$lib" || return
+	done <<< "$out"
+}
+
+# vm_extra_net_etc: what libc's name services read for numeric addresses
+# and port or protocol names: the host's /etc/services and /etc/protocols,
+# and a minimal nsswitch.conf and hosts (the host's may name modules and
+# hosts the guest does not have).
+vm_extra_net_etc() {
+	local f
+
+	vm_tmpdir
+	for f in /etc/services /etc/protocols; do
+		[ -r "$f" ] && { vm_extra_file "$f" "$f" || return; }
+	done
+	printf 'passwd: files\ngroup: files\nhosts: files\nservices: files\nprotocols: files\n' \
+		> "$VM_TMP/nsswitch.conf"
+	printf '127.0.0.1 localhost\n::1 localhost\n' > "$VM_TMP/hosts"
+	printf 'root:x:0:0:root:/:/bin/sh\n' > "$VM_TMP/passwd"
+	printf 'root:x:0:\n' > "$VM_TMP/group"
+	for f in nsswitch.conf hosts passwd group; do
+		vm_extra_file "$VM_TMP/$f" "/etc/$f" || return
+	done
+}
+
 # vm_initramfs OUT "MODS" BIN...: build a gzipped newc cpio.
 vm_initramfs() {
-	local out=$1 mods=$2 root m list b
+	local out=$1 mods=$2 root m list b i
 	shift 2
 
 	vm_tmpdir
@@ -252,6 +336,11 @@ vm_initramfs() {
 			cp -n "$b" "$root/mods/"
 			basename "$b" >> "$root/mods/$m.order"
 		done
+	done
+	for i in "${!VM_EXTRA_SRC[@]}"; do
+		mkdir -p "$root/$(dirname "${VM_EXTRA_DST[$i]}")" &&
+			cp -L "${VM_EXTRA_SRC[$i]}" "$root/${VM_EXTRA_DST[$i]}" ||
+			vm_fail "cannot copy ${VM_EXTRA_SRC[$i]} to ${VM_EXTRA_DST[$i]}" || return
 	done
 	vm_write_init "$root/init"
 	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out" ||
