@@ -25,7 +25,8 @@
 #   vm_boot NAME LOG SECS KARGS QEMU_ARGS...   start a guest in the
 #                                background; VM_PIDS gains its pid
 #   vm_wait_all                  wait for every guest; 0 if each printed
-#                                "IVMC-RESULT: ok" before it powered off
+#                                "IVMC-RESULT: ok" before it powered off;
+#                                forget them (another round may boot)
 #   vm_alive NAME                is that guest's QEMU still running?
 #   vm_kill NAME                 SIGKILL that guest's QEMU (not its timeout
 #                                wrapper) and forget it
@@ -424,7 +425,11 @@ vm_wait_all() {
 			rc=1
 		fi
 	done
+	# All waited for: forgotten, so that a second round of boots starts
+	# with the arrays in step.
 	VM_PIDS=()
+	VM_NAMES=()
+	VM_LOGS=()
 	return $rc
 }
 
