@@ -21,7 +21,7 @@ VM_CHAN_DYN := $(VM_DIR)/vm-chan-dyn
 
 .PHONY: vm check-vm
 
-vm: $(VM_CHAN) $(VM_DIR)/vm-lib.sh $(VM_TESTS) $(O)/bin/ivmc-vmd \
+vm: $(VM_CHAN) $(VM_DIR)/vm-lib.sh $(VM_DIR)/vm-preload-guest.sh $(VM_TESTS) $(O)/bin/ivmc-vmd \
 	$(O)/bin/ivmcctl $(O)/bin/ivmcd $(O)/bin/ivmc-run $(PRELOAD_SO) \
 	$(VM_CHAN_DYN)
 
@@ -39,6 +39,11 @@ $(VM_CHAN_DYN): $(O)/obj/tests/vm/vm-chan.o $(O)/obj/tests/helpers.o $(LIB_A)
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $(filter %.o,$^) $(LIB_A) $(BIN_LIBS)
 
 $(VM_DIR)/vm-lib.sh: tests/vm/vm-lib.sh
+	@mkdir -p $(@D)
+	$(Q)install -m 644 $< $@
+
+# vm-preload's guest side, copied into its initramfs (run with sh).
+$(VM_DIR)/vm-preload-guest.sh: tests/vm/vm-preload-guest.sh
 	@mkdir -p $(@D)
 	$(Q)install -m 644 $< $@
 

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# Description: transparent acceleration between two QEMU guests. Each
+# guest runs "ivmcd --guest" (the guest daemon: finds its ivshmem devices
+# and control region itself) and unmodified socat under ivmc-run
+# (libivmc-preload.so). 32 MiB go each way at once over TCP between the
+# guests' virtio-net addresses, each verified in the receiving guest by
+# sha256 against the same seeded generator (and here against the host's
+# run of it), with no byte more. The receiver samples "ivmcctl status"
+# while the connection is still open. Then 64-byte round trips over TCP,
+# plain and under ivmc-run (vm-chan tcp-ping/pong), reported, not
+# asserted. Two boots of both guests:
+#   main: the host allows the pair (pair region: 16 MiB, 64 KiB rings,
+#     channel 0 the daemons' link); when the daemon has --guest, both
+#     connections must have been accelerated (a channel listed during
+#     each, more than at the end);
+#   deny: "ivmcctl vm deny guest-a guest-b" first: no pair region, the
+#     same transfers still verify over virtio-net, and no channel is ever
+#     listed.
+# Before the guest daemon exists (ivmcd without --guest exits with its
+# usage in the guests), the clients stay on TCP: the data checks still
+# apply, and the acceleration check prints a SKIP line and is not a
+# failure.
+#
+# Run by make check-vm (mk/vm.mk), from $(O)/vm beside vm-lib.sh,
+# vm-preload-guest.sh, vm-chan and vm-chan-dyn, with ivmc-vmd, ivmcctl,
+# ivmcd and ivmc-run in $(O)/bin and libivmc-preload.so in $(O)/lib; the
+# guests get the dynamic ones with their libraries (vm_extra_prog). Skips
+# (77) only when QEMU, busybox, socat or the kernel package cannot be had.
+# Environment: IVMC_VM_PRELOAD_MIB (each way, default 32; 256 with
+# IVMC_LONG), IVMC_VM_ROUNDS (round trips, default 1000), IVMC_VM_SECS
+# (per guest, default 180; 600 with IVMC_LONG).
+
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/vm/vm-lib.sh
+. "$here/vm-lib.sh"
+
+# make check-long (IVMC_LONG=1): 256 MiB each way. The guests hash what
+# they receive at about 17 MiB/s under TCG and both directions share each
+# guest's one vCPU: 32 MiB each way took 7-12 s, so this is minutes.
+if [ -n "${IVMC_LONG:-}" ] && [ "${IVMC_LONG}" != 0 ]; then
+	mib=${IVMC_VM_PRELOAD_MIB:-256}
+	secs=${IVMC_VM_SECS:-600}
+else
+	mib=${IVMC_VM_PRELOAD_MIB:-32}
+	secs=${IVMC_VM_SECS:-180}
+fi
+bytes=$((mib * 1048576))
+rounds=${IVMC_VM_ROUNDS:-1000}
+chan=$here/vm-chan
+bin=$here/../bin
+ctl=$bin/ivmcctl
+gscript=$here/vm-preload-guest.sh
+preload=$here/../lib/libivmc-preload.so
+g="ivmc.run=sh,/bin/vm-preload-guest.sh"
+
+skip() {
+	echo "vm-preload: $*" >&2
+	exit 77
+}
+
+fail() {
+	echo "vm-preload: FAIL: $*" >&2
+	[ -n "$VM_TMP" ] && [ -f "$VM_TMP/ivmc-vmd.log" ] &&
+		tail -n 20 "$VM_TMP/ivmc-vmd.log" >&2
+	exit 1
+}
+
+trap vm_cleanup EXIT
+trap 'exit 130' INT TERM
+
+for f in "$chan" "$here/vm-chan-dyn" "$gscript" "$bin/ivmc-vmd" "$ctl" \
+	"$bin/ivmcd" "$bin/ivmc-run" "$preload"; do
+	[ -e "$f" ] || fail "$f missing (make vm)"
+done
+[[ $mib =~ ^[1-9][0-9]*$ ]] || fail "IVMC_VM_PRELOAD_MIB=$mib: a whole number of MiB"
+vm_need_pkgs || skip "$VM_REASON"
+vm_need_cmd socat socat || skip "$VM_REASON"
+vm_kernel || skip "$VM_REASON"
+
+# The guests' initramfs: vm-chan (static) in /bin as usual; the dynamic
+# programs with their libraries and loader; the preload at /lib, which is
+# ../lib from ivmc-run in /bin, where it looks first.
+vm_tmpdir
+VM_INITRD=$VM_TMP/initrd.gz
+for p in "socat:$(command -v socat)" "ivmcd:$bin/ivmcd" "ivmcctl:$ctl" \
+	"ivmc-run:$bin/ivmc-run" "vm-chan-dyn:$here/vm-chan-dyn"; do
+	vm_extra_prog "${p#*:}" "/bin/${p%%:*}" || fail "$VM_REASON"
+done
+vm_extra_prog "$preload" /lib/libivmc-preload.so || fail "$VM_REASON"
+vm_extra_file "$gscript" /bin/vm-preload-guest.sh || fail "$VM_REASON"
+vm_extra_net_etc || fail "$VM_REASON"
+vm_initramfs "$VM_INITRD" "virtio_pci virtio_net vfio_pci vfio_iommu_type1" "$chan" ||
+	fail "$VM_REASON"
+echo "vm-preload: initramfs $(stat -c %s "$VM_INITRD") bytes; $mib MiB each way"
+
+# What the guests must have received, by the host's run of the generator.
+sha_a=$("$chan" gen "$bytes" 1 | sha256sum | cut -d' ' -f1) # B to A, port 5000
+sha_b=$("$chan" gen "$bytes" 2 | sha256sum | cut -d' ' -f1) # A to B, port 5001
+
+# The same ivmcd binary goes into the guests: does it have guest mode?
+guest_mode=no
+"$bin/ivmcd" --help 2>&1 | grep -q -- '--guest' && guest_mode=yes
+echo "vm-preload: ivmcd --guest in this build: $guest_mode"
+
+# The pair layout guest mode needs: one channel laid out by the host (the
+# daemons' link); the daemons carve the connections' channels from the rest.
+vm_vmd_start "$bin" || fail "$VM_REASON"
+printf 'pair-size 16M\npair-ring 64K\npair-channels 1\n' > "$VM_TMP/vms.conf"
+"$ctl" vm reload > /dev/null || fail "ivmcctl vm reload"
+"$ctl" vm add guest-a --addr 10.77.0.1 || fail "ivmcctl vm add guest-a"
+"$ctl" vm add guest-b --addr 10.77.0.2 || fail "ivmcctl vm add guest-b"
+
+base="intel_iommu=on ivmc.mod=virtio_pci ivmc.mod=virtio_net ivmc.mod=vfio_pci"
+base="$base ivmc.mod=vfio_iommu_type1 ivmc.run=cat,/proc/uptime $g,daemon"
+
+# val LOG KEY [PATTERN]: KEY=value from the first line matching PATTERN
+val() { grep -a "${3:-.}" "$1" | sed -n "s/.* $2=\([^ ]*\).*/\1/p" | head -n 1; }
+
+# boot_pair VARIANT: boot both guests with their steps; leaves their logs
+# in $VM_TMP/VARIANT-guest-{a,b}.log; returns vm_wait_all's verdict.
+boot_pair() {
+	local v=$1 qa qb port t0 t1 rc la lb sa sb
+	la=$VM_TMP/$v-guest-a.log
+	lb=$VM_TMP/$v-guest-b.log
+	vm_qemu_args "$bin" guest-a --iommu || fail "$VM_REASON"
+	qa=("${VM_QARGS[@]}")
+	vm_qemu_args "$bin" guest-b --iommu || fail "$VM_REASON"
+	qb=("${VM_QARGS[@]}")
+	echo "vm-preload: $v: ivmcctl qemu-args guest-a: ${qa[*]}"
+	if [ "$v" = deny ]; then
+		[[ "${qa[*]} ${qb[*]}" != *pair.* ]] || fail "deny: qemu-args still give a pair device"
+	else
+		[[ "${qa[*]}" == *pair.guest-b* ]] || fail "main: no pair device in guest-a's qemu-args"
+	fi
+	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
+		fail "no free port"
+	# Both directions at once (A receives on 5000, B on 5001); in the
+	# main variant, round trips on 7000/7001 (plain, then ivmc-run).
+	sa="$g,xfer,10.77.0.2,$bytes,5000,1,5001,2"
+	sb="$g,xfer,10.77.0.1,$bytes,5001,2,5000,1"
+	if [ "$v" = main ]; then
+		sa="$sa $g,rtt-pong,7000,$rounds"
+		sb="$sb $g,rtt-ping,10.77.0.1,7000,$rounds"
+	fi
+	t0=$(date +%s%N)
+	vm_boot guest-a "$la" "$secs" \
+		"$base ivmc.ip=eth0,10.77.0.1/24 $sa $g,status" "${qa[@]}" \
+		-netdev "socket,id=n0,listen=127.0.0.1:$port" \
+		-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01,romfile=
+	for _ in $(seq 100); do
+		ss -ltn 2> /dev/null | grep -q "127.0.0.1:$port " && break
+		sleep 0.1
+	done
+	vm_boot guest-b "$lb" "$secs" \
+		"$base ivmc.ip=eth0,10.77.0.2/24 $sb $g,status" "${qb[@]}" \
+		-netdev "socket,id=n0,connect=127.0.0.1:$port" \
+		-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,romfile=
+	vm_wait_all
+	rc=$?
+	t1=$(date +%s%N)
+	for l in "$la" "$lb"; do # the serial console ends lines with \r\n
+		tr -d '\r' < "$l" > "$l.txt" && mv "$l.txt" "$l"
+	done
+	for l in "$la" "$lb"; do
+		echo "---- $v: $(basename "$l" .log)"
+		grep -a 'vm-preload\|IVMC-\|ivmc-init\|RESULT\|^ \|^[0-9.]* [0-9.]*$' "$l"
+	done
+	echo "----"
+	echo "vm-preload: $v: two guests booted, tested and off in $(((t1 - t0) / 1000000)) ms"
+	return $rc
+}
+
+# check_xfer LOG PORT SHA: the receiver on PORT verified what the host
+# computed, and nothing came after it.
+check_xfer() {
+	grep -aq "^IVMC-XFER: port=$2 seed=[0-9]* bytes=$bytes got=$3 want=$3 rest=0 .*verdict=ok" "$1" ||
+		fail "$v: port $2: not verified in $(basename "$1"): $(grep -a "^IVMC-XFER: port=$2" "$1")"
+}
+
+# check_accel V LOG: the acceleration verdict for the receiver in LOG.
+check_accel() {
+	local v=$1 l=$2 d e dr
+	d=$(val "$l" channels '^IVMC-ACCEL: when=during')
+	e=$(val "$l" channels '^IVMC-ACCEL: when=end')
+	dr=$(val "$l" running '^IVMC-DAEMON:')
+	echo "vm-preload: $v: $(basename "$l" .log): channels listed during its receive: ${d:-?}, at the end: ${e:-?} (daemon running: ${dr:-?})"
+	if [ "$v" = deny ]; then
+		if [ "${d:-x}" != 0 ] || [ "${e:-x}" != 0 ]; then
+			fail "deny: a channel was listed (during ${d:-?}, end ${e:-?})"
+		fi
+		return
+	fi
+	if [ "$guest_mode" = no ]; then
+		echo "vm-preload: SKIP acceleration check ($(basename "$l" .log)): ivmcd has no --guest yet; the connections stayed on TCP (fallback, data verified)"
+		return
+	fi
+	[ "$dr" = yes ] || fail "$v: ivmcd --guest not running in $(basename "$l" .log)"
+	# A channel for the connection while it is open, gone at the end (a
+	# link between the daemons, if listed, is there both times).
+	if ! [[ $d =~ ^[0-9]+$ && $e =~ ^[0-9]+$ ]] || [ "$d" -lt 1 ] || [ "$d" -le "$e" ]; then
+		fail "$v: $(basename "$l" .log): the connection was not accelerated (channels during ${d:-?}, at the end ${e:-?})"
+	fi
+}
+
+for v in main deny; do
+	if [ $v = deny ]; then
+		"$ctl" vm deny guest-a guest-b || fail "ivmcctl vm deny guest-a guest-b"
+		"$ctl" vm list
+	fi
+	boot_pair $v || fail "$v: a guest did not finish (logs above)"
+	la=$VM_TMP/$v-guest-a.log
+	lb=$VM_TMP/$v-guest-b.log
+	for l in "$la" "$lb"; do
+		grep -aq "^IVMC-DAEMON: guest_mode=$guest_mode " "$l" ||
+			fail "$v: $(basename "$l" .log) says $(grep -a '^IVMC-DAEMON:' "$l"), the host's ivmcd says guest_mode=$guest_mode"
+	done
+	check_xfer "$la" 5000 "$sha_a"
+	check_xfer "$lb" 5001 "$sha_b"
+	echo "vm-preload: $v: $mib MiB verified each way (received and hashed, both at once: B to A in $(val "$la" secs '^IVMC-XFER') s, A to B in $(val "$lb" secs '^IVMC-XFER') s)"
+	check_accel $v "$la"
+	check_accel $v "$lb"
+done
+
+# Round trips (main boot), side by side; never asserted.
+lb=$VM_TMP/main-guest-b.log
+p50=$(val "$lb" p50_us 'RESULT ping tcp-plain ')
+p99=$(val "$lb" p99_us 'RESULT ping tcp-plain ')
+i50=$(val "$lb" p50_us 'RESULT ping tcp-ivmc ')
+i99=$(val "$lb" p99_us 'RESULT ping tcp-ivmc ')
+if [ -z "$p50" ] || [ -z "$i50" ]; then
+	fail "main: a round-trip result is missing"
+fi
+echo "vm-preload: 64 B round trip over TCP between the guests, $rounds rounds, p50 / p99 us:" \
+	"plain $p50 / $p99, under ivmc-run $i50 / $i99 (accelerated only with ivmcd --guest: $guest_mode)"
+exit 0

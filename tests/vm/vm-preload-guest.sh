@@ -1,0 +1,224 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# shellcheck shell=dash
+#
+# Description: the guest side of vm-preload (busybox sh in the initramfs,
+# run as /init's steps: "ivmc.run=sh,/bin/vm-preload-guest.sh,CMD,ARG...").
+# Starts the guest ivmcd, moves data with socat under ivmc-run both ways,
+# times round trips plain and under ivmc-run, and says what the daemon
+# saw. The host reads the console; the lines it parses start with IVMC-.
+#
+#   daemon                 start "ivmcd -f --guest" in the background (a
+#                          build without --guest exits with its usage:
+#                          the clients then stay on TCP); wait until it
+#                          answers or has exited.
+#                          IVMC-DAEMON: guest_mode=yes|no running=yes|no
+#   xfer PEER BYTES RPORT RSEED SPORT SSEED
+#                          at once: receive BYTES on RPORT (checked against
+#                          "vm-chan gen BYTES RSEED") and send "vm-chan gen
+#                          BYTES SSEED" to PEER:SPORT, both through socat
+#                          under ivmc-run.
+#                          IVMC-XFER: port= seed= bytes= got= want= rest=
+#                          verdict=ok|bad, and IVMC-ACCEL: when=during ...
+#   rtt-pong PORT K        vm-chan-dyn tcp-pong, plain on PORT, then under
+#                          ivmc-run on PORT+1
+#   rtt-ping ADDR PORT K   the other end; RESULT ping tcp-plain / tcp-ivmc
+#   status                 ivmcctl status, IVMC-ACCEL: when=end ..., and
+#                          the daemon's and the preload's logs
+#
+# The receiver checks everything while the connection is still open: the
+# data arrive through socat's EXEC (this script's recv-child), which reads
+# exactly BYTES, hashes them, samples the daemon's status, then writes an
+# acknowledgement back on the connection. The sender holds its side open
+# until that acknowledgement has come, so "during" really is during, with
+# no sleep to guess, and the bytes after BYTES (there must be none) are
+# counted until the sender closes.
+
+set -u
+self=$0
+export PATH=/bin
+# The daemon under test is the one "daemon" starts: ivmc-run would
+# otherwise start a host-mode ivmcd when none answers.
+export IVMC_AUTOSTART=0
+export IVMC_LOG=info IVMC_LOG_FILE=/tmp/preload.log
+
+say() { echo "vm-preload: $*"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+
+# alive PID: running, not a zombie (busybox sh reaps late)
+alive() {
+	[ -r "/proc/$1/stat" ] && ! grep -q ') Z ' "/proc/$1/stat" 2> /dev/null
+}
+
+# wait_file FILE TENTHS: until FILE is not empty, TENTHS/10 s at most
+wait_file() {
+	i=0
+	while [ ! -s "$1" ] && [ "$i" -lt "$2" ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	[ -s "$1" ]
+}
+
+# dump: what the daemon, socat and the preload wrote (on a failure, and at
+# the end)
+dump() {
+	for f in /tmp/ivmcd.out /tmp/ivmcd.log /tmp/socat-*.log /tmp/preload.log; do
+		[ -s "$f" ] || continue
+		# an ivmcd that never ran: its usage was shown once already
+		[ "$f" = /tmp/ivmcd.out ] && [ -e /tmp/ivmcd.never ] && continue
+		say "---- $f (last 30 lines)"
+		tail -n 30 "$f" | sed 's/^/  | /'
+	done
+}
+
+die() {
+	say "FAIL: $*"
+	dump
+	exit 1
+}
+
+# accel WHEN: one line from "ivmcctl --json status". channels: the
+# daemon's count of channels open now; listed: the channel objects in its
+# list; paired: pairs made since it started; ring_bytes: bytes through the
+# listed channels' rings (each direction mod 2^32, added up). status.c
+# writes a fixed shape, so grep does (no JSON parser in busybox).
+accel() {
+	if ! j=$(ivmcctl --json status 2> /dev/null); then
+		echo "IVMC-ACCEL: when=$1 daemon=down channels=0 listed=0 paired=0 ring_bytes=0"
+		return
+	fi
+	ch=$(echo "$j" | grep -o '"channels":[0-9]*' | head -n 1 | cut -d: -f2)
+	ls=$(echo "$j" | grep -o '"rule_line":' | wc -l)
+	pr=$(echo "$j" | grep -o '"paired":[0-9]*' | head -n 1 | cut -d: -f2)
+	rb=$(echo "$j" | grep -o '"ring_bytes_mod32":[0-9]*' | cut -d: -f2 |
+		awk '{ s += $1 } END { printf "%.0f", s }')
+	echo "IVMC-ACCEL: when=$1 daemon=up channels=${ch:-?} listed=$ls paired=${pr:-?} ring_bytes=${rb:-0}"
+}
+
+cmd_daemon() {
+	guest=no
+	ivmcd --help 2>&1 | grep -q -- '--guest' && guest=yes
+	ivmcd -f --guest -l debug -L /tmp/ivmcd.log > /tmp/ivmcd.out 2>&1 &
+	pid=$!
+	up=no
+	i=0
+	while [ $i -lt 300 ]; do
+		if ivmcctl status > /dev/null 2>&1; then
+			up=yes
+			break
+		fi
+		alive "$pid" || break
+		sleep 0.1
+		i=$((i + 1))
+	done
+	echo "IVMC-DAEMON: guest_mode=$guest running=$up pid=$pid"
+	if [ $up = no ]; then
+		touch /tmp/ivmcd.never
+		say "ivmcd --guest is not running: $(head -n 1 /tmp/ivmcd.out)"
+		# Without --guest that is the expected fallback: TCP all along.
+		[ $guest = no ] || die "ivmcd --guest did not answer within 30 s"
+	fi
+	return 0
+}
+
+# recv-child BYTES SEED PORT: socat's EXEC child; standard input and output
+# are the connection. Results go to /tmp/xfer.PORT*.
+cmd_recv_child() {
+	unset LD_PRELOAD
+	bytes=$1 seed=$2 out=/tmp/xfer.$3
+	t0=$(now)
+	got=$(dd bs=65536 count=$((bytes / 65536)) iflag=fullblock 2> /dev/null |
+		sha256sum | cut -d' ' -f1)
+	t1=$(now)
+	# The sender holds the connection open until our acknowledgement.
+	accel during > "$out.accel"
+	ivmcctl status > "$out.status" 2>&1
+	echo "ack $got"
+	rest=$(wc -c | tr -d ' ') # until the sender closes: must be 0
+	want=$(vm-chan gen "$bytes" "$seed" | sha256sum | cut -d' ' -f1)
+	echo "port=$3 seed=$seed bytes=$bytes got=$got want=$want rest=$rest" \
+		"secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" > "$out"
+}
+
+cmd_xfer() {
+	peer=$1 bytes=$2 rport=$3 rseed=$4 sport=$5 sseed=$6
+	rm -f "/tmp/xfer.$rport"* "/tmp/ack.$sport"
+	ivmc-run socat -t 10 "TCP-LISTEN:$rport,reuseaddr" \
+		"EXEC:sh $self recv-child $bytes $rseed $rport" \
+		2> "/tmp/socat-recv-$rport.log" &
+	rpid=$!
+	say "receiving $bytes bytes on port $rport; sending $bytes to $peer:$sport"
+	# The sender's input: the data, then nothing until the receiver's
+	# acknowledgement (120 s at most); then end of stream. The feeder
+	# waits for the file socat writes, on purpose.
+	# shellcheck disable=SC2094
+	{
+		vm-chan gen "$bytes" "$sseed"
+		wait_file "/tmp/ack.$sport" 1200
+	} | ivmc-run socat -t 10 - "TCP:$peer:$sport,retry=300,interval=0.2" \
+		> "/tmp/ack.$sport" 2> "/tmp/socat-send-$sport.log"
+	src=$?
+	say "sent to $peer:$sport (socat exit $src), acknowledged: $(cat "/tmp/ack.$sport" 2> /dev/null)"
+	wait $rpid
+	rrc=$?
+	[ -s "/tmp/xfer.$rport" ] || die "port $rport: the receiver left no result (socat exit $rrc)"
+	sed "s/^/  during, port $rport: /" "/tmp/xfer.$rport.status" 2> /dev/null
+	cat "/tmp/xfer.$rport.accel"
+	r=$(cat "/tmp/xfer.$rport")
+	got=${r#* got=}
+	got=${got%% *}
+	want=${r#* want=}
+	want=${want%% *}
+	rest=${r#* rest=}
+	rest=${rest%% *}
+	verdict=bad
+	[ -n "$got" ] && [ "$got" = "$want" ] && [ "$rest" = 0 ] && verdict=ok
+	echo "IVMC-XFER: $r verdict=$verdict"
+	[ $verdict = ok ] || die "port $rport: data not as sent"
+	[ $src -eq 0 ] || die "socat sending to $peer:$sport: exit $src"
+	[ $rrc -eq 0 ] || die "socat receiving on $rport: exit $rrc"
+	case "$(cat "/tmp/ack.$sport")" in
+	"ack "*) ;;
+	*) die "no acknowledgement from $peer:$sport" ;;
+	esac
+}
+
+# label the result lines of a ping: tcp-plain or tcp-ivmc
+label() { sed "s/RESULT ping tcp /RESULT ping $1 /"; }
+
+cmd_rtt_pong() {
+	vm-chan-dyn tcp-pong "$1" "$2" || die "tcp-pong (plain) on $1"
+	ivmc-run vm-chan-dyn tcp-pong $(($1 + 1)) "$2" || die "tcp-pong (ivmc-run) on $(($1 + 1))"
+}
+
+cmd_rtt_ping() {
+	set -o pipefail
+	vm-chan-dyn tcp-ping "$1" "$2" "$3" | label tcp-plain ||
+		die "tcp-ping (plain) to $1:$2"
+	ivmc-run vm-chan-dyn tcp-ping "$1" $(($2 + 1)) "$3" | label tcp-ivmc ||
+		die "tcp-ping (ivmc-run) to $1:$(($2 + 1))"
+}
+
+cmd_status() {
+	say "ivmcctl status at the end:"
+	ivmcctl status 2>&1 | sed 's/^/  | /'
+	accel end
+	dump
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+daemon) cmd_daemon ;;
+recv-child) cmd_recv_child "$@" ;;
+xfer) cmd_xfer "$@" ;;
+rtt-pong) cmd_rtt_pong "$@" ;;
+rtt-ping) cmd_rtt_ping "$@" ;;
+status) cmd_status ;;
+*)
+	echo "usage: $self daemon | xfer PEER BYTES RPORT RSEED SPORT SSEED |" \
+		"rtt-pong PORT K | rtt-ping ADDR PORT K | status" >&2
+	exit 2
+	;;
+esac
