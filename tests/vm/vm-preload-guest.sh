@@ -11,8 +11,10 @@
 #   daemon                 start "ivmcd -f --guest" in the background (a
 #                          build without --guest exits with its usage:
 #                          the clients then stay on TCP); wait until it
-#                          answers or has exited.
+#                          answers or has exited; with a peer VM listed,
+#                          until the daemons' link is up.
 #                          IVMC-DAEMON: guest_mode=yes|no running=yes|no
+#                          IVMC-LINK: up|down|none
 #   xfer PEER BYTES RPORT RSEED SPORT SSEED
 #                          at once: receive BYTES on RPORT (checked against
 #                          "vm-chan gen BYTES RSEED") and send "vm-chan gen
@@ -96,6 +98,30 @@ accel() {
 	echo "IVMC-ACCEL: when=$1 daemon=up channels=${ch:-?} listed=$ls paired=${pr:-?} ring_bytes=${rb:-0}"
 }
 
+# wait_link: when the guest daemon lists a peer VM ("guest":{"pairs":[
+# {"peer":...,"link":...}]}), wait until the daemons' link is up (30 s at
+# most), so that the first connection does not race it: the peer's daemon
+# starts at about the same time in its own guest. No peer listed (pair
+# denied), or a daemon that says nothing of pairs: no wait.
+wait_link() {
+	i=0
+	link=none
+	while [ $i -lt 300 ]; do
+		j=$(ivmcctl --json status 2> /dev/null)
+		case "$j" in
+		*'"link":true'*)
+			link=up
+			break
+			;;
+		*'"peer":'*) link=down ;;
+		*) break ;;
+		esac
+		sleep 0.1
+		i=$((i + 1))
+	done
+	echo "IVMC-LINK: $link (after $i tenths of a second)"
+}
+
 cmd_daemon() {
 	guest=no
 	ivmcd --help 2>&1 | grep -q -- '--guest' && guest=yes
@@ -113,6 +139,7 @@ cmd_daemon() {
 		i=$((i + 1))
 	done
 	echo "IVMC-DAEMON: guest_mode=$guest running=$up pid=$pid"
+	[ $up = yes ] && [ $guest = yes ] && wait_link
 	if [ $up = no ]; then
 		touch /tmp/ivmcd.never
 		say "ivmcd --guest is not running: $(head -n 1 /tmp/ivmcd.out)"
