@@ -74,7 +74,7 @@ static void stream(uint64_t off, int mode)
 	struct chan *c;
 	pid_t pid;
 
-	T_ASSERT_OK(chan_region_init(mem + off, SLOT, RING));
+	T_ASSERT_OK(chan_region_init(mem + off, SLOT, RING, false, 0));
 	pid = t_fork(reader, &a);
 	c = open_at(0, off, mode);
 	T_ASSERT_EQ(chan_fd(c), -1);
@@ -108,7 +108,7 @@ static void ping_pong(uint64_t off)
 	struct chan *c;
 	pid_t pid;
 
-	T_ASSERT_OK(chan_region_init(mem + off, SLOT, RING));
+	T_ASSERT_OK(chan_region_init(mem + off, SLOT, RING, false, 0));
 	pid = t_fork(echo, &off);
 	c = open_at(0, off, CHAN_WAIT_ADAPTIVE);
 	for (int n = 0; n < ROUNDS; n++) {
@@ -136,10 +136,10 @@ static void refusals(void)
 {
 	struct ivmc_shm_hdr *h = (void *)(mem + SLOT);
 
-	T_ASSERT_EQ(chan_region_init(mem, SLOT, 3000), -EINVAL);
-	T_ASSERT_EQ(chan_region_init(mem + 64, SLOT, RING), -EINVAL);
-	T_ASSERT_EQ(chan_region_init(mem, SLOT - 1, RING), -EMSGSIZE);
-	T_ASSERT_OK(chan_region_init(mem + SLOT, SLOT, RING));
+	T_ASSERT_EQ(chan_region_init(mem, SLOT, 3000, false, 0), -EINVAL);
+	T_ASSERT_EQ(chan_region_init(mem + 64, SLOT, RING, false, 0), -EINVAL);
+	T_ASSERT_EQ(chan_region_init(mem, SLOT - 1, RING, false, 0), -EMSGSIZE);
+	T_ASSERT_OK(chan_region_init(mem + SLOT, SLOT, RING, false, 0));
 	T_ASSERT_EQ(try_open(-1, SLOT, SLOT), 0);
 	T_ASSERT_EQ(try_open(0, SLOT, SLOT), -EINVAL); /* a side stream */
 	T_ASSERT_EQ(try_open(-1, SLOT + 512, SLOT), -EINVAL);

@@ -339,7 +339,8 @@ fail:
 	return err;
 }
 
-int chan_region_init(void *mem, uint64_t len, uint32_t ring_size)
+int chan_region_init(void *mem, uint64_t len, uint32_t ring_size,
+		     bool with_side, uint32_t init_ctr)
 {
 	uint64_t size;
 	int err = chan_region_size(ring_size, 0, &size);
@@ -349,7 +350,7 @@ int chan_region_init(void *mem, uint64_t len, uint32_t ring_size)
 	if (size > len)
 		return -EMSGSIZE;
 	memset(mem, 0, IVMC_SHM_HDR_SIZE);
-	hdr_format(mem, ring_size, 0, size, false, 0);
+	hdr_format(mem, ring_size, 0, size, with_side, init_ctr);
 	return 0;
 }
 

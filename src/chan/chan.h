@@ -73,11 +73,13 @@ int chan_region_create(uint32_t ring_size, uint32_t deep_size, bool with_side,
 int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	      struct chan **out);
 
-/* Lay out a ring-only region with rings of ring_size in the len bytes at
- * mem (page aligned): what the host does for a region it shares with
- * guests before any of them maps it. Returns 0, -EINVAL (ring size, or mem
- * not page aligned) or -EMSGSIZE (does not fit in len). */
-int chan_region_init(void *mem, uint64_t len, uint32_t ring_size);
+/* Lay out a region with rings of ring_size in the len bytes at mem (page
+ * aligned): what the host does for a region it shares with guests before
+ * any of them maps it. with_side and init_ctr as for chan_region_create();
+ * no large area (deep_size 0). Returns 0, -EINVAL (ring size, or mem not
+ * page aligned) or -EMSGSIZE (does not fit in len). */
+int chan_region_init(void *mem, uint64_t len, uint32_t ring_size,
+		     bool with_side, uint32_t init_ctr);
 
 /* Open one end of a ring-only region formatted by chan_region_init() at
  * page-aligned offset off of fd (e.g. an ivshmem BAR), of which avail bytes
