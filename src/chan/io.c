@@ -328,12 +328,14 @@ ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 /* ---- receive ---- */
 
 /* End of stream read: a SHUT_WR the producer owes its side stream can go
- * now (sw_tx_shut_side()); tell it, once. */
+ * now (sw_tx_shut_side()); tell it, once. Without a doorbell it polls, and
+ * looks between naps (poll_wait()). */
 static void fin_seen(struct chan *c)
 {
 	if (c->has_side && !chan_flag(c, EP_FIN_RUNG)) {
 		atomic_fetch_or(&c->ep->flags, EP_FIN_RUNG);
-		(void)xport_ring(c->doorbell);
+		if (c->doorbell >= 0)
+			(void)xport_ring(c->doorbell);
 	}
 }
 

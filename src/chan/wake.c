@@ -532,9 +532,8 @@ static void sleeper_init(struct chan *c, struct sleeper *s)
  * epoch. The poller holds no rx lock, so what it sees may be stale: such a
  * wake only counts against the no-progress limit, which stops a producer
  * that keeps the side readable to make us spin. */
-static void side_poke(struct chan *c, const struct sleeper *s)
+static void side_poke(struct chan *c, const struct pollfd *p)
 {
-	const struct pollfd *p = s->side >= 0 ? &s->pfd[s->side] : NULL;
 	char b;
 
 	if (!p || !(p->revents & ~POLLOUT) || !on_ring(c, CHAN_RX))
@@ -629,7 +628,7 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 		drained(ep); /* a kick is a ring from ourselves */
 	}
 	if (r > 0)
-		side_poke(c, &s);
+		side_poke(c, s.side >= 0 ? &s.pfd[s.side] : NULL);
 	ep_unlock(&ep->poll_lock);
 	/* Unlock /then/ bump: a follower woken by the bump can take the role. */
 	gen_bump(ep, 1); /* a release: wakes followers */
@@ -707,9 +706,35 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  * the ring in between. Idle, that is one look per cap (1000/s at the 1 ms
  * default); a message arriving while we sleep waits up to the cap (plus the
  * timer slack, 50 us by default). Sleeps without the direction's lock, as
- * sleep_wait() does; a kick or poison (wake_gen) ends it too.
+ * sleep_wait() does; a kick or poison (wake_gen) ends it too. With a side
+ * stream each nap is a ppoll() on it for what a poller would poll it for
+ * (side_events()): its data, space or end wakes the waiter at once, and is
+ * taken as lead() takes it. A waiter for data also moves what a rewind of
+ * our sending gave back, and pays a SHUT_WR owed (sw_tx_rescue()): the
+ * consumer's doorbell ring that asks for them (rewind_rx(), fin_seen())
+ * has no doorbell here.
  */
 #define POLL_NAP_MIN_NS 10000u
+
+/* Nap ns, or less if the side stream has what a waiter in d needs. Returns
+ * 0 (slept), 1 (the side stream woke us: re-check), -EINTR or -errno. */
+static int poll_nap(struct chan *c, enum chan_dir d, uint64_t ns)
+{
+	struct timespec ts = { (time_t)(ns / 1000000000u),
+			       (long)(ns % 1000000000u) };
+	struct pollfd p = { chan_side_fd(c), side_events(c, d), 0 };
+	int r;
+
+	if (!p.events)
+		return nap(ns);
+	r = ppoll(&p, 1, &ts, NULL);
+	if (r < 0)
+		return errno == EINTR ? -EINTR : -errno;
+	if (!r)
+		return 0;
+	side_poke(c, &p);
+	return 1;
+}
 
 static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
@@ -730,9 +755,11 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 			r = -ETIMEDOUT;
 			break;
 		}
-		r = nap(ns < end - t ? ns : end - t);
+		r = poll_nap(c, d, ns < end - t ? ns : end - t);
 		if (r)
 			break;
+		if (d == CHAN_RX)
+			sw_tx_rescue(c);
 		ns = ns * 2 < c->poll_max_ns ? ns * 2 : c->poll_max_ns;
 		if (end != UINT64_MAX)
 			t = now_ns(); /* idle and no timeout: no clock read */
@@ -740,7 +767,7 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	atomic_fetch_add(&ep->st_sleeps, 1);
 	err = chan_relock(c, lock);
 	adapt(c, d, now_ns() - t0);
-	return err ? err : r;
+	return err ? err : r > 0 ? 0 : r;
 }
 
 /*
@@ -878,8 +905,9 @@ int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	if (c->bell)
 		return bell_wait(c, d, timeout_ms);
 	if (c->doorbell < 0)
-		return poll_wait(c, d, timeout_ms);
-	r = sleep_wait(c, d, timeout_ms);
+		r = poll_wait(c, d, timeout_ms);
+	else
+		r = sleep_wait(c, d, timeout_ms);
 	/* A receiver woken may be the one to move what a rewind of our other
 	 * direction gave back (its consumer rang for it). */
 	if (d == CHAN_RX)
