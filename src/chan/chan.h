@@ -36,7 +36,7 @@ struct chan_cfg {
 	 * env IVMC_POLL_MAX_US, else 1000). */
 	unsigned int poll_max_us;
 	/* chan_open_mem() only: the region's doorbell (chan_bell_new()), or
-	 * NULL to poll. */
+	 * NULL to poll. Ring-only channels only (side_fd -1). */
 	struct chan_bell *bell;
 	/* Stream bytes already sent/received on side_fd before this open
 	 * (a TCP connection that ran a while before its channel came):
@@ -81,13 +81,15 @@ int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 int chan_region_init(void *mem, uint64_t len, uint32_t ring_size,
 		     bool with_side, uint32_t init_ctr);
 
-/* Open one end of a ring-only region formatted by chan_region_init() at
- * page-aligned offset off of fd (e.g. an ivshmem BAR), of which avail bytes
- * from off on are ours. fd is borrowed. With cfg->bell, a waiter spins, then
- * sleeps on the bell; without, it polls with growing sleeps up to
- * cfg->poll_max_us and chan_fd() is -1.
- * Returns 0 and *out, or -EINVAL (cfg, side_fd, off), -EPROTO (header),
- * -EMSGSIZE (region larger than avail), -errno (mmap). */
+/* Open one end of a region formatted by chan_region_init() at page-aligned
+ * offset off of fd (e.g. an ivshmem BAR), of which avail bytes from off on
+ * are ours. fd is borrowed. cfg->side_fd, tx_off0 and rx_off0 as for
+ * chan_open(). With cfg->bell, a waiter spins, then sleeps on the bell
+ * (ring-only: a bell's waiters do not watch a side stream); without, it
+ * polls with growing sleeps up to cfg->poll_max_us (with a side stream, in
+ * ppoll() on it) and chan_fd() is -1. Returns 0 and *out, or -EINVAL (cfg,
+ * off, a bell with side_fd), -EPROTO (malformed header, or one that
+ * contradicts side_fd), -EMSGSIZE (region larger than avail), -errno. */
 int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 		  uint64_t avail, struct chan **out);
 
