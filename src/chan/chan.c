@@ -529,6 +529,16 @@ int chan_poison(struct chan *c, int err)
 	return -ECONNRESET;
 }
 
+void chan_peer_gone(struct chan *c)
+{
+	/* As a doorbell's hang-up (drain()), and the side stream with it:
+	 * the peer that says nothing more may not have closed it (a VM that
+	 * died sends no FIN). The kick makes every waiter re-check. */
+	atomic_fetch_or(&c->ep->flags,
+			EP_PEER_GONE | (c->has_side ? EP_SIDE_DEAD : 0));
+	chan_kick(c);
+}
+
 void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo)
 {
 	if (c->bell) {

@@ -87,9 +87,12 @@ int chan_region_init(void *mem, uint64_t len, uint32_t ring_size,
  * chan_open(). With cfg->bell, a waiter spins, then sleeps on the bell
  * (ring-only: a bell's waiters do not watch a side stream); without, it
  * polls with growing sleeps up to cfg->poll_max_us (with a side stream, in
- * ppoll() on it) and chan_fd() is -1. Returns 0 and *out, or -EINVAL (cfg,
- * off, a bell with side_fd), -EPROTO (malformed header, or one that
- * contradicts side_fd), -EMSGSIZE (region larger than avail), -errno. */
+ * ppoll() on it) and chan_fd() is -1. No doorbell hangs up when the peer
+ * dies: its side stream's end is the sign (a reset; its FIN before the fin
+ * word of its SHUT_WR), else chan_peer_gone(). Returns 0 and *out, or
+ * -EINVAL (cfg, off, a bell with side_fd), -EPROTO (malformed header, or
+ * one that contradicts side_fd), -EMSGSIZE (region larger than avail),
+ * -errno. */
 int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 		  uint64_t avail, struct chan **out);
 
@@ -104,6 +107,13 @@ void chan_bell_free(struct chan_bell *b);
 
 /* Unmap and close this process's handle (see ivmc_close()). */
 void chan_close(struct chan *c);
+
+/* The peer is dead, as learnt another way (a guest's daemon, from the
+ * host's control region): as a doorbell's hang-up, and its side stream is
+ * dead too. What it published stays readable, then end of stream (or
+ * -ECONNRESET before a known attach offset); sends fail -EPIPE. Wakes every
+ * waiter (a polling one at the end of its nap). */
+void chan_peer_gone(struct chan *c);
 
 /* Send/receive with CHAN_* flags; semantics of ivmc_sendv()/ivmc_recvv().
  * On the side stream, errors are the stream's own and are returned as the

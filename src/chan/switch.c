@@ -61,6 +61,8 @@ int sw_tx_flush_pending(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
 
+	if (ep->tx_pend && chan_flag(c, EP_SIDE_DEAD))
+		return -EPIPE; /* chan_peer_gone(): nobody reads it */
 	while (ep->tx_pend) {
 		uint8_t *p;
 		uint32_t k = ring_span(&c->tx, &ep->tx, ep->tx_pend_at,
