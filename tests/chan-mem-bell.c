@@ -292,7 +292,8 @@ int main(void)
 	T_ASSERT_OK(xport_memfd_create(FILESZ, &fd));
 	T_ASSERT_OK(xport_map(fd, 0, FILESZ, (void **)&mem));
 	for (int i = 0; i < NCHAN; i++)
-		T_ASSERT_OK(chan_region_init(mem + (uint64_t)i * SLOT, SLOT, RING));
+		T_ASSERT_OK(chan_region_init(mem + (uint64_t)i * SLOT, SLOT,
+					     RING, false, 0));
 	for (int s = 0; s < 2; s++) {
 		irq[s] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 		T_ASSERT(irq[s] >= 0);

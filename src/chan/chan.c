@@ -339,7 +339,8 @@ fail:
 	return err;
 }
 
-int chan_region_init(void *mem, uint64_t len, uint32_t ring_size)
+int chan_region_init(void *mem, uint64_t len, uint32_t ring_size,
+		     bool with_side, uint32_t init_ctr)
 {
 	uint64_t size;
 	int err = chan_region_size(ring_size, 0, &size);
@@ -349,7 +350,7 @@ int chan_region_init(void *mem, uint64_t len, uint32_t ring_size)
 	if (size > len)
 		return -EMSGSIZE;
 	memset(mem, 0, IVMC_SHM_HDR_SIZE);
-	hdr_format(mem, ring_size, 0, size, false, 0);
+	hdr_format(mem, ring_size, 0, size, with_side, init_ctr);
 	return 0;
 }
 
@@ -369,8 +370,8 @@ static uint32_t poll_max_ns(const struct chan_cfg *cfg)
 	return (uint32_t)us * 1000u;
 }
 
-/* Map the header at off, copy and check it (ring-only, fits in avail),
- * then the rings. */
+/* Map the header at off, copy and check it (fits in avail, no L, a side
+ * stream exactly when cfg has one), then the rings. */
 static int mem_map(struct chan *c, const struct chan_cfg *cfg, int fd,
 		   uint64_t off, uint64_t avail, struct hdr_copy *hc)
 {
@@ -381,10 +382,13 @@ static int mem_map(struct chan *c, const struct chan_cfg *cfg, int fd,
 		return err;
 	}
 	err = hdr_validate(c->hdr, avail, true, hc);
-	if (!err && ((hc->flags & IVMC_SHM_F_SIDE) || hc->deep_size))
-		err = -EPROTO; /* a side stream we do not have, or an L */
+	if (!err && hc->deep_size)
+		err = -EPROTO; /* an L: chan_region_init() makes none */
 	if (err)
 		return err;
+	c->has_side = hc->flags & IVMC_SHM_F_SIDE;
+	if (c->has_side != (cfg->side_fd >= 0))
+		return -EPROTO; /* the formatter made another kind of channel */
 	c->ring_size = hc->ring_size;
 	return map_rings(c, fd, off, cfg->side);
 }
@@ -396,7 +400,9 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 	struct chan *c;
 	int err = cfg_ok(cfg);
 
-	if (!err && (cfg->side_fd >= 0 || off % IVMC_SHM_HDR_SIZE))
+	/* A bell's waiters do not watch a side stream (bell_wait()). */
+	if (!err && ((cfg->bell && cfg->side_fd >= 0) ||
+		     off % IVMC_SHM_HDR_SIZE))
 		err = -EINVAL;
 	if (!err && avail < IVMC_SHM_HDR_SIZE)
 		err = -EMSGSIZE;
@@ -406,7 +412,7 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 	if (!c)
 		return -ENOMEM;
 	c->doorbell = -1;
-	c->side_fd = -1;
+	c->side_fd = cfg->side_fd;
 	c->wait_mode = cfg->wait_mode;
 	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
 	c->poll_max_ns = poll_max_ns(cfg);
@@ -419,6 +425,10 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 		return err;
 	}
 	ep_start(c, &hc, cfg->side);
+	if (c->has_side) {
+		c->ep->tx_off = cfg->tx_off0;
+		c->ep->rx_off = cfg->rx_off0;
+	}
 	if (cfg->nonblock)
 		c->ep->flags = EP_NONBLOCK;
 	ends_add(c);
@@ -517,6 +527,16 @@ int chan_poison(struct chan *c, int err)
 		shutdown(c->doorbell, SHUT_RDWR);
 	chan_wake_followers(c);
 	return -ECONNRESET;
+}
+
+void chan_peer_gone(struct chan *c)
+{
+	/* As a doorbell's hang-up (drain()), and the side stream with it:
+	 * the peer that says nothing more may not have closed it (a VM that
+	 * died sends no FIN). The kick makes every waiter re-check. */
+	atomic_fetch_or(&c->ep->flags,
+			EP_PEER_GONE | (c->has_side ? EP_SIDE_DEAD : 0));
+	chan_kick(c);
 }
 
 void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo)

@@ -36,7 +36,7 @@ struct chan_cfg {
 	 * env IVMC_POLL_MAX_US, else 1000). */
 	unsigned int poll_max_us;
 	/* chan_open_mem() only: the region's doorbell (chan_bell_new()), or
-	 * NULL to poll. */
+	 * NULL to poll. Ring-only channels only (side_fd -1). */
 	struct chan_bell *bell;
 	/* Stream bytes already sent/received on side_fd before this open
 	 * (a TCP connection that ran a while before its channel came):
@@ -73,19 +73,26 @@ int chan_region_create(uint32_t ring_size, uint32_t deep_size, bool with_side,
 int chan_open(const struct chan_cfg *cfg, int region_fd, int doorbell_fd,
 	      struct chan **out);
 
-/* Lay out a ring-only region with rings of ring_size in the len bytes at
- * mem (page aligned): what the host does for a region it shares with
- * guests before any of them maps it. Returns 0, -EINVAL (ring size, or mem
- * not page aligned) or -EMSGSIZE (does not fit in len). */
-int chan_region_init(void *mem, uint64_t len, uint32_t ring_size);
+/* Lay out a region with rings of ring_size in the len bytes at mem (page
+ * aligned): what the host does for a region it shares with guests before
+ * any of them maps it. with_side and init_ctr as for chan_region_create();
+ * no large area (deep_size 0). Returns 0, -EINVAL (ring size, or mem not
+ * page aligned) or -EMSGSIZE (does not fit in len). */
+int chan_region_init(void *mem, uint64_t len, uint32_t ring_size,
+		     bool with_side, uint32_t init_ctr);
 
-/* Open one end of a ring-only region formatted by chan_region_init() at
- * page-aligned offset off of fd (e.g. an ivshmem BAR), of which avail bytes
- * from off on are ours. fd is borrowed. With cfg->bell, a waiter spins, then
- * sleeps on the bell; without, it polls with growing sleeps up to
- * cfg->poll_max_us and chan_fd() is -1.
- * Returns 0 and *out, or -EINVAL (cfg, side_fd, off), -EPROTO (header),
- * -EMSGSIZE (region larger than avail), -errno (mmap). */
+/* Open one end of a region formatted by chan_region_init() at page-aligned
+ * offset off of fd (e.g. an ivshmem BAR), of which avail bytes from off on
+ * are ours. fd is borrowed. cfg->side_fd, tx_off0 and rx_off0 as for
+ * chan_open(). With cfg->bell, a waiter spins, then sleeps on the bell
+ * (ring-only: a bell's waiters do not watch a side stream); without, it
+ * polls with growing sleeps up to cfg->poll_max_us (with a side stream, in
+ * ppoll() on it) and chan_fd() is -1. No doorbell hangs up when the peer
+ * dies: its side stream's end is the sign (a reset; its FIN before the fin
+ * word of its SHUT_WR), else chan_peer_gone(). Returns 0 and *out, or
+ * -EINVAL (cfg, off, a bell with side_fd), -EPROTO (malformed header, or
+ * one that contradicts side_fd), -EMSGSIZE (region larger than avail),
+ * -errno. */
 int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 		  uint64_t avail, struct chan **out);
 
@@ -100,6 +107,13 @@ void chan_bell_free(struct chan_bell *b);
 
 /* Unmap and close this process's handle (see ivmc_close()). */
 void chan_close(struct chan *c);
+
+/* The peer is dead, as learnt another way (a guest's daemon, from the
+ * host's control region): as a doorbell's hang-up, and its side stream is
+ * dead too. What it published stays readable, then end of stream (or
+ * -ECONNRESET before a known attach offset); sends fail -EPIPE. Wakes every
+ * waiter (a polling one at the end of its nap). */
+void chan_peer_gone(struct chan *c);
 
 /* Send/receive with CHAN_* flags; semantics of ivmc_sendv()/ivmc_recvv().
  * On the side stream, errors are the stream's own and are returned as the

@@ -23,6 +23,12 @@
 			    * bytes a rewind may still give back */
 #define EP_FIN_RUNG  0x40u /* rx: end of stream read from the ring, and the
 			    * producer rung once for it (it may owe SHUT_WR) */
+#define EP_SIDE_FIN  0x80u /* no doorbell: the peer's FIN came on the side
+			    * stream after its fin word (a half-close: it may
+			    * live on); senders stop watching for it */
+#define EP_SIDE_DEAD 0x100u /* chan_peer_gone(): the side stream is as dead
+			     * as the peer (a VM that died sends no FIN):
+			     * reads end once it is empty, sends fail */
 
 enum rx_mode { RX_SIDE = 0, RX_RING = 1 };
 

@@ -150,6 +150,8 @@ static ssize_t tx_side(struct chan *c, struct iovc *ic, size_t left)
 	struct iovec v = iovc_cur(ic);
 	ssize_t n;
 
+	if (chan_flag(c, EP_SIDE_DEAD))
+		return -EPIPE; /* chan_peer_gone(): nobody reads it */
 	if (v.iov_len > left)
 		v.iov_len = left;
 	do
@@ -328,12 +330,14 @@ ssize_t chan_sendv(struct chan *c, const struct iovec *iov, int iovcnt,
 /* ---- receive ---- */
 
 /* End of stream read: a SHUT_WR the producer owes its side stream can go
- * now (sw_tx_shut_side()); tell it, once. */
+ * now (sw_tx_shut_side()); tell it, once. Without a doorbell it polls, and
+ * looks between naps (poll_wait()). */
 static void fin_seen(struct chan *c)
 {
 	if (c->has_side && !chan_flag(c, EP_FIN_RUNG)) {
 		atomic_fetch_or(&c->ep->flags, EP_FIN_RUNG);
-		(void)xport_ring(c->doorbell);
+		if (c->doorbell >= 0)
+			(void)xport_ring(c->doorbell);
 	}
 }
 
@@ -375,6 +379,10 @@ static ssize_t rx_side(struct chan *c, struct iovc *ic, size_t left)
 		n = recv(chan_side_fd(c), v.iov_base, v.iov_len,
 			 MSG_DONTWAIT | (peek ? MSG_PEEK : 0));
 	while (n < 0 && errno == EINTR);
+	/* Empty, and chan_peer_gone() said nothing more comes: its end. */
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+	    chan_flag(c, EP_SIDE_DEAD))
+		n = 0;
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		return side_fin_reached(c) ? 0 : -EAGAIN;
 	if (n < 0)
@@ -940,8 +948,9 @@ static int arm_both(struct chan *c, short events, bool arm)
 	return ready;
 }
 
-/* The peer's end is gone. Without a side stream every call now fails at
- * once: ready both ways. With one, receiving goes on from the side stream
+/* The peer's end is gone. Without a side stream (or with one that
+ * chan_peer_gone() said is dead too) every call now ends at once: ready
+ * both ways. With one, receiving goes on from the side stream
  * after the ring (its readiness is the socket's: end of stream comes with
  * the peer's FIN); sending fails at once while our epoch is still open
  * (the peer died in it), so POLLOUT then. Returns what is ready on that
@@ -952,7 +961,7 @@ static int gone(struct chan *c, short events)
 
 	if (!chan_flag(c, EP_PEER_GONE))
 		return 0;
-	if (!c->has_side)
+	if (!c->has_side || chan_flag(c, EP_SIDE_DEAD))
 		return -1;
 	if (!(events & POLLOUT))
 		return 0;

@@ -61,6 +61,8 @@ int sw_tx_flush_pending(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
 
+	if (ep->tx_pend && chan_flag(c, EP_SIDE_DEAD))
+		return -EPIPE; /* chan_peer_gone(): nobody reads it */
 	while (ep->tx_pend) {
 		uint8_t *p;
 		uint32_t k = ring_span(&c->tx, &ep->tx, ep->tx_pend_at,
@@ -350,8 +352,10 @@ static int rewind_rx(struct chan *c)
 		return chan_poison(c, -EPROTO);
 	if (r == 2)
 		return 0; /* on the side stream, and it opens nothing now */
-	/* The producer has bytes to move even if it sleeps for nothing. */
-	(void)xport_ring(c->doorbell);
+	/* The producer has bytes to move even if it sleeps for nothing.
+	 * Without a doorbell it polls, and looks between naps (poll_wait()). */
+	if (c->doorbell >= 0)
+		(void)xport_ring(c->doorbell);
 	if (r == 1)
 		return -EBUSY;
 	/* What we knew was published past our CTR is given back: forget it,

@@ -532,9 +532,8 @@ static void sleeper_init(struct chan *c, struct sleeper *s)
  * epoch. The poller holds no rx lock, so what it sees may be stale: such a
  * wake only counts against the no-progress limit, which stops a producer
  * that keeps the side readable to make us spin. */
-static void side_poke(struct chan *c, const struct sleeper *s)
+static void side_poke(struct chan *c, const struct pollfd *p)
 {
-	const struct pollfd *p = s->side >= 0 ? &s->pfd[s->side] : NULL;
 	char b;
 
 	if (!p || !(p->revents & ~POLLOUT) || !on_ring(c, CHAN_RX))
@@ -544,6 +543,46 @@ static void side_poke(struct chan *c, const struct sleeper *s)
 		atomic_fetch_or(&c->ep->flags, EP_SIDE_EOF);
 	else
 		no_progress(c);
+}
+
+/*
+ * A channel without a doorbell has no hang-up to tell it that its peer is
+ * gone: the side stream is the only sign the kernel gives (the peer
+ * process's socket closes when it exits, however it dies). Gone: a reset
+ * or error; a hang-up while we still send (the peer closed, not shut down);
+ * a FIN before the peer's fin word (a live peer stores fin, R7, before it
+ * shuts its side stream down for writing, whether its direction is on the
+ * ring or not). A FIN after fin is a half-close, and the peer may still
+ * read: noted (EP_SIDE_FIN), so that senders stop watching for it. p: the
+ * side stream as polled (with POLLRDHUP asked for a FIN to show).
+ */
+static void side_peer_check(struct chan *c, const struct pollfd *p)
+{
+	short ev = p->revents;
+	uint64_t fin;
+
+	if (c->doorbell >= 0 || !(ev & (POLLERR | POLLHUP | POLLRDHUP)))
+		return;
+	/* A7': the peer's fin /then/ its FIN; pairs with R7 in shut_wr(). */
+	fin = ivmc_load_acquire(&c->rx.shm->fin);
+	if ((ev & POLLERR) || ((ev & POLLHUP) && !chan_flag(c, EP_SHUT_WR)) ||
+	    !(fin & IVMC_FIN_SET))
+		atomic_fetch_or(&c->ep->flags, EP_PEER_GONE);
+	else
+		atomic_fetch_or(&c->ep->flags, EP_SIDE_FIN);
+}
+
+/* What a sender on the ring of a channel without a doorbell watches the
+ * side stream for (side_events() has nothing for it): the peer's FIN until
+ * one came (POLLRDHUP), a reset or hang-up always (poll() reports those
+ * unasked). Returns false if it need not watch. */
+static bool peer_watch(struct chan *c, enum chan_dir d, short *ev)
+{
+	if (!c->has_side || c->doorbell >= 0 || d != CHAN_TX ||
+	    !on_ring(c, d) || chan_flag(c, EP_PEER_GONE))
+		return false;
+	*ev = chan_flag(c, EP_SIDE_FIN) ? 0 : POLLRDHUP;
+	return true;
 }
 
 static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int ms)
@@ -629,7 +668,7 @@ static int lead(struct chan *c, uint32_t gen, int timeout_ms)
 		drained(ep); /* a kick is a ring from ourselves */
 	}
 	if (r > 0)
-		side_poke(c, &s);
+		side_poke(c, s.side >= 0 ? &s.pfd[s.side] : NULL);
 	ep_unlock(&ep->poll_lock);
 	/* Unlock /then/ bump: a follower woken by the bump can take the role. */
 	gen_bump(ep, 1); /* a release: wakes followers */
@@ -707,9 +746,42 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  * the ring in between. Idle, that is one look per cap (1000/s at the 1 ms
  * default); a message arriving while we sleep waits up to the cap (plus the
  * timer slack, 50 us by default). Sleeps without the direction's lock, as
- * sleep_wait() does; a kick or poison (wake_gen) ends it too.
+ * sleep_wait() does; a kick or poison (wake_gen) ends it too. With a side
+ * stream each nap is a ppoll() on it for what a poller would poll it for
+ * (side_events()): its data, space or end wakes the waiter at once, and is
+ * taken as lead() takes it. A waiter for data also moves what a rewind of
+ * our sending gave back, and pays a SHUT_WR owed (sw_tx_rescue()): the
+ * consumer's doorbell ring that asks for them (rewind_rx(), fin_seen())
+ * has no doorbell here.
  */
 #define POLL_NAP_MIN_NS 10000u
+
+/* Nap ns, or less if the side stream has what a waiter in d needs, or
+ * shows the peer gone. Returns 0 (slept), 1 (the side stream woke us:
+ * re-check), -EINTR or -errno. */
+static int poll_nap(struct chan *c, enum chan_dir d, uint64_t ns)
+{
+	struct timespec ts = { (time_t)(ns / 1000000000u),
+			       (long)(ns % 1000000000u) };
+	struct pollfd p = { chan_side_fd(c), side_events(c, d), 0 };
+	bool watch = !p.events && peer_watch(c, d, &p.events);
+	int r;
+
+	if (!p.events && !watch)
+		return nap(ns);
+	r = ppoll(&p, 1, &ts, NULL);
+	if (r < 0)
+		return errno == EINTR ? -EINTR : -errno;
+	if (!r)
+		return 0;
+	side_poke(c, &p);
+	side_peer_check(c, &p);
+	/* A side fd closed under a sender that only watches it: its calls
+	 * do not use it, so nap rather than spin on POLLNVAL. */
+	if (watch && (p.revents & POLLNVAL))
+		return nap(ns);
+	return 1;
+}
 
 static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
@@ -730,9 +802,11 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 			r = -ETIMEDOUT;
 			break;
 		}
-		r = nap(ns < end - t ? ns : end - t);
+		r = poll_nap(c, d, ns < end - t ? ns : end - t);
 		if (r)
 			break;
+		if (d == CHAN_RX)
+			sw_tx_rescue(c);
 		ns = ns * 2 < c->poll_max_ns ? ns * 2 : c->poll_max_ns;
 		if (end != UINT64_MAX)
 			t = now_ns(); /* idle and no timeout: no clock read */
@@ -740,7 +814,7 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	atomic_fetch_add(&ep->st_sleeps, 1);
 	err = chan_relock(c, lock);
 	adapt(c, d, now_ns() - t0);
-	return err ? err : r;
+	return err ? err : r > 0 ? 0 : r;
 }
 
 /*
@@ -878,8 +952,9 @@ int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	if (c->bell)
 		return bell_wait(c, d, timeout_ms);
 	if (c->doorbell < 0)
-		return poll_wait(c, d, timeout_ms);
-	r = sleep_wait(c, d, timeout_ms);
+		r = poll_wait(c, d, timeout_ms);
+	else
+		r = sleep_wait(c, d, timeout_ms);
 	/* A receiver woken may be the one to move what a rewind of our other
 	 * direction gave back (its consumer rang for it). */
 	if (d == CHAN_RX)
@@ -899,6 +974,22 @@ bool chan_arm(struct chan *c, enum chan_dir d)
 	return changed(c, d, &sn);
 }
 
+/* No doorbell to drain: the side stream says, without waiting, whether the
+ * peer is gone (side_peer_check()). Returns true if it is, now. */
+static bool side_look(struct chan *c)
+{
+	struct pollfd p = { chan_side_fd(c), 0, 0 };
+
+	if (!c->has_side || chan_flag(c, EP_PEER_GONE))
+		return false;
+	if (!chan_flag(c, EP_SIDE_FIN))
+		p.events = POLLRDHUP;
+	if (poll(&p, 1, 0) <= 0)
+		return false;
+	side_peer_check(c, &p);
+	return chan_flag(c, EP_PEER_GONE);
+}
+
 bool chan_drain_nowait(struct chan *c)
 {
 	struct chan_ep *ep = c->ep;
@@ -909,9 +1000,10 @@ bool chan_drain_nowait(struct chan *c)
 		bell_drain_nowait(c->bell);
 		return false;
 	}
-	/* Only the poller drains: take the role, or leave it to its holder.
-	 * Without a doorbell there is nothing to drain. */
-	if (c->doorbell < 0 || !take_poller_role(ep))
+	if (c->doorbell < 0)
+		return side_look(c);
+	/* Only the poller drains: take the role, or leave it to its holder. */
+	if (!take_poller_role(ep))
 		return false;
 	more = drain(c);
 	ep_unlock(&ep->poll_lock);

@@ -125,7 +125,7 @@ static int cmd_init(const char *file, unsigned int nchan, unsigned int ring)
 	uint8_t *mem = host_map(file, nchan, ring, &rsz, &len, 0);
 
 	for (unsigned int i = 0; i < nchan; i++)
-		T_ASSERT_OK(chan_region_init(mem + i * rsz, rsz, ring));
+		T_ASSERT_OK(chan_region_init(mem + i * rsz, rsz, ring, false, 0));
 	munmap(mem, len); /* off 0 */
 	printf("vm-chan: %u channel(s) of %u-byte rings in %s\n", nchan, ring,
 	       file);

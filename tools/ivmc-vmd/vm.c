@@ -234,7 +234,7 @@ static void pair_reset(struct pairst *p)
 	(void)chan_region_size(p->ring, 0, &rsz); /* checked by conf_check() */
 	for (uint32_t i = 0; i < p->nchan; i++)
 		(void)chan_region_init(p->map + IVMC_VM_PAIR_HDR + i * rsz, rsz,
-				       p->ring);
+				       p->ring, false, 0);
 	h->magic = IVMC_VM_PAIR_MAGIC;
 	h->version = IVMC_VM_PAIR_VERSION;
 	h->chan_off = IVMC_VM_PAIR_HDR;
