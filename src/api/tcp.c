@@ -51,6 +51,8 @@ struct tcpw {
 	pthread_mutex_t mu[2];	  /* [CHAN_TX], [CHAN_RX]: calls on TCP */
 	uint64_t off[2];	  /* stream bytes each way, under mu[] */
 	int region_fd, bell_fd;	  /* the stash (under G.mu) */
+	uint64_t mem_off, mem_size; /* CHAN_MEM: the region in region_fd;
+				     * mem_size 0: a CHAN (a memfd) */
 	uint32_t side;
 	struct chan_cfg cfg;
 	bool registered;
@@ -168,7 +170,8 @@ static void unstash(struct tcpw *w)
 	if (!ivmc_load_once(&w->stash))
 		return;
 	close(w->region_fd);
-	close(w->bell_fd);
+	if (w->bell_fd >= 0)
+		close(w->bell_fd);
 	ivmc_store_release(&w->stash, 0);
 }
 
@@ -223,8 +226,45 @@ static void on_chan(const struct ctl_chan *m, const int *fds)
 	}
 	w->region_fd = fds[0];
 	w->bell_fd = fds[1];
+	w->mem_off = w->mem_size = 0;
 	w->side = m->side;
 	ivmc_store_release(&w->stash, 1);
+}
+
+static void mail_hook(void);
+
+/* A channel in memory shared with a peer VM (ivmcd --guest): the offset
+ * and size are checked by chan_open_mem() against the header found
+ * there, which the peer may have written. */
+static void on_chan_mem(const struct ctl_chan_mem *m, int fd)
+{
+	struct tcpw *w = hash_find(m->token);
+
+	if (!w || ivmc_load_once(&w->state) != W_PENDING ||
+	    ivmc_load_once(&w->stash) || m->side > 1 || !m->size) {
+		close(fd);
+		return;
+	}
+	w->region_fd = fd;
+	w->bell_fd = -1;
+	w->mem_off = m->offset;
+	w->mem_size = m->size;
+	chan_set_idle_hook(mail_hook);
+	w->side = m->side;
+	ivmc_store_release(&w->stash, 1);
+}
+
+/* The guest's ivmcd says the peer's VM is gone: what it published stays
+ * readable, then the end. */
+static void on_peer_gone(uint64_t token)
+{
+	struct tcpw *w = hash_find(token);
+	struct chan *c = w ? ivmc_load_acquire(&w->h->c) : NULL;
+
+	if (c)
+		chan_peer_gone(c);
+	else if (w)
+		give_up(w, -ECONNRESET);
 }
 
 /* ivmcctl evacuate: back to TCP, for good. */
@@ -251,7 +291,8 @@ static void on_detach(uint64_t token)
 static void pump(void)
 {
 	union { struct ctl_hdr h; struct ctl_chan c; struct ctl_nochan n;
-		struct ctl_detach d; char b[CTL_MSG_MAX]; } m;
+		struct ctl_detach d; struct ctl_chan_mem cm;
+		struct ctl_peer_gone g; char b[CTL_MSG_MAX]; } m;
 
 	if (G.mbox)
 		ivmc_store_once(&G.seen, ivmc_load_acquire(&G.mbox->seq));
@@ -276,14 +317,29 @@ static void pump(void)
 				give_up(w, reason_errno(m.n.reason));
 		} else if (t == CTL_DETACH) {
 			on_detach(m.d.token);
+		} else if (t == CTL_CHAN_MEM) {
+			on_chan_mem(&m.cm, fds[0]);
+		} else if (t == CTL_PEER_GONE) {
+			on_peer_gone(m.g.token);
 		}
-		for (int k = 0; t != CTL_CHAN && k < nfds; k++)
+		for (int k = 0; t != CTL_CHAN && t != CTL_CHAN_MEM && k < nfds; k++)
 			close(fds[k]);
 	}
 }
 
 static struct ctl_client *ctl_get(void);
 static struct ctl_client *ctl_get_within(unsigned int budget_us);
+
+/* chan's idle hook: a waiter on a channel with no doorbell takes in what
+ * the daemon said (one load when nothing did). */
+static void mail_hook(void)
+{
+	if (G.mbox && ivmc_load_once(&G.mbox->seq) != ivmc_load_once(&G.seen) &&
+	    !pthread_mutex_trylock(&G.mu)) {
+		pump();
+		pthread_mutex_unlock(&G.mu);
+	}
+}
 
 static int send_reg(uint32_t type, int fd, uint64_t token, uint32_t ring,
 		    bool retry)
@@ -534,10 +590,15 @@ static void install(struct tcpw *w)
 	w->cfg.tx_off0 = w->off[CHAN_TX];
 	w->cfg.rx_off0 = w->off[CHAN_RX];
 	w->cfg.nonblock = ivmc_load_once(&w->nonblock);
-	err = chan_open(&w->cfg, w->region_fd, w->bell_fd, &c);
+	if (w->mem_size)
+		err = chan_open_mem(&w->cfg, w->region_fd, w->mem_off,
+				    w->mem_size, &c);
+	else
+		err = chan_open(&w->cfg, w->region_fd, w->bell_fd, &c);
 	close(w->region_fd);
 	if (err) {
-		close(w->bell_fd);
+		if (w->bell_fd >= 0)
+			close(w->bell_fd);
 		ivmc_store_release(&w->stash, 0);
 		give_up(w, err);
 	} else {

@@ -105,6 +105,11 @@ int chan_bell_new(int fd, int (*ring)(void *arg), void *arg,
 		  struct chan_bell **out);
 void chan_bell_free(struct chan_bell *b);
 
+/* A function a waiter with no doorbell (chan_open_mem() without a bell)
+ * calls between its naps: the library's, which takes in what the daemon
+ * said (a peer VM gone: chan_peer_gone()). NULL: none. */
+void chan_set_idle_hook(void (*fn)(void));
+
 /* Unmap and close this process's handle (see ivmc_close()). */
 void chan_close(struct chan *c);
 

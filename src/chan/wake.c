@@ -783,6 +783,13 @@ static int poll_nap(struct chan *c, enum chan_dir d, uint64_t ns)
 	return 1;
 }
 
+static void (*_Atomic idle_hook)(void);
+
+void chan_set_idle_hook(void (*fn)(void))
+{
+	atomic_store_explicit(&idle_hook, fn, memory_order_relaxed);
+}
+
 static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
 	struct chan_ep *ep = c->ep;
@@ -807,6 +814,13 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 			break;
 		if (d == CHAN_RX)
 			sw_tx_rescue(c);
+		{
+			void (*fn)(void) = atomic_load_explicit(
+				&idle_hook, memory_order_relaxed);
+
+			if (fn)
+				fn(); /* may end this wait: chan_peer_gone() */
+		}
 		ns = ns * 2 < c->poll_max_ns ? ns * 2 : c->poll_max_ns;
 		if (end != UINT64_MAX)
 			t = now_ns(); /* idle and no timeout: no clock read */

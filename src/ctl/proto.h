@@ -35,6 +35,9 @@ enum ctl_type {
 	CTL_EVACUATE,	  /* C: detach every channel of a uid/netns; RESULT */
 	CTL_DETACH,	  /* D: move this channel back to TCP now (evacuate) */
 	CTL_RESULT,	  /* D: outcome of QUERY/RELOAD/EVACUATE, or an error */
+	CTL_CHAN_MEM,	  /* D: the channel for a REG_CONN at an offset of
+			   * memory shared with a peer VM; fd: that memory */
+	CTL_PEER_GONE,	  /* D: the peer of this channel is gone (its VM) */
 	CTL_TYPE_MAX
 };
 
@@ -86,6 +89,26 @@ struct ctl_chan {
 	uint64_t chan_id;
 	uint32_t side;
 	uint32_t ring_size;
+};
+
+/* CHAN_MEM (ivmcd --guest): the region is the size bytes at offset (page
+ * aligned) of the fd, an ivshmem BAR shared with the peer's VM; there is
+ * no doorbell (the ends poll: docs/vm.md). */
+struct ctl_chan_mem {
+	struct ctl_hdr h;
+	uint64_t token;
+	uint64_t chan_id;
+	uint64_t offset;
+	uint64_t size;
+	uint32_t side;
+	uint32_t ring_size;
+};
+
+/* PEER_GONE: the end of token's channel on the other side is gone for
+ * good (its VM stopped): read what it published, then the end. */
+struct ctl_peer_gone {
+	struct ctl_hdr h;
+	uint64_t token;
 };
 
 /* Why a connection stays on TCP (NOCHAN.reason, ivmcctl's "why"). */
@@ -181,6 +204,8 @@ static inline uint32_t ctl_type_size(uint32_t type)
 	case CTL_EVACUATE: return sizeof(struct ctl_evacuate);
 	case CTL_DETACH: return sizeof(struct ctl_detach);
 	case CTL_RESULT: return sizeof(struct ctl_result);
+	case CTL_CHAN_MEM: return sizeof(struct ctl_chan_mem);
+	case CTL_PEER_GONE: return sizeof(struct ctl_peer_gone);
 	default: return 0;
 	}
 }
@@ -189,7 +214,8 @@ static inline uint32_t ctl_type_size(uint32_t type)
 static inline int ctl_type_fds(uint32_t type)
 {
 	switch (type) {
-	case CTL_WELCOME: case CTL_REG_CONN: case CTL_REG_LISTEN: return 1;
+	case CTL_WELCOME: case CTL_REG_CONN: case CTL_REG_LISTEN:
+	case CTL_CHAN_MEM: return 1;
 	case CTL_CHAN: return 2;
 	default: return 0;
 	}

@@ -25,7 +25,8 @@
 #include "ivshmem_vm.h"
 #include "transport.h"
 
-#define PCI_DEVICES	"/sys/bus/pci/devices"
+#define PCI_DEVICES_DEF	"/sys/bus/pci/devices"
+#define PCI_DEVICES_ENV	"IVMC_SYSFS_PCI" /* tests: a stand-in sysfs */
 #define IVSHMEM_VENDOR	0x1af4u
 #define IVSHMEM_DEVICE	0x1110u
 #define BDF_LEN		12 /* "0000:00:04.0" */
@@ -36,14 +37,23 @@
 #define VFIO_PCI_DRIVER	"/sys/bus/pci/drivers/vfio-pci"
 #define CTL_READ_TRIES	1000
 
+/* Where the PCI devices are: sysfs, or (tests, docs/vm.md) a directory of
+ * stand-ins named by $IVMC_SYSFS_PCI. */
+static const char *pci_devices(void)
+{
+	const char *e = getenv(PCI_DEVICES_ENV);
+
+	return e && *e ? e : PCI_DEVICES_DEF;
+}
+
 /* Read a sysfs file of one hex number ("0x1af4\n"). */
 static int read_hex(const char *bdf, const char *attr, unsigned long *val)
 {
-	char path[128], buf[32], *end;
+	char path[256], buf[32], *end;
 	ssize_t n;
 	int fd;
 
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/%s", bdf, attr);
+	snprintf(path, sizeof(path), "%s/%s/%s", pci_devices(), bdf, attr);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -81,7 +91,7 @@ static bool is_ivshmem(const char *bdf)
 /* The first ivshmem device in sysfs order, into out[BDF_LEN + 1]. */
 static int find_first(char *out)
 {
-	DIR *dir = opendir(PCI_DEVICES);
+	DIR *dir = opendir(pci_devices());
 	struct dirent *e;
 	int err = -ENODEV;
 
@@ -101,11 +111,11 @@ static int find_first(char *out)
 /* Is memory decoding on (the command register, from sysfs config)? */
 static bool decoding(const char *bdf)
 {
-	char path[128];
+	char path[256];
 	uint16_t cmd = 0;
 	int fd;
 
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/config", bdf);
+	snprintf(path, sizeof(path), "%s/%s/config", pci_devices(), bdf);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
@@ -121,10 +131,10 @@ static bool decoding(const char *bdf)
  * earlier enable must have turned decoding on. */
 static int enable(const char *bdf)
 {
-	char path[128];
+	char path[256];
 	int fd, err = 0;
 
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/enable", bdf);
+	snprintf(path, sizeof(path), "%s/%s/enable", pci_devices(), bdf);
 	fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -138,11 +148,11 @@ static int enable(const char *bdf)
 
 static int open_bar2(const char *bdf, int *out, uint64_t *size)
 {
-	char path[128];
+	char path[256];
 	struct stat st;
 	int fd;
 
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/resource2", bdf);
+	snprintf(path, sizeof(path), "%s/%s/resource2", pci_devices(), bdf);
 	fd = open(path, O_RDWR | O_SYNC | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? -ENODEV : -errno;
@@ -178,7 +188,7 @@ int xport_ivshmem_open(const char *bdf, int *fd, uint64_t *size)
 
 int xport_ivshmem_list(char (*bdf)[BDF_LEN + 1], int max)
 {
-	DIR *dir = opendir(PCI_DEVICES);
+	DIR *dir = opendir(pci_devices());
 	struct dirent *e;
 	int n = 0;
 
@@ -196,14 +206,14 @@ int xport_ivshmem_list(char (*bdf)[BDF_LEN + 1], int max)
  * Returns the map, or NULL and *err. */
 static volatile uint32_t *map_regs(const char *bdf, bool rw, int *err)
 {
-	char path[128];
+	char path[256];
 	void *p;
 	int fd;
 
 	*err = !bdf_ok(bdf) ? -EINVAL : !is_ivshmem(bdf) ? -ENODEV : enable(bdf);
 	if (*err)
 		return NULL;
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/resource0", bdf);
+	snprintf(path, sizeof(path), "%s/%s/resource0", pci_devices(), bdf);
 	fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_SYNC | O_CLOEXEC);
 	if (fd < 0) {
 		*err = errno == ENOENT ? -ENODEV : -errno;
@@ -276,10 +286,10 @@ static int write_str(const char *path, const char *s)
  * another driver. */
 static int bind_vfio(const char *bdf)
 {
-	char path[128], drv[64];
+	char path[256], drv[64];
 	int err;
 
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/driver", bdf);
+	snprintf(path, sizeof(path), "%s/%s/driver", pci_devices(), bdf);
 	err = link_name(path, drv, sizeof(drv));
 	if (err || !strcmp(drv, "vfio-pci"))
 		return err;
@@ -287,13 +297,13 @@ static int bind_vfio(const char *bdf)
 		return -EBUSY;
 	if (access(VFIO_PCI_DRIVER, F_OK) < 0)
 		return -ENXIO; /* vfio-pci not loaded */
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/driver_override", bdf);
+	snprintf(path, sizeof(path), "%s/%s/driver_override", pci_devices(), bdf);
 	err = write_str(path, "vfio-pci");
 	if (!err)
 		err = write_str("/sys/bus/pci/drivers_probe", bdf);
 	if (err)
 		return err;
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/driver", bdf);
+	snprintf(path, sizeof(path), "%s/%s/driver", pci_devices(), bdf);
 	err = link_name(path, drv, sizeof(drv));
 	return err ? err : strcmp(drv, "vfio-pci") ? -ENXIO : 0;
 }
@@ -301,10 +311,10 @@ static int bind_vfio(const char *bdf)
 /* /dev/vfio/N for the device's IOMMU group; -ENOTSUP without an IOMMU. */
 static int group_path(const char *bdf, char *out, size_t len)
 {
-	char path[128], grp[32];
+	char path[256], grp[32];
 	int err;
 
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/iommu_group", bdf);
+	snprintf(path, sizeof(path), "%s/%s/iommu_group", pci_devices(), bdf);
 	err = link_name(path, grp, sizeof(grp));
 	if (err)
 		return err;

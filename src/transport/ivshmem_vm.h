@@ -116,6 +116,32 @@ static_assert(sizeof(struct ivmc_shm_vm_pair) == 256, "pair layout");
 static_assert(sizeof(struct ivmc_shm_vm_ctl) <= IVMC_VM_CTL_SIZE,
 	      "control region fits");
 
+/*
+ * The guests' carving of a pair region (ivmcd --guest, docs/vm.md): the
+ * host's nchan channels of ring-byte rings from chan_off (channel 0: the
+ * link between the two guests' daemons), then two halves of nslots slots,
+ * side 0's first; each slot holds one channel with a side stream and
+ * rings of the same size (slot_size: chan_region_size(ring, 0)). Both
+ * guests and the host compute it from the host's own numbers.
+ */
+static inline void ivmc_vm_carve(uint64_t region_size, uint32_t chan_off,
+				 uint32_t nchan, uint64_t slot_size,
+				 uint64_t *base, uint32_t *nslots)
+{
+	uint64_t b = chan_off + (uint64_t)nchan * slot_size;
+
+	*base = b;
+	*nslots = slot_size && region_size > b
+			  ? (uint32_t)((region_size - b) / 2 / slot_size) : 0;
+}
+
+/* Where slot i of side's half starts. */
+static inline uint64_t ivmc_vm_slot_off(uint64_t base, uint32_t nslots,
+					uint64_t slot_size, int side, uint32_t i)
+{
+	return base + ((uint64_t)side * nslots + i) * slot_size;
+}
+
 /* The IDs of pair number n's two sides. */
 #define ivmc_vm_pair_id(n, side) ((uint16_t)(2u * (n) + (side)))
 
