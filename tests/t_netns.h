@@ -24,7 +24,7 @@
 #include "t_ctl.h"
 
 #define T_NS_MAX     8
-#define T_NS_KIDS    32
+#define T_NS_KIDS    64
 #define T_NS_LINKS   4
 #define T_NS_DIR     "/run/netns"
 #define T_CHUNK	     1000

@@ -11,6 +11,7 @@
 #include "../common/daemon.h"
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -124,6 +125,11 @@ struct channel {
 	int region_fd;	 /* status reads the header through it (pread) */
 	unsigned int rule_line;
 	struct chan_end end[2];
+	/* Guest mode (end[1] is in a peer VM): the slot, for guest.c. */
+	struct gpeer *guest;
+	const void *mem_hdr; /* the header in the mapped BAR, for status */
+	uint32_t slot, gen;
+	bool ours;	      /* the slot is in our half */
 };
 
 /* Why connections stayed on TCP, for status. */
@@ -166,6 +172,7 @@ struct daemon {
 	uint64_t lingers, looks, fruitful; /* lingers started, looks, looks that found work */
 	uint64_t timer_armed; /* deadline the timer is set for; 0: none */
 	bool table_dirty; /* rebuild the table after this round */
+	bool guest;	  /* --guest: inside a VM, pairing with peer VMs */
 	bool stop;
 };
 
@@ -205,6 +212,22 @@ void netns_event(struct netns *ns);
 void netns_reap(void);
 void table_rebuild(void);
 int table_create(void);
+
+/* pair.c, for guest.c: wait for the other end; a pending registration by
+ * its addresses; a channel whose other end is in a peer VM; the table. */
+void reg_wait(struct reg *r);
+struct reg *reg_find(const struct kaddr *local, const struct kaddr *remote);
+struct channel *channel_new_remote(struct reg *r, uint32_t ring, uint64_t size,
+				   int *reason);
+void table_put(const uint8_t a[16], uint16_t port);
+
+/* guest.c: ivmcd inside a VM (--guest, docs/vm.md). */
+int guest_init(int epfd, void *tag);	/* find the devices, open the links */
+void guest_tick(void);			/* the timer: links, control region */
+bool guest_reg(struct reg *r);		/* r's peer is in a peer VM: ours */
+void guest_chan_free(struct channel *ch); /* its local end is gone */
+void guest_table(void);			/* publish the peer VMs' addresses */
+void guest_status(FILE *f, bool json);	/* the pairs, for status */
 
 /* status.c: the text and JSON answers to QUERY. */
 int status_write(int fd, uint32_t what, bool json, uint32_t uid);

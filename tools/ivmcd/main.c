@@ -32,6 +32,7 @@ struct daemon D;
 #define EV_LISTEN ((void *)1)
 #define EV_SIGNAL ((void *)2)
 #define EV_TIMER  ((void *)3)
+#define EV_GUEST  ((void *)4)
 
 void link_init(struct link *h)
 {
@@ -62,7 +63,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ivmcd [-f | -d] [-s PATH] [-c FILE] [-l LEVEL] [-L FILE]\n"
-		"             [--linger-us N] [--tick-us N]\n"
+		"             [--linger-us N] [--tick-us N] [--guest]\n"
 		"  -f, --foreground   stay in the foreground, log to stderr (default)\n"
 		"  -d, --daemon       detach once the socket is ready\n"
 		"  -s, --socket PATH  control socket (default $%s or %s)\n"
@@ -71,6 +72,8 @@ static void usage(FILE *f)
 		"  -L, --log-file F   log here (daemon mode: default PATH.log)\n"
 		"  --linger-us N      look for work N us after work (default %d)\n"
 		"  --tick-us N        every N us meanwhile; 0: spin (default %d)\n"
+		"  --guest            inside a VM: pair with peer VMs over the\n"
+		"                     ivshmem devices of ivmc-vmd (docs/vm.md)\n"
 		"  -h, --help\n",
 		CTL_SOCKET_ENV, CTL_SOCKET_DEFAULT, POLICY_PATH_DEFAULT,
 		IVMCD_LINGER_US_DEFAULT, IVMCD_TICK_US_DEFAULT);
@@ -287,6 +290,8 @@ static void run(void)
 				(void)!read(D.tfd, &x, sizeof(x));
 				D.timer_armed = 0; /* fired: set it again */
 				pending_expire();
+			} else if (p == EV_GUEST) {
+				guest_tick();
 			} else if ((uintptr_t)p & 1) {
 				netns_event((void *)((uintptr_t)p & ~(uintptr_t)1));
 			} else {
@@ -404,6 +409,7 @@ int main(int argc, char **argv)
 		{ "log-file", required_argument, NULL, 'L' },
 		{ "linger-us", required_argument, NULL, 'W' },
 		{ "tick-us", required_argument, NULL, 'T' },
+		{ "guest", no_argument, NULL, 'G' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -426,6 +432,7 @@ int main(int argc, char **argv)
 		case 's': D.sock_path = optarg; break;
 		case 'c': D.conf_path = optarg; break;
 		case 'L': log_file = optarg; break;
+		case 'G': D.guest = true; break;
 		case 'W':
 		case 'T': {
 			const char *what = c == 'W' ? "linger-us" : "tick-us";
@@ -504,6 +511,8 @@ int main(int argc, char **argv)
 		err = listen_on(D.sock_path);
 	if (!err)
 		err = setup_fds();
+	if (!err && D.guest)
+		err = guest_init(D.epfd, EV_GUEST);
 	if (err) {
 		log_err("start: %s", strerror(-err));
 		ready(ready_fd, 1);

@@ -208,7 +208,7 @@ int table_create(void)
 	return 0;
 }
 
-static void table_put(const uint8_t a[16], uint16_t port)
+void table_put(const uint8_t a[16], uint16_t port)
 {
 	struct ctl_table *t = D.table;
 	uint32_t mask = CTL_TABLE_SLOTS - 1;
@@ -273,6 +273,8 @@ void table_rebuild(void)
 				table_put(r->ns->addrs[i].a, r->k.local.port);
 		}
 	}
+	if (D.guest)
+		guest_table();
 	atomic_store_explicit(&t->seq, s + 2, memory_order_release);
 }
 
@@ -451,6 +453,8 @@ static void quota_give(struct channel *ch)
 
 static void channel_free(struct channel *ch)
 {
+	if (ch->guest)
+		guest_chan_free(ch);
 	quota_give(ch);
 	for (int i = 0; i < 2; i++) {
 		domain_put(ch->end[i].dom);
@@ -607,6 +611,84 @@ static void pair(struct reg *a, struct reg *b)
 	reg_free(b);
 }
 
+void reg_wait(struct reg *r)
+{
+	/* The pending list is ordered by deadline (a reload may have made
+	 * pending_timeout shorter than for those before us). */
+	r->deadline_ms = now_ms() + policy_pending_ms(D.pol);
+	link_del(&r->tnode);
+	{
+		struct link *at = D.pending.prev;
+
+		while (at != &D.pending &&
+		       link_entry(at, struct reg, tnode)->deadline_ms > r->deadline_ms)
+			at = at->prev;
+		link_add(at->next, &r->tnode);
+	}
+	r->hnext = D.hash[tuple_hash(&r->k.local, &r->k.remote)];
+	D.hash[tuple_hash(&r->k.local, &r->k.remote)] = r;
+}
+
+struct reg *reg_find(const struct kaddr *local, const struct kaddr *remote)
+{
+	for (struct reg *r = D.hash[tuple_hash(local, remote)]; r; r = r->hnext)
+		if (!r->listener && kaddr_eq(&r->k.local, local) &&
+		    kaddr_eq(&r->k.remote, remote))
+			return r;
+	return NULL;
+}
+
+/* Guest mode: the channel of r whose other end is in a peer VM, in a slot
+ * of size bytes with rings of ring bytes; policy (the remote end: as r's
+ * uid, gid and netns, at the remote port: the host decided which VMs pair)
+ * and quota as for a local pair. NULL and *reason if not. */
+struct channel *channel_new_remote(struct reg *r, uint32_t ring, uint64_t size,
+				   int *reason)
+{
+	struct pol_end pa, pb;
+	struct pol_verdict v;
+	struct domain *dom[2];
+	struct channel *ch;
+
+	pol_end_of(r, &pa);
+	pb = pa;
+	pb.port = r->k.remote.port;
+	policy_decide(D.pol, &pa, &pb, ring, kfacts_netns_ino, &v);
+	if (!v.allow) {
+		*reason = CTL_R_DENIED;
+		return NULL;
+	}
+	dom[0] = domain_get(r->cl->uid, r->ns->ino);
+	dom[1] = domain_get(r->cl->uid, r->ns->ino); /* a reference per end */
+	ch = dom[0] && dom[1] ? calloc(1, sizeof(*ch)) : NULL;
+	*reason = !ch ? CTL_R_NO_MEMORY : quota_take(dom, size) ? CTL_R_QUOTA : 0;
+	if (*reason) {
+		free(ch);
+		domain_put(dom[0]);
+		domain_put(dom[1]);
+		return NULL;
+	}
+	ch->id = D.next_id++;
+	ch->created_ms = now_ms();
+	ch->ring_size = ring;
+	ch->region_size = size;
+	ch->region_fd = -1;
+	ch->rule_line = v.line;
+	end_init(&ch->end[0], ch, r);
+	ch->end[0].dom = dom[0];
+	ch->end[1].ch = ch;
+	ch->end[1].dom = dom[1];
+	ch->end[1].k.local = r->k.remote;
+	ch->end[1].k.remote = r->k.local;
+	ch->end[1].uid = r->cl->uid;
+	ch->end[1].gid = r->cl->gid;
+	link_init(&ch->end[1].cnode);
+	link_add(&D.channels, &ch->node);
+	D.nchannels++;
+	D.paired++;
+	return ch;
+}
+
 static bool token_pending(const struct client *cl, uint64_t token)
 {
 	for (const struct link *l = cl->regs.next; l != &cl->regs; l = l->next)
@@ -664,6 +746,8 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 		reg_free(r);
 		return;
 	}
+	if (D.guest && guest_reg(r))
+		return;
 	for (c = D.hash[tuple_hash(&r->k.remote, &r->k.local)]; c && n < 2;
 	     c = next) {
 		next = c->hnext;
@@ -713,20 +797,7 @@ void reg_conn(struct client *cl, const struct ctl_reg *m, int fd)
 			    CTL_R_NOT_TCP);
 		reg_free(cand[0]);
 	}
-	/* The pending list is ordered by deadline (a reload may have made
-	 * pending_timeout shorter than for those before us). */
-	r->deadline_ms = now_ms() + policy_pending_ms(D.pol);
-	link_del(&r->tnode);
-	{
-		struct link *at = D.pending.prev;
-
-		while (at != &D.pending &&
-		       link_entry(at, struct reg, tnode)->deadline_ms > r->deadline_ms)
-			at = at->prev;
-		link_add(at->next, &r->tnode);
-	}
-	r->hnext = D.hash[tuple_hash(&r->k.local, &r->k.remote)];
-	D.hash[tuple_hash(&r->k.local, &r->k.remote)] = r;
+	reg_wait(r);
 }
 
 void reg_listen(struct client *cl, const struct ctl_reg *m, int fd)

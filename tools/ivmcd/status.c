@@ -32,7 +32,12 @@ static bool hdr_read(const struct channel *ch, struct ivmc_shm_hdr *h)
 {
 	size_t len = offsetof(struct ivmc_shm_hdr, dir) + sizeof(h->dir);
 
-	return pread(ch->region_fd, h, len, 0) == (ssize_t)len;
+	if (ch->mem_hdr) { /* guest mode: in the mapped BAR */
+		memcpy(h, ch->mem_hdr, len);
+		return true;
+	}
+	return ch->region_fd >= 0 &&
+	       pread(ch->region_fd, h, len, 0) == (ssize_t)len;
 }
 
 static void dir_view(const struct ivmc_shm_hdr *h, int d, struct dir_view *v)
@@ -223,7 +228,8 @@ static void text_tables(FILE *f, uint32_t uid)
 		snprintf(ea, sizeof(ea), "%d/%u %s%s", (int)e0->pid, e0->uid,
 			 kaddr_str(&e0->k.local, a, sizeof(a)), e0->cl ? "" : " (gone)");
 		snprintf(eb, sizeof(eb), "%d/%u %s%s", (int)e1->pid, e1->uid,
-			 kaddr_str(&e1->k.local, b, sizeof(b)), e1->cl ? "" : " (gone)");
+			 kaddr_str(&e1->k.local, b, sizeof(b)),
+			 !e1->ns ? " (peer VM)" : e1->cl ? "" : " (gone)");
 		snprintf(mode, sizeof(mode), "%s/%s", v0.deep ? "deep" : v0.mode,
 			 v1.deep ? "deep" : v1.mode);
 		fprintf(f, "%-6llu %-8s %-30s %-30s %-8u %-10s %u %u\n",
@@ -244,6 +250,8 @@ static void text_tables(FILE *f, uint32_t uid)
 			kaddr_str(&r->k.remote, b, sizeof(b)), age);
 	}
 	each_fallback(uid, f, text_fallback);
+	if (D.guest)
+		guest_status(f, false);
 }
 
 static void json_end(FILE *f, const struct chan_end *e)
@@ -251,7 +259,8 @@ static void json_end(FILE *f, const struct chan_end *e)
 	char a[64], r[64], ns[64];
 
 	fprintf(f, "{\"pid\":%d,\"uid\":%u,\"gid\":%u,\"netns\":\"%s\",\"local\":\"%s\",\"remote\":\"%s\",\"open\":%s}",
-		(int)e->pid, e->uid, e->gid, ns_label(e->ns->ino, ns, sizeof(ns)),
+		(int)e->pid, e->uid, e->gid,
+		e->ns ? ns_label(e->ns->ino, ns, sizeof(ns)) : "peer VM",
 		kaddr_str(&e->k.local, a, sizeof(a)),
 		kaddr_str(&e->k.remote, r, sizeof(r)), e->cl ? "true" : "false");
 }
@@ -344,7 +353,10 @@ static void json_all(FILE *f, uint32_t uid)
 	}
 	fprintf(f, "],\"stayed_on_tcp_recent\":[");
 	each_fallback(uid, f, json_fallback);
-	fprintf(f, "]}\n");
+	fprintf(f, "]");
+	if (D.guest)
+		guest_status(f, true);
+	fprintf(f, "}\n");
 }
 
 int status_write(int fd, uint32_t what, bool json, uint32_t uid)

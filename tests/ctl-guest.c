@@ -1,0 +1,429 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: ivmcd --guest on the host, without VMs: two network
+ * namespaces joined by a veth pair stand in for two guests, and for each a
+ * directory of stand-in PCI devices ($IVMC_SYSFS_PCI: vendor, device,
+ * enable, config, resource0 with the device's ID, resource2) holds what
+ * ivmc-vmd would give it: a control region naming it and its peer, and a
+ * pair region, one file both "VMs" map. Two guest daemons, one per VM,
+ * then pair TCP connections between the namespaces over the pair region
+ * exactly as between two VMs (docs/vm.md, "The guest's ivmcd"):
+ * (1) a verified conversation attaches on both ends, in a slot of the
+ *     allocating side's half, shown by both daemons' status; the slot is
+ *     free again once both ends closed;
+ * (2) twenty connections one after the other reuse the slots (a new
+ *     generation each time) and all attach and verify;
+ * (3) the host marks the peer VM gone in one control region: that side's
+ *     reader gets every byte the peer sent before, then the end, while
+ *     the TCP connection underneath is still up.
+ */
+#include <sys/mman.h>
+
+#include "../src/chan/chan.h"
+#include "../src/transport/ivshmem_vm.h"
+#include "t_netns.h"
+
+#define IP_A	  "10.78.0.1"
+#define IP_B	  "10.78.0.2"
+#define PAIR_SIZE (8u << 20)
+#define RING	  (64u << 10)
+#define GONE_BYTES 50000
+
+static const char *ns_a, *ns_b;
+static char sock[2][128], dlog[2][128], sysroot[2][128];
+static char ctlfile[2][128], pairfile[128];
+static pid_t dpid[2];
+
+static void write_file(const char *path, const void *buf, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	if (fd < 0 || write(fd, buf, n) != (ssize_t)n || close(fd))
+		t_fail("write %s: %s", path, strerror(errno));
+}
+
+/* A stand-in ivshmem device dir/BDF with ID id, its region at region. */
+static void fake_dev(const char *dir, const char *bdf, uint32_t id,
+		     const char *region)
+{
+	char d[PATH_MAX], p[PATH_MAX + 32];
+	uint8_t cfg[64] = { 0 }, regs[4096] = { 0 };
+
+	snprintf(d, sizeof(d), "%s/%s", dir, bdf);
+	if (mkdir(d, 0700))
+		t_fail("mkdir %s: %s", d, strerror(errno));
+	snprintf(p, sizeof(p), "%s/vendor", d);
+	write_file(p, "0x1af4\n", 7);
+	snprintf(p, sizeof(p), "%s/device", d);
+	write_file(p, "0x1110\n", 7);
+	snprintf(p, sizeof(p), "%s/enable", d);
+	write_file(p, "0\n", 2);
+	cfg[4] = 0x2; /* PCI_COMMAND_MEMORY */
+	snprintf(p, sizeof(p), "%s/config", d);
+	write_file(p, cfg, sizeof(cfg));
+	memcpy(regs + 8, &id, 4); /* IVPosition */
+	snprintf(p, sizeof(p), "%s/resource0", d);
+	write_file(p, regs, sizeof(regs));
+	snprintf(p, sizeof(p), "%s/resource2", d);
+	if (symlink(region, p))
+		t_fail("symlink %s: %s", p, strerror(errno));
+}
+
+static void addr4(struct ivmc_shm_vm_addr *a, const char *ip)
+{
+	memset(a, 0, sizeof(*a));
+	a->family = 4;
+	if (inet_pton(AF_INET, ip, a->addr) != 1)
+		t_fail("address %s", ip);
+}
+
+/* VM v's control region, as ivmc-vmd writes it. */
+static void make_ctl(int v)
+{
+	static struct ivmc_shm_vm_ctl c;
+	struct ivmc_shm_vm_pair *p = &c.pair[0];
+
+	memset(&c, 0, sizeof(c));
+	c.magic = IVMC_VM_CTL_MAGIC;
+	c.version = IVMC_VM_CTL_VERSION;
+	c.size = sizeof(c);
+	c.heartbeat_ms = 250;
+	atomic_store(&c.seq, 2);
+	c.host_id = 42;
+	c.vm_gen = 1;
+	snprintf(c.name, sizeof(c.name), "%s", v ? "guest-b" : "guest-a");
+	c.naddr = 1;
+	addr4(&c.addr[0], v ? IP_B : IP_A);
+	c.npair = 1;
+	snprintf(p->peer, sizeof(p->peer), "%s", v ? "guest-a" : "guest-b");
+	p->side = (uint8_t)v;
+	p->id = ivmc_vm_pair_id(1, v);
+	p->peer_id = ivmc_vm_pair_id(1, 1 - v);
+	p->attached = 1;
+	p->peer_state = IVMC_VM_PEER_UP;
+	p->naddr = 1;
+	p->epoch = 1;
+	p->peer_gen = 1;
+	p->region_size = PAIR_SIZE;
+	p->chan_off = IVMC_VM_PAIR_HDR;
+	p->nchan = 1;
+	p->ring_size = RING;
+	addr4(&p->addr[0], v ? IP_A : IP_B);
+	{
+		static uint8_t page[IVMC_VM_CTL_SIZE];
+
+		memcpy(page, &c, sizeof(c));
+		write_file(ctlfile[v], page, sizeof(page));
+	}
+}
+
+/* The pair region: its header page and channel 0 (the link), laid out as
+ * the host does. */
+static void make_pair(void)
+{
+	int fd = open(pairfile, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	struct ivmc_shm_vm_pairhdr *h;
+	uint8_t *m;
+
+	if (fd < 0 || ftruncate(fd, PAIR_SIZE))
+		t_fail("pair region: %s", strerror(errno));
+	m = mmap(NULL, PAIR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	T_ASSERT(m != MAP_FAILED);
+	close(fd);
+	h = (void *)m;
+	h->magic = IVMC_VM_PAIR_MAGIC;
+	h->version = IVMC_VM_PAIR_VERSION;
+	atomic_store(&h->epoch, 1);
+	h->chan_off = IVMC_VM_PAIR_HDR;
+	h->nchan = 1;
+	h->ring_size = RING;
+	T_ASSERT_OK(chan_region_init(m + IVMC_VM_PAIR_HDR,
+				     PAIR_SIZE - IVMC_VM_PAIR_HDR, RING, false,
+				     0));
+	munmap(m, PAIR_SIZE);
+}
+
+/* The host changes VM v's view of its peer (a seqlock write). */
+static void set_peer_state(int v, uint8_t state)
+{
+	int fd = open(ctlfile[v], O_RDWR | O_CLOEXEC);
+	struct ivmc_shm_vm_ctl *c;
+
+	T_ASSERT(fd >= 0);
+	c = mmap(NULL, IVMC_VM_CTL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		 fd, 0);
+	T_ASSERT(c != MAP_FAILED);
+	close(fd);
+	atomic_fetch_add(&c->seq, 1);
+	c->pair[0].peer_state = state;
+	atomic_fetch_add(&c->seq, 1);
+	munmap(c, IVMC_VM_CTL_SIZE);
+}
+
+static void start_daemon(int v)
+{
+	char bin[PATH_MAX];
+	pid_t pid;
+
+	t_bin(bin, sizeof(bin), "ivmcd");
+	fflush(stdout);
+	pid = fork();
+	T_ASSERT(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		setenv("IVMC_SYSFS_PCI", sysroot[v], 1);
+		execl(bin, "ivmcd", "-f", "--guest", "-s", sock[v], "-c",
+		      "/nonexistent/ivmcd.conf", "-l", "debug", "-L", dlog[v],
+		      (char *)NULL);
+		_exit(127);
+	}
+	t_ns_adopt(pid);
+	dpid[v] = pid;
+	memcpy(t_sock, sock[v], sizeof(t_sock));
+	for (int i = 0; i < 500 && !t_daemon_answers(); i++) {
+		int st;
+
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			t_fail("guest ivmcd %d exited (status %#x), see %s", v,
+			       st, dlog[v]);
+		usleep(10000);
+	}
+	if (!t_daemon_answers())
+		t_fail("guest ivmcd %d does not answer, see %s", v, dlog[v]);
+}
+
+static void status(int v, bool json, char *out, size_t len)
+{
+	char args[256];
+
+	snprintf(args, sizeof(args), "-s %s %sstatus", sock[v],
+		 json ? "--json " : "");
+	t_ivmcctl(out, len, args);
+}
+
+/* The JSON status of VM v until it has want slots of its own in use. */
+static void expect_slots(int v, int want)
+{
+	static char out[65536];
+	char pat[64];
+
+	snprintf(pat, sizeof(pat), "\"slots_used\":%d,", want);
+	for (int i = 0; i < 500; i++) {
+		status(v, true, out, sizeof(out));
+		if (strstr(out, pat))
+			return;
+		usleep(10000);
+	}
+	t_fail("VM %d: want %d slots in use: %s", v, want, out);
+}
+
+static void srv_b(void *arg)
+{
+	setenv("IVMC_SOCKET", sock[1], 1);
+	t_conv_server(arg);
+}
+
+static void cli_a(void *arg)
+{
+	setenv("IVMC_SOCKET", sock[0], 1);
+	t_conv_client(arg);
+}
+
+/* The allocating VM: the end whose address:port sorts first. */
+static int allocator_of(uint16_t client_port_unused)
+{
+	(void)client_port_unused;
+	return strcmp(IP_A, IP_B) < 0 ? 0 : 1; /* 10.78.0.1 < 10.78.0.2 */
+}
+
+static void test_conv(int n)
+{
+	static char out[65536];
+
+	for (int i = 0; i < n; i++) {
+		struct t_report cr, sr;
+		struct t_conv c;
+		pid_t sp, cp;
+
+		t_conv_init(&c, IP_B, T_CONV_CLIENT_FIRST);
+		c.seed = (uint64_t)i;
+		sp = t_ns_fork(ns_b, srv_b, &c);
+		t_get(&c.srv_up, &c.port, sizeof(c.port), 10000);
+		t_get(&c.srv_up, &c.port2, sizeof(c.port2), 10000);
+		cp = t_ns_fork(ns_a, cli_a, &c);
+		t_get(&c.cli_up, &cr, sizeof(cr), 20000);
+		if (cr.state != 1 || cr.on_ring != 3)
+			t_fail("connection %d: client state %d (%s), on_ring %d; "
+			       "logs %s %s", i, cr.state, t_strerror(cr.state),
+			       cr.on_ring, dlog[0], dlog[1]);
+		if (i == 0) {
+			/* Both daemons list the channel; the slot is in the
+			 * allocator's half. */
+			for (int v = 0; v < 2; v++) {
+				status(v, true, out, sizeof(out));
+				if (!strstr(out, "\"netns\":\"peer VM\"") ||
+				    !strstr(out, "\"a_to_b\":{\"mode\":\"ring\"") ||
+				    !strstr(out, "\"b_to_a\":{\"mode\":\"ring\""))
+					t_fail("VM %d: no ring channel to the peer VM: %s",
+					       v, out);
+			}
+			expect_slots(allocator_of(0), 1);
+			status(0, false, out, sizeof(out));
+			if (!strstr(out, "(peer VM)") || !strstr(out, "guest-b"))
+				t_fail("text status: %s", out);
+		}
+		t_put(&c.cli_down, "g", 1);
+		t_get(&c.cli_up, &cr, sizeof(cr), 20000);
+		t_get(&c.srv_up, &sr, sizeof(sr), 20000);
+		t_put(&c.srv_down, "q", 1);
+		T_ASSERT_EQ(t_ns_wait(cp, 20000), 0);
+		T_ASSERT_EQ(t_ns_wait(sp, 20000), 0);
+		t_conv_close(&c);
+		T_ASSERT_EQ(sr.state, 1);
+		T_ASSERT_EQ(cr.sent, sr.received);
+		T_ASSERT_EQ(sr.sent, cr.received);
+	}
+	/* Both ends closed: the slot is free again, and nothing is left. */
+	expect_slots(allocator_of(0), 0);
+	for (int v = 0; v < 2; v++) {
+		for (int i = 0; i < 300; i++) {
+			status(v, true, out, sizeof(out));
+			if (strstr(out, "\"channels\":[]"))
+				break;
+			usleep(10000);
+		}
+		if (!strstr(out, "\"channels\":[]"))
+			t_fail("VM %d: channels left: %s", v, out);
+	}
+}
+
+/* (3) The peer VM gone: the reader in A gets what B sent, then the end. */
+struct gone {
+	struct t_pipe srv_up, srv_down, cli_up, cli_down;
+	uint16_t port;
+};
+
+static void gone_server(void *arg)
+{
+	struct gone *g = arg;
+	uint16_t port = 0;
+	int l = t_listen_on(IP_B, &port), fd;
+	struct ivmc_chan *h;
+	char buf[GONE_BYTES], x;
+
+	setenv("IVMC_SOCKET", sock[1], 1);
+	t_put(&g->srv_up, &port, sizeof(port));
+	fd = t_accept(l);
+	T_ASSERT_OK(ivmc_tcp(fd, NULL, &h));
+	/* Echo one byte at a time until the client is attached. */
+	for (;;) {
+		ssize_t r = ivmc_recv(h, &x, 1, 0);
+
+		T_ASSERT_EQ(r, 1);
+		if (x == 'Q')
+			break;
+		t_send_all(h, &x, 1);
+	}
+	t_fill(77, 0, buf, sizeof(buf));
+	t_send_all(h, buf, sizeof(buf));
+	t_put(&g->srv_up, "s", 1);
+	t_get(&g->srv_down, &x, 1, 30000); /* hold the connection open */
+	ivmc_close(h);
+	close(fd);
+	close(l);
+}
+
+static void gone_client(void *arg)
+{
+	struct gone *g = arg;
+	int fd = t_connect_to(IP_B, g->port, NULL, 0);
+	struct ivmc_chan *h;
+	struct ivmc_stats st;
+	char buf[GONE_BYTES], x = 'p';
+	size_t got = 0;
+	ssize_t r;
+
+	setenv("IVMC_SOCKET", sock[0], 1);
+	T_ASSERT_OK(ivmc_tcp(fd, NULL, &h));
+	for (int i = 0; i < 20000; i++) {
+		T_ASSERT_OK(ivmc_stats(h, &st));
+		if (ivmc_tcp_state(h) == 1 && st.on_ring == 3)
+			break;
+		t_send_all(h, &x, 1);
+		T_ASSERT_EQ(ivmc_recv(h, &x, 1, 0), 1);
+		if (i > 50)
+			usleep(1000);
+	}
+	T_ASSERT_OK(ivmc_stats(h, &st));
+	if (ivmc_tcp_state(h) != 1 || st.on_ring != 3)
+		t_fail("not attached: %d, on_ring %u", ivmc_tcp_state(h),
+		       (unsigned int)st.on_ring);
+	t_send_all(h, "Q", 1);
+	t_put(&g->cli_up, "a", 1);
+	t_get(&g->cli_down, &x, 1, 30000); /* the host said "gone" */
+	while (got < sizeof(buf)) {
+		r = ivmc_recv(h, buf + got, sizeof(buf) - got, 0);
+		if (r <= 0)
+			t_fail("after %zu of %zu bytes: %s", got, sizeof(buf),
+			       t_strerror(r));
+		got += (size_t)r;
+	}
+	T_ASSERT_OK(t_verify(77, 0, buf, sizeof(buf)));
+	r = ivmc_recv(h, buf, sizeof(buf), 0);
+	if (r != 0 && r != -ECONNRESET)
+		t_fail("after the peer VM went: %s, want the end",
+		       t_strerror(r));
+	ivmc_close(h);
+	close(fd);
+}
+
+static void test_gone(void)
+{
+	struct gone g;
+	pid_t sp, cp;
+	char x;
+
+	t_pipe_make(&g.srv_up);
+	t_pipe_make(&g.srv_down);
+	t_pipe_make(&g.cli_up);
+	t_pipe_make(&g.cli_down);
+	sp = t_ns_fork(ns_b, gone_server, &g);
+	t_get(&g.srv_up, &g.port, sizeof(g.port), 10000);
+	cp = t_ns_fork(ns_a, gone_client, &g);
+	t_get(&g.cli_up, &x, 1, 20000); /* attached */
+	t_get(&g.srv_up, &x, 1, 20000); /* sent GONE_BYTES after that */
+	set_peer_state(0, IVMC_VM_PEER_GONE);
+	t_put(&g.cli_down, "g", 1);
+	T_ASSERT_EQ(t_ns_wait(cp, 20000), 0);
+	t_put(&g.srv_down, "q", 1);
+	T_ASSERT_EQ(t_ns_wait(sp, 20000), 0);
+}
+
+int main(void)
+{
+	const char *dir;
+
+	t_ns_setup(180);
+	dir = t_tmpdir();
+	ns_a = t_ns_add("ga");
+	ns_b = t_ns_add("gb");
+	t_ns_veth(ns_a, IP_A, ns_b, IP_B);
+	snprintf(pairfile, sizeof(pairfile), "%s/pair", dir);
+	make_pair();
+	for (int v = 0; v < 2; v++) {
+		snprintf(sock[v], sizeof(sock[v]), "%s/ivmcd-%d.sock", dir, v);
+		snprintf(dlog[v], sizeof(dlog[v]), "%s/ivmcd-%d.log", dir, v);
+		snprintf(sysroot[v], sizeof(sysroot[v]), "%s/pci-%d", dir, v);
+		snprintf(ctlfile[v], sizeof(ctlfile[v]), "%s/ctl-%d", dir, v);
+		T_ASSERT_OK(mkdir(sysroot[v], 0700));
+		make_ctl(v);
+		fake_dev(sysroot[v], "0000:00:04.0", IVMC_VM_ID_CTL, ctlfile[v]);
+		fake_dev(sysroot[v], "0000:00:05.0", ivmc_vm_pair_id(1, v),
+			 pairfile);
+		start_daemon(v);
+	}
+	test_conv(1);
+	test_conv(20);
+	test_gone();
+	return t_late_failures ? T_FAIL : T_PASS;
+}
