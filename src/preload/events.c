@@ -96,6 +96,21 @@ static int64_t mono_ns(void)
 
 #define STACK_FDS 64
 
+int64_t pl_nodb_nap(int64_t last)
+{
+	static int64_t cap;
+
+	if (!cap) {
+		const char *e = getenv("IVMC_POLL_MAX_US");
+		long us = e ? strtol(e, NULL, 10) : 0;
+
+		cap = (us > 0 && us <= 1000000 ? us : 1000) * 1000;
+	}
+	if (!last)
+		return cap < PL_NODB_NAP0 ? cap : PL_NODB_NAP0;
+	return last * 2 < cap ? last * 2 : cap;
+}
+
 static __thread int64_t t_last_busy, t_last_kcheck;
 static __thread int t_streak;
 
@@ -150,9 +165,11 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 			return -1;
 		}
 	}
+	int64_t nap = 0;
+
 	for (;;) {
 		nfds_t nk = n;
-		bool any = false, peeked = true;
+		bool any = false, peeked = true, nodb = false;
 		struct timespec ts, *tp = NULL;
 		int r = 0, count = 0;
 
@@ -208,17 +225,30 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 			if (c->tx_ring)
 				k[i].events &= (short)~POLLOUT;
 			if (!ring[i] && !peeked &&
-			    (fds[i].events & (POLLIN | POLLOUT)))
-				k[nk++] = (struct pollfd){ ivmc_fd(c->h), POLLIN, 0 };
+			    (fds[i].events & (POLLIN | POLLOUT))) {
+				int bell = ivmc_fd(c->h);
+
+				if (bell >= 0)
+					k[nk++] = (struct pollfd){ bell, POLLIN, 0 };
+				else
+					nodb = true;
+			}
 		}
 		if (any) {
 			ts = (struct timespec){ 0, 0 };
 			tp = &ts;
-		} else if (end >= 0) {
-			int64_t left = end - now;
+		} else if (end >= 0 || nodb) {
+			int64_t left = end >= 0 ? end - now : INT64_MAX;
 
 			if (left < 0)
 				left = 0;
+			/* A ring with no doorbell (between VMs): look again
+			 * after a nap, as chan's polling wait does. */
+			if (nodb) {
+				nap = pl_nodb_nap(nap);
+				if (left > nap)
+					left = nap;
+			}
 			ts.tv_sec = left / 1000000000;
 			ts.tv_nsec = left % 1000000000;
 			tp = &ts;
@@ -235,7 +265,8 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 				fds[i].revents = POLLNVAL;
 			count += fds[i].revents != 0;
 		}
-		if (count || any || (tp && !tp->tv_sec && !tp->tv_nsec)) {
+		if (count || any || (tp && !tp->tv_sec && !tp->tv_nsec) ||
+		    (end >= 0 && mono_ns() >= end)) {
 			ret = count;
 			break;
 		}
@@ -437,6 +468,7 @@ struct member {
 	unsigned int gen;		/* c->gen when last synced */
 	bool on_chan, active, off;	/* off: EPOLLONESHOT fired */
 	bool ghost;			/* deleted; the kernel still has it */
+	bool nodb;			/* on a ring with no doorbell */
 	uint32_t kev;			/* events the kernel has for fd */
 	uint32_t et_seen;		/* EPOLLET: reported, not yet idle */
 	unsigned int et_gen[2];		/* c->eagain[] when last reported */
@@ -462,6 +494,7 @@ struct eset {
 	struct member *fhash[NHASH];
 	unsigned int gen;		/* pl_gen when last synced */
 	int nmembers;
+	int nnodb;			/* members with nodb */
 	int64_t last_busy;		/* a ring was ready then (ns) */
 	int64_t last_kcheck;		/* the kernel was asked then */
 	int streak;			/* ring-only returns since */
@@ -579,6 +612,10 @@ static int sync_member(struct eset *s, struct member *m, int op)
 		pl_real.epoll_ctl(s->epfd, EPOLL_CTL_DEL, m->bell, NULL);
 		m->bell = -1;
 	}
+	if (m->nodb != (m->on_chan && m->c->h && bell < 0)) {
+		m->nodb = !m->nodb;
+		s->nnodb += m->nodb ? 1 : -1;
+	}
 	if (bell >= 0 && m->bell < 0) {
 		/* Edge-triggered: a ring is news once; the doorbell is
 		 * drained only when the member is next armed. */
@@ -595,6 +632,9 @@ static void member_free(struct eset *s, struct member *m, bool kernel)
 {
 	struct member **pp = &s->hash[hash_ptr(m)];
 
+	if (m->nodb)
+		s->nnodb--;
+	m->nodb = false;
 	if (kernel) {
 		pl_real.epoll_ctl(s->epfd, EPOLL_CTL_DEL, m->fd, NULL);
 		if (m->bell >= 0)
@@ -1034,6 +1074,9 @@ static int epoll_core(struct eset *s, struct epoll_event *evs, int max,
 		/* Members still active after the arm are shared with another
 		 * set (scan_active()): sleep in steps of a millisecond. */
 		if (!k && tmo != 0 && s->act.anext != &s->act)
+			tmo = 1;
+		/* A ring with no doorbell (between VMs): a look every ms. */
+		if (!k && tmo != 0 && s->nnodb)
 			tmo = 1;
 		r = pl_real.epoll_pwait(s->epfd, kev,
 					max - k < 64 ? max - k : 64, tmo, mask);

@@ -141,8 +141,15 @@ bool pl_attached(struct pl_conn *c);
  * channel's doorbell is armed: pl_wait_fds() says what to sleep on. */
 short pl_ready(struct pl_conn *c, short events);
 
+/* The next nap of a wait on a ring with no doorbell (a channel between
+ * VMs: ivmc_fd() is -1): from PL_NODB_NAP0 ns, twice as long each time up
+ * to $IVMC_POLL_MAX_US (1 ms); last 0 for the first. */
+#define PL_NODB_NAP0 20000
+int64_t pl_nodb_nap(int64_t last);
+
 /* The kernel fds to sleep on for c and events: fills up to 2 pollfds (the
- * TCP socket, and the doorbell while attached). Returns how many. */
+ * TCP socket, and the doorbell while attached; its fd is -1 on a channel
+ * with no doorbell). Returns how many. */
 int pl_wait_fds(struct pl_conn *c, short events, struct pollfd *out);
 
 /* events.c: forget fd in every epoll set (it is being closed), and an epoll
