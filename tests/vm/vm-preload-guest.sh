@@ -29,8 +29,8 @@
 #                          the daemon's and the preload's logs
 #
 # The receiver checks everything while the connection is still open: the
-# data arrive through socat's EXEC (this script's recv-child), which reads
-# exactly BYTES, hashes them, samples the daemon's status, then writes an
+# data arrive through socat's standard output (this script's recv-child,
+# fed by a pipe), which reads exactly BYTES, hashes them, samples the daemon's status, then writes an
 # acknowledgement back on the connection. The sender holds its side open
 # until that acknowledgement has come, so "during" really is during, with
 # no sleep to guess, and the bytes after BYTES (there must be none) are
@@ -149,8 +149,9 @@ cmd_daemon() {
 	return 0
 }
 
-# recv-child BYTES SEED PORT: socat's EXEC child; standard input and output
-# are the connection. Results go to /tmp/xfer.PORT*.
+# recv-child BYTES SEED PORT: standard input and output are the receiving
+# socat's (what the connection brings, and what goes back on it). Results
+# go to /tmp/xfer.PORT*.
 cmd_recv_child() {
 	unset LD_PRELOAD
 	bytes=$1 seed=$2 out=/tmp/xfer.$3
@@ -171,9 +172,16 @@ cmd_recv_child() {
 cmd_xfer() {
 	peer=$1 bytes=$2 rport=$3 rseed=$4 sport=$5 sseed=$6
 	rm -f "/tmp/xfer.$rport"* "/tmp/ack.$sport"
-	ivmc-run socat -t 10 "TCP-LISTEN:$rport,reuseaddr" \
-		"EXEC:sh $self recv-child $bytes $rseed $rport" \
-		2> "/tmp/socat-recv-$rport.log" &
+	# The receiving socat relays between the connection and its standard
+	# input and output, a fifo and a pipe to recv-child: no process it
+	# starts inherits the socket (an EXEC: address would, and the
+	# preload then moves the connection back to TCP for good before the
+	# exec, as it must).
+	rm -f "/tmp/ackfifo.$rport"
+	mkfifo "/tmp/ackfifo.$rport" || die "mkfifo"
+	ivmc-run socat -t 10 "TCP-LISTEN:$rport,reuseaddr" STDIO \
+		< "/tmp/ackfifo.$rport" 2> "/tmp/socat-recv-$rport.log" |
+		sh "$self" recv-child "$bytes" "$rseed" "$rport" > "/tmp/ackfifo.$rport" &
 	rpid=$!
 	say "receiving $bytes bytes on port $rport; sending $bytes to $peer:$sport"
 	# The sender's input: the data, then nothing until the receiver's
