@@ -193,25 +193,29 @@ static bool link_send(struct gpeer *gp, const struct gmsg *m)
 	return true;
 }
 
-static void msg_init(struct gmsg *m, int type, const struct kaddr *local,
-		     const struct kaddr *remote)
+static void msg_init(struct gmsg *m, int type)
 {
 	memset(m, 0, sizeof(*m));
 	m->magic = G_MAGIC;
 	m->type = (uint16_t)type;
-	if (local) {
-		memcpy(m->la, local->a, 16);
-		memcpy(m->ra, remote->a, 16);
-		m->lport = local->port;
-		m->rport = remote->port;
-	}
+}
+
+/* A message about one connection, with its addresses as we see them. */
+static void msg_conn(struct gmsg *m, int type, const struct kaddr *local,
+		     const struct kaddr *remote)
+{
+	msg_init(m, type);
+	memcpy(m->la, local->a, 16);
+	memcpy(m->ra, remote->a, 16);
+	m->lport = local->port;
+	m->rport = remote->port;
 }
 
 static void send_free(struct gpeer *gp, uint32_t slot, uint32_t gen)
 {
 	struct gmsg m;
 
-	msg_init(&m, G_FREE, NULL, NULL);
+	msg_init(&m, G_FREE);
 	m.slot = slot;
 	m.gen = gen;
 	if (!link_send(gp, &m))
@@ -224,7 +228,7 @@ static void send_nochan(struct gpeer *gp, const struct kaddr *local,
 {
 	struct gmsg m;
 
-	msg_init(&m, G_NOCHAN, local, remote);
+	msg_conn(&m, G_NOCHAN, local, remote);
 	m.reason = (uint16_t)reason;
 	(void)link_send(gp, &m);
 }
@@ -346,7 +350,7 @@ static void allocate(struct gpeer *gp, struct reg *r)
 		reg_free(r);
 		return;
 	}
-	msg_init(&m, G_CHAN, &k.local, &k.remote);
+	msg_conn(&m, G_CHAN, &k.local, &k.remote);
 	m.slot = slot;
 	m.gen = gen;
 	m.ring_size = gp->p.ring_size;
@@ -388,7 +392,7 @@ bool guest_reg(struct reg *r)
 		reg_free(r);
 		return true;
 	}
-	msg_init(&m, G_REG, &r->k.local, &r->k.remote);
+	msg_conn(&m, G_REG, &r->k.local, &r->k.remote);
 	if (!link_send(gp, &m)) {
 		conn_nochan(r->cl, r->token, &r->k, CTL_R_LIMIT);
 		reg_free(r);
