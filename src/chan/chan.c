@@ -370,6 +370,20 @@ static uint32_t poll_max_ns(const struct chan_cfg *cfg)
 	return (uint32_t)us * 1000u;
 }
 
+/* The cap once a waiter has been idle a while: IVMC_POLL_IDLE_US, else
+ * 20 ms; never below the busy cap, at most 1 s. */
+static uint32_t poll_idle_ns(uint32_t busy_ns)
+{
+	const char *env = getenv("IVMC_POLL_IDLE_US");
+	unsigned long us = env ? strtoul(env, NULL, 10) : 0;
+
+	if (!us)
+		us = 20000;
+	if (us > 1000000)
+		us = 1000000;
+	return (uint32_t)us * 1000u > busy_ns ? (uint32_t)us * 1000u : busy_ns;
+}
+
 /* Map the header at off, copy and check it (fits in avail, no L, a side
  * stream exactly when cfg has one), then the rings. */
 static int mem_map(struct chan *c, const struct chan_cfg *cfg, int fd,
@@ -416,6 +430,7 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 	c->wait_mode = cfg->wait_mode;
 	c->spin_default = cfg->spin_ns ? cfg->spin_ns : 30000;
 	c->poll_max_ns = poll_max_ns(cfg);
+	c->poll_idle_ns = poll_idle_ns(c->poll_max_ns);
 	c->bell = cfg->bell;
 	err = mem_map(c, cfg, fd, off, avail, &hc);
 	if (!err)

@@ -743,9 +743,11 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  * The wait of a channel without a doorbell (chan_open_mem(): between VMs
  * where the guest takes no interrupt): after the spin, sleep in nanosleep
  * for 10 us, then twice as long each time up to c->poll_max_ns, looking at
- * the ring in between. Idle, that is one look per cap (1000/s at the 1 ms
- * default); a message arriving while we sleep waits up to the cap (plus the
- * timer slack, 50 us by default). Sleeps without the direction's lock, as
+ * the ring in between; after POLL_IDLE_AFTER_NS of waiting, on up to
+ * c->poll_idle_ns (IVMC_POLL_IDLE_US, 20 ms). A busy connection never gets
+ * there; an idle one costs a look per idle cap (50/s at the default), and
+ * its first message after a long silence waits up to that cap (plus the
+ * timer slack, 50 us by default). docs/vm.md has the trade-off measured. Sleeps without the direction's lock, as
  * sleep_wait() does; a kick or poison (wake_gen) ends it too. With a side
  * stream each nap is a ppoll() on it for what a poller would poll it for
  * (side_events()): its data, space or end wakes the waiter at once, and is
@@ -754,7 +756,8 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  * consumer's doorbell ring that asks for them (rewind_rx(), fin_seen())
  * has no doorbell here.
  */
-#define POLL_NAP_MIN_NS 10000u
+#define POLL_NAP_MIN_NS	   10000u
+#define POLL_IDLE_AFTER_NS 200000000u /* 200 ms */
 
 /* Nap ns, or less if the side stream has what a waiter in d needs, or
  * shows the peer gone. Returns 0 (slept), 1 (the side stream woke us:
@@ -799,6 +802,7 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	uint64_t t0 = now_ns(), t = t0, end = UINT64_MAX;
 	uint64_t ns = POLL_NAP_MIN_NS < c->poll_max_ns ? POLL_NAP_MIN_NS
 						       : c->poll_max_ns;
+	uint64_t slept = 0, cap; /* naps so far: no clock read when idle */
 	int r = 0, err;
 
 	if (timeout_ms >= 0)
@@ -821,7 +825,9 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 			if (fn)
 				fn(); /* may end this wait: chan_peer_gone() */
 		}
-		ns = ns * 2 < c->poll_max_ns ? ns * 2 : c->poll_max_ns;
+		slept += ns;
+		cap = slept < POLL_IDLE_AFTER_NS ? c->poll_max_ns : c->poll_idle_ns;
+		ns = ns * 2 < cap ? ns * 2 : cap;
 		if (end != UINT64_MAX)
 			t = now_ns(); /* idle and no timeout: no clock read */
 	}

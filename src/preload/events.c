@@ -96,18 +96,25 @@ static int64_t mono_ns(void)
 
 #define STACK_FDS 64
 
-int64_t pl_nodb_nap(int64_t last)
+int64_t pl_nodb_nap(int64_t last, int64_t waited)
 {
-	static int64_t cap;
+	static int64_t cap, idle;
 
 	if (!cap) {
 		const char *e = getenv("IVMC_POLL_MAX_US");
+		const char *i = getenv("IVMC_POLL_IDLE_US");
 		long us = e ? strtol(e, NULL, 10) : 0;
+		long ius = i ? strtol(i, NULL, 10) : 0;
 
+		idle = (ius > 0 && ius <= 1000000 ? ius : 20000) * 1000;
 		cap = (us > 0 && us <= 1000000 ? us : 1000) * 1000;
+		if (idle < cap)
+			idle = cap;
 	}
 	if (!last)
 		return cap < PL_NODB_NAP0 ? cap : PL_NODB_NAP0;
+	if (waited >= PL_NODB_IDLE_AFTER)
+		return last * 2 < idle ? last * 2 : idle;
 	return last * 2 < cap ? last * 2 : cap;
 }
 
@@ -165,7 +172,7 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 			return -1;
 		}
 	}
-	int64_t nap = 0;
+	int64_t nap = 0, t_start = now;
 
 	for (;;) {
 		nfds_t nk = n;
@@ -245,7 +252,7 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 			/* A ring with no doorbell (between VMs): look again
 			 * after a nap, as chan's polling wait does. */
 			if (nodb) {
-				nap = pl_nodb_nap(nap);
+				nap = pl_nodb_nap(nap, now - t_start);
 				if (left > nap)
 					left = nap;
 			}
@@ -1036,6 +1043,7 @@ static int epoll_core(struct eset *s, struct epoll_event *evs, int max,
 	struct epoll_event kev[64];
 	int64_t now = mono_ns();
 	int64_t end = timeout < 0 ? -1 : now + (int64_t)timeout * 1000000;
+	int64_t t_start = now;
 	int late = 0;
 
 	for (;;) {
@@ -1075,9 +1083,15 @@ static int epoll_core(struct eset *s, struct epoll_event *evs, int max,
 		 * set (scan_active()): sleep in steps of a millisecond. */
 		if (!k && tmo != 0 && s->act.anext != &s->act)
 			tmo = 1;
-		/* A ring with no doorbell (between VMs): a look every ms. */
-		if (!k && tmo != 0 && s->nnodb)
-			tmo = 1;
+		/* A ring with no doorbell (between VMs): a look every ms,
+		 * then, idle a while, every PL_NODB_IDLE_MS. */
+		if (!k && tmo != 0 && s->nnodb) {
+			int cap = now - t_start < PL_NODB_IDLE_AFTER ? 1
+								    : PL_NODB_IDLE_MS;
+
+			if (tmo < 0 || tmo > cap)
+				tmo = cap;
+		}
 		r = pl_real.epoll_pwait(s->epfd, kev,
 					max - k < 64 ? max - k : 64, tmo, mask);
 		if (r < 0) {
