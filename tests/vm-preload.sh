@@ -18,6 +18,14 @@
 #   deny: "ivmcctl vm deny guest-a guest-b" first: no pair region, the
 #     same transfers still verify over virtio-net, and no channel is ever
 #     listed.
+#   kill: the pair allowed again, a third boot: B streams to A with no
+#     end (vm-chan gen into socat -u), A verifies every byte as it comes
+#     (vm-chan check); once the host sees (ivmcctl vm slots) that the
+#     stream went through a slot's rings and A verified 8 MiB, it SIGKILLs
+#     B's QEMU. A's socat must end within 20 s of the kill (EOF or reset),
+#     every byte it got verified, no fewer than the slot carried, and A's
+#     daemon must have logged "pair with guest-b: the peer VM is gone".
+#     The time from the kill to the end is reported.
 # Idle cost, reported and never asserted: in main and deny, after the
 # transfers, B opens a connection to A, sends three bytes and then holds
 # it open without a byte for a while, A's socat blocked reading it; the
@@ -29,7 +37,7 @@
 # Before the guest daemon exists (ivmcd without --guest exits with its
 # usage in the guests), the clients stay on TCP: the data checks still
 # apply, and the acceleration check prints a SKIP line and is not a
-# failure.
+# failure; the kill variant is then skipped.
 #
 # Run by make check-vm (mk/vm.mk), from $(O)/vm beside vm-lib.sh,
 # vm-preload-guest.sh, vm-chan and vm-chan-dyn, with ivmc-vmd, ivmcctl,
@@ -65,6 +73,8 @@ idle=${IVMC_VM_IDLE_SECS:-5}
 # holds the idle connection long enough for both.
 settle=2.5
 hold=$((idle + 5))
+gone_max=20 # seconds from the kill to A's receiver's end: a bound, not a target
+live_min=$((8 * 1048576)) # through the slot and verified before the kill
 chan=$here/vm-chan
 bin=$here/../bin
 ctl=$bin/ivmcctl
@@ -310,10 +320,74 @@ check_idle() {
 		fail "$v: idle connection on port $2 did not end cleanly: $(grep -a "^IVMC-IDLE: end port=$2 " "$la")"
 }
 
+# The kill variant's host side, between boot_both and end_both: once the
+# stream has carried live_min bytes through a slot's rings (the host's
+# view) and A has verified as many, SIGKILL B's QEMU and time A's end.
+kill_mid_stream() {
+	local la=$VM_TMP/kill-guest-a.log m10=0 prog=0 tk te line
+	for _ in $(seq $((secs * 5))); do
+		m10=$("$ctl" vm slots 2> /dev/null |
+			awk '$1 == "guest-a:guest-b" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }')
+		prog=$(grep -a '^vm-chan: progress ' "$la" | tail -n 1 | cut -d' ' -f3)
+		[ "$m10" -ge $live_min ] && [ "${prog:-0}" -ge $live_min ] && break
+		if ! vm_alive guest-a || ! vm_alive guest-b; then
+			break
+		fi
+		sleep 0.2
+	done
+	if [ "$m10" -lt $live_min ] || [ "${prog:-0}" -lt $live_min ]; then
+		tail -n 20 "$la" "$VM_TMP/kill-guest-b.log"
+		fail "kill: before the kill, the slot carried $m10 bytes B to A and A verified ${prog:-0}; want $live_min each"
+	fi
+	echo "vm-preload: kill: the stream is on the ring (ivmcctl vm slots: $m10 bytes B to A) and A verified $prog: killing guest-b's QEMU"
+	tk=$(date +%s%N)
+	vm_kill guest-b || fail "kill: cannot kill guest-b's QEMU: $VM_REASON"
+	wait_line guest-a "$la" '^IVMC-LIVE: ' "$gone_max"
+	te=$(date +%s%N)
+	line=$(grep -a '^IVMC-LIVE: ' "$la" | tr -d '\r')
+	if [ -z "$line" ]; then
+		tail -n 20 "$la"
+		fail "kill: guest-a's receiving socat did not end within $gone_max s of the kill"
+	fi
+	live_ms=$(((te - tk) / 1000000))
+	# The region, while A still runs: what B put in the slot's ring.
+	live_ring=$("$ctl" vm slots 2> /dev/null |
+		awk '$1 == "guest-a:guest-b" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }')
+	echo "vm-preload: kill: guest-a's socat ended $live_ms ms after the kill (its console, 50 ms looks): $line"
+}
+
+# check_kill: A verified every byte it got, at least what the slot carried,
+# and its daemon saw the peer VM gone.
+check_kill() {
+	local la=$VM_TMP/kill-guest-a.log n src gone
+	grep -aq '^IVMC-LIVE: port=5002 socat_rc=[0-9]* check_rc=0 ' "$la" ||
+		fail "kill: A's stream did not verify: $(grep -a '^IVMC-LIVE:' "$la")"
+	n=$(sed -n 's/^vm-chan: check: end of input after \([0-9]*\) verified bytes.*/\1/p' "$la")
+	[ -n "$n" ] || fail "kill: no count from vm-chan check"
+	[ "$n" -ge "$live_ring" ] && [ "$n" -ge $live_min ] ||
+		fail "kill: A verified $n bytes; the slot's ring carried $live_ring"
+	src=$(sed -n 's/^IVMC-LIVE: .* socat_rc=\([0-9]*\) .*/\1/p' "$la")
+	gone=$(grep -a '^IVMC-GONE: ' "$la")
+	[[ $gone == *"pair with guest-b: the peer VM is gone"* ]] ||
+		fail "kill: guest-a's daemon did not log the peer VM gone: $gone"
+	echo "vm-preload: kill: A verified $n bytes ($live_ring through the slot's ring, the rest on TCP before the attach), then socat exit $src ($([ "$src" = 0 ] && echo 'end of stream' || echo 'an error')); ${gone#IVMC-GONE: }"
+}
+
 : > "$VM_TMP/idle"
-for v in main deny; do
+for v in main kill deny; do
 	la=$VM_TMP/$v-guest-a.log
 	lb=$VM_TMP/$v-guest-b.log
+	if [ $v = kill ]; then
+		if [ "$guest_mode" = no ]; then
+			echo "vm-preload: SKIP kill: ivmcd has no --guest yet"
+			continue
+		fi
+		boot_both kill "$g,live-recv,5002,3 $g,status" "$g,live-send,10.77.0.1,5002,3"
+		kill_mid_stream
+		end_both kill || fail "kill: guest-a did not finish (logs above)"
+		check_kill
+		continue
+	fi
 	if [ $v = deny ]; then
 		"$ctl" vm deny guest-a guest-b || fail "ivmcctl vm deny guest-a guest-b"
 		"$ctl" vm list
@@ -368,4 +442,6 @@ echo "vm-preload: idle connection, A's socat blocked reading it, host CPU over $
 	"accelerated, default nap cap $(idl main cap=default a_pct) / $(idl main cap=default b_pct);" \
 	"accelerated, IVMC_POLL_MAX_US=100000 $(idl main cap=100000 a_pct) / $(idl main cap=100000 b_pct);" \
 	"plain TCP (deny) $(idl deny cap=default a_pct) / $(idl deny cap=default b_pct)"
+[ "$guest_mode" = yes ] &&
+	echo "vm-preload: kill: from the SIGKILL of guest-b's QEMU to the end of guest-a's receiving socat: $live_ms ms"
 exit 0

@@ -40,6 +40,15 @@
 #                          read after the daemon's answer moves the reader
 #                          onto the channel), then nothing for HOLD
 #                          seconds, then end of stream
+#   live-recv PORT SEED    socat -u TCP-LISTEN:PORT STDOUT under ivmc-run
+#                          into "vm-chan check SEED" (progress lines), until
+#                          socat ends; then what the daemon said of the
+#                          peer.  IVMC-LIVE: port= socat_rc= check_rc=
+#                          and IVMC-GONE: the daemon's log line, or none
+#   live-send PEER PORT SEED
+#                          "vm-chan gen" of 1 TiB (no end in practice) into
+#                          socat -u under ivmc-run, to PEER:PORT; the host
+#                          kills this VM mid-stream
 #   status                 ivmcctl status, IVMC-ACCEL: when=end ..., and
 #                          the daemon's and the preload's logs
 #
@@ -293,6 +302,32 @@ cmd_idle_send() {
 	say "idle connection to $peer:$port held $hold s, closed"
 }
 
+# live-recv PORT SEED: until socat ends, which only the peer's end (or its
+# VM's) can bring about.
+cmd_live_recv() {
+	port=$1
+	say "receiving the endless stream $2 on port $port"
+	{
+		ivmc-run socat -u "TCP-LISTEN:$port,reuseaddr" STDOUT \
+			2> "/tmp/socat-live-$port.log"
+		echo $? > "/tmp/live.$port.rc"
+	} | vm-chan check "$2"
+	crc=$?
+	echo "IVMC-LIVE: port=$port socat_rc=$(cat "/tmp/live.$port.rc") check_rc=$crc at=$(now)"
+	g=$(grep -a 'the peer VM is gone' /tmp/ivmcd.log | head -n 1)
+	echo "IVMC-GONE: ${g:-none}"
+	[ -s "/tmp/socat-live-$port.log" ] && sed 's/^/  socat | /' "/tmp/socat-live-$port.log"
+	[ $crc -eq 0 ] || die "port $port: the stream did not verify"
+}
+
+cmd_live_send() {
+	say "sending the endless stream $3 to $1:$2 until this VM is killed"
+	vm-chan gen 1099511627776 "$3" |
+		ivmc-run socat -u - "TCP:$1:$2,retry=300,interval=0.2" \
+			2> "/tmp/socat-live-send.log"
+	die "the endless sender ended: $(tail -n 3 /tmp/socat-live-send.log)"
+}
+
 # label the result lines of a ping: tcp-plain or tcp-ivmc
 label() { sed "s/RESULT ping tcp /RESULT ping $1 /"; }
 
@@ -327,11 +362,14 @@ rtt-ping) cmd_rtt_ping "$@" ;;
 idle-recv) cmd_idle_recv "$@" ;;
 idle-child) cmd_idle_child "$@" ;;
 idle-send) cmd_idle_send "$@" ;;
+live-recv) cmd_live_recv "$@" ;;
+live-send) cmd_live_send "$@" ;;
 status) cmd_status ;;
 *)
 	echo "usage: $self daemon | xfer PEER BYTES RPORT RSEED SPORT SSEED |" \
 		"rtt-pong PORT K | rtt-ping ADDR PORT K | idle-recv PORT CAP |" \
-		"idle-send PEER PORT HOLD CAP | status" >&2
+		"idle-send PEER PORT HOLD CAP | live-recv PORT SEED |" \
+		"live-send PEER PORT SEED | status" >&2
 	exit 2
 	;;
 esac
