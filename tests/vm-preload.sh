@@ -10,22 +10,22 @@
 # run of it), with no byte more. The receiver samples "ivmcctl status"
 # while the connection is still open. Then 64-byte round trips over TCP,
 # plain and under ivmc-run (vm-chan tcp-ping/pong), reported, not
-# asserted. Two boots of both guests:
+# asserted. Three boots of both guests, in this order:
 #   main: the host allows the pair (pair region: 16 MiB, 64 KiB rings,
 #     channel 0 the daemons' link); when the daemon has --guest, both
 #     connections must have been accelerated (a channel listed during
 #     each, more than at the end);
+#   kill: the pair still allowed: B streams to A with no end (vm-chan gen
+#     into socat -u), A verifies every byte as it comes (vm-chan check);
+#     once the host sees (ivmcctl vm slots) that the stream went through
+#     a slot's rings and A verified 8 MiB, it SIGKILLs B's QEMU. A's socat
+#     must end within 20 s of the kill (EOF or reset), every byte it got
+#     verified, no fewer than the slot carried, and A's daemon must have
+#     logged "pair with guest-b: the peer VM is gone". The time from the
+#     kill to the end is reported;
 #   deny: "ivmcctl vm deny guest-a guest-b" first: no pair region, the
 #     same transfers still verify over virtio-net, and no channel is ever
 #     listed.
-#   kill: the pair allowed again, a third boot: B streams to A with no
-#     end (vm-chan gen into socat -u), A verifies every byte as it comes
-#     (vm-chan check); once the host sees (ivmcctl vm slots) that the
-#     stream went through a slot's rings and A verified 8 MiB, it SIGKILLs
-#     B's QEMU. A's socat must end within 20 s of the kill (EOF or reset),
-#     every byte it got verified, no fewer than the slot carried, and A's
-#     daemon must have logged "pair with guest-b: the peer VM is gone".
-#     The time from the kill to the end is reported.
 # Idle cost, reported and never asserted: in main and deny, after the
 # transfers, B opens a connection to A, sends three bytes and then holds
 # it open without a byte for a while, A's socat blocked reading it; the
