@@ -10,18 +10,34 @@
 # run of it), with no byte more. The receiver samples "ivmcctl status"
 # while the connection is still open. Then 64-byte round trips over TCP,
 # plain and under ivmc-run (vm-chan tcp-ping/pong), reported, not
-# asserted. Two boots of both guests:
+# asserted. Three boots of both guests, in this order:
 #   main: the host allows the pair (pair region: 16 MiB, 64 KiB rings,
 #     channel 0 the daemons' link); when the daemon has --guest, both
 #     connections must have been accelerated (a channel listed during
 #     each, more than at the end);
+#   kill: the pair still allowed: B streams to A with no end (vm-chan gen
+#     into socat -u), A verifies every byte as it comes (vm-chan check);
+#     once the host sees (ivmcctl vm slots) that the stream went through
+#     a slot's rings and A verified 8 MiB, it SIGKILLs B's QEMU. A's socat
+#     must end within 20 s of the kill (EOF or reset), every byte it got
+#     verified, no fewer than the slot carried, and A's daemon must have
+#     logged "pair with guest-b: the peer VM is gone". The time from the
+#     kill to the end is reported;
 #   deny: "ivmcctl vm deny guest-a guest-b" first: no pair region, the
 #     same transfers still verify over virtio-net, and no channel is ever
 #     listed.
+# Idle cost, reported and never asserted: in main and deny, after the
+# transfers, B opens a connection to A, sends three bytes and then holds
+# it open without a byte for a while, A's socat blocked reading it; the
+# host takes both QEMUs' CPU time (utime + stime, as vm-ivshmem does)
+# over IVMC_VM_IDLE_SECS. main measures it twice: the preload's default
+# nap cap, then IVMC_POLL_MAX_US=100000 in both guests; deny once, on
+# plain TCP. main asserts that A's end was on the channel, deny that it
+# was not.
 # Before the guest daemon exists (ivmcd without --guest exits with its
 # usage in the guests), the clients stay on TCP: the data checks still
 # apply, and the acceleration check prints a SKIP line and is not a
-# failure.
+# failure; the kill variant is then skipped.
 #
 # Run by make check-vm (mk/vm.mk), from $(O)/vm beside vm-lib.sh,
 # vm-preload-guest.sh, vm-chan and vm-chan-dyn, with ivmc-vmd, ivmcctl,
@@ -30,7 +46,8 @@
 # (77) only when QEMU, busybox, socat or the kernel package cannot be had.
 # Environment: IVMC_VM_PRELOAD_MIB (each way, default 32; 256 with
 # IVMC_LONG), IVMC_VM_ROUNDS (round trips, default 1000), IVMC_VM_SECS
-# (per guest, default 180; 600 with IVMC_LONG).
+# (per guest, default 180; 600 with IVMC_LONG), IVMC_VM_IDLE_SECS (each
+# idle measurement, default 5).
 
 set -u
 
@@ -50,6 +67,14 @@ else
 fi
 bytes=$((mib * 1048576))
 rounds=${IVMC_VM_ROUNDS:-1000}
+idle=${IVMC_VM_IDLE_SECS:-5}
+# The guest daemons tick every 1 ms for 2 s after a link message (pairing),
+# then every 100 ms: the host lets that pass before it measures, and B
+# holds the idle connection long enough for both.
+settle=2.5
+hold=$((idle + 5))
+gone_max=20 # seconds from the kill to A's receiver's end: a bound, not a target
+live_min=$((8 * 1048576)) # through the slot and verified before the kill
 chan=$here/vm-chan
 bin=$here/../bin
 ctl=$bin/ivmcctl
@@ -120,12 +145,12 @@ base="$base ivmc.mod=vfio_iommu_type1 ivmc.run=cat,/proc/uptime $g,daemon"
 # val LOG KEY [PATTERN]: KEY=value from the first line matching PATTERN
 val() { grep -a "${3:-.}" "$1" | sed -n "s/.* $2=\([^ ]*\).*/\1/p" | head -n 1; }
 
-# boot_pair VARIANT: boot both guests with their steps; leaves their logs
-# in $VM_TMP/VARIANT-guest-{a,b}.log; returns vm_wait_all's verdict.
-boot_pair() {
-	local v=$1 qa qb port t0 t1 rc la lb sa sb
-	la=$VM_TMP/$v-guest-a.log
-	lb=$VM_TMP/$v-guest-b.log
+# boot_both VARIANT STEPS_A STEPS_B: boot both guests (A listens on the
+# virtio-net socket, B connects), and sample "ivmcctl vm slots" (what went
+# through the pair region's slots, as the host sees it) while they run.
+# Their logs: $VM_TMP/VARIANT-guest-{a,b}.log.
+boot_both() {
+	local v=$1 qa qb port
 	vm_qemu_args "$bin" guest-a --iommu || fail "$VM_REASON"
 	qa=("${VM_QARGS[@]}")
 	vm_qemu_args "$bin" guest-b --iommu || fail "$VM_REASON"
@@ -134,33 +159,23 @@ boot_pair() {
 	if [ "$v" = deny ]; then
 		[[ "${qa[*]} ${qb[*]}" != *pair.* ]] || fail "deny: qemu-args still give a pair device"
 	else
-		[[ "${qa[*]}" == *pair.guest-b* ]] || fail "main: no pair device in guest-a's qemu-args"
+		[[ "${qa[*]}" == *pair.guest-b* ]] || fail "$v: no pair device in guest-a's qemu-args"
 	fi
 	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
 		fail "no free port"
-	# Both directions at once (A receives on 5000, B on 5001); in the
-	# main variant, round trips on 7000/7001 (plain, then ivmc-run).
-	sa="$g,xfer,10.77.0.2,$bytes,5000,1,5001,2"
-	sb="$g,xfer,10.77.0.1,$bytes,5001,2,5000,1"
-	if [ "$v" = main ]; then
-		sa="$sa $g,rtt-pong,7000,$rounds"
-		sb="$sb $g,rtt-ping,10.77.0.1,7000,$rounds"
-	fi
 	t0=$(date +%s%N)
-	vm_boot guest-a "$la" "$secs" \
-		"$base ivmc.ip=eth0,10.77.0.1/24 $sa $g,status" "${qa[@]}" \
+	vm_boot guest-a "$VM_TMP/$v-guest-a.log" "$secs" \
+		"$base ivmc.ip=eth0,10.77.0.1/24 $2" "${qa[@]}" \
 		-netdev "socket,id=n0,listen=127.0.0.1:$port" \
 		-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01,romfile=
 	for _ in $(seq 100); do
 		ss -ltn 2> /dev/null | grep -q "127.0.0.1:$port " && break
 		sleep 0.1
 	done
-	vm_boot guest-b "$lb" "$secs" \
-		"$base ivmc.ip=eth0,10.77.0.2/24 $sb $g,status" "${qb[@]}" \
+	vm_boot guest-b "$VM_TMP/$v-guest-b.log" "$secs" \
+		"$base ivmc.ip=eth0,10.77.0.2/24 $3" "${qb[@]}" \
 		-netdev "socket,id=n0,connect=127.0.0.1:$port" \
 		-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,romfile=
-	# What went through the pair region's slots, as the host sees it
-	# (ivmcctl vm slots), sampled while the guests run.
 	(
 		for _ in $(seq 3000); do
 			"$ctl" vm slots 2> /dev/null
@@ -168,21 +183,81 @@ boot_pair() {
 		done
 	) > "$VM_TMP/$v-slots.log" &
 	sampler=$!
+}
+
+# end_both VARIANT: wait for the guests still running; print their lines.
+# Returns vm_wait_all's verdict.
+end_both() {
+	local v=$1 rc t1 l
 	vm_wait_all
 	rc=$?
 	kill "$sampler" 2> /dev/null
 	wait "$sampler" 2> /dev/null
 	t1=$(date +%s%N)
-	for l in "$la" "$lb"; do # the serial console ends lines with \r\n
+	for l in "$VM_TMP/$v-guest-a.log" "$VM_TMP/$v-guest-b.log"; do
+		# the serial console ends lines with \r\n
 		tr -d '\r' < "$l" > "$l.txt" && mv "$l.txt" "$l"
 	done
-	for l in "$la" "$lb"; do
+	for l in "$VM_TMP/$v-guest-a.log" "$VM_TMP/$v-guest-b.log"; do
 		echo "---- $v: $(basename "$l" .log)"
-		grep -a 'vm-preload\|IVMC-\|ivmc-init\|RESULT\|^ \|^[0-9.]* [0-9.]*$' "$l"
+		grep -a 'vm-preload\|IVMC-\|ivmc-init\|RESULT\|check:\|^ \|^[0-9.]* [0-9.]*$' "$l"
 	done
 	echo "----"
 	echo "vm-preload: $v: two guests booted, tested and off in $(((t1 - t0) / 1000000)) ms"
 	return $rc
+}
+
+# wait_line GUEST LOG PATTERN SECS: until LOG shows PATTERN (50 ms looks);
+# fails if GUEST is gone first or SECS pass.
+wait_line() {
+	for _ in $(seq $(($4 * 20))); do
+		grep -aq "$3" "$2" && return 0
+		vm_alive "$1" || { grep -aq "$3" "$2"; return; }
+		sleep 0.05
+	done
+	return 1
+}
+
+# Host CPU (user + system) of a process so far, in clock ticks.
+cpu_ticks() {
+	local s
+	s=$(cat "/proc/$1/stat" 2> /dev/null) || return 1
+	s=${s##*) }
+	# shellcheck disable=SC2086 # fields, split on purpose
+	set -- $s
+	echo $((${12} + ${13}))
+}
+hz=$(getconf CLK_TCK)
+
+# idle_measure VARIANT PORT WHAT: once A says its idle receiver on PORT has
+# the preamble, let the daemons settle, then take both QEMUs' CPU over
+# $idle s, as % of a host core, into $VM_TMP/idle. The window must end
+# before A's receiver does (B holds for $hold s after the preamble).
+idle_measure() {
+	local v=$1 port=$2 what=$3 la=$VM_TMP/$1-guest-a.log qa qb a0 b0 a1 b1 t0 t1 ok
+	wait_line guest-a "$la" "^IVMC-IDLE: start port=$port " "$secs" ||
+		fail "$v: guest-a's idle receiver on port $port did not start"
+	sleep "$settle"
+	qa=$(cat "$VM_TMP/guest-a.pid")
+	qb=$(cat "$VM_TMP/guest-b.pid")
+	ok=yes
+	a0=$(cpu_ticks "$qa") && b0=$(cpu_ticks "$qb") || ok=no
+	t0=$(date +%s%N)
+	sleep "$idle"
+	a1=$(cpu_ticks "$qa") && b1=$(cpu_ticks "$qb") || ok=no
+	t1=$(date +%s%N)
+	if [ $ok = no ]; then
+		echo "vm-preload: WARNING: $v: a QEMU ended during the idle measurement on port $port: no figure" |
+			tee -a "$VM_TMP/idle"
+		return
+	fi
+	grep -aq "^IVMC-IDLE: end port=$port " "$la" && ok=no
+	awk -v v="$v" -v w="$what" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v hz="$hz" \
+		-v ns=$((t1 - t0)) -v ok="$ok" 'BEGIN {
+		printf "vm-preload: IDLE %s %s a_pct=%.2f b_pct=%.2f secs=%.2f window_ok=%s\n",
+			v, w, 100 * a / hz / (ns / 1e9), 100 * b / hz / (ns / 1e9), ns / 1e9, ok
+	}' | tee -a "$VM_TMP/idle"
+	[ $ok = yes ] || echo "vm-preload: WARNING: $v: the idle connection on port $port closed before the measurement ended (a loaded host?): the figure includes its end"
 }
 
 # check_xfer LOG PORT SHA: the receiver on PORT verified what the host
@@ -233,14 +308,109 @@ check_slots() {
 		fail "$v: the slots carried too little (A to B $m01, B to A $m10 of $bytes): not accelerated"
 }
 
-for v in main deny; do
+# check_idle V PORT: A's idle receiver on PORT took the preamble, was on
+# the channel (main, with --guest) or not (otherwise), and got nothing more.
+check_idle() {
+	local v=$1 la=$VM_TMP/$1-guest-a.log want=no st
+	[ "$v" = main ] && [ "$guest_mode" = yes ] && want=yes
+	st=$(grep -a "^IVMC-IDLE: start port=$2 " "$la")
+	[[ $st == *" preamble=abc attached=$want "* ]] ||
+		fail "$v: idle connection on port $2: '$st', want the preamble and attached=$want"
+	grep -aq "^IVMC-IDLE: end port=$2 rest=0 " "$la" ||
+		fail "$v: idle connection on port $2 did not end cleanly: $(grep -a "^IVMC-IDLE: end port=$2 " "$la")"
+}
+
+# The kill variant's host side, between boot_both and end_both: once the
+# stream has carried live_min bytes through a slot's rings (the host's
+# view) and A has verified as many, SIGKILL B's QEMU and time A's end.
+kill_mid_stream() {
+	local la=$VM_TMP/kill-guest-a.log m10=0 prog=0 tk te line
+	for _ in $(seq $((secs * 5))); do
+		m10=$("$ctl" vm slots 2> /dev/null |
+			awk '$1 == "guest-a:guest-b" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }')
+		prog=$(grep -a '^vm-chan: progress ' "$la" | tail -n 1 | cut -d' ' -f3)
+		[ "$m10" -ge $live_min ] && [ "${prog:-0}" -ge $live_min ] && break
+		if ! vm_alive guest-a || ! vm_alive guest-b; then
+			break
+		fi
+		sleep 0.2
+	done
+	if [ "$m10" -lt $live_min ] || [ "${prog:-0}" -lt $live_min ]; then
+		tail -n 20 "$la" "$VM_TMP/kill-guest-b.log"
+		fail "kill: before the kill, the slot carried $m10 bytes B to A and A verified ${prog:-0}; want $live_min each"
+	fi
+	echo "vm-preload: kill: the stream is on the ring (ivmcctl vm slots: $m10 bytes B to A) and A verified $prog: killing guest-b's QEMU"
+	tk=$(date +%s%N)
+	vm_kill guest-b || fail "kill: cannot kill guest-b's QEMU: $VM_REASON"
+	wait_line guest-a "$la" '^IVMC-LIVE: ' "$gone_max"
+	te=$(date +%s%N)
+	line=$(grep -a '^IVMC-LIVE: ' "$la" | tr -d '\r')
+	if [ -z "$line" ]; then
+		tail -n 20 "$la"
+		fail "kill: guest-a's receiving socat did not end within $gone_max s of the kill"
+	fi
+	live_ms=$(((te - tk) / 1000000))
+	# The region, while A still runs: what B put in the slot's ring.
+	live_ring=$("$ctl" vm slots 2> /dev/null |
+		awk '$1 == "guest-a:guest-b" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }')
+	echo "vm-preload: kill: guest-a's socat ended $live_ms ms after the kill (its console, 50 ms looks): $line"
+}
+
+# check_kill: A verified every byte it got, at least what the slot carried,
+# and its daemon saw the peer VM gone.
+check_kill() {
+	local la=$VM_TMP/kill-guest-a.log n src gone
+	grep -aq '^IVMC-LIVE: port=5002 socat_rc=[0-9]* check_rc=0 ' "$la" ||
+		fail "kill: A's stream did not verify: $(grep -a '^IVMC-LIVE:' "$la")"
+	n=$(sed -n 's/^vm-chan: check: end of input after \([0-9]*\) verified bytes.*/\1/p' "$la")
+	[ -n "$n" ] || fail "kill: no count from vm-chan check"
+	[ "$n" -ge "$live_ring" ] && [ "$n" -ge $live_min ] ||
+		fail "kill: A verified $n bytes; the slot's ring carried $live_ring"
+	src=$(sed -n 's/^IVMC-LIVE: .* socat_rc=\([0-9]*\) .*/\1/p' "$la")
+	gone=$(grep -a '^IVMC-GONE: ' "$la")
+	[[ $gone == *"pair with guest-b: the peer VM is gone"* ]] ||
+		fail "kill: guest-a's daemon did not log the peer VM gone: $gone"
+	echo "vm-preload: kill: A verified $n bytes ($live_ring through the slot's ring, the rest on TCP before the attach), then socat exit $src ($([ "$src" = 0 ] && echo 'end of stream' || echo 'an error')); ${gone#IVMC-GONE: }"
+}
+
+: > "$VM_TMP/idle"
+for v in main kill deny; do
+	la=$VM_TMP/$v-guest-a.log
+	lb=$VM_TMP/$v-guest-b.log
+	if [ $v = kill ]; then
+		if [ "$guest_mode" = no ]; then
+			echo "vm-preload: SKIP kill: ivmcd has no --guest yet"
+			continue
+		fi
+		boot_both kill "$g,live-recv,5002,3 $g,status" "$g,live-send,10.77.0.1,5002,3"
+		kill_mid_stream
+		end_both kill || fail "kill: guest-a did not finish (logs above)"
+		check_kill
+		continue
+	fi
 	if [ $v = deny ]; then
 		"$ctl" vm deny guest-a guest-b || fail "ivmcctl vm deny guest-a guest-b"
 		"$ctl" vm list
 	fi
-	boot_pair $v || fail "$v: a guest did not finish (logs above)"
-	la=$VM_TMP/$v-guest-a.log
-	lb=$VM_TMP/$v-guest-b.log
+	# Both directions at once (A receives on 5000, B on 5001); in the
+	# main variant, round trips on 7000/7001 (plain, then ivmc-run); then
+	# the idle connections (5003; main also 5004 with a 100 ms nap cap).
+	sa="$g,xfer,10.77.0.2,$bytes,5000,1,5001,2"
+	sb="$g,xfer,10.77.0.1,$bytes,5001,2,5000,1"
+	if [ "$v" = main ]; then
+		sa="$sa $g,rtt-pong,7000,$rounds"
+		sb="$sb $g,rtt-ping,10.77.0.1,7000,$rounds"
+	fi
+	sa="$sa $g,idle-recv,5003,-"
+	sb="$sb $g,idle-send,10.77.0.1,5003,$hold,-"
+	if [ "$v" = main ]; then
+		sa="$sa $g,idle-recv,5004,100000"
+		sb="$sb $g,idle-send,10.77.0.1,5004,$hold,100000"
+	fi
+	boot_both $v "$sa $g,status" "$sb $g,status"
+	idle_measure $v 5003 "cap=default"
+	[ $v = main ] && idle_measure $v 5004 "cap=100000"
+	end_both $v || fail "$v: a guest did not finish (logs above)"
 	for l in "$la" "$lb"; do
 		grep -aq "^IVMC-DAEMON: guest_mode=$guest_mode " "$l" ||
 			fail "$v: $(basename "$l" .log) says $(grep -a '^IVMC-DAEMON:' "$l"), the host's ivmcd says guest_mode=$guest_mode"
@@ -251,6 +421,8 @@ for v in main deny; do
 	check_accel $v "$la"
 	check_accel $v "$lb"
 	check_slots $v
+	check_idle $v 5003
+	[ $v = main ] && check_idle $v 5004
 done
 
 # Round trips (main boot), side by side; never asserted.
@@ -264,4 +436,12 @@ if [ -z "$p50" ] || [ -z "$i50" ]; then
 fi
 echo "vm-preload: 64 B round trip over TCP between the guests, $rounds rounds, p50 / p99 us:" \
 	"plain $p50 / $p99, under ivmc-run $i50 / $i99 (accelerated only with ivmcd --guest: $guest_mode)"
+# Idle cost side by side; never asserted.
+idl() { sed -n "s/^vm-preload: IDLE $1 $2 .*$3=\([0-9.]*\).*/\1/p" "$VM_TMP/idle"; }
+echo "vm-preload: idle connection, A's socat blocked reading it, host CPU over $idle s, % of one core (guest A / guest B):" \
+	"accelerated, default nap cap $(idl main cap=default a_pct) / $(idl main cap=default b_pct);" \
+	"accelerated, IVMC_POLL_MAX_US=100000 $(idl main cap=100000 a_pct) / $(idl main cap=100000 b_pct);" \
+	"plain TCP (deny) $(idl deny cap=default a_pct) / $(idl deny cap=default b_pct)"
+[ "$guest_mode" = yes ] &&
+	echo "vm-preload: kill: from the SIGKILL of guest-b's QEMU to the end of guest-a's receiving socat: $live_ms ms"
 exit 0

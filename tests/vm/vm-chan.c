@@ -17,7 +17,9 @@
  * "ctl" checks what the control region and the devices say. On the host,
  * "init" lays channels out in a file, "stat" reads them. "gen" writes a
  * seeded stream to standard output (a producer for other programs, e.g.
- * socat, whose output the other side hashes against its own "gen").
+ * socat, whose output the other side hashes against its own "gen");
+ * "check" verifies such a stream on standard input as it comes, for one
+ * with no end (it says how far it got when its input ends).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -86,7 +88,8 @@ __attribute__((noreturn)) static void usage(void)
 {
 	fprintf(stderr,
 		"usage: vm-chan init FILE NCHAN RING | stat FILE NCHAN RING [OFF]\n"
-		"       vm-chan ctl NAME [PEER,...|-] | irq-probe | gen BYTES SEED\n"
+		"       vm-chan ctl NAME [PEER,...|-] | irq-probe | gen BYTES SEED |\n"
+		"               check SEED\n"
 		"       vm-chan [-d BDF | -f FILE | -P PEER [-k] [-i]] [-c IDX]\n"
 		"               [-r RING] [-w adaptive|sleep|spin]\n"
 		"               send BYTES | recv BYTES | ping K | pong K |\n"
@@ -521,6 +524,37 @@ static int cmd_gen(uint64_t total, uint64_t seed)
 		}
 		off += n;
 	}
+	return 0;
+}
+
+/* Standard input is the stream SEED from its first byte: verify each read
+ * as it comes, say how far every PROGRESS bytes, and at the end of input
+ * how many bytes were verified. Any wrong byte fails at once. */
+static int cmd_check(uint64_t seed)
+{
+	uint64_t off = 0;
+
+	for (;;) {
+		ssize_t r = read(0, buf, BUF);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			t_fail("check: read at %llu: %s",
+			       (unsigned long long)off, strerror(errno));
+		if (!r)
+			break;
+		if (t_verify(seed, off, buf, (size_t)r))
+			t_fail("check: bad bytes at or after %llu",
+			       (unsigned long long)off);
+		if ((off + (uint64_t)r) / PROGRESS != off / PROGRESS)
+			printf("vm-chan: progress %llu bytes verified\n",
+			       (unsigned long long)((off + (uint64_t)r) /
+						    PROGRESS * PROGRESS));
+		off += (uint64_t)r;
+	}
+	printf("vm-chan: check: end of input after %llu verified bytes\n",
+	       (unsigned long long)off);
 	return 0;
 }
 
@@ -1245,6 +1279,8 @@ int main(int argc, char **argv)
 		return cmd_irq_probe();
 	if (argc == 4 && !strcmp(argv[1], "gen"))
 		return cmd_gen(num(argv[2]), num(argv[3]));
+	if (argc == 3 && !strcmp(argv[1], "check"))
+		return cmd_check(num(argv[2]));
 	if (argc > 1 && !strncmp(argv[1], "tcp-", 4))
 		return tcp_cmd(argc - 1, argv + 1);
 	while ((opt = getopt(argc, argv, "d:f:P:kic:r:w:")) != -1) {

@@ -25,6 +25,30 @@
 #   rtt-pong PORT K        vm-chan-dyn tcp-pong, plain on PORT, then under
 #                          ivmc-run on PORT+1
 #   rtt-ping ADDR PORT K   the other end; RESULT ping tcp-plain / tcp-ivmc
+#   idle-recv PORT CAP     an idle connection, the reader blocked on it:
+#                          socat -u TCP-LISTEN:PORT STDOUT under ivmc-run
+#                          (IVMC_POLL_MAX_US=CAP unless CAP is -) into
+#                          idle-child, which takes the sender's three
+#                          preamble bytes, says whether socat's end is on
+#                          the channel (its preload's log), then counts the
+#                          rest until the sender closes.
+#                          IVMC-IDLE: start port= cap= attached=yes|no
+#                          IVMC-IDLE: end port= rest=
+#   idle-send PEER PORT HOLD CAP
+#                          the other end: once connected, a preamble of one
+#                          byte three times, half a second apart (the first
+#                          read after the daemon's answer moves the reader
+#                          onto the channel), then nothing for HOLD
+#                          seconds, then end of stream
+#   live-recv PORT SEED    socat -u TCP-LISTEN:PORT STDOUT under ivmc-run
+#                          into "vm-chan check SEED" (progress lines), until
+#                          socat ends; then what the daemon said of the
+#                          peer.  IVMC-LIVE: port= socat_rc= check_rc=
+#                          and IVMC-GONE: the daemon's log line, or none
+#   live-send PEER PORT SEED
+#                          "vm-chan gen" of 1 TiB (no end in practice) into
+#                          socat -u under ivmc-run, to PEER:PORT; the host
+#                          kills this VM mid-stream
 #   status                 ivmcctl status, IVMC-ACCEL: when=end ..., and
 #                          the daemon's and the preload's logs
 #
@@ -219,6 +243,91 @@ cmd_xfer() {
 	esac
 }
 
+# established PORT: a TCP connection from or to PORT is established
+# (/proc/net/tcp: addresses as HEXIP:HEXPORT, state 01).
+established() {
+	awk -v p=":$(printf '%04X' "$1")" 'NR > 1 && $4 == "01" &&
+		(substr($2, length($2) - 4) == p || substr($3, length($3) - 4) == p) { f = 1 }
+		END { exit !f }' /proc/net/tcp
+}
+
+# idle-child PORT CAP: standard input is the idle receiving socat's output.
+cmd_idle_child() {
+	pre=$(dd bs=1 count=3 2> /dev/null)
+	# The preload says "on the channel" when socat's end attaches: at a
+	# read or poll after the daemon's answer, so by the preamble's last
+	# byte unless the pairing took a second (the line may trail that
+	# byte by a moment: half a second, not more, as B's hold runs).
+	att=no
+	i=0
+	while [ $i -lt 5 ]; do
+		grep -q 'on the channel' "/tmp/preload-idle-$1.log" 2> /dev/null && att=yes && break
+		sleep 0.1
+		i=$((i + 1))
+	done
+	echo "IVMC-IDLE: start port=$1 cap=$2 preamble=$pre attached=$att at=$(now)"
+	rest=$(wc -c | tr -d ' ')
+	echo "IVMC-IDLE: end port=$1 rest=$rest at=$(now)"
+}
+
+cmd_idle_recv() {
+	port=$1
+	[ "$2" = - ] || export IVMC_POLL_MAX_US="$2"
+	say "idle connection on port $port (IVMC_POLL_MAX_US=${IVMC_POLL_MAX_US:-default})"
+	set -o pipefail
+	IVMC_LOG=debug IVMC_LOG_FILE="/tmp/preload-idle-$port.log" \
+		ivmc-run socat -u "TCP-LISTEN:$port,reuseaddr" STDOUT \
+		2> "/tmp/socat-idle-$port.log" |
+		sh "$self" idle-child "$port" "$2" ||
+		die "idle receiver on port $port: socat or idle-child failed"
+}
+
+cmd_idle_send() {
+	peer=$1 port=$2 hold=$3
+	[ "$4" = - ] || export IVMC_POLL_MAX_US="$4"
+	{
+		i=0
+		while ! established "$port" && [ $i -lt 600 ]; do
+			sleep 0.1
+			i=$((i + 1))
+		done
+		for b in a b c; do
+			printf %s $b
+			sleep 0.5
+		done
+		sleep "$hold"
+	} | ivmc-run socat -u - "TCP:$peer:$port,retry=300,interval=0.2" \
+		2> "/tmp/socat-idle-send-$port.log" ||
+		die "idle sender to $peer:$port: socat exit $?"
+	say "idle connection to $peer:$port held $hold s, closed"
+}
+
+# live-recv PORT SEED: until socat ends, which only the peer's end (or its
+# VM's) can bring about.
+cmd_live_recv() {
+	port=$1
+	say "receiving the endless stream $2 on port $port"
+	{
+		ivmc-run socat -u "TCP-LISTEN:$port,reuseaddr" STDOUT \
+			2> "/tmp/socat-live-$port.log"
+		echo $? > "/tmp/live.$port.rc"
+	} | vm-chan check "$2"
+	crc=$?
+	echo "IVMC-LIVE: port=$port socat_rc=$(cat "/tmp/live.$port.rc") check_rc=$crc at=$(now)"
+	g=$(grep -a 'the peer VM is gone' /tmp/ivmcd.log | head -n 1)
+	echo "IVMC-GONE: ${g:-none}"
+	[ -s "/tmp/socat-live-$port.log" ] && sed 's/^/  socat | /' "/tmp/socat-live-$port.log"
+	[ $crc -eq 0 ] || die "port $port: the stream did not verify"
+}
+
+cmd_live_send() {
+	say "sending the endless stream $3 to $1:$2 until this VM is killed"
+	vm-chan gen 1099511627776 "$3" |
+		ivmc-run socat -u - "TCP:$1:$2,retry=300,interval=0.2" \
+			2> "/tmp/socat-live-send.log"
+	die "the endless sender ended: $(tail -n 3 /tmp/socat-live-send.log)"
+}
+
 # label the result lines of a ping: tcp-plain or tcp-ivmc
 label() { sed "s/RESULT ping tcp /RESULT ping $1 /"; }
 
@@ -250,10 +359,17 @@ recv-child) cmd_recv_child "$@" ;;
 xfer) cmd_xfer "$@" ;;
 rtt-pong) cmd_rtt_pong "$@" ;;
 rtt-ping) cmd_rtt_ping "$@" ;;
+idle-recv) cmd_idle_recv "$@" ;;
+idle-child) cmd_idle_child "$@" ;;
+idle-send) cmd_idle_send "$@" ;;
+live-recv) cmd_live_recv "$@" ;;
+live-send) cmd_live_send "$@" ;;
 status) cmd_status ;;
 *)
 	echo "usage: $self daemon | xfer PEER BYTES RPORT RSEED SPORT SSEED |" \
-		"rtt-pong PORT K | rtt-ping ADDR PORT K | status" >&2
+		"rtt-pong PORT K | rtt-ping ADDR PORT K | idle-recv PORT CAP |" \
+		"idle-send PEER PORT HOLD CAP | live-recv PORT SEED |" \
+		"live-send PEER PORT SEED | status" >&2
 	exit 2
 	;;
 esac
