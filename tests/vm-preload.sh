@@ -394,7 +394,9 @@ for v in main kill deny; do
 	fi
 	# Both directions at once (A receives on 5000, B on 5001); in the
 	# main variant, round trips on 7000/7001 (plain, then ivmc-run); then
-	# the idle connections (5003; main also 5004 with a 100 ms nap cap).
+	# the idle connections (5003; main also 5004 with a 100 ms nap cap,
+	# and 5005 with the idle cap at 1 ms: the polling as it was before
+	# IVMC_POLL_IDLE_US, side by side).
 	sa="$g,xfer,10.77.0.2,$bytes,5000,1,5001,2"
 	sb="$g,xfer,10.77.0.1,$bytes,5001,2,5000,1"
 	if [ "$v" = main ]; then
@@ -404,12 +406,14 @@ for v in main kill deny; do
 	sa="$sa $g,idle-recv,5003,-"
 	sb="$sb $g,idle-send,10.77.0.1,5003,$hold,-"
 	if [ "$v" = main ]; then
-		sa="$sa $g,idle-recv,5004,100000"
+		sa="$sa $g,idle-recv,5004,100000 $g,idle-recv,5005,IVMC_POLL_IDLE_US=1000"
 		sb="$sb $g,idle-send,10.77.0.1,5004,$hold,100000"
+		sb="$sb $g,idle-send,10.77.0.1,5005,$hold,IVMC_POLL_IDLE_US=1000"
 	fi
 	boot_both $v "$sa $g,status" "$sb $g,status"
 	idle_measure $v 5003 "cap=default"
 	[ $v = main ] && idle_measure $v 5004 "cap=100000"
+	[ $v = main ] && idle_measure $v 5005 "cap=idle1ms"
 	end_both $v || fail "$v: a guest did not finish (logs above)"
 	for l in "$la" "$lb"; do
 		grep -aq "^IVMC-DAEMON: guest_mode=$guest_mode " "$l" ||
@@ -423,6 +427,7 @@ for v in main kill deny; do
 	check_slots $v
 	check_idle $v 5003
 	[ $v = main ] && check_idle $v 5004
+	[ $v = main ] && check_idle $v 5005
 done
 
 # Round trips (main boot), side by side; never asserted.
@@ -439,7 +444,8 @@ echo "vm-preload: 64 B round trip over TCP between the guests, $rounds rounds, p
 # Idle cost side by side; never asserted.
 idl() { sed -n "s/^vm-preload: IDLE $1 $2 .*$3=\([0-9.]*\).*/\1/p" "$VM_TMP/idle"; }
 echo "vm-preload: idle connection, A's socat blocked reading it, host CPU over $idle s, % of one core (guest A / guest B):" \
-	"accelerated, default nap cap $(idl main cap=default a_pct) / $(idl main cap=default b_pct);" \
+	"accelerated, default nap caps (1 ms, idle 20 ms) $(idl main cap=default a_pct) / $(idl main cap=default b_pct);" \
+	"accelerated, IVMC_POLL_IDLE_US=1000 (as before the idle cap) $(idl main cap=idle1ms a_pct) / $(idl main cap=idle1ms b_pct);" \
 	"accelerated, IVMC_POLL_MAX_US=100000 $(idl main cap=100000 a_pct) / $(idl main cap=100000 b_pct);" \
 	"plain TCP (deny) $(idl deny cap=default a_pct) / $(idl deny cap=default b_pct)"
 [ "$guest_mode" = yes ] &&

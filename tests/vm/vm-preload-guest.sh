@@ -27,7 +27,8 @@
 #   rtt-ping ADDR PORT K   the other end; RESULT ping tcp-plain / tcp-ivmc
 #   idle-recv PORT CAP     an idle connection, the reader blocked on it:
 #                          socat -u TCP-LISTEN:PORT STDOUT under ivmc-run
-#                          (IVMC_POLL_MAX_US=CAP unless CAP is -) into
+#                          (CAP: -, a number for IVMC_POLL_MAX_US, or
+#                          NAME=VALUE for the environment) into
 #                          idle-child, which takes the sender's three
 #                          preamble bytes, says whether socat's end is on
 #                          the channel (its preload's log), then counts the
@@ -270,10 +271,19 @@ cmd_idle_child() {
 	echo "IVMC-IDLE: end port=$1 rest=$rest at=$(now)"
 }
 
+# cap_env CAP: - (defaults), a number (IVMC_POLL_MAX_US), or NAME=VALUE.
+cap_env() {
+	case "$1" in
+	-) ;;
+	*=*) export "${1?}" ;;
+	*) export IVMC_POLL_MAX_US="$1" ;;
+	esac
+}
+
 cmd_idle_recv() {
 	port=$1
-	[ "$2" = - ] || export IVMC_POLL_MAX_US="$2"
-	say "idle connection on port $port (IVMC_POLL_MAX_US=${IVMC_POLL_MAX_US:-default})"
+	cap_env "$2"
+	say "idle connection on port $port (IVMC_POLL_MAX_US=${IVMC_POLL_MAX_US:-default}, IVMC_POLL_IDLE_US=${IVMC_POLL_IDLE_US:-default})"
 	set -o pipefail
 	IVMC_LOG=debug IVMC_LOG_FILE="/tmp/preload-idle-$port.log" \
 		ivmc-run socat -u "TCP-LISTEN:$port,reuseaddr" STDOUT \
@@ -284,7 +294,7 @@ cmd_idle_recv() {
 
 cmd_idle_send() {
 	peer=$1 port=$2 hold=$3
-	[ "$4" = - ] || export IVMC_POLL_MAX_US="$4"
+	cap_env "$4"
 	{
 		i=0
 		while ! established "$port" && [ $i -lt 600 ]; do
