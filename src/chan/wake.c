@@ -756,15 +756,16 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  */
 #define POLL_NAP_MIN_NS 10000u
 
-/* Nap ns, or less if the side stream has what a waiter in d needs, or
- * shows the peer gone. Returns 0 (slept), 1 (the side stream woke us:
- * re-check), -EINTR or -errno. */
-static int poll_nap(struct chan *c, enum chan_dir d, uint64_t ns)
+/* Nap ns, or less if the side stream (*side: fd and events, taken under
+ * the lock) has what the waiter needs, or shows the peer gone (watch: it
+ * is watched for that alone). Returns 0 (slept), 1 (the side stream woke
+ * us: re-check), -EINTR or -errno. */
+static int poll_nap(struct chan *c, const struct pollfd *side, bool watch,
+		    uint64_t ns)
 {
 	struct timespec ts = { (time_t)(ns / 1000000000u),
 			       (long)(ns % 1000000000u) };
-	struct pollfd p = { chan_side_fd(c), side_events(c, d), 0 };
-	bool watch = !p.events && peer_watch(c, d, &p.events);
+	struct pollfd p = *side;
 	int r;
 
 	if (!p.events && !watch)
@@ -792,6 +793,10 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	uint64_t t0 = now_ns(), t = t0, end = UINT64_MAX;
 	uint64_t ns = POLL_NAP_MIN_NS < c->poll_max_ns ? POLL_NAP_MIN_NS
 						       : c->poll_max_ns;
+	/* Under the lock, as sleep_wait() takes its side events: they read
+	 * the direction's state. */
+	struct pollfd side = { chan_side_fd(c), side_events(c, d), 0 };
+	bool watch = !side.events && peer_watch(c, d, &side.events);
 	int r = 0, err;
 
 	if (timeout_ms >= 0)
@@ -802,7 +807,7 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 			r = -ETIMEDOUT;
 			break;
 		}
-		r = poll_nap(c, d, ns < end - t ? ns : end - t);
+		r = poll_nap(c, &side, watch, ns < end - t ? ns : end - t);
 		if (r)
 			break;
 		if (d == CHAN_RX)
