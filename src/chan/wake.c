@@ -775,12 +775,12 @@ static int poll_nap(struct chan *c, const struct pollfd *side, bool watch,
 		return errno == EINTR ? -EINTR : -errno;
 	if (!r)
 		return 0;
-	side_poke(c, &p);
-	side_peer_check(c, &p);
 	/* A side fd closed under a sender that only watches it: its calls
 	 * do not use it, so nap rather than spin on POLLNVAL. */
 	if (watch && (p.revents & POLLNVAL))
 		return nap(ns);
+	side_poke(c, &p);
+	side_peer_check(c, &p);
 	return 1;
 }
 
