@@ -4,16 +4,16 @@
  * preload would run them between two VMs: regions laid out by
  * chan_region_init(with_side) at page offsets of a memfd, opened with
  * chan_open_mem() on a loopback TCP connection (no doorbell: waiters poll).
- * (a) side bytes before the open (tx_off0/rx_off0), then 4 MiB each way
+ * (a) side bytes before the open (tx_off0/rx_off0), then 64 MiB each way
  * under random detaches, attaches and rewinds, every byte checked, both
- * paths used; (b) waiters blocked on the side stream woken by it (a 1 s
- * poll cap, or none: the nap alone never looks at the socket); (c)
- * SHUT_WR then end of stream on the ring and on the side stream, a
- * half-close that is not taken for a death, and a rewind whose producer
- * waits in a receive; (d) the peer SIGKILLed under a
- * blocked or non-blocking reader (a verified prefix, then 0 or
- * -ECONNRESET) and writer (-EPIPE); (e) chan_peer_gone() ends blocked
- * calls after what was published is read; (f) refusals.
+ * paths used; (b) waiters blocked on the side stream woken by it (with a
+ * 1 s poll cap; the nap alone never looks at the socket); (c) SHUT_WR then
+ * end of stream on the ring and on the side stream, a half-close that is
+ * not taken for a death, and a rewind whose producer waits in a receive;
+ * (d) the peer SIGKILLed under a blocked or non-blocking reader (a
+ * verified prefix, then 0 or -ECONNRESET) and writer (-EPIPE); (e)
+ * chan_peer_gone() ends blocked calls after what was published is read
+ * (ring-only too); (f) refusals.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -706,6 +706,34 @@ static void case_peer_gone(bool side, bool blocked)
 	pair_close();
 }
 
+/* A ring-only memory channel learns of its peer's death only so: both
+ * ends here, the peer alive and silent. */
+static void case_peer_gone_ring_only(void)
+{
+	uint64_t off = slot_new(false, 0);
+	struct gone_reader g = { 0, 1 };
+	pthread_t th[2];
+	ssize_t wr = 1;
+
+	pr.side[0] = pr.side[1] = -1;
+	pr.a = open_end(off, 0, -1, 100000, 0, 0);
+	pr.b = open_end(off, 1, -1, 100000, 0, 0);
+	t_chan_send_stream(pr.b, SEED_BA, GONE_N, 0);
+	T_ASSERT_EQ(pthread_create(&th[0], NULL, gone_read, &g), 0);
+	T_ASSERT_EQ(pthread_create(&th[1], NULL, gone_write, &wr), 0);
+	while (g.got < GONE_N)
+		usleep(1000);
+	usleep(50000); /* both blocked, most likely: not required */
+	chan_peer_gone(pr.a);
+	T_ASSERT_EQ(pthread_join(th[0], NULL), 0);
+	T_ASSERT_EQ(pthread_join(th[1], NULL), 0);
+	if (g.got != GONE_N || g.end != 0 || wr != -EPIPE)
+		t_fail("(e) peer gone, ring-only: read %llu of %u then %zd, send %zd (%s)",
+		       (unsigned long long)g.got, GONE_N, g.end, wr,
+		       t_strerror(wr));
+	pair_close();
+}
+
 /* ---- (f) refusals ---- */
 
 static int ring_nothing(void *arg)
@@ -763,6 +791,7 @@ int main(void)
 		case_peer_gone(side, false);
 		case_peer_gone(side, true);
 	}
+	case_peer_gone_ring_only();
 	case_stream();
 	munmap(mem, FILESZ);
 	close(mfd);
