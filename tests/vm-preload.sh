@@ -444,7 +444,7 @@ echo "vm-preload: 64 B round trip over TCP between the guests, $rounds rounds, p
 # Idle cost side by side; never asserted.
 idl() { sed -n "s/^vm-preload: IDLE $1 $2 .*$3=\([0-9.]*\).*/\1/p" "$VM_TMP/idle"; }
 echo "vm-preload: idle connection, A's socat blocked reading it, host CPU over $idle s, % of one core (guest A / guest B):" \
-	"accelerated, default nap caps (1 ms, idle 20 ms) $(idl main cap=default a_pct) / $(idl main cap=default b_pct);" \
+	"accelerated, default nap caps (1 ms; idle: an eighth of the wait, up to 100 ms) $(idl main cap=default a_pct) / $(idl main cap=default b_pct);" \
 	"accelerated, IVMC_POLL_IDLE_US=1000 (as before the idle cap) $(idl main cap=idle1ms a_pct) / $(idl main cap=idle1ms b_pct);" \
 	"accelerated, IVMC_POLL_MAX_US=100000 $(idl main cap=100000 a_pct) / $(idl main cap=100000 b_pct);" \
 	"plain TCP (deny) $(idl deny cap=default a_pct) / $(idl deny cap=default b_pct)"

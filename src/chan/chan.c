@@ -371,14 +371,14 @@ static uint32_t poll_max_ns(const struct chan_cfg *cfg)
 }
 
 /* The cap once a waiter has been idle a while: IVMC_POLL_IDLE_US, else
- * 20 ms; never below the busy cap, at most 1 s. */
+ * 100 ms; never below the busy cap, at most 1 s. */
 static uint32_t poll_idle_ns(uint32_t busy_ns)
 {
 	const char *env = getenv("IVMC_POLL_IDLE_US");
 	unsigned long us = env ? strtoul(env, NULL, 10) : 0;
 
 	if (!us)
-		us = 20000;
+		us = 100000;
 	if (us > 1000000)
 		us = 1000000;
 	return (uint32_t)us * 1000u > busy_ns ? (uint32_t)us * 1000u : busy_ns;

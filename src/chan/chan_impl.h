@@ -124,8 +124,8 @@ struct chan {
 	int wait_mode;
 	uint32_t poll_max_ns;	  /* chan_open_mem(): no doorbell (-1), waiters
 				   * poll, sleeping at most this long */
-	uint32_t poll_idle_ns;	  /* ... or this long, after POLL_IDLE_AFTER_NS
-				   * of waiting */
+	uint32_t poll_idle_ns;	  /* ... or up to this long, after a long
+				   * wait (poll_next_nap()) */
 	struct chan_bell *bell;	  /* chan_open_mem(): the region's, or NULL */
 	bool has_side;
 };

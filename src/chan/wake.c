@@ -743,11 +743,12 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  * The wait of a channel without a doorbell (chan_open_mem(): between VMs
  * where the guest takes no interrupt): after the spin, sleep in nanosleep
  * for 10 us, then twice as long each time up to c->poll_max_ns, looking at
- * the ring in between; after POLL_IDLE_AFTER_NS of waiting, on up to
- * c->poll_idle_ns (IVMC_POLL_IDLE_US, 20 ms). A busy connection never gets
- * there; an idle one costs a look per idle cap (50/s at the default), and
- * its first message after a long silence waits up to that cap (plus the
- * timer slack, 50 us by default). docs/vm.md has the trade-off measured. Sleeps without the direction's lock, as
+ * the ring in between; a wait that has lasted longer naps longer, up to an
+ * eighth of the time it has waited and c->poll_idle_ns (IVMC_POLL_IDLE_US,
+ * 100 ms): a message never waits more than about an eighth of the silence
+ * before it (plus the timer slack, 50 us by default), a busy connection
+ * answers within the first cap, and an idle one looks ten times a second.
+ * docs/vm.md has the trade-off measured. Sleeps without the direction's lock, as
  * sleep_wait() does; a kick or poison (wake_gen) ends it too. With a side
  * stream each nap is a ppoll() on it for what a poller would poll it for
  * (side_events()): its data, space or end wakes the waiter at once, and is
@@ -756,18 +757,31 @@ static int sleep_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  * consumer's doorbell ring that asks for them (rewind_rx(), fin_seen())
  * has no doorbell here.
  */
-#define POLL_NAP_MIN_NS	   10000u
-#define POLL_IDLE_AFTER_NS 200000000u /* 200 ms */
+#define POLL_NAP_MIN_NS 10000u
 
-/* Nap ns, or less if the side stream has what a waiter in d needs, or
- * shows the peer gone. Returns 0 (slept), 1 (the side stream woke us:
- * re-check), -EINTR or -errno. */
-static int poll_nap(struct chan *c, enum chan_dir d, uint64_t ns)
+/* The nap after one of ns, having waited waited ns: twice as long, up to
+ * busy_cap, or up to an eighth of waited if that is more, never above
+ * idle_cap. */
+static uint64_t poll_next_nap(uint64_t ns, uint64_t waited, uint64_t busy_cap,
+			      uint64_t idle_cap)
+{
+	uint64_t cap = waited / 8 > busy_cap ? waited / 8 : busy_cap;
+
+	if (cap > idle_cap)
+		cap = idle_cap;
+	return ns * 2 < cap ? ns * 2 : cap;
+}
+
+/* Nap ns, or less if the side stream (*side: fd and events, taken under
+ * the lock) has what the waiter needs, or shows the peer gone (watch: it
+ * is watched for that alone). Returns 0 (slept), 1 (the side stream woke
+ * us: re-check), -EINTR or -errno. */
+static int poll_nap(struct chan *c, const struct pollfd *side, bool watch,
+		    uint64_t ns)
 {
 	struct timespec ts = { (time_t)(ns / 1000000000u),
 			       (long)(ns % 1000000000u) };
-	struct pollfd p = { chan_side_fd(c), side_events(c, d), 0 };
-	bool watch = !p.events && peer_watch(c, d, &p.events);
+	struct pollfd p = *side;
 	int r;
 
 	if (!p.events && !watch)
@@ -777,12 +791,12 @@ static int poll_nap(struct chan *c, enum chan_dir d, uint64_t ns)
 		return errno == EINTR ? -EINTR : -errno;
 	if (!r)
 		return 0;
-	side_poke(c, &p);
-	side_peer_check(c, &p);
 	/* A side fd closed under a sender that only watches it: its calls
 	 * do not use it, so nap rather than spin on POLLNVAL. */
 	if (watch && (p.revents & POLLNVAL))
 		return nap(ns);
+	side_poke(c, &p);
+	side_peer_check(c, &p);
 	return 1;
 }
 
@@ -802,7 +816,11 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	uint64_t t0 = now_ns(), t = t0, end = UINT64_MAX;
 	uint64_t ns = POLL_NAP_MIN_NS < c->poll_max_ns ? POLL_NAP_MIN_NS
 						       : c->poll_max_ns;
-	uint64_t slept = 0, cap; /* naps so far: no clock read when idle */
+	uint64_t slept = 0; /* naps so far: no clock read when idle */
+	/* Under the lock, as sleep_wait() takes its side events: they read
+	 * the direction's state. */
+	struct pollfd side = { chan_side_fd(c), side_events(c, d), 0 };
+	bool watch = !side.events && peer_watch(c, d, &side.events);
 	int r = 0, err;
 
 	if (timeout_ms >= 0)
@@ -813,7 +831,7 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 			r = -ETIMEDOUT;
 			break;
 		}
-		r = poll_nap(c, d, ns < end - t ? ns : end - t);
+		r = poll_nap(c, &side, watch, ns < end - t ? ns : end - t);
 		if (r)
 			break;
 		if (d == CHAN_RX)
@@ -826,8 +844,7 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 				fn(); /* may end this wait: chan_peer_gone() */
 		}
 		slept += ns;
-		cap = slept < POLL_IDLE_AFTER_NS ? c->poll_max_ns : c->poll_idle_ns;
-		ns = ns * 2 < cap ? ns * 2 : cap;
+		ns = poll_next_nap(ns, slept, c->poll_max_ns, c->poll_idle_ns);
 		if (end != UINT64_MAX)
 			t = now_ns(); /* idle and no timeout: no clock read */
 	}

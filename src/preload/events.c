@@ -99,6 +99,7 @@ static int64_t mono_ns(void)
 int64_t pl_nodb_nap(int64_t last, int64_t waited)
 {
 	static int64_t cap, idle;
+	int64_t c;
 
 	if (!cap) {
 		const char *e = getenv("IVMC_POLL_MAX_US");
@@ -106,16 +107,18 @@ int64_t pl_nodb_nap(int64_t last, int64_t waited)
 		long us = e ? strtol(e, NULL, 10) : 0;
 		long ius = i ? strtol(i, NULL, 10) : 0;
 
-		idle = (ius > 0 && ius <= 1000000 ? ius : 20000) * 1000;
+		idle = (ius > 0 && ius <= 1000000 ? ius : 100000) * 1000;
 		cap = (us > 0 && us <= 1000000 ? us : 1000) * 1000;
 		if (idle < cap)
 			idle = cap;
 	}
 	if (!last)
 		return cap < PL_NODB_NAP0 ? cap : PL_NODB_NAP0;
-	if (waited >= PL_NODB_IDLE_AFTER)
-		return last * 2 < idle ? last * 2 : idle;
-	return last * 2 < cap ? last * 2 : cap;
+	/* As chan's polling wait: up to an eighth of the wait so far. */
+	c = waited / 8 > cap ? waited / 8 : cap;
+	if (c > idle)
+		c = idle;
+	return last * 2 < c ? last * 2 : c;
 }
 
 static __thread int64_t t_last_busy, t_last_kcheck;
@@ -1083,14 +1086,14 @@ static int epoll_core(struct eset *s, struct epoll_event *evs, int max,
 		 * set (scan_active()): sleep in steps of a millisecond. */
 		if (!k && tmo != 0 && s->act.anext != &s->act)
 			tmo = 1;
-		/* A ring with no doorbell (between VMs): a look every ms,
-		 * then, idle a while, every PL_NODB_IDLE_MS. */
+		/* A ring with no doorbell (between VMs): a look every ms, or
+		 * after an eighth of the wait so far, up to the idle cap. */
 		if (!k && tmo != 0 && s->nnodb) {
-			int cap = now - t_start < PL_NODB_IDLE_AFTER ? 1
-								    : PL_NODB_IDLE_MS;
+			int64_t cap = pl_nodb_nap(INT64_MAX / 4, now - t_start);
+			int ms = (int)(cap / 1000000) > 1 ? (int)(cap / 1000000) : 1;
 
-			if (tmo < 0 || tmo > cap)
-				tmo = cap;
+			if (tmo < 0 || tmo > ms)
+				tmo = ms;
 		}
 		r = pl_real.epoll_pwait(s->epfd, kev,
 					max - k < 64 ? max - k : 64, tmo, mask);

@@ -142,14 +142,11 @@ bool pl_attached(struct pl_conn *c);
 short pl_ready(struct pl_conn *c, short events);
 
 /* The next nap of a wait on a ring with no doorbell (a channel between
- * VMs: ivmc_fd() is -1): from PL_NODB_NAP0 ns, twice as long each time up
- * to $IVMC_POLL_MAX_US (1 ms), and once the wait has lasted
- * PL_NODB_IDLE_AFTER ns (waited), up to $IVMC_POLL_IDLE_US (20 ms), as
- * chan's polling wait; last 0 for the first. epoll_wait() looks every ms,
- * then every PL_NODB_IDLE_MS. */
-#define PL_NODB_NAP0	   20000
-#define PL_NODB_IDLE_AFTER 200000000 /* 200 ms */
-#define PL_NODB_IDLE_MS	   20
+ * VMs: ivmc_fd() is -1), as chan's polling wait: from PL_NODB_NAP0 ns,
+ * twice as long each time up to $IVMC_POLL_MAX_US (1 ms), or up to an
+ * eighth of the wait so far (waited) if more, never above
+ * $IVMC_POLL_IDLE_US (100 ms); last 0 for the first. */
+#define PL_NODB_NAP0 20000
 int64_t pl_nodb_nap(int64_t last, int64_t waited);
 
 /* The kernel fds to sleep on for c and events: fills up to 2 pollfds (the
