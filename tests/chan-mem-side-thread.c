@@ -35,23 +35,6 @@ static int mfd;
 static uint8_t *mem;
 static int slots;
 
-static void tcp_pair(int fd[2])
-{
-	struct sockaddr_in a = { .sin_family = AF_INET,
-				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) ||
-	    listen(l, 1) || getsockname(l, (struct sockaddr *)&a, &len))
-		t_skip("no TCP on loopback");
-	fd[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	T_ASSERT(fd[0] >= 0);
-	T_ASSERT(connect(fd[0], (struct sockaddr *)&a, sizeof(a)) == 0);
-	fd[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-	T_ASSERT(fd[1] >= 0);
-	close(l);
-}
 
 /* Both ends of a fresh region, with their TCP pair; returns the offset. */
 static uint64_t pair_open(struct t_pair *p, unsigned int poll_us)
@@ -60,7 +43,7 @@ static uint64_t pair_open(struct t_pair *p, unsigned int poll_us)
 
 	T_ASSERT(slots <= NSLOT);
 	T_ASSERT_OK(chan_region_init(mem + off, SLOT, RING, true, 0));
-	tcp_pair(p->side);
+	t_loopback_pair(p->side);
 	p->region = -1;
 	for (int s = 0; s < 2; s++) {
 		struct chan_cfg cfg = { .side = s, .side_fd = p->side[s],

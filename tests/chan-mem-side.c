@@ -60,24 +60,6 @@ static uint64_t slot_new(bool side, uint32_t init_ctr)
 	return off;
 }
 
-/* A connected loopback TCP pair, both ends blocking. */
-static void tcp_pair(int fd[2])
-{
-	struct sockaddr_in a = { .sin_family = AF_INET,
-				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) ||
-	    listen(l, 1) || getsockname(l, (struct sockaddr *)&a, &len))
-		t_skip("no TCP on loopback");
-	fd[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	T_ASSERT(fd[0] >= 0);
-	T_ASSERT(connect(fd[0], (struct sockaddr *)&a, sizeof(a)) == 0);
-	fd[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-	T_ASSERT(fd[1] >= 0);
-	close(l);
-}
 
 static int try_open(uint64_t off, int side, int side_fd, unsigned int poll_us,
 		    uint64_t tx0, uint64_t rx0, struct chan **c)
@@ -111,7 +93,7 @@ static void pair_open(unsigned int poll_us)
 {
 	uint64_t off = slot_new(true, 0);
 
-	tcp_pair(pr.side);
+	t_loopback_pair(pr.side);
 	T_ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, hs) == 0);
 	pr.a = open_end(off, 0, pr.side[0], poll_us, 0, 0);
 	pr.b = open_end(off, 1, pr.side[1], poll_us, 0, 0);
@@ -283,7 +265,7 @@ static void case_stream(void)
 	pid_t pid;
 
 	a.deadline = t_now_ns() + 45000000000ull;
-	tcp_pair(a.fd);
+	t_loopback_pair(a.fd);
 	pid = t_fork(stream_child, &a);
 	close(a.fd[1]);
 	stream_end(0, a.fd[0], off, a.deadline);
@@ -753,7 +735,7 @@ static void refusals(void)
 
 	T_ASSERT(h->flags == IVMC_SHM_F_SIDE && h->init_ctr[1] == 5 &&
 		 h->deep_size == 0);
-	tcp_pair(fd);
+	t_loopback_pair(fd);
 	T_ASSERT_EQ(try_open(side_off, 0, -1, 0, 0, 0, &c), -EPROTO);
 	T_ASSERT_EQ(try_open(ring_off, 0, fd[0], 0, 0, 0, &c), -EPROTO);
 	T_ASSERT_OK(try_open(side_off, 0, fd[0], 0, 0, 0, &c));

@@ -77,6 +77,10 @@ int t_verify(uint64_t seed, uint64_t off, const void *buf, size_t n);
 /* Fork a child that runs fn(arg) then _exit(0); returns its pid. */
 pid_t t_fork(void (*fn)(void *), void *arg);
 
+/* A connected loopback TCP pair, both ends blocking (skips the test if
+ * there is no TCP on loopback). */
+void t_loopback_pair(int fd[2]);
+
 /* Child's exit status, or -1 on timeout (SIGKILLed) or death by signal. */
 int t_wait(pid_t pid, int timeout_ms); /* timeout_ms < 0: forever */
 
