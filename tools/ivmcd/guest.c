@@ -110,6 +110,19 @@ static struct gpeer *peer_of_addr(const uint8_t a[16])
 	return NULL;
 }
 
+/* Is a one of this VM's addresses, as the host gave them? */
+static bool our_addr(const uint8_t a[16])
+{
+	for (uint32_t i = 0; i < G.c.naddr; i++) {
+		struct kaddr k;
+
+		kaddr_of(&k, &G.c.addr[i]);
+		if (!memcmp(k.a, a, 16))
+			return true;
+	}
+	return false;
+}
+
 /* Which end allocates: the one whose address:port sorts first. */
 static bool we_allocate(const struct kaddr *local, const struct kaddr *remote)
 {
@@ -413,7 +426,7 @@ static void on_msg(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 		slot_release(gp, m->slot);
 		return;
 	}
-	if (peer_of_addr(remote.a) != gp) {
+	if (peer_of_addr(remote.a) != gp || !our_addr(local.a)) {
 		gp->bad++;
 		return;
 	}
