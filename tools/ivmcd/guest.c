@@ -68,6 +68,8 @@ struct gpeer {
 	uint8_t in[IVMC_VM_MSG_SIZE];
 	uint32_t inlen;
 	uint64_t sent, received, bad;
+	uint64_t lost;		   /* messages not sent: the queue was full */
+	bool lost_said;		   /* logged since the queue last moved */
 	uint64_t dead_epoch;	   /* the link failed in this session */
 	bool live;
 };
@@ -170,17 +172,31 @@ static void link_flush(struct gpeer *gp)
 		}
 		done += (uint32_t)n;
 		gp->sent += (uint64_t)n / IVMC_VM_MSG_SIZE;
+		gp->lost_said = false;
 	}
 	memmove(gp->out, gp->out + done, gp->outlen - done);
 	gp->outlen -= done;
 }
 
 /* Queue a message (whole messages only: a partial send stays queued).
- * Returns false if the queue is full. */
+ * Returns false if the link is down or the queue full. A peer that reads
+ * nothing fills the queue; what we would send then is counted, and said
+ * once until the queue moves again: each of its messages may cost us one
+ * (a CHAN we refuse, a FREE), and a log line each would be its to write. */
 static bool link_send(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 {
-	if (!gp->live || gp->outlen + IVMC_VM_MSG_SIZE > sizeof(gp->out))
+	if (!gp->live)
 		return false;
+	if (gp->outlen + IVMC_VM_MSG_SIZE > sizeof(gp->out)) {
+		gp->lost++;
+		if (!gp->lost_said)
+			log_warn("link to %s: the peer reads nothing, %u "
+				 "messages queued: messages lost from here on "
+				 "(\"msgs_lost\" in the status)", gp->p.peer,
+				 G_OUT_MAX);
+		gp->lost_said = true;
+		return false;
+	}
 	memcpy(gp->out + gp->outlen, m, IVMC_VM_MSG_SIZE);
 	gp->outlen += IVMC_VM_MSG_SIZE;
 	link_flush(gp);
@@ -209,9 +225,7 @@ static void send_free(struct gpeer *gp, uint32_t slot, uint32_t gen)
 	msg_init(&m, IVMC_VM_MSG_FREE, NULL, NULL);
 	m.slot = slot;
 	m.gen = gen;
-	if (!link_send(gp, &m))
-		log_warn("link to %s: FREE of slot %u lost (queue full)",
-			 gp->p.peer, slot);
+	(void)link_send(gp, &m); /* lost: the peer's slot, its loss */
 }
 
 static void send_nochan(struct gpeer *gp, const struct kaddr *local,
@@ -564,6 +578,7 @@ static void peer_down(struct gpeer *gp, const char *why)
 	gp->link = NULL;
 	gp->live = false;
 	gp->outlen = gp->inlen = 0;
+	gp->lost_said = false;
 	D.table_dirty = true;
 }
 
@@ -778,7 +793,7 @@ void guest_status(FILE *f, bool json)
 	else
 		fprintf(f, "\nGUEST %s: PAIRS\n%-20s %-6s %-8s %-6s %-10s %-10s %s\n",
 			G.c.name, "PEER", "LINK", "EPOCH", "SIDE", "SLOTS", "IN-USE",
-			"MSGS OUT/IN/BAD");
+			"MSGS OUT/IN/BAD/LOST");
 	for (uint32_t i = 0; i < G.npeer; i++) {
 		const struct gpeer *gp = &G.peer[i];
 		uint32_t used = 0;
@@ -786,19 +801,21 @@ void guest_status(FILE *f, bool json)
 		for (uint32_t s = 0; gp->mine && s < gp->nslots; s++)
 			used += gp->mine[s].used;
 		if (json)
-			fprintf(f, "%s{\"peer\":\"%s\",\"link\":%s,\"epoch\":%llu,\"side\":%u,\"slots\":%u,\"slots_used\":%u,\"msgs_out\":%llu,\"msgs_in\":%llu,\"msgs_bad\":%llu}",
+			fprintf(f, "%s{\"peer\":\"%s\",\"link\":%s,\"epoch\":%llu,\"side\":%u,\"slots\":%u,\"slots_used\":%u,\"msgs_out\":%llu,\"msgs_in\":%llu,\"msgs_bad\":%llu,\"msgs_lost\":%llu}",
 				sep, gp->p.peer, gp->live ? "true" : "false",
 				(unsigned long long)gp->p.epoch, gp->p.side,
 				gp->nslots, used, (unsigned long long)gp->sent,
 				(unsigned long long)gp->received,
-				(unsigned long long)gp->bad);
+				(unsigned long long)gp->bad,
+				(unsigned long long)gp->lost);
 		else
-			fprintf(f, "%-20s %-6s %-8llu %-6u %-10u %-10u %llu/%llu/%llu\n",
+			fprintf(f, "%-20s %-6s %-8llu %-6u %-10u %-10u %llu/%llu/%llu/%llu\n",
 				gp->p.peer, gp->live ? "up" : "down",
 				(unsigned long long)gp->p.epoch, gp->p.side,
 				gp->nslots, used, (unsigned long long)gp->sent,
 				(unsigned long long)gp->received,
-				(unsigned long long)gp->bad);
+				(unsigned long long)gp->bad,
+				(unsigned long long)gp->lost);
 		sep = ",";
 	}
 	if (json)
