@@ -192,8 +192,8 @@ static inline void t_guest_cleanup(void)
 		for (int d = 0; d < 2; d++) {
 			for (size_t f = 0; f < sizeof(files) / sizeof(*files);
 			     f++) {
-				snprintf(p, sizeof(p), "%s/%s/%s", tg.sysroot[v],
-					 bdf[d], files[f]);
+				snprintf(p, sizeof(p), "%s/%s/%s",
+					 tg.sysroot[v], bdf[d], files[f]);
 				unlink(p);
 			}
 			snprintf(p, sizeof(p), "%s/%s", tg.sysroot[v], bdf[d]);
@@ -216,10 +216,13 @@ static inline void t_guest_setup(const char *const ips[2][T_GUEST_IPS + 1])
 	atexit(t_guest_cleanup);
 	tg.ns[0] = t_ns_add("ga");
 	tg.ns[1] = t_ns_add("gb");
-	for (int v = 0; v < 2; v++)
-		for (tg.nip[v] = 0; tg.nip[v] < T_GUEST_IPS && ips[v][tg.nip[v]];
-		     tg.nip[v]++)
+	for (int v = 0; v < 2; v++) {
+		tg.nip[v] = 0;
+		while (tg.nip[v] < T_GUEST_IPS && ips[v][tg.nip[v]]) {
 			tg.ip[v][tg.nip[v]] = ips[v][tg.nip[v]];
+			tg.nip[v]++;
+		}
+	}
 	t_ns_veth(tg.ns[0], tg.ip[0][0], tg.ns[1], tg.ip[1][0]);
 	for (int v = 0; v < 2; v++)
 		for (int i = 1; i < tg.nip[v]; i++)
