@@ -204,25 +204,29 @@ static bool link_send(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 	return true;
 }
 
-static void msg_init(struct ivmc_shm_vm_msg *m, int type,
-		     const struct kaddr *local, const struct kaddr *remote)
+static void msg_init(struct ivmc_shm_vm_msg *m, int type)
 {
 	memset(m, 0, sizeof(*m));
 	m->magic = IVMC_VM_MSG_MAGIC;
 	m->type = (uint16_t)type;
-	if (local) {
-		memcpy(m->la, local->a, 16);
-		memcpy(m->ra, remote->a, 16);
-		m->lport = local->port;
-		m->rport = remote->port;
-	}
+}
+
+/* A message about a connection, named as we see it. */
+static void msg_conn(struct ivmc_shm_vm_msg *m, int type,
+		     const struct kaddr *local, const struct kaddr *remote)
+{
+	msg_init(m, type);
+	memcpy(m->la, local->a, 16);
+	memcpy(m->ra, remote->a, 16);
+	m->lport = local->port;
+	m->rport = remote->port;
 }
 
 static void send_free(struct gpeer *gp, uint32_t slot, uint32_t gen)
 {
 	struct ivmc_shm_vm_msg m;
 
-	msg_init(&m, IVMC_VM_MSG_FREE, NULL, NULL);
+	msg_init(&m, IVMC_VM_MSG_FREE);
 	m.slot = slot;
 	m.gen = gen;
 	(void)link_send(gp, &m); /* lost: the peer's slot, its loss */
@@ -233,7 +237,7 @@ static void send_nochan(struct gpeer *gp, const struct kaddr *local,
 {
 	struct ivmc_shm_vm_msg m;
 
-	msg_init(&m, IVMC_VM_MSG_NOCHAN, local, remote);
+	msg_conn(&m, IVMC_VM_MSG_NOCHAN, local, remote);
 	m.reason = (uint16_t)reason;
 	(void)link_send(gp, &m);
 }
@@ -355,7 +359,7 @@ static void allocate(struct gpeer *gp, struct reg *r)
 		reg_free(r);
 		return;
 	}
-	msg_init(&m, IVMC_VM_MSG_CHAN, &k.local, &k.remote);
+	msg_conn(&m, IVMC_VM_MSG_CHAN, &k.local, &k.remote);
 	m.slot = slot;
 	m.gen = gen;
 	m.ring_size = gp->p.ring_size;
@@ -397,7 +401,7 @@ bool guest_reg(struct reg *r)
 		reg_free(r);
 		return true;
 	}
-	msg_init(&m, IVMC_VM_MSG_REG, &r->k.local, &r->k.remote);
+	msg_conn(&m, IVMC_VM_MSG_REG, &r->k.local, &r->k.remote);
 	if (!link_send(gp, &m)) {
 		conn_nochan(r->cl, r->token, &r->k, CTL_R_LIMIT);
 		reg_free(r);
