@@ -31,8 +31,8 @@ FUZZ_CFLAGS := -std=gnu11 -O1 -g -Wall -Wextra -Werror -MMD -MP \
 FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz-*.c))
 FUZZ_TARGETS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_DIR)/%)
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_DIR)/obj/%.o)
-# fuzz-ctl-daemon links the daemon's own objects too (and what the tools
-# share in tools/common).
+# fuzz-ctl-daemon and fuzz-guest-link link the daemon's own objects too (and
+# what the tools share in tools/common).
 FUZZ_IVMCD_OBJS := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(sort \
 	$(wildcard tools/ivmcd/*.c) $(wildcard tools/common/*.c)))
 FUZZ_OBJS := $(FUZZ_LIB_OBJS) $(FUZZ_SRCS:%.c=$(FUZZ_DIR)/obj/%.o) \
@@ -45,14 +45,16 @@ FUZZ_MAX_LEN_fuzz-rendezvous := 128
 FUZZ_MAX_LEN_fuzz-region-header := 4097
 FUZZ_MAX_LEN_fuzz-policy := 4096
 FUZZ_MAX_LEN_fuzz-ctl-daemon := 8192
+FUZZ_MAX_LEN_fuzz-guest-link := 6144
 
-# fuzz-ctl-daemon: ivmcd's objects, with main() renamed (the target sets
-# up the daemon's state itself and drives client_event()).
+# fuzz-ctl-daemon, fuzz-guest-link: ivmcd's objects, with main() renamed
+# (each target sets up the daemon's state itself and drives it: through
+# client_event(), or guest_init() and guest_tick()).
 $(FUZZ_DIR)/obj/tools/ivmcd/main.o: FUZZ_DEFS := -Dmain=ivmcd_main
 # clang warns inside <linux/netlink.h>'s NLMSG_OK() given an int length,
 # which kfacts.c uses on purpose (NLMSG_NEXT cannot wrap it); gcc does not.
 $(FUZZ_DIR)/obj/tools/ivmcd/kfacts.o: FUZZ_DEFS := -Wno-sign-compare
-$(FUZZ_DIR)/fuzz-ctl-daemon: $(FUZZ_IVMCD_OBJS)
+$(FUZZ_DIR)/fuzz-ctl-daemon $(FUZZ_DIR)/fuzz-guest-link: $(FUZZ_IVMCD_OBJS)
 
 .PHONY: fuzz fuzz-ci fuzz-build
 

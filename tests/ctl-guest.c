@@ -1,13 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Description: ivmcd --guest on the host, without VMs: two network
- * namespaces joined by a veth pair stand in for two guests, and for each a
- * directory of stand-in PCI devices ($IVMC_SYSFS_PCI: vendor, device,
- * enable, config, resource0 with the device's ID, resource2) holds what
- * ivmc-vmd would give it: a control region naming it and its peer, and a
- * pair region, one file both "VMs" map. Two guest daemons, one per VM,
- * then pair TCP connections between the namespaces over the pair region
- * exactly as between two VMs (docs/vm.md, "The guest's ivmcd"):
+ * namespaces stand in for two guests, each with stand-in PCI devices for
+ * its control region and the one pair region (t_guest.h). Two guest
+ * daemons, one per VM, then pair TCP connections between the namespaces
+ * over the pair region exactly as between two VMs (docs/vm.md, "The
+ * guest's ivmcd"):
  * (1) a verified conversation attaches on both ends, in a slot of the
  *     allocating side's half, shown by both daemons' status; the slot is
  *     free again once both ends closed;
@@ -19,218 +17,13 @@
  * (4) unmodified socat under ivmc-run, one way (-u), in each "VM": the
  *     file arrives intact, and the slot's rings carried most of it.
  */
-#include <sys/mman.h>
-
-#include "../src/chan/chan.h"
-#include "../src/chan/shm_layout.h"
-#include "../src/transport/ivshmem_vm.h"
-#include "t_netns.h"
+#include "t_guest.h"
 
 #define IP_A	  "10.78.0.1"
 #define IP_B	  "10.78.0.2"
-#define PAIR_SIZE (8u << 20)
-#define RING	  (64u << 10)
+#define PAIR_SIZE T_GUEST_PAIR_SIZE
+#define RING	  T_GUEST_RING
 #define GONE_BYTES 50000
-
-static const char *ns_a, *ns_b;
-static char sock[2][128], dlog[2][128], sysroot[2][128];
-static char ctlfile[2][128], pairfile[128];
-static pid_t dpid[2];
-
-static void write_file(const char *path, const void *buf, size_t n)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-	if (fd < 0 || write(fd, buf, n) != (ssize_t)n || close(fd))
-		t_fail("write %s: %s", path, strerror(errno));
-}
-
-/* A stand-in ivshmem device dir/BDF with ID id, its region at region. */
-static void fake_dev(const char *dir, const char *bdf, uint32_t id,
-		     const char *region)
-{
-	char d[PATH_MAX], p[PATH_MAX + 32];
-	uint8_t cfg[64] = { 0 }, regs[4096] = { 0 };
-
-	snprintf(d, sizeof(d), "%s/%s", dir, bdf);
-	if (mkdir(d, 0700))
-		t_fail("mkdir %s: %s", d, strerror(errno));
-	snprintf(p, sizeof(p), "%s/vendor", d);
-	write_file(p, "0x1af4\n", 7);
-	snprintf(p, sizeof(p), "%s/device", d);
-	write_file(p, "0x1110\n", 7);
-	snprintf(p, sizeof(p), "%s/enable", d);
-	write_file(p, "0\n", 2);
-	cfg[4] = 0x2; /* PCI_COMMAND_MEMORY */
-	snprintf(p, sizeof(p), "%s/config", d);
-	write_file(p, cfg, sizeof(cfg));
-	memcpy(regs + 8, &id, 4); /* IVPosition */
-	snprintf(p, sizeof(p), "%s/resource0", d);
-	write_file(p, regs, sizeof(regs));
-	snprintf(p, sizeof(p), "%s/resource2", d);
-	if (symlink(region, p))
-		t_fail("symlink %s: %s", p, strerror(errno));
-}
-
-static void addr4(struct ivmc_shm_vm_addr *a, const char *ip)
-{
-	memset(a, 0, sizeof(*a));
-	a->family = 4;
-	if (inet_pton(AF_INET, ip, a->addr) != 1)
-		t_fail("address %s", ip);
-}
-
-/* VM v's control region, as ivmc-vmd writes it. */
-static void make_ctl(int v)
-{
-	static struct ivmc_shm_vm_ctl c;
-	struct ivmc_shm_vm_pair *p = &c.pair[0];
-
-	memset(&c, 0, sizeof(c));
-	c.magic = IVMC_VM_CTL_MAGIC;
-	c.version = IVMC_VM_CTL_VERSION;
-	c.size = sizeof(c);
-	c.heartbeat_ms = 250;
-	atomic_store(&c.seq, 2);
-	c.host_id = 42;
-	c.vm_gen = 1;
-	snprintf(c.name, sizeof(c.name), "%s", v ? "guest-b" : "guest-a");
-	c.naddr = 1;
-	addr4(&c.addr[0], v ? IP_B : IP_A);
-	c.npair = 1;
-	snprintf(p->peer, sizeof(p->peer), "%s", v ? "guest-a" : "guest-b");
-	p->side = (uint8_t)v;
-	p->id = ivmc_vm_pair_id(1, v);
-	p->peer_id = ivmc_vm_pair_id(1, 1 - v);
-	p->attached = 1;
-	p->peer_state = IVMC_VM_PEER_UP;
-	p->naddr = 1;
-	p->epoch = 1;
-	p->peer_gen = 1;
-	p->region_size = PAIR_SIZE;
-	p->chan_off = IVMC_VM_PAIR_HDR;
-	p->nchan = 1;
-	p->ring_size = RING;
-	addr4(&p->addr[0], v ? IP_A : IP_B);
-	{
-		static uint8_t page[IVMC_VM_CTL_SIZE];
-
-		memcpy(page, &c, sizeof(c));
-		write_file(ctlfile[v], page, sizeof(page));
-	}
-}
-
-/* The pair region: its header page and channel 0 (the link), laid out as
- * the host does. */
-static void make_pair(void)
-{
-	int fd = open(pairfile, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	struct ivmc_shm_vm_pairhdr *h;
-	uint8_t *m;
-
-	if (fd < 0 || ftruncate(fd, PAIR_SIZE))
-		t_fail("pair region: %s", strerror(errno));
-	m = mmap(NULL, PAIR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	T_ASSERT(m != MAP_FAILED);
-	close(fd);
-	h = (void *)m;
-	h->magic = IVMC_VM_PAIR_MAGIC;
-	h->version = IVMC_VM_PAIR_VERSION;
-	atomic_store(&h->epoch, 1);
-	h->chan_off = IVMC_VM_PAIR_HDR;
-	h->nchan = 1;
-	h->ring_size = RING;
-	T_ASSERT_OK(chan_region_init(m + IVMC_VM_PAIR_HDR,
-				     PAIR_SIZE - IVMC_VM_PAIR_HDR, RING, false,
-				     0));
-	munmap(m, PAIR_SIZE);
-}
-
-/* The host changes VM v's view of its peer (a seqlock write). */
-static void set_peer_state(int v, uint8_t state)
-{
-	int fd = open(ctlfile[v], O_RDWR | O_CLOEXEC);
-	struct ivmc_shm_vm_ctl *c;
-
-	T_ASSERT(fd >= 0);
-	c = mmap(NULL, IVMC_VM_CTL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
-		 fd, 0);
-	T_ASSERT(c != MAP_FAILED);
-	close(fd);
-	atomic_fetch_add(&c->seq, 1);
-	c->pair[0].peer_state = state;
-	atomic_fetch_add(&c->seq, 1);
-	munmap(c, IVMC_VM_CTL_SIZE);
-}
-
-static void start_daemon(int v)
-{
-	char bin[PATH_MAX];
-	pid_t pid;
-
-	t_bin(bin, sizeof(bin), "ivmcd");
-	fflush(stdout);
-	pid = fork();
-	T_ASSERT(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		setenv("IVMC_SYSFS_PCI", sysroot[v], 1);
-		execl(bin, "ivmcd", "-f", "--guest", "-s", sock[v], "-c",
-		      "/nonexistent/ivmcd.conf", "-l", "debug", "-L", dlog[v],
-		      (char *)NULL);
-		_exit(127);
-	}
-	t_ns_adopt(pid);
-	dpid[v] = pid;
-	memcpy(t_sock, sock[v], sizeof(t_sock));
-	for (int i = 0; i < 500 && !t_daemon_answers(); i++) {
-		int st;
-
-		if (waitpid(pid, &st, WNOHANG) == pid)
-			t_fail("guest ivmcd %d exited (status %#x), see %s", v,
-			       st, dlog[v]);
-		usleep(10000);
-	}
-	if (!t_daemon_answers())
-		t_fail("guest ivmcd %d does not answer, see %s", v, dlog[v]);
-}
-
-static void status(int v, bool json, char *out, size_t len)
-{
-	char args[256];
-
-	snprintf(args, sizeof(args), "-s %s %sstatus", sock[v],
-		 json ? "--json " : "");
-	t_ivmcctl(out, len, args);
-}
-
-/* The JSON status of VM v until it has want slots of its own in use. */
-static void expect_slots(int v, int want)
-{
-	static char out[65536];
-	char pat[64];
-
-	snprintf(pat, sizeof(pat), "\"slots_used\":%d,", want);
-	for (int i = 0; i < 500; i++) {
-		status(v, true, out, sizeof(out));
-		if (strstr(out, pat))
-			return;
-		usleep(10000);
-	}
-	t_fail("VM %d: want %d slots in use: %s", v, want, out);
-}
-
-static void srv_b(void *arg)
-{
-	setenv("IVMC_SOCKET", sock[1], 1);
-	t_conv_server(arg);
-}
-
-static void cli_a(void *arg)
-{
-	setenv("IVMC_SOCKET", sock[0], 1);
-	t_conv_client(arg);
-}
 
 /* The allocating VM: the end whose address:port sorts first (IP_A). */
 #define ALLOC_VM 0
@@ -246,28 +39,28 @@ static void test_conv(int n)
 
 		t_conv_init(&c, IP_B, T_CONV_CLIENT_FIRST);
 		c.seed = (uint64_t)i;
-		sp = t_ns_fork(ns_b, srv_b, &c);
+		sp = t_ns_fork(tg.ns[1], t_guest_srv_b, &c);
 		t_get(&c.srv_up, &c.port, sizeof(c.port), 10000);
 		t_get(&c.srv_up, &c.port2, sizeof(c.port2), 10000);
-		cp = t_ns_fork(ns_a, cli_a, &c);
+		cp = t_ns_fork(tg.ns[0], t_guest_cli_a, &c);
 		t_get(&c.cli_up, &cr, sizeof(cr), 20000);
 		if (cr.state != 1 || cr.on_ring != 3)
 			t_fail("connection %d: client state %d (%s), on_ring %d; "
 			       "logs %s %s", i, cr.state, t_strerror(cr.state),
-			       cr.on_ring, dlog[0], dlog[1]);
+			       cr.on_ring, tg.dlog[0], tg.dlog[1]);
 		if (i == 0) {
 			/* Both daemons list the channel; the slot is in the
 			 * allocator's half. */
 			for (int v = 0; v < 2; v++) {
-				status(v, true, out, sizeof(out));
+				t_guest_status(v, true, out, sizeof(out));
 				if (!strstr(out, "\"netns\":\"peer VM\"") ||
 				    !strstr(out, "\"a_to_b\":{\"mode\":\"ring\"") ||
 				    !strstr(out, "\"b_to_a\":{\"mode\":\"ring\""))
 					t_fail("VM %d: no ring channel to the peer VM: %s",
 					       v, out);
 			}
-			expect_slots(ALLOC_VM, 1);
-			status(0, false, out, sizeof(out));
+			t_guest_expect_slots(ALLOC_VM, 1);
+			t_guest_status(0, false, out, sizeof(out));
 			if (!strstr(out, "(peer VM)") || !strstr(out, "guest-b"))
 				t_fail("text status: %s", out);
 		}
@@ -283,10 +76,10 @@ static void test_conv(int n)
 		T_ASSERT_EQ(sr.sent, cr.received);
 	}
 	/* Both ends closed: the slot is free again, and nothing is left. */
-	expect_slots(ALLOC_VM, 0);
+	t_guest_expect_slots(ALLOC_VM, 0);
 	for (int v = 0; v < 2; v++) {
 		for (int i = 0; i < 300; i++) {
-			status(v, true, out, sizeof(out));
+			t_guest_status(v, true, out, sizeof(out));
 			if (strstr(out, "\"channels\":[]"))
 				break;
 			usleep(10000);
@@ -310,7 +103,7 @@ static void gone_server(void *arg)
 	struct ivmc_chan *h;
 	char buf[GONE_BYTES], x;
 
-	setenv("IVMC_SOCKET", sock[1], 1);
+	setenv("IVMC_SOCKET", tg.sock[1], 1);
 	t_put(&g->srv_up, &port, sizeof(port));
 	fd = t_accept(l);
 	T_ASSERT_OK(ivmc_tcp(fd, NULL, &h));
@@ -342,7 +135,7 @@ static void gone_client(void *arg)
 	size_t got = 0;
 	ssize_t r;
 
-	setenv("IVMC_SOCKET", sock[0], 1);
+	setenv("IVMC_SOCKET", tg.sock[0], 1);
 	T_ASSERT_OK(ivmc_tcp(fd, NULL, &h));
 	for (int i = 0; i < 20000; i++) {
 		T_ASSERT_OK(ivmc_stats(h, &st));
@@ -386,12 +179,12 @@ static void test_gone(void)
 	t_pipe_make(&g.srv_down);
 	t_pipe_make(&g.cli_up);
 	t_pipe_make(&g.cli_down);
-	sp = t_ns_fork(ns_b, gone_server, &g);
+	sp = t_ns_fork(tg.ns[1], gone_server, &g);
 	t_get(&g.srv_up, &g.port, sizeof(g.port), 10000);
-	cp = t_ns_fork(ns_a, gone_client, &g);
+	cp = t_ns_fork(tg.ns[0], gone_client, &g);
 	t_get(&g.cli_up, &x, 1, 20000); /* attached */
 	t_get(&g.srv_up, &x, 1, 20000); /* sent GONE_BYTES after that */
-	set_peer_state(0, IVMC_VM_PEER_GONE);
+	t_guest_set_peer(0, IVMC_VM_PEER_GONE, 0);
 	t_put(&g.cli_down, "g", 1);
 	T_ASSERT_EQ(t_ns_wait(cp, 20000), 0);
 	t_put(&g.srv_down, "q", 1);
@@ -402,7 +195,7 @@ static void test_gone(void)
  * headers in the pair region, as `ivmcctl vm slots` reads them). */
 static uint32_t slot_bytes_max(void)
 {
-	int fd = open(pairfile, O_RDONLY | O_CLOEXEC);
+	int fd = open(tg.pairfile, O_RDONLY | O_CLOEXEC);
 	uint64_t rsz, base;
 	uint32_t n, best = 0;
 	uint8_t *m;
@@ -446,7 +239,7 @@ static void run_socat(const char *ns, int v, const char *a1, const char *a2,
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		t_ns_enter(ns);
-		setenv("IVMC_SOCKET", sock[v], 1);
+		setenv("IVMC_SOCKET", tg.sock[v], 1);
 		setenv("IVMC_LOG", "debug", 1);
 		setenv("IVMC_LOG_FILE", log, 1);
 		execl(run, "ivmc-run", "socat", "-u", a1, a2, (char *)NULL);
@@ -466,19 +259,19 @@ static void test_socat(void)
 		printf("socat: not installed, case skipped\n");
 		return;
 	}
-	snprintf(src, sizeof(src), "%s/src", t_tmpdir());
-	snprintf(dst, sizeof(dst), "%s/dst", t_tmpdir());
-	snprintf(l1, sizeof(l1), "%s/socat-recv.log", t_tmpdir());
-	snprintf(l2, sizeof(l2), "%s/socat-send.log", t_tmpdir());
+	snprintf(src, sizeof(src), "%s/src", tg.dir);
+	snprintf(dst, sizeof(dst), "%s/dst", tg.dir);
+	snprintf(l1, sizeof(l1), "%s/socat-recv.log", tg.dir);
+	snprintf(l2, sizeof(l2), "%s/socat-send.log", tg.dir);
 	t_fill(5, 0, buf, sizeof(buf));
-	write_file(src, buf, sizeof(buf));
+	t_write_file(src, buf, sizeof(buf));
 	snprintf(a1, sizeof(a1), "TCP-LISTEN:7777,bind=%s,reuseaddr", IP_B);
 	snprintf(a2, sizeof(a2), "OPEN:%s,creat,trunc", dst);
-	run_socat(ns_b, 1, a1, a2, l1);
+	run_socat(tg.ns[1], 1, a1, a2, l1);
 	rp = t_ns.kid[t_ns.nkids - 1];
 	snprintf(a1, sizeof(a1), "OPEN:%s", src);
 	snprintf(a2, sizeof(a2), "TCP:%s:7777,retry=200,interval=0.05", IP_B);
-	run_socat(ns_a, 0, a1, a2, l2);
+	run_socat(tg.ns[0], 0, a1, a2, l2);
 	sp = t_ns.kid[t_ns.nkids - 1];
 	T_ASSERT_EQ(t_ns_wait(sp, 60000), 0);
 	T_ASSERT_EQ(t_ns_wait(rp, 60000), 0);
@@ -492,7 +285,7 @@ static void test_socat(void)
 		char cmd[600];
 
 		snprintf(cmd, sizeof(cmd), "tail -n 20 %s %s %s %s", l1, l2,
-			 dlog[0], dlog[1]);
+			 tg.dlog[0], tg.dlog[1]);
 		(void)!system(cmd);
 		t_fail("socat: the rings carried %u of %zu bytes",
 		       slot_bytes_max(), sizeof(buf));
@@ -501,27 +294,13 @@ static void test_socat(void)
 
 int main(void)
 {
-	const char *dir;
+	static const char *const ips[2][T_GUEST_IPS + 1] = { { IP_A },
+							     { IP_B } };
 
 	t_ns_setup(180);
-	dir = t_tmpdir();
-	ns_a = t_ns_add("ga");
-	ns_b = t_ns_add("gb");
-	t_ns_veth(ns_a, IP_A, ns_b, IP_B);
-	snprintf(pairfile, sizeof(pairfile), "%s/pair", dir);
-	make_pair();
-	for (int v = 0; v < 2; v++) {
-		snprintf(sock[v], sizeof(sock[v]), "%s/ivmcd-%d.sock", dir, v);
-		snprintf(dlog[v], sizeof(dlog[v]), "%s/ivmcd-%d.log", dir, v);
-		snprintf(sysroot[v], sizeof(sysroot[v]), "%s/pci-%d", dir, v);
-		snprintf(ctlfile[v], sizeof(ctlfile[v]), "%s/ctl-%d", dir, v);
-		T_ASSERT_OK(mkdir(sysroot[v], 0700));
-		make_ctl(v);
-		fake_dev(sysroot[v], "0000:00:04.0", IVMC_VM_ID_CTL, ctlfile[v]);
-		fake_dev(sysroot[v], "0000:00:05.0", ivmc_vm_pair_id(1, v),
-			 pairfile);
-		start_daemon(v);
-	}
+	t_guest_setup(ips);
+	t_guest_start(0);
+	t_guest_start(1);
 	test_conv(1);
 	test_conv(20);
 	test_socat();

@@ -602,6 +602,10 @@ struct t_conv {
 	uint64_t seed;
 	int mode, settle_ms;
 	bool listeners, srv_plain, cli_plain;
+	/* The client's channel has a plain TCP end behind it (a hostile peer
+	 * VM paired it): that end's FIN reads as its death, so ivmc_close()
+	 * may say -ECONNABORTED (closed all the same). */
+	bool cli_close_aborts;
 };
 
 static inline void t_conv_init(struct t_conv *c, const char *ip, int mode)
@@ -718,8 +722,12 @@ static inline void t_conv_client(void *arg)
 	t_talk_end(&e);
 	t_report_of(&e, first, &r);
 	t_put(&c->cli_up, &r, sizeof(r));
-	if (e.h)
-		T_ASSERT_OK(ivmc_close(e.h));
+	if (e.h) {
+		int err = ivmc_close(e.h);
+
+		if (err && !(c->cli_close_aborts && err == -ECONNABORTED))
+			t_fail("ivmc_close: %s", t_strerror(err));
+	}
 	close(e.fd);
 }
 

@@ -111,10 +111,42 @@ struct ivmc_shm_vm_pairhdr {
 	uint32_t chan_off, nchan, ring_size;
 };
 
+/*
+ * A message on a pair's link (channel 0 of the pair region, a ring-only
+ * channel), from one guest's daemon to the other's (ivmcd --guest,
+ * docs/vm.md). Written by the sending guest only; the receiver copies each
+ * whole message out of the ring, then checks it: the peer VM is not
+ * trusted. Addresses and ports are the sender's view of its connection
+ * (host byte order ports, addresses as struct kaddr: IPv4 mapped).
+ */
+#define IVMC_VM_MSG_MAGIC 0x4b4e4c47u /* "GLNK" */
+#define IVMC_VM_MSG_SIZE  64u
+
+enum {
+	IVMC_VM_MSG_REG = 1, /* this end of a connection waits for a channel */
+	IVMC_VM_MSG_CHAN,    /* the allocator made it in slot, generation gen */
+	IVMC_VM_MSG_NOCHAN,  /* the connection stays on TCP: reason */
+	IVMC_VM_MSG_FREE,    /* our end let slot (of gen) of your half go */
+};
+
+struct ivmc_shm_vm_msg {
+	uint32_t magic;	     /* IVMC_VM_MSG_MAGIC */
+	uint16_t type;	     /* IVMC_VM_MSG_* */
+	uint16_t reason;     /* NOCHAN: enum ctl_reason */
+	uint8_t la[16], ra[16]; /* the sender's local and remote address */
+	uint16_t lport, rport;
+	uint32_t slot;	     /* CHAN, FREE: in the allocator's half */
+	uint32_t gen;	     /* CHAN, FREE: the slot's generation */
+	uint32_t ring_size;  /* CHAN: the host's pair ring size */
+	uint32_t pad[2];     /* zero */
+};
+
 static_assert(sizeof(struct ivmc_shm_vm_addr) == 20, "addr layout");
 static_assert(sizeof(struct ivmc_shm_vm_pair) == 256, "pair layout");
 static_assert(sizeof(struct ivmc_shm_vm_ctl) <= IVMC_VM_CTL_SIZE,
 	      "control region fits");
+static_assert(sizeof(struct ivmc_shm_vm_msg) == IVMC_VM_MSG_SIZE,
+	      "link message layout");
 
 /*
  * The guests' carving of a pair region (ivmcd --guest, docs/vm.md): the

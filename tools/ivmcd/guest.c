@@ -30,30 +30,12 @@
 #include "transport/transport.h"
 #include "ivmcd.h"
 
-#define G_MAGIC	      0x4b4e4c47u /* "GLNK" */
-#define G_MSG	      64u
 #define G_OUT_MAX     1024u /* queued messages per link */
 #define G_REMOTE_MAX  4096u /* peer REGs waiting for our end, per link */
 #define G_DEV_MAX     64
 #define G_TICK_BUSY_MS 1   /* link polling while anything is under way */
 #define G_TICK_IDLE_MS 100 /* idle: the control region and the link */
 #define G_BUSY_MS     2000 /* under way: this long after the last message */
-
-enum { G_REG = 1, G_CHAN, G_NOCHAN, G_FREE };
-
-/* A link message. Addresses as the sender sees its connection. */
-struct gmsg {
-	uint32_t magic;
-	uint16_t type;
-	uint16_t reason;     /* NOCHAN: enum ctl_reason */
-	uint8_t la[16], ra[16]; /* the sender's local and remote address */
-	uint16_t lport, rport;
-	uint32_t slot;	     /* CHAN, FREE: in the allocator's half */
-	uint32_t gen;	     /* CHAN, FREE: the slot's generation */
-	uint32_t ring_size;  /* CHAN */
-	uint32_t pad[2];     /* zero */
-};
-_Static_assert(sizeof(struct gmsg) == G_MSG, "link message");
 
 struct gslot {
 	uint32_t gen;
@@ -81,11 +63,13 @@ struct gpeer {
 	struct gslot *mine, *theirs;
 	struct link remotes;
 	uint32_t nremotes;
-	uint8_t out[G_OUT_MAX * G_MSG];
+	uint8_t out[G_OUT_MAX * IVMC_VM_MSG_SIZE];
 	uint32_t outlen;
-	uint8_t in[G_MSG];
+	uint8_t in[IVMC_VM_MSG_SIZE];
 	uint32_t inlen;
 	uint64_t sent, received, bad;
+	uint64_t lost;		   /* messages not sent: the queue was full */
+	bool lost_said;		   /* logged since the queue last moved */
 	uint64_t dead_epoch;	   /* the link failed in this session */
 	bool live;
 };
@@ -126,6 +110,19 @@ static struct gpeer *peer_of_addr(const uint8_t a[16])
 		}
 	}
 	return NULL;
+}
+
+/* Is a one of this VM's addresses, as the host gave them? */
+static bool our_addr(const uint8_t a[16])
+{
+	for (uint32_t i = 0; i < G.c.naddr; i++) {
+		struct kaddr k;
+
+		kaddr_of(&k, &G.c.addr[i]);
+		if (!memcmp(k.a, a, 16))
+			return true;
+	}
+	return false;
 }
 
 /* Which end allocates: the one whose address:port sorts first. */
@@ -174,35 +171,49 @@ static void link_flush(struct gpeer *gp)
 			break;
 		}
 		done += (uint32_t)n;
-		gp->sent += (uint64_t)n / G_MSG;
+		gp->sent += (uint64_t)n / IVMC_VM_MSG_SIZE;
+		gp->lost_said = false;
 	}
 	memmove(gp->out, gp->out + done, gp->outlen - done);
 	gp->outlen -= done;
 }
 
 /* Queue a message (whole messages only: a partial send stays queued).
- * Returns false if the queue is full. */
-static bool link_send(struct gpeer *gp, const struct gmsg *m)
+ * Returns false if the link is down or the queue full. A peer that reads
+ * nothing fills the queue; what we would send then is counted, and said
+ * once until the queue moves again: each of its messages may cost us one
+ * (a CHAN we refuse, a FREE), and a log line each would be its to write. */
+static bool link_send(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 {
-	if (!gp->live || gp->outlen + G_MSG > sizeof(gp->out))
+	if (!gp->live)
 		return false;
-	memcpy(gp->out + gp->outlen, m, G_MSG);
-	gp->outlen += G_MSG;
+	if (gp->outlen + IVMC_VM_MSG_SIZE > sizeof(gp->out)) {
+		gp->lost++;
+		if (!gp->lost_said)
+			log_warn("link to %s: the peer reads nothing, %u "
+				 "messages queued: messages lost from here on "
+				 "(\"msgs_lost\" in the status)", gp->p.peer,
+				 G_OUT_MAX);
+		gp->lost_said = true;
+		return false;
+	}
+	memcpy(gp->out + gp->outlen, m, IVMC_VM_MSG_SIZE);
+	gp->outlen += IVMC_VM_MSG_SIZE;
 	link_flush(gp);
 	busy();
 	return true;
 }
 
-static void msg_init(struct gmsg *m, int type)
+static void msg_init(struct ivmc_shm_vm_msg *m, int type)
 {
 	memset(m, 0, sizeof(*m));
-	m->magic = G_MAGIC;
+	m->magic = IVMC_VM_MSG_MAGIC;
 	m->type = (uint16_t)type;
 }
 
-/* A message about one connection, with its addresses as we see them. */
-static void msg_conn(struct gmsg *m, int type, const struct kaddr *local,
-		     const struct kaddr *remote)
+/* A message about a connection, named as we see it. */
+static void msg_conn(struct ivmc_shm_vm_msg *m, int type,
+		     const struct kaddr *local, const struct kaddr *remote)
 {
 	msg_init(m, type);
 	memcpy(m->la, local->a, 16);
@@ -213,22 +224,20 @@ static void msg_conn(struct gmsg *m, int type, const struct kaddr *local,
 
 static void send_free(struct gpeer *gp, uint32_t slot, uint32_t gen)
 {
-	struct gmsg m;
+	struct ivmc_shm_vm_msg m;
 
-	msg_init(&m, G_FREE);
+	msg_init(&m, IVMC_VM_MSG_FREE);
 	m.slot = slot;
 	m.gen = gen;
-	if (!link_send(gp, &m))
-		log_warn("link to %s: FREE of slot %u lost (queue full)",
-			 gp->p.peer, slot);
+	(void)link_send(gp, &m); /* lost: the peer's slot, its loss */
 }
 
 static void send_nochan(struct gpeer *gp, const struct kaddr *local,
 			const struct kaddr *remote, int reason)
 {
-	struct gmsg m;
+	struct ivmc_shm_vm_msg m;
 
-	msg_conn(&m, G_NOCHAN, local, remote);
+	msg_conn(&m, IVMC_VM_MSG_NOCHAN, local, remote);
 	m.reason = (uint16_t)reason;
 	(void)link_send(gp, &m);
 }
@@ -324,7 +333,7 @@ void guest_chan_free(struct channel *ch)
 static void allocate(struct gpeer *gp, struct reg *r)
 {
 	struct kconn k = r->k; /* r goes with chan_make() */
-	struct gmsg m;
+	struct ivmc_shm_vm_msg m;
 	uint32_t slot, gen;
 	int reason, err;
 
@@ -350,7 +359,7 @@ static void allocate(struct gpeer *gp, struct reg *r)
 		reg_free(r);
 		return;
 	}
-	msg_conn(&m, G_CHAN, &k.local, &k.remote);
+	msg_conn(&m, IVMC_VM_MSG_CHAN, &k.local, &k.remote);
 	m.slot = slot;
 	m.gen = gen;
 	m.ring_size = gp->p.ring_size;
@@ -383,7 +392,7 @@ bool guest_reg(struct reg *r)
 {
 	struct gpeer *gp = peer_of_addr(r->k.remote.a);
 	struct gremote *g;
-	struct gmsg m;
+	struct ivmc_shm_vm_msg m;
 
 	if (!gp)
 		return false;
@@ -392,7 +401,7 @@ bool guest_reg(struct reg *r)
 		reg_free(r);
 		return true;
 	}
-	msg_conn(&m, G_REG, &r->k.local, &r->k.remote);
+	msg_conn(&m, IVMC_VM_MSG_REG, &r->k.local, &r->k.remote);
 	if (!link_send(gp, &m)) {
 		conn_nochan(r->cl, r->token, &r->k, CTL_R_LIMIT);
 		reg_free(r);
@@ -410,7 +419,7 @@ bool guest_reg(struct reg *r)
 
 /* ---- messages from the peer VM (hostile input) ------------------------- */
 
-static void on_msg(struct gpeer *gp, const struct gmsg *m)
+static void on_msg(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 {
 	struct kaddr local = { { 0 }, 0 }, remote = { { 0 }, 0 };
 	struct reg *r;
@@ -421,11 +430,11 @@ static void on_msg(struct gpeer *gp, const struct gmsg *m)
 	local.port = m->rport;
 	memcpy(remote.a, m->la, 16);
 	remote.port = m->lport;
-	if (m->magic != G_MAGIC || m->pad[0] || m->pad[1]) {
+	if (m->magic != IVMC_VM_MSG_MAGIC || m->pad[0] || m->pad[1]) {
 		gp->bad++;
 		return;
 	}
-	if (m->type == G_FREE) {
+	if (m->type == IVMC_VM_MSG_FREE) {
 		if (m->slot >= gp->nslots || !gp->mine[m->slot].used ||
 		    gp->mine[m->slot].gen != m->gen) {
 			gp->bad++;
@@ -435,13 +444,13 @@ static void on_msg(struct gpeer *gp, const struct gmsg *m)
 		slot_release(gp, m->slot);
 		return;
 	}
-	if (peer_of_addr(remote.a) != gp) {
+	if (peer_of_addr(remote.a) != gp || !our_addr(local.a)) {
 		gp->bad++;
 		return;
 	}
 	r = reg_find(&local, &remote);
 	switch (m->type) {
-	case G_REG:
+	case IVMC_VM_MSG_REG:
 		if (!we_allocate(&local, &remote)) {
 			gp->bad++;
 			return;
@@ -463,7 +472,7 @@ static void on_msg(struct gpeer *gp, const struct gmsg *m)
 			gp->nremotes++;
 		}
 		return;
-	case G_CHAN:
+	case IVMC_VM_MSG_CHAN:
 		if (we_allocate(&local, &remote) || m->slot >= gp->nslots ||
 		    m->ring_size != gp->p.ring_size || gp->theirs[m->slot].used) {
 			gp->bad++;
@@ -489,7 +498,7 @@ static void on_msg(struct gpeer *gp, const struct gmsg *m)
 			}
 		}
 		return;
-	case G_NOCHAN: {
+	case IVMC_VM_MSG_NOCHAN: {
 		struct gremote *g = remote_find(gp, &local, &remote);
 
 		if (g)
@@ -510,7 +519,8 @@ static void on_msg(struct gpeer *gp, const struct gmsg *m)
 static void link_rx(struct gpeer *gp)
 {
 	for (int i = 0; gp->live && i < 256; i++) {
-		struct iovec iov = { gp->in + gp->inlen, G_MSG - gp->inlen };
+		struct iovec iov = { gp->in + gp->inlen,
+				     IVMC_VM_MSG_SIZE - gp->inlen };
 		ssize_t n = chan_recvv(gp->link, &iov, 1, CHAN_NONBLOCK);
 
 		if (n == -EAGAIN)
@@ -522,13 +532,13 @@ static void link_rx(struct gpeer *gp)
 			return;
 		}
 		gp->inlen += (uint32_t)n;
-		if (gp->inlen < G_MSG)
+		if (gp->inlen < IVMC_VM_MSG_SIZE)
 			continue;
 		gp->inlen = 0;
 		gp->received++;
 		busy();
 		{
-			struct gmsg m;
+			struct ivmc_shm_vm_msg m;
 
 			memcpy(&m, gp->in, sizeof(m));
 			on_msg(gp, &m);
@@ -572,6 +582,7 @@ static void peer_down(struct gpeer *gp, const char *why)
 	gp->link = NULL;
 	gp->live = false;
 	gp->outlen = gp->inlen = 0;
+	gp->lost_said = false;
 	D.table_dirty = true;
 }
 
@@ -786,7 +797,7 @@ void guest_status(FILE *f, bool json)
 	else
 		fprintf(f, "\nGUEST %s: PAIRS\n%-20s %-6s %-8s %-6s %-10s %-10s %s\n",
 			G.c.name, "PEER", "LINK", "EPOCH", "SIDE", "SLOTS", "IN-USE",
-			"MSGS OUT/IN/BAD");
+			"MSGS OUT/IN/BAD/LOST");
 	for (uint32_t i = 0; i < G.npeer; i++) {
 		const struct gpeer *gp = &G.peer[i];
 		uint32_t used = 0;
@@ -794,19 +805,21 @@ void guest_status(FILE *f, bool json)
 		for (uint32_t s = 0; gp->mine && s < gp->nslots; s++)
 			used += gp->mine[s].used;
 		if (json)
-			fprintf(f, "%s{\"peer\":\"%s\",\"link\":%s,\"epoch\":%llu,\"side\":%u,\"slots\":%u,\"slots_used\":%u,\"msgs_out\":%llu,\"msgs_in\":%llu,\"msgs_bad\":%llu}",
+			fprintf(f, "%s{\"peer\":\"%s\",\"link\":%s,\"epoch\":%llu,\"side\":%u,\"slots\":%u,\"slots_used\":%u,\"msgs_out\":%llu,\"msgs_in\":%llu,\"msgs_bad\":%llu,\"msgs_lost\":%llu}",
 				sep, gp->p.peer, gp->live ? "true" : "false",
 				(unsigned long long)gp->p.epoch, gp->p.side,
 				gp->nslots, used, (unsigned long long)gp->sent,
 				(unsigned long long)gp->received,
-				(unsigned long long)gp->bad);
+				(unsigned long long)gp->bad,
+				(unsigned long long)gp->lost);
 		else
-			fprintf(f, "%-20s %-6s %-8llu %-6u %-10u %-10u %llu/%llu/%llu\n",
+			fprintf(f, "%-20s %-6s %-8llu %-6u %-10u %-10u %llu/%llu/%llu/%llu\n",
 				gp->p.peer, gp->live ? "up" : "down",
 				(unsigned long long)gp->p.epoch, gp->p.side,
 				gp->nslots, used, (unsigned long long)gp->sent,
 				(unsigned long long)gp->received,
-				(unsigned long long)gp->bad);
+				(unsigned long long)gp->bad,
+				(unsigned long long)gp->lost);
 		sep = ",";
 	}
 	if (json)
