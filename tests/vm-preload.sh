@@ -9,12 +9,15 @@
 # sha256 against the same seeded generator (and here against the host's
 # run of it), with no byte more. The receiver samples "ivmcctl status"
 # while the connection is still open. Then 64-byte round trips over TCP,
-# plain and under ivmc-run (vm-chan tcp-ping/pong), reported, not
-# asserted. Three boots of both guests, in this order:
+# plain and under ivmc-run (vm-chan tcp-ping/pong), and one stream of
+# 64 MiB from B to A (vm-chan tcp-send/recv, every byte checked), plain
+# and under ivmc-run, both reported, not asserted. Three boots of both
+# guests, in this order:
 #   main: the host allows the pair (pair region: 16 MiB, 64 KiB rings,
 #     channel 0 the daemons' link); when the daemon has --guest, both
 #     connections must have been accelerated (a channel listed during
-#     each, more than at the end);
+#     each, more than at the end), and the stream under ivmc-run too (the
+#     host saw a slot carry half of it B to A while it ran);
 #   kill: the pair still allowed: B streams to A with no end (vm-chan gen
 #     into socat -u), A verifies every byte as it comes (vm-chan check);
 #     once the host sees (ivmcctl vm slots) that the stream went through
@@ -47,7 +50,8 @@
 # Environment: IVMC_VM_PRELOAD_MIB (each way, default 32; 256 with
 # IVMC_LONG), IVMC_VM_ROUNDS (round trips, default 1000), IVMC_VM_SECS
 # (per guest, default 180; 600 with IVMC_LONG), IVMC_VM_IDLE_SECS (each
-# idle measurement, default 5).
+# idle measurement, default 5), IVMC_VM_STREAM_MIB (the stream, default
+# 64).
 
 set -u
 
@@ -67,6 +71,10 @@ else
 fi
 bytes=$((mib * 1048576))
 rounds=${IVMC_VM_ROUNDS:-1000}
+# One stream B to A (main), plain then under ivmc-run: vm-chan-dyn
+# tcp-send/tcp-recv alone, no hash, no socat: the throughput figure.
+smib=${IVMC_VM_STREAM_MIB:-64}
+sport=7100 # plain; under ivmc-run on sport + 1
 idle=${IVMC_VM_IDLE_SECS:-5}
 # The guest daemons tick every 1 ms for 2 s after a link message (pairing),
 # then every 100 ms: the host lets that pass before it measures, and B
@@ -102,6 +110,8 @@ for f in "$chan" "$here/vm-chan-dyn" "$gscript" "$bin/ivmc-vmd" "$ctl" \
 	[ -e "$f" ] || fail "$f missing (make vm)"
 done
 [[ $mib =~ ^[1-9][0-9]*$ ]] || fail "IVMC_VM_PRELOAD_MIB=$mib: a whole number of MiB"
+[[ $smib =~ ^[1-9][0-9]*$ ]] || fail "IVMC_VM_STREAM_MIB=$smib: a whole number of MiB"
+sbytes=$((smib * 1048576))
 vm_need_pkgs || skip "$VM_REASON"
 vm_need_cmd socat socat || skip "$VM_REASON"
 vm_kernel || skip "$VM_REASON"
@@ -176,12 +186,14 @@ boot_both() {
 		"$base ivmc.ip=eth0,10.77.0.2/24 $3" "${qb[@]}" \
 		-netdev "socket,id=n0,connect=127.0.0.1:$port" \
 		-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,romfile=
+	# Appended to, so that stream_window's marks land between samples.
+	: > "$VM_TMP/$v-slots.log"
 	(
 		for _ in $(seq 3000); do
 			"$ctl" vm slots 2> /dev/null
 			sleep 0.2
 		done
-	) > "$VM_TMP/$v-slots.log" &
+	) >> "$VM_TMP/$v-slots.log" &
 	sampler=$!
 }
 
@@ -294,11 +306,12 @@ check_accel() {
 
 # check_slots V: from the host, the pair region's slots carried most of
 # each stream: A to B is side 0 to 1 of its channel (A allocates both:
-# 10.77.0.1 sorts first), B to A side 1 to 0 (docs/vm.md).
+# 10.77.0.1 sorts first), B to A side 1 to 0 (docs/vm.md). Only the looks
+# before main's stream step count: that stream is checked on its own.
 check_slots() {
 	local v=$1 f=$VM_TMP/$1-slots.log m01 m10
-	m01=$(awk '$1 == "guest-a:guest-b" && $4 + 0 > m { m = $4 + 0 } END { print m + 0 }' "$f")
-	m10=$(awk '$1 == "guest-a:guest-b" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }' "$f")
+	m01=$(awk '/^@ stream-start/ { exit } $1 == "guest-a:guest-b" && $4 + 0 > m { m = $4 + 0 } END { print m + 0 }' "$f")
+	m10=$(awk '/^@ stream-start/ { exit } $1 == "guest-a:guest-b" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }' "$f")
 	echo "vm-preload: $v: ivmcctl vm slots on the host: most bytes through one slot's rings, A to B $m01, B to A $m10 (of $bytes each way)"
 	if [ "$v" = deny ] || [ "$guest_mode" = no ]; then
 		[ "$m01" = 0 ] && [ "$m10" = 0 ] || fail "$v: bytes through a slot ($m01, $m10) where nothing may be accelerated"
@@ -306,6 +319,56 @@ check_slots() {
 	fi
 	[ "$m01" -ge $((bytes / 2)) ] && [ "$m10" -ge $((bytes / 2)) ] ||
 		fail "$v: the slots carried too little (A to B $m01, B to A $m10 of $bytes): not accelerated"
+}
+
+# stream_window: mark main's slots log (its sampler appends) when A
+# starts the plain stream, after one more look: nothing moves through the
+# slots from there until the accelerated stream, and what they show is
+# what the earlier steps left. Mark it again when A's accelerated stream
+# has ended, after a last look.
+stream_window() {
+	local la=$VM_TMP/main-guest-a.log f=$VM_TMP/main-slots.log
+	if ! wait_line guest-a "$la" "^IVMC-STREAM: start mode=plain port=$sport " "$secs"; then
+		tail -n 20 "$la"
+		fail "main: guest-a's stream receiver did not start"
+	fi
+	"$ctl" vm slots >> "$f" 2> /dev/null
+	echo "@ stream-start" >> "$f"
+	if ! wait_line guest-a "$la" "^IVMC-STREAM: end mode=ivmc port=$((sport + 1)) " "$secs"; then
+		tail -n 20 "$la"
+		fail "main: guest-a's stream under ivmc-run did not end"
+	fi
+	"$ctl" vm slots >> "$f" 2> /dev/null
+	echo "@ stream-end" >> "$f"
+}
+
+# check_stream_slots: the accelerated stream went B to A (side 1 to 0)
+# through one slot's rings, as check_slots asks of the transfers: of the
+# slots that showed other counts in the window than before it (a slot the
+# earlier steps left keeps its counts), the most bytes B to A, at least
+# half the stream's.
+check_stream_slots() {
+	local f=$VM_TMP/main-slots.log r m slot ab
+	r=$(awk '/^@ stream-start/ { st = 1; next }
+		/^@ stream-end/ { st = 2; next }
+		$1 != "guest-a:guest-b" { next }
+		{ k = "side " $2 " slot " $3 }
+		st == 0 { s0[k] = $4 " " $5; next }
+		st == 1 && (!(k in s0) || s0[k] != $4 " " $5) && $5 + 0 > m {
+			m = $5 + 0; at = k; ab = $4 + 0
+		}
+		END { printf "%d %s %d\n", m, at == "" ? "none" : at, ab }' "$f")
+	m=${r%% *}
+	ab=${r##* }
+	slot=${r#* }
+	slot=${slot% *}
+	echo "vm-preload: main: ivmcctl vm slots on the host while the stream under ivmc-run ran: most bytes B to A through one slot's rings $m ($slot; A to B $ab), of $sbytes"
+	if [ "$guest_mode" = no ]; then
+		[ "$m" = 0 ] || fail "main: $m bytes of the stream through a slot without ivmcd --guest"
+		return
+	fi
+	[ "$m" -ge $((sbytes / 2)) ] ||
+		fail "main: the slots carried too little of the stream under ivmc-run ($m of $sbytes B to A): not accelerated"
 }
 
 # check_idle V PORT: A's idle receiver on PORT took the preamble, was on
@@ -400,8 +463,8 @@ for v in main kill deny; do
 	sa="$g,xfer,10.77.0.2,$bytes,5000,1,5001,2"
 	sb="$g,xfer,10.77.0.1,$bytes,5001,2,5000,1"
 	if [ "$v" = main ]; then
-		sa="$sa $g,rtt-pong,7000,$rounds"
-		sb="$sb $g,rtt-ping,10.77.0.1,7000,$rounds"
+		sa="$sa $g,rtt-pong,7000,$rounds $g,stream-recv,$sport,$sbytes"
+		sb="$sb $g,rtt-ping,10.77.0.1,7000,$rounds $g,stream-send,10.77.0.1,$sport,$sbytes"
 	fi
 	sa="$sa $g,idle-recv,5003,-"
 	sb="$sb $g,idle-send,10.77.0.1,5003,$hold,-"
@@ -411,6 +474,7 @@ for v in main kill deny; do
 		sb="$sb $g,idle-send,10.77.0.1,5005,$hold,IVMC_POLL_IDLE_US=1000"
 	fi
 	boot_both $v "$sa $g,status" "$sb $g,status"
+	[ $v = main ] && stream_window
 	idle_measure $v 5003 "cap=default"
 	[ $v = main ] && idle_measure $v 5004 "cap=100000"
 	[ $v = main ] && idle_measure $v 5005 "cap=idle1ms"
@@ -425,6 +489,7 @@ for v in main kill deny; do
 	check_accel $v "$la"
 	check_accel $v "$lb"
 	check_slots $v
+	[ $v = main ] && check_stream_slots
 	check_idle $v 5003
 	[ $v = main ] && check_idle $v 5004
 	[ $v = main ] && check_idle $v 5005
@@ -441,6 +506,16 @@ if [ -z "$p50" ] || [ -z "$i50" ]; then
 fi
 echo "vm-preload: 64 B round trip over TCP between the guests, $rounds rounds, p50 / p99 us:" \
 	"plain $p50 / $p99, under ivmc-run $i50 / $i99 (accelerated only with ivmcd --guest: $guest_mode)"
+# The stream (main boot), side by side; never asserted.
+la=$VM_TMP/main-guest-a.log
+sp=$(val "$la" MiBps 'RESULT recv tcp-plain ')
+si=$(val "$la" MiBps 'RESULT recv tcp-ivmc ')
+if [ -z "$sp" ] || [ -z "$si" ]; then
+	fail "main: a stream result is missing"
+fi
+echo "vm-preload: stream B to A $smib MiB: plain $sp MiB/s, under ivmc-run $si MiB/s" \
+	"($(awk -v a="$si" -v b="$sp" 'BEGIN { printf "%.2fx", a / b }'); receiver's rate from its first byte, every byte checked;" \
+	"accelerated only with ivmcd --guest: $guest_mode)"
 # Idle cost side by side; never asserted.
 idl() { sed -n "s/^vm-preload: IDLE $1 $2 .*$3=\([0-9.]*\).*/\1/p" "$VM_TMP/idle"; }
 echo "vm-preload: idle connection, A's socat blocked reading it, host CPU over $idle s, % of one core (guest A / guest B):" \

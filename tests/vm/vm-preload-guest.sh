@@ -25,6 +25,16 @@
 #   rtt-pong PORT K        vm-chan-dyn tcp-pong, plain on PORT, then under
 #                          ivmc-run on PORT+1
 #   rtt-ping ADDR PORT K   the other end; RESULT ping tcp-plain / tcp-ivmc
+#   stream-recv PORT BYTES vm-chan-dyn tcp-recv of one stream of BYTES,
+#                          every byte checked, plain on PORT, then under
+#                          ivmc-run on PORT+1 (its preload's log a file of
+#                          its own). RESULT recv tcp-plain / tcp-ivmc, the
+#                          rate from the first byte.
+#                          IVMC-STREAM: start|end mode=plain|ivmc port=
+#   stream-send PEER PORT BYTES
+#                          the other end: vm-chan-dyn tcp-send, plain,
+#                          then under ivmc-run. RESULT send tcp-plain /
+#                          tcp-ivmc
 #   idle-recv PORT CAP     an idle connection, the reader blocked on it:
 #                          socat -u TCP-LISTEN:PORT STDOUT under ivmc-run
 #                          (CAP: -, a number for IVMC_POLL_MAX_US, or
@@ -338,8 +348,8 @@ cmd_live_send() {
 	die "the endless sender ended: $(tail -n 3 /tmp/socat-live-send.log)"
 }
 
-# label the result lines of a ping: tcp-plain or tcp-ivmc
-label() { sed "s/RESULT ping tcp /RESULT ping $1 /"; }
+# label vm-chan's result lines (ping, send, recv): tcp-plain or tcp-ivmc
+label() { sed "s/RESULT \([a-z]*\) tcp /RESULT \1 $1 /"; }
 
 cmd_rtt_pong() {
 	vm-chan-dyn tcp-pong "$1" "$2" || die "tcp-pong (plain) on $1"
@@ -352,6 +362,33 @@ cmd_rtt_ping() {
 		die "tcp-ping (plain) to $1:$2"
 	ivmc-run vm-chan-dyn tcp-ping "$1" $(($2 + 1)) "$3" | label tcp-ivmc ||
 		die "tcp-ping (ivmc-run) to $1:$(($2 + 1))"
+}
+
+# stream-recv PORT BYTES: the host reads the IVMC-STREAM lines to know
+# when the accelerated stream ran (its look at the pair region's slots).
+cmd_stream_recv() {
+	port=$1 bytes=$2 p=$(($1 + 1))
+	set -o pipefail
+	echo "IVMC-STREAM: start mode=plain port=$port bytes=$bytes at=$(now)"
+	vm-chan-dyn tcp-recv "$port" "$bytes" | label tcp-plain ||
+		die "tcp-recv (plain) on $port"
+	echo "IVMC-STREAM: end mode=plain port=$port at=$(now)"
+	echo "IVMC-STREAM: start mode=ivmc port=$p bytes=$bytes at=$(now)"
+	IVMC_LOG=debug IVMC_LOG_FILE="/tmp/preload-stream-$p.log" \
+		ivmc-run vm-chan-dyn tcp-recv "$p" "$bytes" | label tcp-ivmc ||
+		die "tcp-recv (ivmc-run) on $p"
+	att=no
+	grep -q 'on the channel' "/tmp/preload-stream-$p.log" && att=yes
+	echo "IVMC-STREAM: end mode=ivmc port=$p attached=$att at=$(now)"
+	sed 's/^/  stream preload | /' "/tmp/preload-stream-$p.log"
+}
+
+cmd_stream_send() {
+	set -o pipefail
+	vm-chan-dyn tcp-send "$1" "$2" "$3" | label tcp-plain ||
+		die "tcp-send (plain) to $1:$2"
+	ivmc-run vm-chan-dyn tcp-send "$1" $(($2 + 1)) "$3" | label tcp-ivmc ||
+		die "tcp-send (ivmc-run) to $1:$(($2 + 1))"
 }
 
 cmd_status() {
@@ -369,6 +406,8 @@ recv-child) cmd_recv_child "$@" ;;
 xfer) cmd_xfer "$@" ;;
 rtt-pong) cmd_rtt_pong "$@" ;;
 rtt-ping) cmd_rtt_ping "$@" ;;
+stream-recv) cmd_stream_recv "$@" ;;
+stream-send) cmd_stream_send "$@" ;;
 idle-recv) cmd_idle_recv "$@" ;;
 idle-child) cmd_idle_child "$@" ;;
 idle-send) cmd_idle_send "$@" ;;
@@ -377,7 +416,8 @@ live-send) cmd_live_send "$@" ;;
 status) cmd_status ;;
 *)
 	echo "usage: $self daemon | xfer PEER BYTES RPORT RSEED SPORT SSEED |" \
-		"rtt-pong PORT K | rtt-ping ADDR PORT K | idle-recv PORT CAP |" \
+		"rtt-pong PORT K | rtt-ping ADDR PORT K |" \
+		"stream-recv PORT BYTES | stream-send PEER PORT BYTES | idle-recv PORT CAP |" \
 		"idle-send PEER PORT HOLD CAP | live-recv PORT SEED |" \
 		"live-send PEER PORT SEED | status" >&2
 	exit 2
