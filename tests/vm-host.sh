@@ -184,7 +184,7 @@ echo "$out" | grep -q "server sent version -1" || fail "the second QEMU was not 
 # Kill guest-b's QEMU once guest-a has verified 16 MiB.
 for _ in $(seq $((secs * 10))); do
 	grep -aq '^vm-chan: progress 16777216 ' "$log_a" && break
-	if ! vm_alive guest-a || ! vm_alive guest-b; then
+	if vm_dead guest-a || vm_dead guest-b; then
 		break
 	fi
 	sleep 0.1

@@ -159,7 +159,7 @@ wait_log() {
 	[ "$g" = guest-b ] && l=$log_b
 	for _ in $(seq $((secs * 20))); do
 		[ "$(grep -ac "$1" "$l")" -ge "${2:-1}" ] && return 0
-		vm_alive "$g" || return 1
+		vm_dead "$g" && return 1
 		sleep 0.05
 	done
 	return 1

@@ -224,7 +224,7 @@ end_both() {
 wait_line() {
 	for _ in $(seq $(($4 * 20))); do
 		grep -aq "$3" "$2" && return 0
-		vm_alive "$1" || { grep -aq "$3" "$2"; return; }
+		vm_dead "$1" && { grep -aq "$3" "$2"; return; }
 		sleep 0.05
 	done
 	return 1
@@ -393,7 +393,9 @@ kill_mid_stream() {
 			awk '$1 == "guest-a:guest-b" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }')
 		prog=$(grep -a '^vm-chan: progress ' "$la" | tail -n 1 | cut -d' ' -f3)
 		[ "$m10" -ge $live_min ] && [ "${prog:-0}" -ge $live_min ] && break
-		if ! vm_alive guest-a || ! vm_alive guest-b; then
+		# A QEMU that has not written its pid file yet is starting,
+		# not dead (a loaded CI machine: the loop once ended at once).
+		if vm_dead guest-a || vm_dead guest-b; then
 			break
 		fi
 		sleep 0.2

@@ -28,6 +28,7 @@
 #                                "IVMC-RESULT: ok" before it powered off;
 #                                forget them (another round may boot)
 #   vm_alive NAME                is that guest's QEMU still running?
+#   vm_dead NAME                 has it started (pid file) and ended?
 #   vm_kill NAME                 SIGKILL that guest's QEMU (not its timeout
 #                                wrapper) and forget it
 #   vm_vmd_start BINDIR          start the host's ivmc-vmd (config and run
@@ -397,6 +398,7 @@ vm_boot() {
 	shift 4
 
 	accel=$(vm_accel)
+	rm -f "$VM_TMP/$name.pid" # an earlier boot's: vm_dead() must not see it
 	echo "vm-lib: $name: booting under $accel" >&2
 	timeout -k 5 "$secs" qemu-system-x86_64 -name "$name" -accel "$accel" \
 		-pidfile "$VM_TMP/$name.pid" \
@@ -441,6 +443,11 @@ vm_alive() {
 	qpid=$(cat "$VM_TMP/$1.pid" 2> /dev/null) && [ -n "$qpid" ] &&
 		kill -0 "$qpid" 2> /dev/null &&
 		grep -q qemu "/proc/$qpid/comm" 2> /dev/null
+}
+
+# vm_dead NAME: the guest's QEMU has started (its pid file) and is gone.
+vm_dead() {
+	[ -s "$VM_TMP/$1.pid" ] && ! vm_alive "$1"
 }
 
 # vm_kill NAME: SIGKILL the guest's QEMU itself (its pid file), as a crash
