@@ -335,11 +335,13 @@ __attribute__((noreturn)) static void gone(const char *what, uint64_t bytes)
 	if (I.ctl) {
 		/* The host rings the control device with every change: if a
 		 * periodic look saw the change first (we were busy draining),
-		 * its interrupt is in the eventfd, or on its way. */
+		 * its interrupt is in the eventfd, or on its way. Only then
+		 * wait for it: the time to our line is reported. */
 		struct pollfd pf = { xport_ivshmem_irq_fd(I.ctl), POLLIN, 0 };
 		uint64_t v;
 
-		if (poll(&pf, 1, 500) > 0 && read(pf.fd, &v, sizeof(v)) > 0)
+		if (!I.ctl_irqs && poll(&pf, 1, 500) > 0 &&
+		    read(pf.fd, &v, sizeof(v)) > 0)
 			I.ctl_irqs++;
 		snprintf(irqs, sizeof(irqs), " (%lu control device interrupts)",
 			 I.ctl_irqs);
