@@ -202,23 +202,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	write_conf();
 
 	/* As init_state() and setup_fds() do. */
-	link_init(&D.clients);
-	link_init(&D.pending);
-	link_init(&D.channels);
-	link_init(&D.nss);
-	link_init(&D.dead_nss);
-	link_init(&D.domains);
-	D.hash_size = 1u << 16;
-	D.hash = calloc(D.hash_size, sizeof(*D.hash));
-	D.start_ms = now_ms();
+	FZ_ASSERT(!daemon_lists_init(1u << 16), "lists");
 	D.id = 42;
-	D.next_id = 1;
 	D.sock_path = "/run/ivmc/fuzz.sock";
 	D.conf_path = conf_path;
 	D.lfd = D.sfd = D.tfd = D.lockfd = -1;
 	D.own_netns_ino = kfacts_netns_ino("host"); /* opens kfacts' own fd */
 	D.epfd = epoll_create1(EPOLL_CLOEXEC);
-	FZ_ASSERT(D.hash && D.epfd >= 0, "init");
+	FZ_ASSERT(D.epfd >= 0, "init");
 	FZ_ASSERT(!policy_load(D.conf_path, false, &D.pol, msg, sizeof(msg)),
 		  "config: %s", msg);
 	D.pol_gen = 1;

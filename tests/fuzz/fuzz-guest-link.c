@@ -405,24 +405,15 @@ static void daemon_init(void)
 	FZ_ASSERT(fd >= 0 && write(fd, text, sizeof(text) - 1) ==
 				     (ssize_t)sizeof(text) - 1, "config");
 	snprintf(conf, sizeof(conf), "/proc/self/fd/%d", fd);
-	link_init(&D.clients);
-	link_init(&D.pending);
-	link_init(&D.channels);
-	link_init(&D.nss);
-	link_init(&D.dead_nss);
-	link_init(&D.domains);
-	D.hash_size = 1u << 12;
-	D.hash = calloc(D.hash_size, sizeof(*D.hash));
-	D.start_ms = now_ms();
+	FZ_ASSERT(!daemon_lists_init(1u << 12), "lists");
 	D.id = 43;
-	D.next_id = 1;
 	D.sock_path = "/run/ivmc/fuzz-guest.sock";
 	D.conf_path = conf;
 	D.lfd = D.sfd = D.tfd = D.lockfd = -1;
 	D.own_netns_ino = kfacts_netns_ino("host");
 	D.epfd = epoll_create1(EPOLL_CLOEXEC);
 	D.guest = true;
-	FZ_ASSERT(D.hash && D.epfd >= 0, "init");
+	FZ_ASSERT(D.epfd >= 0, "init");
 	FZ_ASSERT(!policy_load(D.conf_path, false, &D.pol, msg, sizeof(msg)),
 		  "config: %s", msg);
 	D.pol_gen = 1;

@@ -178,6 +178,9 @@ struct daemon {
 
 extern struct daemon D;
 
+/* main.c: empty lists, a registration hash of hash_size buckets, the
+ * start time (init_state(); the fuzz targets). Returns 0 or -ENOMEM. */
+int daemon_lists_init(uint32_t hash_size);
 /* main.c: re-read the config (old policy kept on error; msg says why). */
 int daemon_reload(char *msg, size_t len);
 /* main.c: arm the expiry timer for the oldest pending registration. */

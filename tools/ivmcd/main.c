@@ -368,25 +368,32 @@ static void raise_nofile(void)
 	}
 }
 
-static int init_state(void)
+int daemon_lists_init(uint32_t hash_size)
 {
-	struct stat st;
-	char msg[CTL_TEXT_MAX];
-	int err;
-
 	link_init(&D.clients);
 	link_init(&D.pending);
 	link_init(&D.channels);
 	link_init(&D.nss);
 	link_init(&D.dead_nss);
 	link_init(&D.domains);
-	D.hash_size = 1u << 16;
+	D.hash_size = hash_size;
 	D.hash = calloc(D.hash_size, sizeof(struct reg *));
 	if (!D.hash)
 		return -ENOMEM;
 	D.start_ms = now_ms();
-	D.id = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
 	D.next_id = 1;
+	return 0;
+}
+
+static int init_state(void)
+{
+	struct stat st;
+	char msg[CTL_TEXT_MAX];
+	int err;
+
+	if (daemon_lists_init(1u << 16))
+		return -ENOMEM;
+	D.id = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
 	if (stat("/proc/self/ns/net", &st) == 0)
 		D.own_netns_ino = st.st_ino;
 	err = policy_load(D.conf_path, true, &D.pol, msg, sizeof(msg));
