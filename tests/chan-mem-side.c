@@ -13,7 +13,10 @@
  * (d) the peer SIGKILLed under a blocked or non-blocking reader (a
  * verified prefix, then 0 or -ECONNRESET) and writer (-EPIPE); (e)
  * chan_peer_gone() ends blocked calls after what was published is read
- * (ring-only too); (f) refusals.
+ * (ring-only too); (f) refusals. Built a second time as chan-mem-side-bell
+ * (T_BELL): every end then has a bell (an eventfd per end, each ringing the
+ * other's), as between guests that take the device's interrupt, and (g)
+ * checks that a blocked reader's peer rings it.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -50,6 +53,33 @@ static int mfd;
 static uint8_t *mem;
 static int slots;
 
+#ifdef T_BELL
+/* One bell per side: an eventfd each, and ringing writes the other's. */
+static int bell_efd[2];
+static struct chan_bell *bells[2];
+
+static int ring_efd(void *arg)
+{
+	static const uint64_t one = 1;
+
+	return write(*(int *)arg, &one, sizeof(one)) == sizeof(one) ? 0 : -1;
+}
+
+static void bells_init(void)
+{
+	for (int i = 0; i < 2; i++) {
+		bell_efd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		T_ASSERT(bell_efd[i] >= 0);
+	}
+	for (int i = 0; i < 2; i++)
+		T_ASSERT_OK(chan_bell_new(bell_efd[i], ring_efd,
+					  &bell_efd[1 - i], &bells[i]));
+}
+#define BELL(side) bells[side]
+#else
+#define BELL(side) NULL
+#endif
+
 /* A fresh region at a nonzero page offset. */
 static uint64_t slot_new(bool side, uint32_t init_ctr)
 {
@@ -67,7 +97,7 @@ static int try_open(uint64_t off, int side, int side_fd, unsigned int poll_us,
 	struct chan_cfg cfg = { .side = side, .side_fd = side_fd,
 				.wait_mode = CHAN_WAIT_ADAPTIVE,
 				.poll_max_us = poll_us, .tx_off0 = tx0,
-				.rx_off0 = rx0 };
+				.rx_off0 = rx0, .bell = BELL(side) };
 
 	return chan_open_mem(&cfg, mfd, off, FILESZ - off, c);
 }
@@ -742,10 +772,12 @@ static void refusals(void)
 	chan_close(c);
 	T_ASSERT(efd >= 0);
 	T_ASSERT_OK(chan_bell_new(efd, ring_nothing, NULL, &bell));
+	/* A bell with a side stream is what guests with interrupts use. */
 	cfg.bell = bell;
 	cfg.side_fd = fd[0];
-	T_ASSERT_EQ(chan_open_mem(&cfg, mfd, side_off, FILESZ - side_off, &c),
-		    -EINVAL);
+	T_ASSERT_OK(chan_open_mem(&cfg, mfd, side_off, FILESZ - side_off, &c));
+	T_ASSERT_EQ(chan_fd(c), efd);
+	chan_close(c);
 	cfg.side_fd = -1;
 	T_ASSERT_OK(chan_open_mem(&cfg, mfd, ring_off, FILESZ - ring_off, &c));
 	chan_close(c);
@@ -755,13 +787,60 @@ static void refusals(void)
 	close(fd[1]);
 }
 
+/* ---- (g) the peer rings a blocked reader (bells only) ---- */
+
+static int g_ctl[2];
+
+static void late_child(void *arg)
+{
+	struct chan_stats st;
+	char x;
+
+	(void)arg;
+	t_alarm(20);
+	keep(true);
+	T_ASSERT_EQ(read(g_ctl[1], &x, 1), 1); /* the parent is about to block */
+	usleep(200000);
+	T_ASSERT_EQ(t_send(pr.b, "late", 4, 0), 4);
+	chan_stats(pr.b, &st);
+	/* The reader was asleep with its flag up: the send rang it (a bell),
+	 * or did not (no bell: it polls). */
+	printf("(g) sender rang %llu time(s)\n",
+	       (unsigned long long)st.wakeups_sent);
+	if (BELL(0) ? st.wakeups_sent < 1 : st.wakeups_sent != 0)
+		t_fail("(g) %llu rings", (unsigned long long)st.wakeups_sent);
+	chan_close(pr.b);
+}
+
+static void case_late_ring(void)
+{
+	char in[4];
+	pid_t pid;
+
+	pair_open(1000);
+	T_ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, g_ctl) == 0);
+	pid = t_fork(late_child, NULL);
+	keep(false);
+	T_ASSERT_EQ(write(g_ctl[0], "g", 1), 1);
+	T_ASSERT_EQ(t_recv(pr.a, in, 4, CHAN_WAITALL), 4);
+	T_ASSERT(!memcmp(in, "late", 4));
+	T_ASSERT_EQ(t_wait(pid, 20000), 0);
+	close(g_ctl[0]);
+	close(g_ctl[1]);
+	pair_close();
+}
+
 int main(void)
 {
 	t_alarm(110);
 	T_ASSERT_OK(xport_memfd_create(FILESZ, &mfd));
 	T_ASSERT_OK(xport_map(mfd, 0, FILESZ, (void **)&mem));
+#ifdef T_BELL
+	bells_init();
+#endif
 	refusals();
 	case_side_wake();
+	case_late_ring();
 	for (int side = 0; side < 2; side++) {
 		case_shutdown(side);
 		if (!side)

@@ -414,9 +414,7 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 	struct chan *c;
 	int err = cfg_ok(cfg);
 
-	/* A bell's waiters do not watch a side stream (bell_wait()). */
-	if (!err && ((cfg->bell && cfg->side_fd >= 0) ||
-		     off % IVMC_SHM_HDR_SIZE))
+	if (!err && off % IVMC_SHM_HDR_SIZE)
 		err = -EINVAL;
 	if (!err && avail < IVMC_SHM_HDR_SIZE)
 		err = -EMSGSIZE;
@@ -568,6 +566,14 @@ void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo)
 		atomic_fetch_or(&c->ep->flags, EP_PEER_GONE);
 	else
 		atomic_fetch_add(&c->ep->st_wakes, 1);
+}
+
+void chan_ring_peer(struct chan *c)
+{
+	if (c->doorbell >= 0)
+		(void)xport_ring(c->doorbell);
+	else if (c->bell)
+		(void)c->bell->ring(c->bell->arg);
 }
 
 bool chan_tx_deep(struct chan *c)

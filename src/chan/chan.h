@@ -36,7 +36,7 @@ struct chan_cfg {
 	 * env IVMC_POLL_MAX_US, else 1000). */
 	unsigned int poll_max_us;
 	/* chan_open_mem() only: the region's doorbell (chan_bell_new()), or
-	 * NULL to poll. Ring-only channels only (side_fd -1). */
+	 * NULL to poll. */
 	struct chan_bell *bell;
 	/* Stream bytes already sent/received on side_fd before this open
 	 * (a TCP connection that ran a while before its channel came):
@@ -85,12 +85,13 @@ int chan_region_init(void *mem, uint64_t len, uint32_t ring_size,
  * offset off of fd (e.g. an ivshmem BAR), of which avail bytes from off on
  * are ours. fd is borrowed. cfg->side_fd, tx_off0 and rx_off0 as for
  * chan_open(). With cfg->bell, a waiter spins, then sleeps on the bell
- * (ring-only: a bell's waiters do not watch a side stream); without, it
- * polls with growing sleeps up to cfg->poll_max_us (with a side stream, in
- * ppoll() on it) and chan_fd() is -1. No doorbell hangs up when the peer
- * dies: its side stream's end is the sign (a reset; its FIN before the fin
- * word of its SHUT_WR), else chan_peer_gone(). Returns 0 and *out, or
- * -EINVAL (cfg, off, a bell with side_fd), -EPROTO (malformed header, or
+ * (and the side stream; then at most a second at a time, running the idle
+ * hook after each sleep); without, it polls with growing sleeps up to
+ * cfg->poll_max_us (with a side stream, in ppoll() on it) and chan_fd() is
+ * -1. No doorbell hangs up when the peer dies: its side stream's end is
+ * the sign (a reset; its FIN before the fin word of its SHUT_WR), else
+ * chan_peer_gone(). Returns 0 and *out, or
+ * -EINVAL (cfg, off), -EPROTO (malformed header, or
  * one that contradicts side_fd), -EMSGSIZE (region larger than avail),
  * -errno. */
 int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
@@ -105,9 +106,9 @@ int chan_bell_new(int fd, int (*ring)(void *arg), void *arg,
 		  struct chan_bell **out);
 void chan_bell_free(struct chan_bell *b);
 
-/* A function a waiter with no doorbell (chan_open_mem() without a bell)
- * calls between its naps: the library's, which takes in what the daemon
- * said (a peer VM gone: chan_peer_gone()). NULL: none. */
+/* A function a waiter of chan_open_mem() with a side stream calls between
+ * its naps (no bell) or after each sleep on its bell: the library's, which
+ * takes in what the daemon said (a peer VM gone: chan_peer_gone()). */
 void chan_set_idle_hook(void (*fn)(void));
 
 /* Unmap and close this process's handle (see ivmc_close()). */

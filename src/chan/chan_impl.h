@@ -171,6 +171,9 @@ int chan_tx_shallow(struct chan *c);
 
 /* Ring the peer if its sleeper on flag wants it (after our publish). */
 void chan_notify(struct chan *c, _Atomic uint32_t *flag, uint32_t *memo);
+/* Ring the peer unasked (a consumer's request: rewind, fin seen): the
+ * doorbell, or the bell; nothing on a polling channel (the peer looks). */
+void chan_ring_peer(struct chan *c);
 
 /* wake.c: wait until the tx or rx condition may have changed, spinning
  * first when the mode allows. Called with the direction's lock held, which

@@ -336,8 +336,7 @@ static void fin_seen(struct chan *c)
 {
 	if (c->has_side && !chan_flag(c, EP_FIN_RUNG)) {
 		atomic_fetch_or(&c->ep->flags, EP_FIN_RUNG);
-		if (c->doorbell >= 0)
-			(void)xport_ring(c->doorbell);
+		chan_ring_peer(c);
 	}
 }
 

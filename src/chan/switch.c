@@ -354,8 +354,7 @@ static int rewind_rx(struct chan *c)
 		return 0; /* on the side stream, and it opens nothing now */
 	/* The producer has bytes to move even if it sleeps for nothing.
 	 * Without a doorbell it polls, and looks between naps (poll_wait()). */
-	if (c->doorbell >= 0)
-		(void)xport_ring(c->doorbell);
+	chan_ring_peer(c);
 	if (r == 1)
 		return -EBUSY;
 	/* What we knew was published past our CTR is given back: forget it,

@@ -36,6 +36,7 @@
 #define FOLLOW_MS	  200	  /* a follower re-checks at least this often */
 #define FOLLOW_SIDE_MS	  5	  /* ... when it waits for side events */
 #define KICK_NAP_MS	  50	  /* a poller with no kick set */
+#define BELL_MAIL_MS	  1000	  /* a bell's poller with a side stream */
 #define DRAIN_MAX	  64u	  /* an honest peer rings a byte or two;
 				   * a flood is left in the socket */
 
@@ -807,6 +808,14 @@ void chan_set_idle_hook(void (*fn)(void))
 	atomic_store_explicit(&idle_hook, fn, memory_order_relaxed);
 }
 
+static void run_idle_hook(void)
+{
+	void (*fn)(void) = atomic_load_explicit(&idle_hook, memory_order_relaxed);
+
+	if (fn)
+		fn(); /* may end this wait: chan_peer_gone() */
+}
+
 static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
 	struct chan_ep *ep = c->ep;
@@ -836,13 +845,7 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 			break;
 		if (d == CHAN_RX)
 			sw_tx_rescue(c);
-		{
-			void (*fn)(void) = atomic_load_explicit(
-				&idle_hook, memory_order_relaxed);
-
-			if (fn)
-				fn(); /* may end this wait: chan_peer_gone() */
-		}
+		run_idle_hook();
 		slept += ns;
 		ns = poll_next_nap(ns, slept, c->poll_max_ns, c->poll_idle_ns);
 		if (end != UINT64_MAX)
@@ -887,19 +890,42 @@ static bool bell_take(struct chan_bell *b)
 	return read(b->fd, &v, sizeof(v)) == (ssize_t)sizeof(v);
 }
 
-static int bell_lead(struct chan *c, uint32_t gen, int timeout_ms)
+/* The poll role's look at the side stream of a bell's channel (chan_open_mem()
+ * with a side stream, between VMs): what its waiters registered
+ * (side_events()), or, for a sender on the ring, the peer's end
+ * (peer_watch()). Returns false if there is nothing to watch. */
+static bool bell_side(struct chan *c, enum chan_dir d, struct pollfd *p)
+{
+	uint32_t want = ivmc_load_acquire(&c->ep->side_want);
+	short ev = (short)((want & 0xffff) | (want >> 16));
+	bool watch = false;
+
+	if (!c->has_side)
+		return false;
+	if (!ev)
+		watch = peer_watch(c, d, &ev);
+	*p = (struct pollfd){ chan_side_fd(c), ev, 0 };
+	return ev || watch;
+}
+
+static int bell_lead(struct chan *c, enum chan_dir d, uint32_t gen,
+		     int timeout_ms)
 {
 	struct chan_bell *b = c->bell;
-	struct pollfd p[2] = { { b->fd, POLLIN, 0 }, { kick_ep(), POLLIN, 0 } };
-	bool nap_only = false;
+	struct pollfd p[3] = { { b->fd, POLLIN, 0 }, { kick_ep(), POLLIN, 0 },
+			       { -1, 0, 0 } };
+	bool nap_only = false, side = bell_side(c, d, &p[2]);
 	int r = 0;
 
 	/* Without a kick set, nap at most KICK_NAP_MS: a kick is late, not
-	 * lost. (poll() skips a negative fd.) */
+	 * lost. (poll() skips a negative fd.) With a side stream (between
+	 * VMs) the daemon's mail has no fd here: look every BELL_MAIL_MS. */
 	if (p[1].fd < 0 && (timeout_ms < 0 || timeout_ms > KICK_NAP_MS))
 		timeout_ms = KICK_NAP_MS, nap_only = true;
+	if (c->has_side && (timeout_ms < 0 || timeout_ms > BELL_MAIL_MS))
+		timeout_ms = BELL_MAIL_MS, nap_only = true;
 	if (ivmc_load_acquire(&b->gen) == gen)
-		r = poll(p, 2, timeout_ms);
+		r = poll(p, side ? 3 : 2, timeout_ms);
 	if (r < 0)
 		r = errno == EINTR ? -EINTR : -errno;
 	if (r > 0 && (p[0].revents & POLLNVAL))
@@ -908,6 +934,10 @@ static int bell_lead(struct chan *c, uint32_t gen, int timeout_ms)
 		(void)bell_take(b);
 	if (r > 0 && p[1].revents)
 		kick_take(p[1].fd);
+	if (r > 0 && side && p[2].revents && !(p[2].revents & POLLNVAL)) {
+		side_poke(c, &p[2]);
+		side_peer_check(c, &p[2]);
+	}
 	ep_unlock(&b->poll_lock);
 	bell_bump(b);
 	return r < 0 ? r : (r == 0 && timeout_ms >= 0 && !nap_only ? -ETIMEDOUT
@@ -915,9 +945,10 @@ static int bell_lead(struct chan *c, uint32_t gen, int timeout_ms)
 }
 
 /* As follow(), on the bell's generation. */
-static int bell_follow(struct chan_bell *b, uint32_t gen, int timeout_ms)
+static int bell_follow(struct chan_bell *b, uint32_t gen, short side,
+		       int timeout_ms)
 {
-	int ms = FOLLOW_MS, r;
+	int ms = side ? FOLLOW_SIDE_MS : FOLLOW_MS, r;
 
 	if (timeout_ms >= 0 && timeout_ms < ms)
 		ms = timeout_ms;
@@ -944,21 +975,28 @@ static int bell_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	 * one of them. */
 	uint32_t bgen = ivmc_load_acquire(&b->gen);
 	uint32_t egen = ivmc_load_acquire(&ep->wake_gen);
+	/* Under the lock, as sleep_wait() takes them: they read the
+	 * direction's state. */
+	uint32_t want = (uint32_t)side_events(c, d) << (rx ? 0 : 16);
 	struct snap sn = snap_take(c, d);
 	uint64_t t0 = now_ns();
 	int r = 0, err;
 
 	++*sleepers;
 	ring_set_waiting(flag, seq, true); /* includes F2 */
+	atomic_fetch_or(&ep->side_want, want);
 	chan_unlock(c, lock);
 	if (!changed(c, d, &sn) && ivmc_load_acquire(&ep->wake_gen) == egen) {
 		if (ep_lock(&b->poll_lock, true) == 0)
-			r = bell_lead(c, bgen, timeout_ms);
+			r = bell_lead(c, d, bgen, timeout_ms);
 		else
-			r = bell_follow(b, bgen, timeout_ms);
+			r = bell_follow(b, bgen, (short)want, timeout_ms);
 		atomic_fetch_add(&ep->st_sleeps, 1);
 	}
+	if (c->has_side)
+		run_idle_hook();
 	err = chan_relock(c, lock);
+	atomic_fetch_and(&ep->side_want, ~want);
 	if (!--*sleepers)
 		ring_set_waiting(flag, seq, false);
 	adapt(c, d, now_ns() - t0);
@@ -987,8 +1025,8 @@ int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	if (spin(c, d))
 		return 0;
 	if (c->bell)
-		return bell_wait(c, d, timeout_ms);
-	if (c->doorbell < 0)
+		r = bell_wait(c, d, timeout_ms);
+	else if (c->doorbell < 0)
 		r = poll_wait(c, d, timeout_ms);
 	else
 		r = sleep_wait(c, d, timeout_ms);
@@ -1035,7 +1073,7 @@ bool chan_drain_nowait(struct chan *c)
 
 	if (c->bell) {
 		bell_drain_nowait(c->bell);
-		return false;
+		return side_look(c);
 	}
 	if (c->doorbell < 0)
 		return side_look(c);
