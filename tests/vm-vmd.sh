@@ -109,17 +109,24 @@ class Qemu:
             pass
         self.msgs += got
         return got
-    def handshake(self, npeers):
+    def handshake(self, npeers, nvec=1):
+        """Each peer's eventfds (nvec: one per vector, in order), then ours."""
         got = self.read()
-        ok(len(got) == 4 + npeers, "%s: %r" % (self.path, got))
+        ok(len(got) == 3 + (npeers + 1) * nvec, "%s: %r" % (self.path, got))
         ok(got[0] == (0, -1), "version 0 first")
         self.id = got[1][0]
         ok(got[1][1] == -1 and 1 <= self.id <= 65535, "then our ID")
         ok(got[2][0] == -1 and got[2][1] >= 0, "then -1 with the region")
         self.region = got[2][1]
-        self.peers = {v: fd for v, fd in got[3:3 + npeers]}
-        ok(got[-1][0] == self.id and got[-1][1] >= 0, "then our own eventfd")
-        self.efd = got[-1][1]
+        self.peers = {}
+        for v, fd in got[3:3 + npeers * nvec]:
+            self.peers.setdefault(v, []).append(fd)
+        ok(all(len(f) == nvec and min(f) >= 0 for f in self.peers.values()),
+           "each peer's %d eventfds" % nvec)
+        own = got[3 + npeers * nvec:]
+        ok(all(v == self.id and fd >= 0 for v, fd in own), "then our own %d eventfds" % nvec)
+        self.efds = [fd for _, fd in own]
+        self.efd = self.efds[0]
         return self
     def close(self):
         self.s.close()
@@ -161,7 +168,8 @@ def ivmcctl(*args):
 # vm-a: control device, then its pair device (vm-b not there yet).
 a_ctl = Qemu("vm-a", "control").handshake(0)
 ok(a_ctl.id == 1, "the control device has ID 1")
-a = Qemu("vm-a", "pair.vm-b").handshake(0)
+NVEC = 33  # a pair device's vectors (VMD_PAIR_VECTORS)
+a = Qemu("vm-a", "pair.vm-b").handshake(0, NVEC)
 c = ctl_region(a_ctl)
 print("vm-vmd: vm-a's control region:", c["name"], c["addrs"], c["pairs"])
 ok(c["name"] == "vm-a" and c["addrs"] == ["10.0.0.1", "fd00::1"], "name, addresses")
@@ -184,14 +192,23 @@ x.close()
 
 # vm-b arrives: both get each other's eventfd; a new epoch.
 b_ctl = Qemu("vm-b", "control").handshake(0)
-b = Qemu("vm-b", "pair.vm-a").handshake(1)
-ok(list(b.peers) == [a.id], "vm-b learns vm-a's ID and eventfd")
+b = Qemu("vm-b", "pair.vm-a").handshake(1, NVEC)
+ok(list(b.peers) == [a.id], "vm-b learns vm-a's ID and eventfds")
 got = a.read()
-ok(len(got) == 1 and got[0][0] == b.id and got[0][1] >= 0, "vm-a told of vm-b: %r" % got)
-# The doorbell: vm-a writes the eventfd it got for vm-b; vm-b's own fires.
-os.write(got[0][1], struct.pack("<Q", 1))
-ok(struct.unpack("<Q", os.read(b.efd, 8))[0] == 1, "vm-a rings vm-b")
-os.write(b.peers[a.id], struct.pack("<Q", 1))
+ok(len(got) == NVEC and all(v == b.id and fd >= 0 for v, fd in got),
+   "vm-a told of vm-b's %d vectors: %r" % (NVEC, got))
+# The doorbell: vm-a writes the eventfd it got for vm-b's vector v; vm-b's
+# own eventfd of that vector fires, and no other.
+for v in (0, 7, NVEC - 1):
+    os.write(got[v][1], struct.pack("<Q", 1))
+    ok(struct.unpack("<Q", os.read(b.efds[v], 8))[0] == 1, "vm-a rings vm-b's vector %d" % v)
+    os.set_blocking(b.efds[(v + 1) % NVEC], False)
+    try:
+        os.read(b.efds[(v + 1) % NVEC], 8)
+        ok(False, "vector %d rang vector %d too" % (v, (v + 1) % NVEC))
+    except BlockingIOError:
+        pass
+os.write(b.peers[a.id][0], struct.pack("<Q", 1))
 ok(struct.unpack("<Q", os.read(a.efd, 8))[0] == 1, "vm-b rings vm-a")
 ca, cb = ctl_region(a_ctl)["pairs"]["vm-b"], ctl_region(b_ctl)["pairs"]["vm-a"]
 ok(ca["state"] == "up" and cb["state"] == "up" and ca["epoch"] == cb["epoch"] > p["epoch"], "both up, new epoch")
@@ -218,7 +235,7 @@ ok(struct.unpack_from("<I", hdr, 16)[0] == 1, "pair header says gone")
 
 # A new vm-b: new session, new epoch.
 b_ctl = Qemu("vm-b", "control").handshake(0)
-b = Qemu("vm-b", "pair.vm-a").handshake(1)
+b = Qemu("vm-b", "pair.vm-a").handshake(1, NVEC)
 a.read()
 c2 = ctl_region(a_ctl)["pairs"]["vm-b"]
 ok(c2["state"] == "up" and c2["epoch"] > ca["epoch"], "a new epoch for vm-b's return")
@@ -237,6 +254,8 @@ p3 = ctl_region(a_ctl)["pairs"]["vm-b"]
 ok(p3["id"] not in (a.id, b.id) and p3["attached"] == 0, "a new pair, new IDs, no device yet: %r" % p3)
 q = ivmcctl("qemu-args", "vm-a").stdout
 ok("pair.vm-b.sock" in q and "ivshmem-doorbell" in q, "qemu-args lists the pair again")
+ok("chardev=ivmc-ctl,vectors=1" in q and ("vectors=%d" % NVEC) in q,
+   "qemu-args: one vector for the control device, %d for a pair's: %s" % (NVEC, q))
 print("vm-vmd: after deny and allow, vm-a's pair with vm-b has IDs %d/%d (was %d/%d)" %
       (p3["id"], p3["peer_id"], a.id, b.id))
 

@@ -310,7 +310,8 @@ static void qemu_path(char *out, size_t len, const char *path)
 	out[n] = 0;
 }
 
-static void qemu_dev(FILE *f, const char *id, const char *path, bool first)
+static void qemu_dev(FILE *f, const char *id, const char *path,
+		     unsigned int vectors, bool first)
 {
 	char p[256], arg[512];
 
@@ -319,7 +320,8 @@ static void qemu_dev(FILE *f, const char *id, const char *path, bool first)
 	snprintf(arg, sizeof(arg), "socket,id=%s,path=%s", id, p);
 	shell_word(f, arg);
 	fputs(" -device ", f);
-	snprintf(arg, sizeof(arg), "ivshmem-doorbell,chardev=%s,vectors=1", id);
+	snprintf(arg, sizeof(arg), "ivshmem-doorbell,chardev=%s,vectors=%u", id,
+		 vectors);
 	shell_word(f, arg);
 }
 
@@ -344,14 +346,15 @@ static int qemu_args(int argc, char **argv, FILE *f)
 	if (iommu)
 		fputs("-machine q35,kernel-irqchip=split "
 		      "-device intel-iommu,intremap=on ", f);
-	qemu_dev(f, "ivmc-ctl", v->ctldev.path, true);
+	qemu_dev(f, "ivmc-ctl", v->ctldev.path, 1, true);
 	for (unsigned int j = 0; j < VMD_VM_MAX; j++) {
 		const struct pairst *p = V.vm[j].used ? vm_pair(v, &V.vm[j]) : NULL;
 
 		if (!p)
 			continue;
 		snprintf(id, sizeof(id), "ivmc-pair-%s", V.vm[j].cf.name);
-		qemu_dev(f, id, p->dev[p->vm[1] == v].path, false);
+		qemu_dev(f, id, p->dev[p->vm[1] == v].path, VMD_PAIR_VECTORS,
+			 false);
 	}
 	fputc('\n', f);
 	return 0;

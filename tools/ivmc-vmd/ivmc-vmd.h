@@ -33,6 +33,10 @@
 #define VMD_PAIR_SIZE_DEF  (4u << 20)
 #define VMD_PAIR_RING_DEF  (256u << 10)
 #define VMD_PAIR_CHANS_DEF 3u
+/* MSI-X vectors of a pair device: 0 for the guests' link, then one per
+ * slot that takes interrupts, half per side (docs/vm.md); the control
+ * device has one. */
+#define VMD_PAIR_VECTORS   33u
 
 
 /* ---- configuration (conf.c) ---- */
@@ -109,7 +113,9 @@ struct ev {
 /* One QEMU connected to a device socket. */
 struct conn {
 	int fd;	 /* -1: none */
-	int efd; /* its vector 0 eventfd (we keep a copy: we can ring it) */
+	int efd[VMD_PAIR_VECTORS]; /* its vectors' eventfds, [0] first (we
+				    * keep copies: we can ring them) */
+	unsigned int nvec;	   /* how many */
 	pid_t pid;
 };
 

@@ -159,6 +159,13 @@ fail:
 	return err;
 }
 
+static void conn_reset(struct conn *c)
+{
+	for (unsigned int i = 0; i < VMD_PAIR_VECTORS; i++)
+		c->efd[i] = -1;
+	c->nvec = 0;
+}
+
 static int dev_init(struct dev *d, struct vmst *v, struct pairst *p,
 		    int side, const char *file)
 {
@@ -167,7 +174,8 @@ static int dev_init(struct dev *d, struct vmst *v, struct pairst *p,
 	d->pair = p;
 	d->side = side;
 	d->id = p ? ivmc_vm_pair_id(p->no, side) : IVMC_VM_ID_CTL;
-	d->lfd = d->c.fd = d->c.efd = -1;
+	d->lfd = d->c.fd = -1;
+	conn_reset(&d->c);
 	if (snprintf(d->path, sizeof(d->path), "%s/%s", v->dir, file) >=
 	    (int)sizeof(d->path))
 		return -ENAMETOOLONG;
@@ -180,9 +188,11 @@ static void conn_close(struct conn *c)
 {
 	if (c->fd >= 0)
 		close(c->fd);
-	if (c->efd >= 0)
-		close(c->efd);
-	c->fd = c->efd = -1;
+	for (unsigned int i = 0; i < c->nvec; i++)
+		if (c->efd[i] >= 0)
+			close(c->efd[i]);
+	conn_reset(c);
+	c->fd = -1;
 	c->pid = 0;
 }
 
@@ -247,8 +257,18 @@ static void pair_reset(struct pairst *p)
 						  : IVMC_VM_PEER_ABSENT;
 }
 
+/* Peer id's eventfds, one message each in vector order (the protocol). */
+static int efds_send(int sock, uint16_t id, const struct conn *c)
+{
+	int err = 0;
+
+	for (unsigned int i = 0; !err && i < c->nvec; i++)
+		err = msg_send(sock, id, c->efd[i]);
+	return err;
+}
+
 /* Version, ID, the region; the peers' eventfds; our own. */
-static int dev_handshake(struct dev *d, int fd, int efd)
+static int dev_handshake(struct dev *d, int fd, const struct conn *c)
 {
 	struct pairst *p = d->pair;
 	struct dev *o = p ? &p->dev[1 - d->side] : NULL;
@@ -257,9 +277,9 @@ static int dev_handshake(struct dev *d, int fd, int efd)
 	if ((err = msg_send(fd, 0, -1)) || (err = msg_send(fd, d->id, -1)) ||
 	    (err = msg_send(fd, -1, p ? p->memfd : d->vm->memfd)))
 		return err;
-	if (o && o->c.fd >= 0 && (err = msg_send(fd, o->id, o->c.efd)))
+	if (o && o->c.fd >= 0 && (err = efds_send(fd, o->id, &o->c)))
 		return err;
-	return msg_send(fd, d->id, efd);
+	return efds_send(fd, d->id, c);
 }
 
 /* Who may take d: not a second QEMU on one device, nor a second QEMU
@@ -290,7 +310,8 @@ static void dev_take(struct dev *d, int fd)
 	struct ucred cr;
 	socklen_t len = sizeof(cr);
 	const char *why;
-	int efd, err;
+	struct conn c;
+	int err;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
 		dlog(LOG_WARN, "%s: %s: no peer credentials: %s", v->cf.name,
@@ -308,15 +329,20 @@ static void dev_take(struct dev *d, int fd)
 		close(fd);
 		return;
 	}
-	efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (efd < 0) {
-		dlog(LOG_ERR, "%s: eventfd: %s", v->cf.name, strerror(errno));
-		close(fd);
-		return;
+	c = (struct conn){ .fd = fd, .pid = cr.pid };
+	conn_reset(&c);
+	for (c.nvec = 0; c.nvec < (p ? VMD_PAIR_VECTORS : 1); c.nvec++) {
+		c.efd[c.nvec] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (c.efd[c.nvec] < 0) {
+			dlog(LOG_ERR, "%s: eventfd: %s", v->cf.name,
+			     strerror(errno));
+			conn_close(&c);
+			return;
+		}
 	}
 	if (p)
 		pair_reset(p); /* before the new QEMU sees the region */
-	err = dev_handshake(d, fd, efd);
+	err = dev_handshake(d, fd, &c);
 	d->cev.type = EV_DEV_CONN;
 	d->cev.dev = d;
 	if (!err)
@@ -324,11 +350,10 @@ static void dev_take(struct dev *d, int fd)
 	if (err) {
 		dlog(LOG_WARN, "%s: pid %d on %s: %s", v->cf.name, (int)cr.pid,
 		     d->path, strerror(-err));
-		close(fd);
-		close(efd);
+		conn_close(&c);
 		return;
 	}
-	d->c = (struct conn){ .fd = fd, .efd = efd, .pid = cr.pid };
+	d->c = c;
 	if (!v->nconn++) {
 		v->pid = cr.pid;
 		v->gen++;
@@ -340,7 +365,7 @@ static void dev_take(struct dev *d, int fd)
 
 		p->state[d->side] = IVMC_VM_PEER_UP;
 		p->gen[d->side]++;
-		if (o->c.fd >= 0 && msg_send(o->c.fd, d->id, efd))
+		if (o->c.fd >= 0 && efds_send(o->c.fd, d->id, &d->c))
 			dlog(LOG_WARN, "%s: cannot tell pid %d of its peer",
 			     o->vm->cf.name, (int)o->c.pid);
 		ctl_publish(p->vm[1 - d->side]);
@@ -433,8 +458,8 @@ static void ctl_publish(struct vmst *v)
 	ivmc_fence_full(); /* odd before any byte of the new data */
 	memcpy((char *)c + off, (const char *)&b + off, sizeof(b) - off);
 	ivmc_store_release(&c->seq, ++v->seq);
-	if (v->ctldev.c.efd >= 0 &&
-	    write(v->ctldev.c.efd, &one, sizeof(one)) != sizeof(one))
+	if (v->ctldev.c.nvec && v->ctldev.c.efd[0] >= 0 &&
+	    write(v->ctldev.c.efd[0], &one, sizeof(one)) != sizeof(one))
 		dlog(LOG_DEBUG, "%s: control doorbell: %s", v->cf.name,
 		     strerror(errno));
 }
@@ -504,7 +529,8 @@ static int pair_start(struct vmst *a, struct vmst *b)
 	p->nchan = V.conf.pair_chans;
 	for (int s = 0; s < 2; s++) {
 		p->dev[s].vm = p->vm[s];
-		p->dev[s].lfd = p->dev[s].c.fd = p->dev[s].c.efd = -1;
+		p->dev[s].lfd = p->dev[s].c.fd = -1;
+		conn_reset(&p->dev[s].c);
 	}
 	p->used = true;
 	pair_reset(p);
@@ -571,7 +597,8 @@ static int vm_start(const struct conf_vm *cf)
 		return -ENOSPC;
 	memset(v, 0, sizeof(*v));
 	v->cf = *cf;
-	v->ctldev.lfd = v->ctldev.c.fd = v->ctldev.c.efd = -1;
+	v->ctldev.lfd = v->ctldev.c.fd = -1;
+	conn_reset(&v->ctldev.c);
 	err = vm_dir(v);
 	if (err)
 		return err;
