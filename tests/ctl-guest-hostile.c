@@ -402,7 +402,7 @@ static void gconn_reg(struct gconn *g)
 			break;
 	}
 	if (memcmp(m.la, a, 16) || memcmp(m.ra, b, 16) || !m.lport || m.slot ||
-	    m.gen || m.ring_size || m.reason || m.pad[0] || m.pad[1])
+	    m.gen || m.ring_size || m.reason || m.vec || m.pad)
 		t_fail("A's REG does not name its connection");
 	g->a = m;
 }
@@ -480,11 +480,12 @@ static void test_garbage(void)
 	static const struct {
 		const char *b_ip, *a_ip;
 		int type;
-		int how; /* 0: as is, 1: magic, 2: pad[0], 3: pad[1] */
+		int how; /* 0: as is, 1: magic, 2: pad, 3: vec 5 */
 	} lie[] = {
 		{ IP_B, IP_A1, IVMC_VM_MSG_REG, 1 },
 		{ IP_B, IP_A1, IVMC_VM_MSG_REG, 2 },
-		{ IP_B, IP_A1, IVMC_VM_MSG_REG, 3 },
+		/* A slot's vector A would not give it (A takes no interrupts). */
+		{ IP_B, IP_A2, IVMC_VM_MSG_CHAN, 3 },
 		{ IP_B, IP_A1, 0, 0 },
 		{ IP_B, IP_A1, 5, 0 },
 		{ IP_B, IP_A1, 0xffff, 0 },
@@ -514,8 +515,10 @@ static void test_garbage(void)
 		m.ring_size = T_GUEST_RING;
 		if (lie[i].how == 1)
 			m.magic ^= 1u << 31;
-		else if (lie[i].how > 1)
-			m.pad[lie[i].how - 2] = 1;
+		else if (lie[i].how == 2)
+			m.pad = 1;
+		else if (lie[i].how == 3)
+			m.vec = 5;
 		lk_send(&m);
 	}
 	lk_ping(NULL);

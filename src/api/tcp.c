@@ -30,6 +30,7 @@
 
 #include "../ctl/client.h"
 #include "../ring/atomics.h"
+#include "../transport/transport.h"
 #include "api.h"
 
 #define W_PENDING  0
@@ -53,6 +54,12 @@ struct tcpw {
 	int region_fd, bell_fd;	  /* the stash (under G.mu) */
 	uint64_t mem_off, mem_size; /* CHAN_MEM: the region in region_fd;
 				     * mem_size 0: a CHAN (a memfd) */
+	int regs_fd;		  /* CHAN_MEM with a doorbell: BAR0 (stash) */
+	uint32_t bell_peer, bell_vec;
+	/* CHAN_MEM with a doorbell, once installed: the channel's bell, its
+	 * eventfd (bell_fd) and the register map it rings through. */
+	struct chan_bell *mbell;
+	struct xport_ivshmem_bell *mxb;
 	uint32_t side;
 	struct chan_cfg cfg;
 	bool registered;
@@ -172,6 +179,9 @@ static void unstash(struct tcpw *w)
 	close(w->region_fd);
 	if (w->bell_fd >= 0)
 		close(w->bell_fd);
+	if (w->regs_fd >= 0)
+		close(w->regs_fd);
+	w->bell_fd = w->regs_fd = -1;
 	ivmc_store_release(&w->stash, 0);
 }
 
@@ -226,6 +236,7 @@ static void on_chan(const struct ctl_chan *m, const int *fds)
 	}
 	w->region_fd = fds[0];
 	w->bell_fd = fds[1];
+	w->regs_fd = -1;
 	w->mem_off = w->mem_size = 0;
 	w->side = m->side;
 	ivmc_store_release(&w->stash, 1);
@@ -236,17 +247,22 @@ static void mail_hook(void);
 /* A channel in memory shared with a peer VM (ivmcd --guest): the offset
  * and size are checked by chan_open_mem() against the header found
  * there, which the peer may have written. */
-static void on_chan_mem(const struct ctl_chan_mem *m, int fd)
+static void on_chan_mem(const struct ctl_chan_mem *m, const int *fds)
 {
 	struct tcpw *w = hash_find(m->token);
+	int nfds = m->bell_peer ? 3 : 1;
 
 	if (!w || ivmc_load_once(&w->state) != W_PENDING ||
 	    ivmc_load_once(&w->stash) || m->side > 1 || !m->size) {
-		close(fd);
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
 		return;
 	}
-	w->region_fd = fd;
-	w->bell_fd = -1;
+	w->region_fd = fds[0];
+	w->bell_fd = m->bell_peer ? fds[1] : -1;
+	w->regs_fd = m->bell_peer ? fds[2] : -1;
+	w->bell_peer = m->bell_peer;
+	w->bell_vec = m->bell_vec;
 	w->mem_off = m->offset;
 	w->mem_size = m->size;
 	chan_set_idle_hook(mail_hook);
@@ -297,7 +313,7 @@ static void pump(void)
 	if (G.mbox)
 		ivmc_store_once(&G.seen, ivmc_load_acquire(&G.mbox->seq));
 	for (int i = 0; G.cli && i < 1024; i++) {
-		int fds[2], nfds = 2;
+		int fds[3], nfds = 3;
 		int t = ctl_recv(G.cli, &m, fds, &nfds);
 		struct tcpw *w;
 
@@ -318,7 +334,7 @@ static void pump(void)
 		} else if (t == CTL_DETACH) {
 			on_detach(m.d.token);
 		} else if (t == CTL_CHAN_MEM) {
-			on_chan_mem(&m.cm, fds[0]);
+			on_chan_mem(&m.cm, fds);
 		} else if (t == CTL_PEER_GONE) {
 			on_peer_gone(m.g.token);
 		}
@@ -567,6 +583,39 @@ open:
 /* ---- attaching ------------------------------------------------------------ */
 
 /* Open the stashed channel if no call is on TCP in either direction. */
+/* A memory channel's doorbell (CHAN_MEM with bell_peer): the bell on the
+ * slot's eventfd (moved out of the application's way), ringing through
+ * the device's registers. The register fd goes once mapped. */
+static int mem_bell(struct tcpw *w)
+{
+	int err;
+
+	if (!w->bell_peer)
+		return 0;
+	err = xport_ivshmem_bell_new(w->regs_fd, w->bell_peer, w->bell_vec,
+				     &w->mxb);
+	close(w->regs_fd);
+	w->regs_fd = -1;
+	if (err)
+		return err;
+	w->bell_fd = xport_fd_high(w->bell_fd);
+	return chan_bell_new(w->bell_fd, xport_ivshmem_bell_ring, w->mxb,
+			     &w->mbell);
+}
+
+/* After the channel (or instead of it). */
+static void mem_bell_free(struct tcpw *w)
+{
+	chan_bell_free(w->mbell);
+	xport_ivshmem_bell_free(w->mxb);
+	w->mbell = NULL;
+	w->mxb = NULL;
+	if (w->mem_size && w->bell_fd >= 0) {
+		close(w->bell_fd);
+		w->bell_fd = -1;
+	}
+}
+
 static void install(struct tcpw *w)
 {
 	struct chan *c;
@@ -590,15 +639,23 @@ static void install(struct tcpw *w)
 	w->cfg.tx_off0 = w->off[CHAN_TX];
 	w->cfg.rx_off0 = w->off[CHAN_RX];
 	w->cfg.nonblock = ivmc_load_once(&w->nonblock);
-	if (w->mem_size)
-		err = chan_open_mem(&w->cfg, w->region_fd, w->mem_off,
-				    w->mem_size, &c);
-	else
+	if (w->mem_size) {
+		err = mem_bell(w);
+		w->cfg.bell = w->mbell;
+		if (!err)
+			err = chan_open_mem(&w->cfg, w->region_fd, w->mem_off,
+					    w->mem_size, &c);
+		if (err)
+			mem_bell_free(w);
+		w->cfg.bell = NULL;
+	} else {
 		err = chan_open(&w->cfg, w->region_fd, w->bell_fd, &c);
+	}
 	close(w->region_fd);
 	if (err) {
 		if (w->bell_fd >= 0)
 			close(w->bell_fd);
+		w->bell_fd = -1;
 		ivmc_store_release(&w->stash, 0);
 		give_up(w, err);
 	} else {
@@ -744,7 +801,7 @@ IVMC_API int ivmc_tcp(int fd, const struct ivmc_opts *opts,
 	h->w = w;
 	w->h = h;
 	w->fd = fd;
-	w->region_fd = w->bell_fd = -1;
+	w->region_fd = w->bell_fd = w->regs_fd = -1;
 	pthread_mutex_init(&w->mu[0], NULL);
 	pthread_mutex_init(&w->mu[1], NULL);
 	w->nonblock = (o->flags & IVMC_NONBLOCK) != 0;
@@ -1078,6 +1135,7 @@ int tcp_close(struct ivmc_chan *h)
 			err = -ECONNABORTED;
 		(void)chan_settle(c);
 		chan_close(c);
+		mem_bell_free(w);
 	}
 	pthread_mutex_destroy(&w->mu[0]);
 	pthread_mutex_destroy(&w->mu[1]);

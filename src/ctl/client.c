@@ -278,6 +278,9 @@ static bool msg_ok(const void *buf, ssize_t n, int nfds)
 		return false;
 	if (h->type == CTL_RESULT)
 		return nfds <= 1;
+	if (h->type == CTL_CHAN_MEM)
+		return nfds == (((const struct ctl_chan_mem *)buf)->bell_peer ? 3
+									    : 1);
 	return nfds == ctl_type_fds(h->type);
 }
 

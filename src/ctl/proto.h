@@ -92,8 +92,11 @@ struct ctl_chan {
 };
 
 /* CHAN_MEM (ivmcd --guest): the region is the size bytes at offset (page
- * aligned) of the fd, an ivshmem BAR shared with the peer's VM; there is
- * no doorbell (the ends poll: docs/vm.md). */
+ * aligned) of the first fd, an ivshmem BAR shared with the peer's VM. With
+ * bell_peer 0 there is no doorbell (the ends poll: docs/vm.md) and no other
+ * fd. Else two more fds: an eventfd the slot's interrupt (MSI-X vector
+ * bell_vec of our device) lands on, and the device's registers (BAR0), to
+ * ring vector bell_vec of the device with ID bell_peer. */
 struct ctl_chan_mem {
 	struct ctl_hdr h;
 	uint64_t token;
@@ -102,6 +105,8 @@ struct ctl_chan_mem {
 	uint64_t size;
 	uint32_t side;
 	uint32_t ring_size;
+	uint32_t bell_peer;
+	uint32_t bell_vec;
 };
 
 /* PEER_GONE: the end of token's channel on the other side is gone for
@@ -210,7 +215,8 @@ static inline uint32_t ctl_type_size(uint32_t type)
 	}
 }
 
-/* Number of fds each type carries (exactly). HELLO carries 0 or 1. */
+/* Number of fds each type carries (exactly). HELLO carries 0 or 1;
+ * CHAN_MEM 1, or 3 with a doorbell (bell_peer). */
 static inline int ctl_type_fds(uint32_t type)
 {
 	switch (type) {
@@ -266,6 +272,7 @@ struct ctl_table {
 
 static_assert(sizeof(struct ctl_tab_entry) == 24, "table entry");
 static_assert(offsetof(struct ctl_table, e) == 64, "table header");
+static_assert(sizeof(struct ctl_chan_mem) <= CTL_MSG_MAX, "CTL_MSG_MAX");
 
 /* Hash of an entry's key, for the open-addressing table. */
 static inline uint32_t ctl_tab_hash(const uint8_t addr[16], uint16_t port)

@@ -241,10 +241,11 @@ int xport_ivshmem_id(const char *bdf, uint32_t *id)
 /* ---- the doorbell: MSI-X vector 0 through vfio-pci ---- */
 
 struct xport_ivshmem_irq {
-	int efd;			/* the interrupt lands here */
+	int efd[XPORT_IVSHMEM_VEC_MAX];	/* vector v's interrupt lands here */
+	unsigned int nvec;
 	int container, group, dev;	/* vfio */
 	volatile uint32_t *regs;	/* BAR0, for the Doorbell register */
-	uint32_t ring_val;		/* peer_id << 16 | vector 0; 0: none */
+	uint32_t ring_val;		/* peer_id << 16; 0: none */
 };
 
 /* The last component of the symbolic link at path, into out ("" if there
@@ -373,21 +374,34 @@ static int bus_master(int dev)
 	return 0;
 }
 
-/* MSI-X vector 0 triggers efd. */
-static int msix_eventfd(int dev, int efd)
+/* How many MSI-X vectors the device has (QEMU's vectors=). */
+static int msix_count(int dev, unsigned int *n)
+{
+	struct vfio_irq_info ii = { .argsz = sizeof(ii),
+				    .index = VFIO_PCI_MSIX_IRQ_INDEX };
+
+	if (ioctl(dev, VFIO_DEVICE_GET_IRQ_INFO, &ii) < 0)
+		return -errno;
+	*n = ii.count;
+	return ii.count ? 0 : -ENOTSUP;
+}
+
+/* MSI-X vector v triggers efd[v], for v < n. */
+static int msix_eventfds(int dev, const int *efd, unsigned int n)
 {
 	union {
 		struct vfio_irq_set s;
-		char b[sizeof(struct vfio_irq_set) + sizeof(int32_t)];
+		char b[sizeof(struct vfio_irq_set) +
+		       XPORT_IVSHMEM_VEC_MAX * sizeof(int32_t)];
 	} u;
 
 	memset(&u, 0, sizeof(u));
-	u.s.argsz = sizeof(u.b);
+	u.s.argsz = (uint32_t)(sizeof(struct vfio_irq_set) + n * sizeof(int32_t));
 	u.s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
 	u.s.index = VFIO_PCI_MSIX_IRQ_INDEX;
 	u.s.start = 0;
-	u.s.count = 1;
-	memcpy(u.s.data, &efd, sizeof(int32_t));
+	u.s.count = n;
+	memcpy(u.s.data, efd, n * sizeof(int32_t));
 	return ioctl(dev, VFIO_DEVICE_SET_IRQS, &u.s) < 0 ? -errno : 0;
 }
 
@@ -407,19 +421,22 @@ void xport_ivshmem_irq_close(struct xport_ivshmem_irq *q)
 	close_fd(q->dev);
 	close_fd(q->group);
 	close_fd(q->container);
-	close_fd(q->efd);
+	for (unsigned int v = 0; v < q->nvec; v++)
+		close_fd(q->efd[v]);
 	free(q);
 }
 
-int xport_ivshmem_irq_open(const char *bdf, uint32_t peer_id,
-			   struct xport_ivshmem_irq **out)
+int xport_ivshmem_irq_open_vec(const char *bdf, uint32_t peer_id,
+			       unsigned int want, struct xport_ivshmem_irq **out)
 {
 	struct xport_ivshmem_irq *q;
 	char grp[64];
+	unsigned int have = 0;
 	uint32_t own;
 	int err;
 
-	if (!bdf_ok(bdf) || peer_id > IVMC_VM_ID_MAX)
+	if (!bdf_ok(bdf) || peer_id > IVMC_VM_ID_MAX || !want ||
+	    want > XPORT_IVSHMEM_VEC_MAX)
 		return -EINVAL;
 	if (!is_ivshmem(bdf))
 		return -ENODEV;
@@ -429,7 +446,7 @@ int xport_ivshmem_irq_open(const char *bdf, uint32_t peer_id,
 	q = calloc(1, sizeof(*q));
 	if (!q)
 		return -ENOMEM;
-	q->efd = q->container = q->group = q->dev = -1;
+	q->container = q->group = q->dev = -1;
 	/* vfio-pci enables the device while we hold it: map the registers
 	 * after it did. */
 	err = bind_vfio(bdf);
@@ -440,12 +457,17 @@ int xport_ivshmem_irq_open(const char *bdf, uint32_t peer_id,
 	own = q->regs ? q->regs[REG_IVPOSITION / 4] : 0;
 	if (!err && peer_id && (peer_id == own || !own))
 		err = -EINVAL; /* never ring ourselves, nor as a plain device */
-	if (!err) {
-		q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		err = q->efd < 0 ? -errno : bus_master(q->dev);
+	if (!err)
+		err = msix_count(q->dev, &have);
+	for (; !err && q->nvec < want && q->nvec < have; q->nvec++) {
+		q->efd[q->nvec] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (q->efd[q->nvec] < 0)
+			err = -errno;
 	}
 	if (!err)
-		err = msix_eventfd(q->dev, q->efd);
+		err = bus_master(q->dev);
+	if (!err)
+		err = msix_eventfds(q->dev, q->efd, q->nvec);
 	if (err) {
 		xport_ivshmem_irq_close(q);
 		return err;
@@ -455,18 +477,99 @@ int xport_ivshmem_irq_open(const char *bdf, uint32_t peer_id,
 	return 0;
 }
 
+int xport_ivshmem_irq_open(const char *bdf, uint32_t peer_id,
+			   struct xport_ivshmem_irq **out)
+{
+	return xport_ivshmem_irq_open_vec(bdf, peer_id, 1, out);
+}
+
 int xport_ivshmem_irq_fd(const struct xport_ivshmem_irq *q)
 {
-	return q->efd;
+	return q->efd[0];
+}
+
+unsigned int xport_ivshmem_irq_nvec(const struct xport_ivshmem_irq *q)
+{
+	return q->nvec;
+}
+
+int xport_ivshmem_irq_vfd(const struct xport_ivshmem_irq *q, unsigned int v)
+{
+	return v < q->nvec ? q->efd[v] : -1;
+}
+
+int xport_ivshmem_irq_ring_vec(struct xport_ivshmem_irq *q, unsigned int v)
+{
+	if (!q->ring_val || v > 0xffff)
+		return -EINVAL;
+	/* An uncached store: after every store before it (our publish). */
+	q->regs[REG_DOORBELL / 4] = q->ring_val | v;
+	return 0;
 }
 
 int xport_ivshmem_irq_ring(struct xport_ivshmem_irq *q)
 {
-	if (!q->ring_val)
+	return xport_ivshmem_irq_ring_vec(q, 0);
+}
+
+/* ---- a client's doorbell: BAR0 from the guest's ivmcd ---- */
+
+struct xport_ivshmem_bell {
+	volatile uint32_t *regs;
+	uint32_t ring_val;
+};
+
+int xport_ivshmem_regs_open(const char *bdf)
+{
+	char path[256];
+	int fd;
+
+	if (!bdf_ok(bdf))
 		return -EINVAL;
-	/* An uncached store: after every store before it (our publish). */
-	q->regs[REG_DOORBELL / 4] = q->ring_val;
+	snprintf(path, sizeof(path), "%s/%s/resource0", pci_devices(), bdf);
+	fd = open(path, O_RDWR | O_SYNC | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int xport_ivshmem_bell_new(int regs_fd, uint32_t peer_id, uint32_t vec,
+			   struct xport_ivshmem_bell **out)
+{
+	struct xport_ivshmem_bell *b;
+	void *p;
+
+	if (!peer_id || peer_id > IVMC_VM_ID_MAX || vec > 0xffff)
+		return -EINVAL;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	p = mmap(NULL, REGS_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, regs_fd, 0);
+	if (p == MAP_FAILED) {
+		int err = -errno;
+
+		free(b);
+		return err;
+	}
+	b->regs = p;
+	b->ring_val = peer_id << 16 | vec;
+	*out = b;
 	return 0;
+}
+
+int xport_ivshmem_bell_ring(void *bell)
+{
+	struct xport_ivshmem_bell *b = bell;
+
+	/* An uncached store: after every store before it (our publish). */
+	b->regs[REG_DOORBELL / 4] = b->ring_val;
+	return 0;
+}
+
+void xport_ivshmem_bell_free(struct xport_ivshmem_bell *b)
+{
+	if (!b)
+		return;
+	munmap((void *)b->regs, REGS_MAP);
+	free(b);
 }
 
 uint64_t xport_vm_ctl_seq(const void *map)

@@ -138,8 +138,24 @@ struct ivmc_shm_vm_msg {
 	uint32_t slot;	     /* CHAN, FREE: in the allocator's half */
 	uint32_t gen;	     /* CHAN, FREE: the slot's generation */
 	uint32_t ring_size;  /* CHAN: the host's pair ring size */
-	uint32_t pad[2];     /* zero */
+	uint32_t vec;	     /* REG: the sender's vectors that take
+			      * interrupts (0: none); CHAN: the slot's
+			      * vector (0: none, the ends poll) */
+	uint32_t pad;	     /* zero */
 };
+
+/*
+ * Interrupts for the slots (docs/vm.md): a pair device's vector 0 is the
+ * link's; with both guests taking nvec vectors (the smaller count of the
+ * two), slot i < k of side s's half has vector 1 + s * k + i, where k =
+ * (nvec - 1) / 2. Slots beyond k poll. Returns k.
+ */
+static inline uint32_t ivmc_vm_vec_slots(uint32_t nvec_a, uint32_t nvec_b)
+{
+	uint32_t n = nvec_a < nvec_b ? nvec_a : nvec_b;
+
+	return n >= 3 ? (n - 1) / 2 : 0;
+}
 
 static_assert(sizeof(struct ivmc_shm_vm_addr) == 20, "addr layout");
 static_assert(sizeof(struct ivmc_shm_vm_pair) == 256, "pair layout");

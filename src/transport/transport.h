@@ -88,6 +88,33 @@ int xport_ivshmem_irq_ring(struct xport_ivshmem_irq *q);
 /* Release the interrupt and every fd (the device stays bound to vfio-pci). */
 void xport_ivshmem_irq_close(struct xport_ivshmem_irq *q);
 
+/* As xport_ivshmem_irq_open(), with MSI-X vectors 0 .. n-1 each on an
+ * eventfd of its own, n the smaller of want (1 .. XPORT_IVSHMEM_VEC_MAX)
+ * and the device's vectors. */
+#define XPORT_IVSHMEM_VEC_MAX 64u
+int xport_ivshmem_irq_open_vec(const char *bdf, uint32_t peer_id,
+			       unsigned int want, struct xport_ivshmem_irq **out);
+/* How many vectors the handle holds. */
+unsigned int xport_ivshmem_irq_nvec(const struct xport_ivshmem_irq *q);
+/* Vector v's eventfd (owned by the handle), or -1 beyond the last. */
+int xport_ivshmem_irq_vfd(const struct xport_ivshmem_irq *q, unsigned int v);
+/* Ring the peer's vector v. Returns 0, or -EINVAL. */
+int xport_ivshmem_irq_ring_vec(struct xport_ivshmem_irq *q, unsigned int v);
+
+/* The device's registers (BAR0, sysfs resource0) opened read-write for a
+ * client's doorbell (xport_ivshmem_bell_new()). Returns the fd or -errno. */
+int xport_ivshmem_regs_open(const char *bdf);
+
+/* A client's doorbell: ringing stores peer_id << 16 | vec into the
+ * Doorbell register of the BAR0 that regs_fd maps (fd borrowed). Returns
+ * 0 and *out, -EINVAL (peer_id 0 or too large, vec) or -errno. */
+struct xport_ivshmem_bell;
+int xport_ivshmem_bell_new(int regs_fd, uint32_t peer_id, uint32_t vec,
+			   struct xport_ivshmem_bell **out);
+/* Ring (a chan_bell ring function: bell is the xport_ivshmem_bell). */
+int xport_ivshmem_bell_ring(void *bell);
+void xport_ivshmem_bell_free(struct xport_ivshmem_bell *b);
+
 /* Where the process's own long-lived fds go: 0 (the default) leaves them
  * where the kernel puts them; the preload sets it high so that they stay
  * out of the application's way (fds below it are the application's). */

@@ -16,6 +16,10 @@
  * of a slow peer never lands in a newer connection. Everything the peer
  * VM writes (messages, slot contents) is checked before use; the control
  * region is the authority on who the peer is and whether it lives.
+ * Where both guests take the pair device's interrupts (vfio-pci), the
+ * first slots of each half each have an MSI-X vector of their own: the
+ * client gets the vector's eventfd and the device's registers, and rings
+ * the peer's client directly (ivmc_vm_vec_slots()).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -36,6 +40,7 @@
 #define G_TICK_BUSY_MS 1   /* link polling while anything is under way */
 #define G_TICK_IDLE_MS 100 /* idle: the control region and the link */
 #define G_BUSY_MS     2000 /* under way: this long after the last message */
+#define G_VEC_WANT    XPORT_IVSHMEM_VEC_MAX /* vectors asked of vfio */
 
 struct gslot {
 	uint32_t gen;
@@ -72,6 +77,10 @@ struct gpeer {
 	bool lost_said;		   /* logged since the queue last moved */
 	uint64_t dead_epoch;	   /* the link failed in this session */
 	bool live;
+	struct xport_ivshmem_irq *irq; /* the device's vectors, or NULL */
+	int regs_fd;		   /* its registers, for clients (with irq) */
+	uint32_t peer_nvec;	   /* the peer's vectors (its REG, CHAN) */
+	uint64_t vec_slots;	   /* connections given a vector */
 };
 
 static struct {
@@ -244,6 +253,19 @@ static void send_nochan(struct gpeer *gp, const struct kaddr *local,
 
 /* ---- slots and channels -------------------------------------------------- */
 
+static uint32_t own_nvec(const struct gpeer *gp)
+{
+	return gp->irq ? xport_ivshmem_irq_nvec(gp->irq) : 0;
+}
+
+/* The vector of slot of side's half, or 0: it polls. */
+static uint32_t slot_vec(const struct gpeer *gp, int side, uint32_t slot)
+{
+	uint32_t k = ivmc_vm_vec_slots(own_nvec(gp), gp->peer_nvec);
+
+	return slot < k ? 1 + (uint32_t)side * k + slot : 0;
+}
+
 static uint64_t slot_off(const struct gpeer *gp, int side, uint32_t slot)
 {
 	return ivmc_vm_slot_off(gp->base, gp->nslots, gp->slot_size, side, slot);
@@ -252,8 +274,9 @@ static uint64_t slot_off(const struct gpeer *gp, int side, uint32_t slot)
 static int send_chan_mem(struct channel *ch, int side)
 {
 	struct chan_end *e = &ch->end[0];
+	struct gpeer *gp = ch->guest;
 	struct ctl_chan_mem m = { 0 };
-	int fd = ch->guest->fd;
+	int fds[3] = { gp->fd, -1, gp->regs_fd };
 
 	ctl_hdr_init(&m.h, CTL_CHAN_MEM, 0);
 	m.token = e->token;
@@ -263,13 +286,18 @@ static int send_chan_mem(struct channel *ch, int side)
 	m.size = ch->guest->slot_size;
 	m.side = (uint32_t)side;
 	m.ring_size = ch->ring_size;
-	return client_send(e->cl, &m, &fd, 1);
+	if (ch->vec) {
+		fds[1] = xport_ivshmem_irq_vfd(gp->irq, ch->vec);
+		m.bell_peer = gp->p.peer_id;
+		m.bell_vec = ch->vec;
+	}
+	return client_send(e->cl, &m, fds, ch->vec ? 3 : 1);
 }
 
 /* Make the channel of r in slot (ours: of our half) and hand our client
  * its end. Returns 0 or a CTL_R_* reason (r is then still pending). */
 static int chan_make(struct gpeer *gp, struct reg *r, uint32_t slot,
-		     uint32_t gen, bool ours)
+		     uint32_t gen, uint32_t vec, bool ours)
 {
 	struct channel *ch;
 	int reason;
@@ -280,7 +308,10 @@ static int chan_make(struct gpeer *gp, struct reg *r, uint32_t slot,
 	ch->guest = gp;
 	ch->slot = slot;
 	ch->gen = gen;
+	ch->vec = vec;
 	ch->ours = ours;
+	if (vec)
+		gp->vec_slots++;
 	ch->mem_hdr = gp->map + slot_off(gp, ours ? gp->p.side : 1 - gp->p.side,
 					 slot);
 	if (ours) {
@@ -293,10 +324,10 @@ static int chan_make(struct gpeer *gp, struct reg *r, uint32_t slot,
 		char a[KADDR_STRLEN], b[KADDR_STRLEN];
 
 		log_info("paired %s (pid %d uid %u) <-> %s in VM %s: slot %u of "
-			 "%s half, generation %u", kaddr_str(&r->k.local, a, sizeof(a)),
+			 "%s half, generation %u%s", kaddr_str(&r->k.local, a, sizeof(a)),
 			 (int)r->cl->pid, r->cl->uid,
 			 kaddr_str(&r->k.remote, b, sizeof(b)), gp->p.peer, slot,
-			 ours ? "our" : "its", gen);
+			 ours ? "our" : "its", gen, vec ? ", interrupt" : "");
 	}
 	/* The allocator is side 0 of the channel. */
 	if (send_chan_mem(ch, ours ? 0 : 1)) {
@@ -349,7 +380,9 @@ static void allocate(struct gpeer *gp, struct reg *r)
 	gen = gp->mine[slot].gen + 1;
 	err = chan_region_init(gp->map + slot_off(gp, gp->p.side, slot),
 			       gp->slot_size, gp->p.ring_size, true, gen << 20);
-	reason = err ? CTL_R_NO_MEMORY : chan_make(gp, r, slot, gen, true);
+	reason = err ? CTL_R_NO_MEMORY
+		     : chan_make(gp, r, slot, gen, slot_vec(gp, gp->p.side, slot),
+				 true);
 	if (reason) {
 		if (err)
 			log_warn("slot %u of %s: %s", slot, gp->p.peer,
@@ -363,6 +396,7 @@ static void allocate(struct gpeer *gp, struct reg *r)
 	m.slot = slot;
 	m.gen = gen;
 	m.ring_size = gp->p.ring_size;
+	m.vec = slot_vec(gp, gp->p.side, slot);
 	if (!link_send(gp, &m)) /* the peer never hears of it: no FREE */
 		gp->mine[slot].peer_freed = true;
 	slot_release(gp, slot);
@@ -402,6 +436,7 @@ bool guest_reg(struct reg *r)
 		return true;
 	}
 	msg_conn(&m, IVMC_VM_MSG_REG, &r->k.local, &r->k.remote);
+	m.vec = own_nvec(gp);
 	if (!link_send(gp, &m)) {
 		conn_nochan(r->cl, r->token, &r->k, CTL_R_LIMIT);
 		reg_free(r);
@@ -430,7 +465,7 @@ static void on_msg(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 	local.port = m->rport;
 	memcpy(remote.a, m->la, 16);
 	remote.port = m->lport;
-	if (m->magic != IVMC_VM_MSG_MAGIC || m->pad[0] || m->pad[1]) {
+	if (m->magic != IVMC_VM_MSG_MAGIC || m->pad) {
 		gp->bad++;
 		return;
 	}
@@ -451,6 +486,7 @@ static void on_msg(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 	r = reg_find(&local, &remote);
 	switch (m->type) {
 	case IVMC_VM_MSG_REG:
+		gp->peer_nvec = m->vec; /* ivmc_vm_vec_slots() takes the min */
 		if (!we_allocate(&local, &remote)) {
 			gp->bad++;
 			return;
@@ -473,8 +509,10 @@ static void on_msg(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 		}
 		return;
 	case IVMC_VM_MSG_CHAN:
+		/* Its vector: the one we would give that slot, or none. */
 		if (we_allocate(&local, &remote) || m->slot >= gp->nslots ||
-		    m->ring_size != gp->p.ring_size || gp->theirs[m->slot].used) {
+		    m->ring_size != gp->p.ring_size || gp->theirs[m->slot].used ||
+		    (m->vec && m->vec != slot_vec(gp, 1 - gp->p.side, m->slot))) {
 			gp->bad++;
 			if (m->slot < gp->nslots && !gp->theirs[m->slot].used)
 				send_free(gp, m->slot, m->gen);
@@ -489,7 +527,8 @@ static void on_msg(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 			return;
 		}
 		{
-			int reason = chan_make(gp, r, m->slot, m->gen, false);
+			int reason = chan_make(gp, r, m->slot, m->gen, m->vec,
+					       false);
 
 			if (reason) {
 				send_free(gp, m->slot, m->gen);
@@ -563,6 +602,15 @@ static void peer_down(struct gpeer *gp, const char *why)
 		ctl_hdr_init(&m.h, CTL_PEER_GONE, 0);
 		m.token = ch->end[0].token;
 		(void)client_send(ch->end[0].cl, &m, NULL, 0);
+		if (ch->vec && gp->irq) {
+			/* A client asleep on its bell wakes to read it. */
+			static const uint64_t one = 1;
+			int efd = xport_ivshmem_irq_vfd(gp->irq, ch->vec);
+
+			if (efd >= 0 && write(efd, &one, sizeof(one)) < 0)
+				log_debug("waking slot %u: %s", ch->slot,
+					  strerror(errno));
+		}
 		ch->guest = NULL; /* the slots go with the session */
 		ch->mem_hdr = NULL;
 	}
@@ -584,6 +632,45 @@ static void peer_down(struct gpeer *gp, const char *why)
 	gp->outlen = gp->inlen = 0;
 	gp->lost_said = false;
 	D.table_dirty = true;
+}
+
+/* The device's interrupts, one vector per slot that has one: without
+ * them (no IOMMU, no vfio-pci, another holder) the slots poll. */
+static void irq_open(struct gpeer *gp)
+{
+	int err = xport_ivshmem_irq_open_vec(gp->bdf, gp->p.peer_id, G_VEC_WANT,
+					     &gp->irq);
+
+	if (!err) {
+		gp->regs_fd = xport_ivshmem_regs_open(gp->bdf);
+		if (gp->regs_fd < 0) {
+			err = gp->regs_fd;
+			xport_ivshmem_irq_close(gp->irq);
+			gp->irq = NULL;
+		}
+	}
+	if (err)
+		log_info("pair with %s: device %s takes no interrupts (%s): "
+			 "its connections poll", gp->p.peer, gp->bdf,
+			 strerror(-err));
+	else
+		log_info("pair with %s: device %s: %u interrupt vectors",
+			 gp->p.peer, gp->bdf, xport_ivshmem_irq_nvec(gp->irq));
+}
+
+static void dev_close(struct gpeer *gp)
+{
+	xport_ivshmem_irq_close(gp->irq);
+	gp->irq = NULL;
+	if (gp->regs_fd >= 0)
+		close(gp->regs_fd);
+	gp->regs_fd = -1;
+	if (gp->map)
+		munmap(gp->map, gp->map_len);
+	gp->map = NULL;
+	if (gp->fd >= 0)
+		close(gp->fd);
+	gp->fd = -1;
 }
 
 /* The BAR of the device with this ID, mapped; the link opened. */
@@ -619,6 +706,7 @@ static int peer_up(struct gpeer *gp, char (*bdf)[13], const uint32_t *id,
 		}
 		gp->map = map;
 		gp->map_len = gp->p.region_size;
+		irq_open(gp);
 	}
 	if (chan_region_size(gp->p.ring_size, 0, &rsz) || !gp->p.nchan ||
 	    gp->p.chan_off % 4096 || gp->p.chan_off > gp->p.region_size)
@@ -637,6 +725,7 @@ static int peer_up(struct gpeer *gp, char (*bdf)[13], const uint32_t *id,
 	if (!gp->mine || !gp->theirs)
 		return -ENOMEM;
 	gp->live = true;
+	gp->peer_nvec = 0; /* until its REG says */
 	log_info("pair with %s: device %s ID %u side %u epoch %llu, %u slots of "
 		 "%llu bytes per side", gp->p.peer, gp->bdf, gp->p.id, gp->p.side,
 		 (unsigned long long)gp->p.epoch, gp->nslots,
@@ -694,7 +783,7 @@ static void sync_pairs(void)
 		if (!gp && G.npeer < IVMC_VM_PAIR_MAX) {
 			gp = &G.peer[G.npeer++];
 			memset(gp, 0, sizeof(*gp));
-			gp->fd = -1;
+			gp->fd = gp->regs_fd = -1;
 			link_init(&gp->remotes);
 			gp->p = G.c.pair[j];
 		}
@@ -707,12 +796,8 @@ static void sync_pairs(void)
 			uint32_t cur = 0;
 
 			if (xport_ivshmem_id(gp->bdf, &cur) || cur != gp->p.id ||
-			    gp->map_len != gp->p.region_size) {
-				munmap(gp->map, gp->map_len);
-				close(gp->fd);
-				gp->fd = -1;
-				gp->map = NULL;
-			}
+			    gp->map_len != gp->p.region_size)
+				dev_close(gp);
 		}
 		{
 			int err = peer_up(gp, bdf, id, n > 0 ? n : 0);
@@ -795,28 +880,32 @@ void guest_status(FILE *f, bool json)
 	if (json)
 		fprintf(f, ",\"guest\":{\"vm\":\"%s\",\"pairs\":[", G.c.name);
 	else
-		fprintf(f, "\nGUEST %s: PAIRS\n%-20s %-6s %-8s %-6s %-10s %-10s %s\n",
+		fprintf(f, "\nGUEST %s: PAIRS\n%-20s %-6s %-8s %-6s %-10s %-10s %-12s %s\n",
 			G.c.name, "PEER", "LINK", "EPOCH", "SIDE", "SLOTS", "IN-USE",
-			"MSGS OUT/IN/BAD/LOST");
+			"IRQ-SLOTS", "MSGS OUT/IN/BAD/LOST");
 	for (uint32_t i = 0; i < G.npeer; i++) {
 		const struct gpeer *gp = &G.peer[i];
 		uint32_t used = 0;
 
+		uint32_t k = ivmc_vm_vec_slots(own_nvec(gp), gp->peer_nvec);
+
 		for (uint32_t s = 0; gp->mine && s < gp->nslots; s++)
 			used += gp->mine[s].used;
 		if (json)
-			fprintf(f, "%s{\"peer\":\"%s\",\"link\":%s,\"epoch\":%llu,\"side\":%u,\"slots\":%u,\"slots_used\":%u,\"msgs_out\":%llu,\"msgs_in\":%llu,\"msgs_bad\":%llu,\"msgs_lost\":%llu}",
+			fprintf(f, "%s{\"peer\":\"%s\",\"link\":%s,\"epoch\":%llu,\"side\":%u,\"slots\":%u,\"slots_used\":%u,\"vectors\":%u,\"peer_vectors\":%u,\"irq_slots\":%u,\"irq_conns\":%llu,\"msgs_out\":%llu,\"msgs_in\":%llu,\"msgs_bad\":%llu,\"msgs_lost\":%llu}",
 				sep, gp->p.peer, gp->live ? "true" : "false",
 				(unsigned long long)gp->p.epoch, gp->p.side,
-				gp->nslots, used, (unsigned long long)gp->sent,
+				gp->nslots, used, own_nvec(gp), gp->peer_nvec, k,
+				(unsigned long long)gp->vec_slots,
+				(unsigned long long)gp->sent,
 				(unsigned long long)gp->received,
 				(unsigned long long)gp->bad,
 				(unsigned long long)gp->lost);
 		else
-			fprintf(f, "%-20s %-6s %-8llu %-6u %-10u %-10u %llu/%llu/%llu/%llu\n",
+			fprintf(f, "%-20s %-6s %-8llu %-6u %-10u %-10u %-12u %llu/%llu/%llu/%llu\n",
 				gp->p.peer, gp->live ? "up" : "down",
 				(unsigned long long)gp->p.epoch, gp->p.side,
-				gp->nslots, used, (unsigned long long)gp->sent,
+				gp->nslots, used, k, (unsigned long long)gp->sent,
 				(unsigned long long)gp->received,
 				(unsigned long long)gp->bad,
 				(unsigned long long)gp->lost);

@@ -129,6 +129,7 @@ struct channel {
 	struct gpeer *guest;
 	const void *mem_hdr; /* the header in the mapped BAR, for status */
 	uint32_t slot, gen;
+	uint32_t vec;	      /* the slot's interrupt vector, or 0 (polls) */
 	bool ours;	      /* the slot is in our half */
 };
 
