@@ -15,8 +15,9 @@
  * chan_peer_gone() ends blocked calls after what was published is read
  * (ring-only too); (f) refusals. Built a second time as chan-mem-side-bell
  * (T_BELL): every end then has a bell (an eventfd per end, each ringing the
- * other's), as between guests that take the device's interrupt, and (g)
- * checks that a blocked reader's peer rings it.
+ * other's), as between guests that take the device's interrupt, every
+ * wait straight on the bell (IVMC_POLL_BELL_US=0), and (g) checks that a
+ * blocked reader, which naps 2 ms first, is rung by its peer.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -817,7 +818,10 @@ static void case_late_ring(void)
 	char in[4];
 	pid_t pid;
 
+	setenv("IVMC_POLL_BELL_US", "2000", 1); /* naps, then the bell */
 	pair_open(1000);
+	if (BELL(0))
+		setenv("IVMC_POLL_BELL_US", "0", 1);
 	T_ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, g_ctl) == 0);
 	pid = t_fork(late_child, NULL);
 	keep(false);
@@ -836,6 +840,8 @@ int main(void)
 	T_ASSERT_OK(xport_memfd_create(FILESZ, &mfd));
 	T_ASSERT_OK(xport_map(mfd, 0, FILESZ, (void **)&mem));
 #ifdef T_BELL
+	/* Every wait on the bell at once; (g) with the nap phase first. */
+	setenv("IVMC_POLL_BELL_US", "0", 1);
 	bells_init();
 #endif
 	refusals();

@@ -11,13 +11,18 @@
 # while the connection is still open. Then 64-byte round trips over TCP,
 # plain and under ivmc-run (vm-chan tcp-ping/pong), and one stream of
 # 64 MiB from B to A (vm-chan tcp-send/recv, every byte checked), plain
-# and under ivmc-run, both reported, not asserted. Three boots of both
+# and under ivmc-run, both reported, not asserted. Four boots of both
 # guests, in this order:
 #   main: the host allows the pair (pair region: 16 MiB, 64 KiB rings,
 #     channel 0 the daemons' link); when the daemon has --guest, both
 #     connections must have been accelerated (a channel listed during
 #     each, more than at the end), and the stream under ivmc-run too (the
-#     host saw a slot carry half of it B to A while it ran);
+#     host saw a slot carry half of it B to A while it ran); both guests
+#     take the pair device's interrupts, so the connections' slots must
+#     have had vectors (each daemon's IRQ-SLOTS and irq_conns);
+#   poll: as main, the guests' daemons with --poll: no interrupts, the
+#     connections' ends poll (IRQ-SLOTS 0): the same checks, and the
+#     round trips, stream and idle cost to set beside main's;
 #   kill: the pair still allowed: B streams to A with no end (vm-chan gen
 #     into socat -u), A verifies every byte as it comes (vm-chan check);
 #     once the host sees (ivmcctl vm slots) that the stream went through
@@ -29,14 +34,13 @@
 #   deny: "ivmcctl vm deny guest-a guest-b" first: no pair region, the
 #     same transfers still verify over virtio-net, and no channel is ever
 #     listed.
-# Idle cost, reported and never asserted: in main and deny, after the
-# transfers, B opens a connection to A, sends three bytes and then holds
-# it open without a byte for a while, A's socat blocked reading it; the
-# host takes both QEMUs' CPU time (utime + stime, as vm-ivshmem does)
-# over IVMC_VM_IDLE_SECS. main measures it twice: the preload's default
-# nap cap, then IVMC_POLL_MAX_US=100000 in both guests; deny once, on
-# plain TCP. main asserts that A's end was on the channel, deny that it
-# was not.
+# Idle cost, reported and never asserted: in main, poll and deny, after
+# the transfers, B opens a connection to A, sends three bytes and then
+# holds it open without a byte for a while, A's socat blocked reading it;
+# the host takes both QEMUs' CPU time (utime + stime, as vm-ivshmem does)
+# over IVMC_VM_IDLE_SECS: asleep on the interrupt (main), polling with the
+# default nap caps (poll), on plain TCP (deny). main and poll assert that
+# A's end was on the channel, deny that it was not.
 # Before the guest daemon exists (ivmcd without --guest exits with its
 # usage in the guests), the clients stay on TCP: the data checks still
 # apply, and the acceleration check prints a SKIP line and is not a
@@ -150,7 +154,10 @@ printf 'pair-size 16M\npair-ring 64K\npair-channels 1\n' > "$VM_TMP/vms.conf"
 "$ctl" vm add guest-b --addr 10.77.0.2 || fail "ivmcctl vm add guest-b"
 
 base="intel_iommu=on ivmc.mod=virtio_pci ivmc.mod=virtio_net ivmc.mod=vfio_pci"
-base="$base ivmc.mod=vfio_iommu_type1 ivmc.run=cat,/proc/uptime $g,daemon"
+base="$base ivmc.mod=vfio_iommu_type1 ivmc.run=cat,/proc/uptime"
+
+# full V: a variant with round trips, the stream and the slots' checks.
+full() { [ "$1" = main ] || [ "$1" = poll ]; }
 
 # val LOG KEY [PATTERN]: KEY=value from the first line matching PATTERN
 val() { grep -a "${3:-.}" "$1" | sed -n "s/.* $2=\([^ ]*\).*/\1/p" | head -n 1; }
@@ -160,7 +167,8 @@ val() { grep -a "${3:-.}" "$1" | sed -n "s/.* $2=\([^ ]*\).*/\1/p" | head -n 1; 
 # through the pair region's slots, as the host sees it) while they run.
 # Their logs: $VM_TMP/VARIANT-guest-{a,b}.log.
 boot_both() {
-	local v=$1 qa qb port
+	local v=$1 qa qb port d="$g,daemon"
+	[ "$v" = poll ] && d="$d,poll"
 	vm_qemu_args "$bin" guest-a --iommu || fail "$VM_REASON"
 	qa=("${VM_QARGS[@]}")
 	vm_qemu_args "$bin" guest-b --iommu || fail "$VM_REASON"
@@ -175,7 +183,7 @@ boot_both() {
 		fail "no free port"
 	t0=$(date +%s%N)
 	vm_boot guest-a "$VM_TMP/$v-guest-a.log" "$secs" \
-		"$base ivmc.ip=eth0,10.77.0.1/24 $2" "${qa[@]}" \
+		"$base $d ivmc.ip=eth0,10.77.0.1/24 $2" "${qa[@]}" \
 		-netdev "socket,id=n0,listen=127.0.0.1:$port" \
 		-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01,romfile=
 	for _ in $(seq 100); do
@@ -183,7 +191,7 @@ boot_both() {
 		sleep 0.1
 	done
 	vm_boot guest-b "$VM_TMP/$v-guest-b.log" "$secs" \
-		"$base ivmc.ip=eth0,10.77.0.2/24 $3" "${qb[@]}" \
+		"$base $d ivmc.ip=eth0,10.77.0.2/24 $3" "${qb[@]}" \
 		-netdev "socket,id=n0,connect=127.0.0.1:$port" \
 		-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,romfile=
 	# Appended to, so that stream_window's marks land between samples.
@@ -327,16 +335,16 @@ check_slots() {
 # what the earlier steps left. Mark it again when A's accelerated stream
 # has ended, after a last look.
 stream_window() {
-	local la=$VM_TMP/main-guest-a.log f=$VM_TMP/main-slots.log
+	local v=$1 la=$VM_TMP/$1-guest-a.log f=$VM_TMP/$1-slots.log
 	if ! wait_line guest-a "$la" "^IVMC-STREAM: start mode=plain port=$sport " "$secs"; then
 		tail -n 20 "$la"
-		fail "main: guest-a's stream receiver did not start"
+		fail "$v: guest-a's stream receiver did not start"
 	fi
 	"$ctl" vm slots >> "$f" 2> /dev/null
 	echo "@ stream-start" >> "$f"
 	if ! wait_line guest-a "$la" "^IVMC-STREAM: end mode=ivmc port=$((sport + 1)) " "$secs"; then
 		tail -n 20 "$la"
-		fail "main: guest-a's stream under ivmc-run did not end"
+		fail "$v: guest-a's stream under ivmc-run did not end"
 	fi
 	"$ctl" vm slots >> "$f" 2> /dev/null
 	echo "@ stream-end" >> "$f"
@@ -348,7 +356,7 @@ stream_window() {
 # earlier steps left keeps its counts), the most bytes B to A, at least
 # half the stream's.
 check_stream_slots() {
-	local f=$VM_TMP/main-slots.log r m slot ab
+	local v=$1 f=$VM_TMP/$1-slots.log r m slot ab
 	r=$(awk '/^@ stream-start/ { st = 1; next }
 		/^@ stream-end/ { st = 2; next }
 		$1 != "guest-a:guest-b" { next }
@@ -362,20 +370,38 @@ check_stream_slots() {
 	ab=${r##* }
 	slot=${r#* }
 	slot=${slot% *}
-	echo "vm-preload: main: ivmcctl vm slots on the host while the stream under ivmc-run ran: most bytes B to A through one slot's rings $m ($slot; A to B $ab), of $sbytes"
+	echo "vm-preload: $v: ivmcctl vm slots on the host while the stream under ivmc-run ran: most bytes B to A through one slot's rings $m ($slot; A to B $ab), of $sbytes"
 	if [ "$guest_mode" = no ]; then
-		[ "$m" = 0 ] || fail "main: $m bytes of the stream through a slot without ivmcd --guest"
+		[ "$m" = 0 ] || fail "$v: $m bytes of the stream through a slot without ivmcd --guest"
 		return
 	fi
 	[ "$m" -ge $((sbytes / 2)) ] ||
-		fail "main: the slots carried too little of the stream under ivmc-run ($m of $sbytes B to A): not accelerated"
+		fail "$v: the slots carried too little of the stream under ivmc-run ($m of $sbytes B to A): not accelerated"
+}
+
+# check_irq V LOG: the guest's daemon gave the connections' slots
+# interrupt vectors (main: each side's first slots have one, and at least
+# one connection had one), or none at all (poll, and deny: no pair).
+check_irq() {
+	local v=$1 l=$2 k c
+	[ "$guest_mode" = yes ] || return 0
+	k=$(val "$l" irq_slots '^IVMC-IRQ:')
+	c=$(val "$l" irq_conns '^IVMC-IRQ:')
+	echo "vm-preload: $v: $(basename "$l" .log): $(grep -a '^IVMC-IRQ:' "$l" | head -n 1)"
+	if [ "$v" = main ]; then
+		[[ $k =~ ^[0-9]+$ && $c =~ ^[0-9]+$ ]] && [ "$k" -ge 1 ] && [ "$c" -ge 1 ] ||
+			fail "main: $(basename "$l" .log): no connection took the interrupt (irq_slots ${k:-?}, irq_conns ${c:-?})"
+	elif [ "$v" = poll ]; then
+		[ "${k:-x}" = 0 ] && [ "${c:-x}" = 0 ] ||
+			fail "poll: $(basename "$l" .log): interrupts with --poll (irq_slots ${k:-?}, irq_conns ${c:-?})"
+	fi
 }
 
 # check_idle V PORT: A's idle receiver on PORT took the preamble, was on
 # the channel (main, with --guest) or not (otherwise), and got nothing more.
 check_idle() {
 	local v=$1 la=$VM_TMP/$1-guest-a.log want=no st
-	[ "$v" = main ] && [ "$guest_mode" = yes ] && want=yes
+	full "$v" && [ "$guest_mode" = yes ] && want=yes
 	st=$(grep -a "^IVMC-IDLE: start port=$2 " "$la")
 	[[ $st == *" preamble=abc attached=$want "* ]] ||
 		fail "$v: idle connection on port $2: '$st', want the preamble and attached=$want"
@@ -439,7 +465,7 @@ check_kill() {
 }
 
 : > "$VM_TMP/idle"
-for v in main kill deny; do
+for v in main poll kill deny; do
 	la=$VM_TMP/$v-guest-a.log
 	lb=$VM_TMP/$v-guest-b.log
 	if [ $v = kill ]; then
@@ -457,29 +483,20 @@ for v in main kill deny; do
 		"$ctl" vm deny guest-a guest-b || fail "ivmcctl vm deny guest-a guest-b"
 		"$ctl" vm list
 	fi
-	# Both directions at once (A receives on 5000, B on 5001); in the
-	# main variant, round trips on 7000/7001 (plain, then ivmc-run); then
-	# the idle connections (5003; main also 5004 with a 100 ms nap cap,
-	# and 5005 with the idle cap at 1 ms: the polling as it was before
-	# IVMC_POLL_IDLE_US, side by side).
+	# Both directions at once (A receives on 5000, B on 5001); in main
+	# and poll, round trips on 7000/7001 (plain, then ivmc-run) and the
+	# stream; then the idle connection (5003).
 	sa="$g,xfer,10.77.0.2,$bytes,5000,1,5001,2"
 	sb="$g,xfer,10.77.0.1,$bytes,5001,2,5000,1"
-	if [ "$v" = main ]; then
+	if full $v; then
 		sa="$sa $g,rtt-pong,7000,$rounds $g,stream-recv,$sport,$sbytes"
 		sb="$sb $g,rtt-ping,10.77.0.1,7000,$rounds $g,stream-send,10.77.0.1,$sport,$sbytes"
 	fi
 	sa="$sa $g,idle-recv,5003,-"
 	sb="$sb $g,idle-send,10.77.0.1,5003,$hold,-"
-	if [ "$v" = main ]; then
-		sa="$sa $g,idle-recv,5004,100000 $g,idle-recv,5005,IVMC_POLL_IDLE_US=1000"
-		sb="$sb $g,idle-send,10.77.0.1,5004,$hold,100000"
-		sb="$sb $g,idle-send,10.77.0.1,5005,$hold,IVMC_POLL_IDLE_US=1000"
-	fi
 	boot_both $v "$sa $g,status" "$sb $g,status"
-	[ $v = main ] && stream_window
+	full $v && stream_window $v
 	idle_measure $v 5003 "cap=default"
-	[ $v = main ] && idle_measure $v 5004 "cap=100000"
-	[ $v = main ] && idle_measure $v 5005 "cap=idle1ms"
 	end_both $v || fail "$v: a guest did not finish (logs above)"
 	for l in "$la" "$lb"; do
 		grep -aq "^IVMC-DAEMON: guest_mode=$guest_mode " "$l" ||
@@ -491,39 +508,39 @@ for v in main kill deny; do
 	check_accel $v "$la"
 	check_accel $v "$lb"
 	check_slots $v
-	[ $v = main ] && check_stream_slots
+	full $v && check_stream_slots $v
+	check_irq $v "$la"
+	check_irq $v "$lb"
 	check_idle $v 5003
-	[ $v = main ] && check_idle $v 5004
-	[ $v = main ] && check_idle $v 5005
 done
 
-# Round trips (main boot), side by side; never asserted.
-lb=$VM_TMP/main-guest-b.log
-p50=$(val "$lb" p50_us 'RESULT ping tcp-plain ')
-p99=$(val "$lb" p99_us 'RESULT ping tcp-plain ')
-i50=$(val "$lb" p50_us 'RESULT ping tcp-ivmc ')
-i99=$(val "$lb" p99_us 'RESULT ping tcp-ivmc ')
-if [ -z "$p50" ] || [ -z "$i50" ]; then
-	fail "main: a round-trip result is missing"
-fi
-echo "vm-preload: 64 B round trip over TCP between the guests, $rounds rounds, p50 / p99 us:" \
-	"plain $p50 / $p99, under ivmc-run $i50 / $i99 (accelerated only with ivmcd --guest: $guest_mode)"
-# The stream (main boot), side by side; never asserted.
-la=$VM_TMP/main-guest-a.log
-sp=$(val "$la" MiBps 'RESULT recv tcp-plain ')
-si=$(val "$la" MiBps 'RESULT recv tcp-ivmc ')
-if [ -z "$sp" ] || [ -z "$si" ]; then
-	fail "main: a stream result is missing"
-fi
-echo "vm-preload: stream B to A $smib MiB: plain $sp MiB/s, under ivmc-run $si MiB/s" \
-	"($(awk -v a="$si" -v b="$sp" 'BEGIN { printf "%.2fx", a / b }'); receiver's rate from its first byte, every byte checked;" \
-	"accelerated only with ivmcd --guest: $guest_mode)"
-# Idle cost side by side; never asserted.
+# Round trips, the stream and the idle cost (main: interrupts; poll:
+# polling), side by side; never asserted.
+for v in main poll; do
+	lb=$VM_TMP/$v-guest-b.log
+	la=$VM_TMP/$v-guest-a.log
+	p50=$(val "$lb" p50_us 'RESULT ping tcp-plain ')
+	p99=$(val "$lb" p99_us 'RESULT ping tcp-plain ')
+	i50=$(val "$lb" p50_us 'RESULT ping tcp-ivmc ')
+	i99=$(val "$lb" p99_us 'RESULT ping tcp-ivmc ')
+	if [ -z "$p50" ] || [ -z "$i50" ]; then
+		fail "$v: a round-trip result is missing"
+	fi
+	echo "vm-preload: $v: 64 B round trip over TCP between the guests, $rounds rounds, p50 / p99 us:" \
+		"plain $p50 / $p99, under ivmc-run $i50 / $i99 (accelerated only with ivmcd --guest: $guest_mode)"
+	sp=$(val "$la" MiBps 'RESULT recv tcp-plain ')
+	si=$(val "$la" MiBps 'RESULT recv tcp-ivmc ')
+	if [ -z "$sp" ] || [ -z "$si" ]; then
+		fail "$v: a stream result is missing"
+	fi
+	echo "vm-preload: $v: stream B to A $smib MiB: plain $sp MiB/s, under ivmc-run $si MiB/s" \
+		"($(awk -v a="$si" -v b="$sp" 'BEGIN { printf "%.2fx", a / b }'); receiver's rate from its first byte, every byte checked;" \
+		"accelerated only with ivmcd --guest: $guest_mode)"
+done
 idl() { sed -n "s/^vm-preload: IDLE $1 $2 .*$3=\([0-9.]*\).*/\1/p" "$VM_TMP/idle"; }
 echo "vm-preload: idle connection, A's socat blocked reading it, host CPU over $idle s, % of one core (guest A / guest B):" \
-	"accelerated, default nap caps (1 ms; idle: an eighth of the wait, up to 100 ms) $(idl main cap=default a_pct) / $(idl main cap=default b_pct);" \
-	"accelerated, IVMC_POLL_IDLE_US=1000 (as before the idle cap) $(idl main cap=idle1ms a_pct) / $(idl main cap=idle1ms b_pct);" \
-	"accelerated, IVMC_POLL_MAX_US=100000 $(idl main cap=100000 a_pct) / $(idl main cap=100000 b_pct);" \
+	"accelerated, asleep on the interrupt (main) $(idl main cap=default a_pct) / $(idl main cap=default b_pct);" \
+	"accelerated, polling with the default nap caps (poll: 1 ms; idle: an eighth of the wait, up to 100 ms) $(idl poll cap=default a_pct) / $(idl poll cap=default b_pct);" \
 	"plain TCP (deny) $(idl deny cap=default a_pct) / $(idl deny cap=default b_pct)"
 [ "$guest_mode" = yes ] &&
 	echo "vm-preload: kill: from the SIGKILL of guest-b's QEMU to the end of guest-a's receiving socat: $live_ms ms"

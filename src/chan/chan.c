@@ -370,6 +370,22 @@ static uint32_t poll_max_ns(const struct chan_cfg *cfg)
 	return (uint32_t)us * 1000u;
 }
 
+/* With a bell and a side stream (between guests), how long a waiter polls
+ * before it sleeps on the interrupt: IVMC_POLL_BELL_US, else 2 ms; 0: at
+ * once; at most 1 s. An interrupt costs far more than a nap under
+ * emulation (docs/vm.md). */
+static uint64_t bell_poll_ns(void)
+{
+	const char *env = getenv("IVMC_POLL_BELL_US");
+	unsigned long us = 2000;
+
+	if (env && *env)
+		us = strtoul(env, NULL, 10);
+	if (us > 1000000)
+		us = 1000000;
+	return (uint64_t)us * 1000u;
+}
+
 /* The cap once a waiter has been idle a while: IVMC_POLL_IDLE_US, else
  * 100 ms; never below the busy cap, at most 1 s. */
 static uint32_t poll_idle_ns(uint32_t busy_ns)
@@ -430,6 +446,7 @@ int chan_open_mem(const struct chan_cfg *cfg, int fd, uint64_t off,
 	c->poll_max_ns = poll_max_ns(cfg);
 	c->poll_idle_ns = poll_idle_ns(c->poll_max_ns);
 	c->bell = cfg->bell;
+	c->bell_poll_ns = bell_poll_ns();
 	err = mem_map(c, cfg, fd, off, avail, &hc);
 	if (!err)
 		err = ep_create(&c->ep);

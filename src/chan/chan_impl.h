@@ -126,6 +126,8 @@ struct chan {
 				   * poll, sleeping at most this long */
 	uint32_t poll_idle_ns;	  /* ... or up to this long, after a long
 				   * wait (poll_next_nap()) */
+	uint64_t bell_poll_ns;	  /* bell and side stream: poll this long
+				   * before sleeping on the bell */
 	struct chan_bell *bell;	  /* chan_open_mem(): the region's, or NULL */
 	bool has_side;
 };

@@ -816,7 +816,8 @@ static void run_idle_hook(void)
 		fn(); /* may end this wait: chan_peer_gone() */
 }
 
-static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
+/* As poll_wait(), for at most timeout_ns (UINT64_MAX: no limit). */
+static int poll_wait_ns(struct chan *c, enum chan_dir d, uint64_t timeout_ns)
 {
 	struct chan_ep *ep = c->ep;
 	_Atomic uint32_t *lock = d == CHAN_RX ? &ep->rx_lock : &ep->tx_lock;
@@ -832,8 +833,8 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	bool watch = !side.events && peer_watch(c, d, &side.events);
 	int r = 0, err;
 
-	if (timeout_ms >= 0)
-		end = t0 + (uint64_t)timeout_ms * 1000000u;
+	if (timeout_ns != UINT64_MAX)
+		end = t0 + timeout_ns;
 	chan_unlock(c, lock);
 	while (!changed(c, d, &sn) && ivmc_load_acquire(&ep->wake_gen) == gen) {
 		if (t >= end) {
@@ -855,6 +856,12 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	err = chan_relock(c, lock);
 	adapt(c, d, now_ns() - t0);
 	return err ? err : r > 0 ? 0 : r;
+}
+
+static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
+{
+	return poll_wait_ns(c, d, timeout_ms < 0 ? UINT64_MAX
+			    : (uint64_t)timeout_ms * 1000000u);
 }
 
 /*
@@ -1024,7 +1031,12 @@ int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 
 	if (spin(c, d))
 		return 0;
-	if (c->bell)
+	/* Between guests, naps first: a busy connection answers without
+	 * the interrupt, an idle one sleeps on it. */
+	if (c->bell && c->has_side && c->bell_poll_ns && timeout_ms < 0 &&
+	    (r = poll_wait_ns(c, d, c->bell_poll_ns)) != -ETIMEDOUT)
+		;
+	else if (c->bell)
 		r = bell_wait(c, d, timeout_ms);
 	else if (c->doorbell < 0)
 		r = poll_wait(c, d, timeout_ms);

@@ -8,7 +8,7 @@
 # times round trips plain and under ivmc-run, and says what the daemon
 # saw. The host reads the console; the lines it parses start with IVMC-.
 #
-#   daemon                 start "ivmcd -f --guest" in the background (a
+#   daemon [poll]          start "ivmcd -f --guest [--poll]" in the background (a
 #                          build without --guest exits with its usage:
 #                          the clients then stay on TCP); wait until it
 #                          answers or has exited; with a peer VM listed,
@@ -160,7 +160,10 @@ wait_link() {
 cmd_daemon() {
 	guest=no
 	ivmcd --help 2>&1 | grep -q -- '--guest' && guest=yes
-	ivmcd -f --guest -l debug -L /tmp/ivmcd.log > /tmp/ivmcd.out 2>&1 &
+	poll=
+	[ "${1:-}" = poll ] && poll=--poll
+	# shellcheck disable=SC2086 # empty or one word
+	ivmcd -f --guest $poll -l debug -L /tmp/ivmcd.log > /tmp/ivmcd.out 2>&1 &
 	pid=$!
 	up=no
 	i=0
@@ -394,6 +397,14 @@ cmd_stream_send() {
 cmd_status() {
 	say "ivmcctl status at the end:"
 	ivmcctl status 2>&1 | sed 's/^/  | /'
+	# The pair's interrupts: vectors ours and the peer's, slots per side
+	# that have one, connections that had one.
+	j=$(ivmcctl --json status 2> /dev/null)
+	irq=
+	for k in vectors peer_vectors irq_slots irq_conns; do
+		irq="$irq $k=$(echo "$j" | sed -n "s/.*\"$k\":\([0-9]*\).*/\1/p")"
+	done
+	echo "IVMC-IRQ:$irq"
 	accel end
 	dump
 }
@@ -401,7 +412,7 @@ cmd_status() {
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-daemon) cmd_daemon ;;
+daemon) cmd_daemon "$@" ;;
 recv-child) cmd_recv_child "$@" ;;
 xfer) cmd_xfer "$@" ;;
 rtt-pong) cmd_rtt_pong "$@" ;;

@@ -638,8 +638,9 @@ static void peer_down(struct gpeer *gp, const char *why)
  * them (no IOMMU, no vfio-pci, another holder) the slots poll. */
 static void irq_open(struct gpeer *gp)
 {
-	int err = xport_ivshmem_irq_open_vec(gp->bdf, gp->p.peer_id, G_VEC_WANT,
-					     &gp->irq);
+	int err = D.guest_poll ? -ECANCELED
+			       : xport_ivshmem_irq_open_vec(gp->bdf, gp->p.peer_id,
+							    G_VEC_WANT, &gp->irq);
 
 	if (!err) {
 		gp->regs_fd = xport_ivshmem_regs_open(gp->bdf);
@@ -652,7 +653,7 @@ static void irq_open(struct gpeer *gp)
 	if (err)
 		log_info("pair with %s: device %s takes no interrupts (%s): "
 			 "its connections poll", gp->p.peer, gp->bdf,
-			 strerror(-err));
+			 D.guest_poll ? "--poll" : strerror(-err));
 	else
 		log_info("pair with %s: device %s: %u interrupt vectors",
 			 gp->p.peer, gp->bdf, xport_ivshmem_irq_nvec(gp->irq));

@@ -174,6 +174,7 @@ struct daemon {
 	uint64_t timer_armed; /* deadline the timer is set for; 0: none */
 	bool table_dirty; /* rebuild the table after this round */
 	bool guest;	  /* --guest: inside a VM, pairing with peer VMs */
+	bool guest_poll;  /* --poll: no interrupts, the ends poll */
 	bool stop;
 };
 

@@ -63,7 +63,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ivmcd [-f | -d] [-s PATH] [-c FILE] [-l LEVEL] [-L FILE]\n"
-		"             [--linger-us N] [--tick-us N] [--guest]\n"
+		"             [--linger-us N] [--tick-us N] [--guest [--poll]]\n"
 		"  -f, --foreground   stay in the foreground, log to stderr (default)\n"
 		"  -d, --daemon       detach once the socket is ready\n"
 		"  -s, --socket PATH  control socket (default $%s or %s)\n"
@@ -74,6 +74,8 @@ static void usage(FILE *f)
 		"  --tick-us N        every N us meanwhile; 0: spin (default %d)\n"
 		"  --guest            inside a VM: pair with peer VMs over the\n"
 		"                     ivshmem devices of ivmc-vmd (docs/vm.md)\n"
+		"  --poll             with --guest: take no interrupts; every\n"
+		"                     connection's ends poll\n"
 		"  -h, --help\n",
 		CTL_SOCKET_ENV, CTL_SOCKET_DEFAULT, POLICY_PATH_DEFAULT,
 		IVMCD_LINGER_US_DEFAULT, IVMCD_TICK_US_DEFAULT);
@@ -417,6 +419,7 @@ int main(int argc, char **argv)
 		{ "linger-us", required_argument, NULL, 'W' },
 		{ "tick-us", required_argument, NULL, 'T' },
 		{ "guest", no_argument, NULL, 'G' },
+		{ "poll", no_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -440,6 +443,7 @@ int main(int argc, char **argv)
 		case 'c': D.conf_path = optarg; break;
 		case 'L': log_file = optarg; break;
 		case 'G': D.guest = true; break;
+		case 'P': D.guest_poll = true; break;
 		case 'W':
 		case 'T': {
 			const char *what = c == 'W' ? "linger-us" : "tick-us";
