@@ -13,7 +13,7 @@
 # 64 MiB from B to A (vm-chan tcp-send/recv, every byte checked), plain
 # and under ivmc-run, both reported, not asserted. Four boots of both
 # guests, in this order:
-#   main: the host allows the pair (pair region: 16 MiB, 64 KiB rings,
+#   main: the host allows the pair (pair region: 16 MiB, 256 KiB rings,
 #     channel 0 the daemons' link); when the daemon has --guest, both
 #     connections must have been accelerated (a channel listed during
 #     each, more than at the end), and the stream under ivmc-run too (the
@@ -55,7 +55,7 @@
 # IVMC_LONG), IVMC_VM_ROUNDS (round trips, default 1000), IVMC_VM_SECS
 # (per guest, default 180; 600 with IVMC_LONG), IVMC_VM_IDLE_SECS (each
 # idle measurement, default 5), IVMC_VM_STREAM_MIB (the stream, default
-# 64).
+# 64), IVMC_VM_PAIR_RING (the host's pair-ring, default 256K).
 
 set -u
 
@@ -79,6 +79,7 @@ rounds=${IVMC_VM_ROUNDS:-1000}
 # tcp-send/tcp-recv alone, no hash, no socat: the throughput figure.
 smib=${IVMC_VM_STREAM_MIB:-64}
 sport=7100 # plain; under ivmc-run on sport + 1
+pring=${IVMC_VM_PAIR_RING:-256K} # the pair rings (ivmc-vmd's default)
 idle=${IVMC_VM_IDLE_SECS:-5}
 # The guest daemons tick every 1 ms for 2 s after a link message (pairing),
 # then every 100 ms: the host lets that pass before it measures, and B
@@ -148,7 +149,7 @@ echo "vm-preload: ivmcd --guest in this build: $guest_mode"
 # The pair layout guest mode needs: one channel laid out by the host (the
 # daemons' link); the daemons carve the connections' channels from the rest.
 vm_vmd_start "$bin" || fail "$VM_REASON"
-printf 'pair-size 16M\npair-ring 64K\npair-channels 1\n' > "$VM_TMP/vms.conf"
+printf 'pair-size 16M\npair-ring %s\npair-channels 1\n' "$pring" > "$VM_TMP/vms.conf"
 "$ctl" vm reload > /dev/null || fail "ivmcctl vm reload"
 "$ctl" vm add guest-a --addr 10.77.0.1 || fail "ivmcctl vm add guest-a"
 "$ctl" vm add guest-b --addr 10.77.0.2 || fail "ivmcctl vm add guest-b"
