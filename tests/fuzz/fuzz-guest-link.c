@@ -485,7 +485,8 @@ static void check_a_msg(const msg_t *m, bool lost)
 	static const uint8_t zero[16];
 	int conn = -1;
 
-	FZ_ASSERT(m->magic == IVMC_VM_MSG_MAGIC && !m->pad[0] && !m->pad[1] &&
+	/* A takes no interrupts here: it says 0 vectors, gives no slot one. */
+	FZ_ASSERT(m->magic == IVMC_VM_MSG_MAGIC && !m->pad && !m->vec &&
 			  m->type >= IVMC_VM_MSG_REG &&
 			  m->type <= IVMC_VM_MSG_FREE,
 		  "A sent a malformed message (type %u)", m->type);
@@ -579,7 +580,8 @@ static bool sent_by_b(int type, const struct kaddr *l, const struct kaddr *r,
 
 	for (size_t i = 0; frame(i, &m); i++) {
 		if (m.magic != IVMC_VM_MSG_MAGIC || m.type != type ||
-		    m.pad[0] || m.pad[1] || m.slot != slot ||
+		    m.pad || (type == IVMC_VM_MSG_CHAN && m.vec) ||
+		    m.slot != slot ||
 		    (!any_gen && m.gen != gen))
 			continue;
 		if (type == IVMC_VM_MSG_CHAN && m.ring_size != RING)
@@ -653,7 +655,7 @@ static void on_chan_mem(const struct ctl_chan_mem *m, int nfds)
 	uint32_t slot = (uint32_t)(at / slot_size);
 	bool aligned = at == (uint64_t)slot * slot_size;
 
-	FZ_ASSERT(C.t[k].state == T_PENDING && nfds == 1,
+	FZ_ASSERT(C.t[k].state == T_PENDING && nfds == 1 && !m->bell_peer,
 		  "CHAN_MEM for token %d in state %d", k, C.t[k].state);
 	FZ_ASSERT(!C.gone_seen, "a channel after the pair went down");
 	FZ_ASSERT(m->side == (uint32_t)(conn & 1) && m->size == slot_size &&
@@ -782,7 +784,7 @@ static void fix_msg(msg_t *m, uint16_t fix)
 	if (fix & 1)
 		m->magic = IVMC_VM_MSG_MAGIC;
 	if (fix & 2)
-		m->pad[0] = m->pad[1] = 0;
+		m->pad = m->vec = 0;
 	if (fix & 4)
 		m->type = (uint16_t)(IVMC_VM_MSG_REG + m->type % 4);
 	if (fix & 8) { /* B's view: its local is A's remote */
