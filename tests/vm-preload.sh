@@ -9,7 +9,8 @@
 # sha256 against the same seeded generator (and here against the host's
 # run of it), with no byte more. The receiver samples "ivmcctl status"
 # while the connection is still open. Then 64-byte round trips over TCP,
-# plain and under ivmc-run (vm-chan tcp-ping/pong), and one stream of
+# plain and under ivmc-run (vm-chan tcp-ping/pong; under ivmc-run also
+# with poll() before each receive, as an event loop), and one stream of
 # 64 MiB from B to A (vm-chan tcp-send/recv, every byte checked), plain
 # and under ivmc-run, both reported, not asserted. Four boots of both
 # guests, in this order:
@@ -485,8 +486,8 @@ for v in main poll kill deny; do
 		"$ctl" vm list
 	fi
 	# Both directions at once (A receives on 5000, B on 5001); in main
-	# and poll, round trips on 7000/7001 (plain, then ivmc-run) and the
-	# stream; then the idle connection (5003).
+	# and poll, round trips on 7000/7001/7002 (plain, ivmc-run, ivmc-run
+	# in poll()) and the stream; then the idle connection (5003).
 	sa="$g,xfer,10.77.0.2,$bytes,5000,1,5001,2"
 	sb="$g,xfer,10.77.0.1,$bytes,5001,2,5000,1"
 	if full $v; then
@@ -527,8 +528,14 @@ for v in main poll; do
 	if [ -z "$p50" ] || [ -z "$i50" ]; then
 		fail "$v: a round-trip result is missing"
 	fi
+	e50=$(val "$lb" p50_us 'RESULT ping tcp-ivmc-poll ')
+	e99=$(val "$lb" p99_us 'RESULT ping tcp-ivmc-poll ')
+	n50=$(val "$lb" p50_us 'RESULT ping tcp-ivmc-nonap ')
+	m50=$(val "$lb" p50_us 'RESULT ping tcp-ivmc-poll-nonap ')
 	echo "vm-preload: $v: 64 B round trip over TCP between the guests, $rounds rounds, p50 / p99 us:" \
-		"plain $p50 / $p99, under ivmc-run $i50 / $i99 (accelerated only with ivmcd --guest: $guest_mode)"
+		"plain $p50 / $p99, under ivmc-run $i50 / $i99, under ivmc-run in poll() ${e50:-?} / ${e99:-?};" \
+		"p50 with IVMC_POLL_BELL_US=0 (no naps before the interrupt): ${n50:-?}, in poll() ${m50:-?}" \
+		"(accelerated only with ivmcd --guest: $guest_mode)"
 	sp=$(val "$la" MiBps 'RESULT recv tcp-plain ')
 	si=$(val "$la" MiBps 'RESULT recv tcp-ivmc ')
 	if [ -z "$sp" ] || [ -z "$si" ]; then

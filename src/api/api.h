@@ -35,6 +35,8 @@ ssize_t tcp_sendv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 ssize_t tcp_recvv(struct ivmc_chan *h, const struct iovec *iov, int iovcnt,
 		  unsigned int flags);
 int tcp_fd(const struct ivmc_chan *h);
+/* chan_nap_first_ns() of the handle's channel; 0 on TCP. */
+uint64_t api_nap_first_ns(const struct ivmc_chan *h);
 /* Move the handle onto fd, another descriptor of its socket, from now on
  * (TCP calls and the channel's side stream). The old one must stay open
  * while a call may still be using it. */

@@ -496,6 +496,13 @@ IVMC_API int ivmc_fd(const struct ivmc_chan *h)
 	return c ? chan_fd(c) : tcp_fd(h);
 }
 
+uint64_t api_nap_first_ns(const struct ivmc_chan *h)
+{
+	struct chan *c = ivmc_load_acquire(&h->c);
+
+	return c ? chan_nap_first_ns(c) : 0;
+}
+
 IVMC_API int ivmc_poll_arm(struct ivmc_chan *h, short events)
 {
 	struct chan *c;

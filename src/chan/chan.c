@@ -620,6 +620,11 @@ int chan_tx_shallow(struct chan *c)
 	return 0;
 }
 
+uint64_t chan_nap_first_ns(const struct chan *c)
+{
+	return c->bell && c->has_side ? c->bell_poll_ns : 0;
+}
+
 int chan_fd(const struct chan *c)
 {
 	return c->bell ? c->bell->fd : c->doorbell;

@@ -111,6 +111,11 @@ void chan_bell_free(struct chan_bell *b);
  * takes in what the daemon said (a peer VM gone: chan_peer_gone()). */
 void chan_set_idle_hook(void (*fn)(void));
 
+/* How long a waiter of c naps before it sleeps on its bell (a bell and a
+ * side stream: between guests, IVMC_POLL_BELL_US); 0 for any other. An
+ * event loop over c can nap as long before it sleeps on chan_fd(). */
+uint64_t chan_nap_first_ns(const struct chan *c);
+
 /* Unmap and close this process's handle (see ivmc_close()). */
 void chan_close(struct chan *c);
 

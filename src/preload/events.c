@@ -180,6 +180,7 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 	for (;;) {
 		nfds_t nk = n;
 		bool any = false, peeked = true, nodb = false;
+		int64_t nap_first = 0; /* between guests: nap this long first */
 		struct timespec ts, *tp = NULL;
 		int r = 0, count = 0;
 
@@ -238,23 +239,30 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 			    (fds[i].events & (POLLIN | POLLOUT))) {
 				int bell = ivmc_fd(c->h);
 
-				if (bell >= 0)
+				if (bell >= 0) {
+					int64_t f = (int64_t)api_nap_first_ns(c->h);
+
 					k[nk++] = (struct pollfd){ bell, POLLIN, 0 };
-				else
+					if (f > nap_first)
+						nap_first = f;
+				} else {
 					nodb = true;
+				}
 			}
 		}
 		if (any) {
 			ts = (struct timespec){ 0, 0 };
 			tp = &ts;
-		} else if (end >= 0 || nodb) {
+		} else if (end >= 0 || nodb || now - t_start < nap_first) {
 			int64_t left = end >= 0 ? end - now : INT64_MAX;
 
 			if (left < 0)
 				left = 0;
 			/* A ring with no doorbell (between VMs): look again
-			 * after a nap, as chan's polling wait does. */
-			if (nodb) {
+			 * after a nap, as chan's polling wait does; with one
+			 * (an interrupt between guests, slow under emulation),
+			 * nap so for the first nap_first ns of the wait. */
+			if (nodb || now - t_start < nap_first) {
 				nap = pl_nodb_nap(nap, now - t_start);
 				if (left > nap)
 					left = nap;
@@ -479,6 +487,9 @@ struct member {
 	bool on_chan, active, off;	/* off: EPOLLONESHOT fired */
 	bool ghost;			/* deleted; the kernel still has it */
 	bool nodb;			/* on a ring with no doorbell */
+	bool napf;			/* its bell is an interrupt between
+					 * guests: nap first (chan's
+					 * chan_nap_first_ns()) */
 	uint32_t kev;			/* events the kernel has for fd */
 	uint32_t et_seen;		/* EPOLLET: reported, not yet idle */
 	unsigned int et_gen[2];		/* c->eagain[] when last reported */
@@ -505,6 +516,8 @@ struct eset {
 	unsigned int gen;		/* pl_gen when last synced */
 	int nmembers;
 	int nnodb;			/* members with nodb */
+	int nnapf;			/* members with napf */
+	int64_t napf_ns;		/* the longest nap-first window seen */
 	int64_t last_busy;		/* a ring was ready then (ns) */
 	int64_t last_kcheck;		/* the kernel was asked then */
 	int streak;			/* ring-only returns since */
@@ -626,6 +639,16 @@ static int sync_member(struct eset *s, struct member *m, int op)
 		m->nodb = !m->nodb;
 		s->nnodb += m->nodb ? 1 : -1;
 	}
+	{
+		int64_t f = bell >= 0 ? (int64_t)api_nap_first_ns(m->c->h) : 0;
+
+		if (m->napf != (f > 0)) {
+			m->napf = f > 0;
+			s->nnapf += m->napf ? 1 : -1;
+		}
+		if (f > s->napf_ns)
+			s->napf_ns = f;
+	}
 	if (bell >= 0 && m->bell < 0) {
 		/* Edge-triggered: a ring is news once; the doorbell is
 		 * drained only when the member is next armed. */
@@ -645,6 +668,9 @@ static void member_free(struct eset *s, struct member *m, bool kernel)
 	if (m->nodb)
 		s->nnodb--;
 	m->nodb = false;
+	if (m->napf)
+		s->nnapf--;
+	m->napf = false;
 	if (kernel) {
 		pl_real.epoll_ctl(s->epfd, EPOLL_CTL_DEL, m->fd, NULL);
 		if (m->bell >= 0)
@@ -1087,8 +1113,10 @@ static int epoll_core(struct eset *s, struct epoll_event *evs, int max,
 		if (!k && tmo != 0 && s->act.anext != &s->act)
 			tmo = 1;
 		/* A ring with no doorbell (between VMs): a look every ms, or
-		 * after an eighth of the wait so far, up to the idle cap. */
-		if (!k && tmo != 0 && s->nnodb) {
+		 * after an eighth of the wait so far, up to the idle cap; a
+		 * bell between guests: so for the first napf_ns only. */
+		if (!k && tmo != 0 &&
+		    (s->nnodb || (s->nnapf && now - t_start < s->napf_ns))) {
 			int64_t cap = pl_nodb_nap(INT64_MAX / 4, now - t_start);
 			int ms = (int)(cap / 1000000) > 1 ? (int)(cap / 1000000) : 1;
 

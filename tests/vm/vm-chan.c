@@ -96,6 +96,8 @@ __attribute__((noreturn)) static void usage(void)
 		"               idle 1 | poke SECS | raw-ping K | raw-pong K |\n"
 		"               raw-copy BYTES  (raw-*: -P PEER -c IDX, a spare slot)\n"
 		"       vm-chan tcp-pong PORT K | tcp-ping ADDR PORT K\n"
+		"       vm-chan tcp-pong-poll PORT K | tcp-ping-poll ADDR PORT K\n"
+		"         (poll() before each receive, as an event loop)\n"
 		"       vm-chan tcp-recv PORT BYTES | tcp-send ADDR PORT BYTES\n");
 	exit(2);
 }
@@ -842,6 +844,7 @@ static void msg_fill(uint8_t *m, uint64_t round)
 struct pp {
 	struct chan *c;
 	int fd;
+	bool poll; /* TCP: poll() for POLLIN before each recv (an event loop) */
 };
 
 static void pp_send(const struct pp *p, const void *m, size_t n)
@@ -867,8 +870,12 @@ static void pp_recv(const struct pp *p, void *m, size_t n)
 		return;
 	}
 	for (size_t done = 0; done < n;) {
-		ssize_t r = recv(p->fd, (uint8_t *)m + done, n - done, 0);
+		struct pollfd pf = { p->fd, POLLIN, 0 };
+		ssize_t r;
 
+		if (p->poll && poll(&pf, 1, -1) < 0 && errno != EINTR)
+			t_fail("poll: %s", strerror(errno));
+		r = recv(p->fd, (uint8_t *)m + done, n - done, 0);
 		if (r == 0)
 			t_fail("recv: end of stream after %zu of %zu", done, n);
 		if (r < 0 && errno != EINTR)
@@ -1019,7 +1026,7 @@ static void close_acked(int fd)
 static int tcp_send(int fd, uint64_t total)
 {
 	uint64_t off = 0, t0 = t_now_ns();
-	struct pp p = { NULL, fd };
+	struct pp p = { NULL, fd, false };
 
 	while (off < total) {
 		size_t n = total - off < BUF ? (size_t)(total - off) : BUF;
@@ -1066,12 +1073,17 @@ static int tcp_cmd(int argc, char **argv)
 {
 	const char *cmd = argv[0];
 
-	if (!strcmp(cmd, "tcp-pong") && argc == 3)
-		return pong(&(struct pp){ NULL, tcp_accept(num(argv[1])) },
+	bool pl = !strcmp(cmd, "tcp-pong-poll") || !strcmp(cmd, "tcp-ping-poll");
+
+	if ((!strcmp(cmd, "tcp-pong") || !strcmp(cmd, "tcp-pong-poll")) &&
+	    argc == 3)
+		return pong(&(struct pp){ NULL, tcp_accept(num(argv[1])), pl },
 			    num(argv[2]));
-	if (!strcmp(cmd, "tcp-ping") && argc == 4)
+	if ((!strcmp(cmd, "tcp-ping") || !strcmp(cmd, "tcp-ping-poll")) &&
+	    argc == 4)
 		return ping(&(struct pp){ NULL,
-					  tcp_connect(argv[1], num(argv[2])) },
+					  tcp_connect(argv[1], num(argv[2])),
+					  pl },
 			    num(argv[3]), "tcp");
 	if (!strcmp(cmd, "tcp-recv") && argc == 3)
 		return tcp_recv(tcp_accept(num(argv[1])), num(argv[2]));
@@ -1246,7 +1258,7 @@ static int chan_cmd(const struct opts *o, const char *cmd, unsigned long n)
 		     !strcmp(cmd, "poke");
 	bool stream = !strcmp(cmd, "send") || !strcmp(cmd, "recv");
 	struct chan *c = open_chan(o, first ? 0 : 1, o->peer && stream);
-	struct pp p = { c, -1 };
+	struct pp p = { c, -1, false };
 	int r;
 
 	if (!strcmp(cmd, "send"))

@@ -357,6 +357,12 @@ label() { sed "s/RESULT \([a-z]*\) tcp /RESULT \1 $1 /"; }
 cmd_rtt_pong() {
 	vm-chan-dyn tcp-pong "$1" "$2" || die "tcp-pong (plain) on $1"
 	ivmc-run vm-chan-dyn tcp-pong $(($1 + 1)) "$2" || die "tcp-pong (ivmc-run) on $(($1 + 1))"
+	ivmc-run vm-chan-dyn tcp-pong-poll $(($1 + 2)) "$2" ||
+		die "tcp-pong-poll (ivmc-run) on $(($1 + 2))"
+	IVMC_POLL_BELL_US=0 ivmc-run vm-chan-dyn tcp-pong $(($1 + 3)) "$2" ||
+		die "tcp-pong (ivmc-run, no naps) on $(($1 + 3))"
+	IVMC_POLL_BELL_US=0 ivmc-run vm-chan-dyn tcp-pong-poll $(($1 + 4)) "$2" ||
+		die "tcp-pong-poll (ivmc-run, no naps) on $(($1 + 4))"
 }
 
 cmd_rtt_ping() {
@@ -365,6 +371,17 @@ cmd_rtt_ping() {
 		die "tcp-ping (plain) to $1:$2"
 	ivmc-run vm-chan-dyn tcp-ping "$1" $(($2 + 1)) "$3" | label tcp-ivmc ||
 		die "tcp-ping (ivmc-run) to $1:$(($2 + 1))"
+	# Both ends in poll() before each receive, as an event loop waits.
+	ivmc-run vm-chan-dyn tcp-ping-poll "$1" $(($2 + 2)) "$3" |
+		label tcp-ivmc-poll ||
+		die "tcp-ping-poll (ivmc-run) to $1:$(($2 + 2))"
+	# The same two with no naps before the interrupt (both ends).
+	IVMC_POLL_BELL_US=0 ivmc-run vm-chan-dyn tcp-ping "$1" $(($2 + 3)) "$3" |
+		label tcp-ivmc-nonap ||
+		die "tcp-ping (ivmc-run, no naps) to $1:$(($2 + 3))"
+	IVMC_POLL_BELL_US=0 ivmc-run vm-chan-dyn tcp-ping-poll "$1" $(($2 + 4)) "$3" |
+		label tcp-ivmc-poll-nonap ||
+		die "tcp-ping-poll (ivmc-run, no naps) to $1:$(($2 + 4))"
 }
 
 # stream-recv PORT BYTES: the host reads the IVMC-STREAM lines to know
