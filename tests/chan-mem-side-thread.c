@@ -7,14 +7,17 @@
  * every byte checked, both paths used; then a reader and a writer blocked
  * on one end, ended by the other end's close (its socket's FIN: the peer
  * gone) and, with the socket left open, by chan_peer_gone(), on the ring
- * and on the side stream.
+ * and on the side stream. Built a second time as chan-mem-side-thread-bell
+ * (T_BELL): every end with a bell, each waiter sleeping on it.
  */
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -35,6 +38,33 @@ static int mfd;
 static uint8_t *mem;
 static int slots;
 
+#ifdef T_BELL
+/* One bell per side, as chan-mem-side-bell: ringing writes the other's. */
+static int bell_efd[2];
+static struct chan_bell *bells[2];
+
+static int ring_efd(void *arg)
+{
+	static const uint64_t one = 1;
+
+	return write(*(int *)arg, &one, sizeof(one)) == sizeof(one) ? 0 : -1;
+}
+
+static void bells_init(void)
+{
+	for (int i = 0; i < 2; i++) {
+		bell_efd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		T_ASSERT(bell_efd[i] >= 0);
+	}
+	for (int i = 0; i < 2; i++)
+		T_ASSERT_OK(chan_bell_new(bell_efd[i], ring_efd,
+					  &bell_efd[1 - i], &bells[i]));
+}
+#define BELL(side) bells[side]
+#else
+#define BELL(side) NULL
+#endif
+
 
 /* Both ends of a fresh region, with their TCP pair; returns the offset. */
 static uint64_t pair_open(struct t_pair *p, unsigned int poll_us)
@@ -48,7 +78,8 @@ static uint64_t pair_open(struct t_pair *p, unsigned int poll_us)
 	for (int s = 0; s < 2; s++) {
 		struct chan_cfg cfg = { .side = s, .side_fd = p->side[s],
 					.wait_mode = CHAN_WAIT_ADAPTIVE,
-					.poll_max_us = poll_us };
+					.poll_max_us = poll_us,
+					.bell = BELL(s) };
 
 		T_ASSERT_OK(chan_open_mem(&cfg, mfd, off, FILESZ - off,
 					  s ? &p->b : &p->a));
@@ -196,6 +227,11 @@ int main(void)
 	t_alarm(55);
 	T_ASSERT_OK(xport_memfd_create(FILESZ, &mfd));
 	T_ASSERT_OK(xport_map(mfd, 0, FILESZ, (void **)&mem));
+#ifdef T_BELL
+	/* Every wait straight on the bell: the naps are poll_wait()'s. */
+	setenv("IVMC_POLL_BELL_US", "0", 1);
+	bells_init();
+#endif
 	stream();
 	for (int side = 0; side < 2; side++) {
 		blocked_end(side, true);

@@ -899,29 +899,27 @@ static bool bell_take(struct chan_bell *b)
 
 /* The poll role's look at the side stream of a bell's channel (chan_open_mem()
  * with a side stream, between VMs): what its waiters registered
- * (side_events()), or, for a sender on the ring, the peer's end
- * (peer_watch()). Returns false if there is nothing to watch. */
-static bool bell_side(struct chan *c, enum chan_dir d, struct pollfd *p)
+ * (side_events()), or, for a sender on the ring, the peer's end (watch:
+ * peer_watch()'s events, taken by the caller under its lock). Returns
+ * false if there is nothing to watch. */
+static bool bell_side(struct chan *c, short watch, struct pollfd *p)
 {
 	uint32_t want = ivmc_load_acquire(&c->ep->side_want);
 	short ev = (short)((want & 0xffff) | (want >> 16));
-	bool watch = false;
 
-	if (!c->has_side)
+	if (!c->has_side || (!ev && watch < 0))
 		return false;
-	if (!ev)
-		watch = peer_watch(c, d, &ev);
-	*p = (struct pollfd){ chan_side_fd(c), ev, 0 };
-	return ev || watch;
+	*p = (struct pollfd){ chan_side_fd(c), ev ? ev : watch, 0 };
+	return true;
 }
 
-static int bell_lead(struct chan *c, enum chan_dir d, uint32_t gen,
+static int bell_lead(struct chan *c, short watch, uint32_t gen,
 		     int timeout_ms)
 {
 	struct chan_bell *b = c->bell;
 	struct pollfd p[3] = { { b->fd, POLLIN, 0 }, { kick_ep(), POLLIN, 0 },
 			       { -1, 0, 0 } };
-	bool nap_only = false, side = bell_side(c, d, &p[2]);
+	bool nap_only = false, side = bell_side(c, watch, &p[2]);
 	int r = 0;
 
 	/* Without a kick set, nap at most KICK_NAP_MS: a kick is late, not
@@ -985,17 +983,20 @@ static int bell_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 	/* Under the lock, as sleep_wait() takes them: they read the
 	 * direction's state. */
 	uint32_t want = (uint32_t)side_events(c, d) << (rx ? 0 : 16);
+	short watch = -1; /* none: a sender on the ring watches the peer */
 	struct snap sn = snap_take(c, d);
 	uint64_t t0 = now_ns();
 	int r = 0, err;
 
+	if (!want && !peer_watch(c, d, &watch))
+		watch = -1;
 	++*sleepers;
 	ring_set_waiting(flag, seq, true); /* includes F2 */
 	atomic_fetch_or(&ep->side_want, want);
 	chan_unlock(c, lock);
 	if (!changed(c, d, &sn) && ivmc_load_acquire(&ep->wake_gen) == egen) {
 		if (ep_lock(&b->poll_lock, true) == 0)
-			r = bell_lead(c, d, bgen, timeout_ms);
+			r = bell_lead(c, watch, bgen, timeout_ms);
 		else
 			r = bell_follow(b, bgen, (short)want, timeout_ms);
 		atomic_fetch_add(&ep->st_sleeps, 1);
