@@ -85,6 +85,8 @@ struct gpeer {
 
 static struct {
 	int tfd;
+	int epfd;		   /* the daemon's, for the link's interrupts */
+	void *tag;		   /* what our events carry (guest_tick()) */
 	const void *ctl_map;
 	struct ivmc_shm_vm_ctl c;
 	uint64_t seq;
@@ -92,7 +94,7 @@ static struct {
 	uint32_t npeer;
 	uint64_t busy_until_ms;
 	unsigned int tick_ms;
-} G = { .tfd = -1 };
+} G = { .tfd = -1, .epfd = -1 };
 
 static void kaddr_of(struct kaddr *k, const struct ivmc_shm_vm_addr *a)
 {
@@ -155,8 +157,19 @@ static void set_tick(unsigned int ms)
 	timerfd_settime(G.tfd, 0, &it, NULL);
 }
 
-static void busy(void)
+/* Both daemons of the pair take interrupts: each rings the other's
+ * vector 0 when it wrote to the link, so the link needs no quick look. */
+static bool link_rings(const struct gpeer *gp)
 {
+	return gp->irq && gp->peer_nvec;
+}
+
+/* A message went or came: look at the link every ms for a while, unless
+ * the peer rings us (and nothing waits to go out). */
+static void busy(const struct gpeer *gp)
+{
+	if (link_rings(gp) && !gp->outlen)
+		return;
 	G.busy_until_ms = now_ms() + G_BUSY_MS;
 	set_tick(G_TICK_BUSY_MS);
 }
@@ -185,6 +198,9 @@ static void link_flush(struct gpeer *gp)
 	}
 	memmove(gp->out, gp->out + done, gp->outlen - done);
 	gp->outlen -= done;
+	/* Vector 0 is the link's: the peer's daemon wakes to read. */
+	if (done && gp->irq)
+		(void)xport_ivshmem_irq_ring_vec(gp->irq, 0);
 }
 
 /* Queue a message (whole messages only: a partial send stays queued).
@@ -209,7 +225,7 @@ static bool link_send(struct gpeer *gp, const struct ivmc_shm_vm_msg *m)
 	memcpy(gp->out + gp->outlen, m, IVMC_VM_MSG_SIZE);
 	gp->outlen += IVMC_VM_MSG_SIZE;
 	link_flush(gp);
-	busy();
+	busy(gp);
 	return true;
 }
 
@@ -575,7 +591,7 @@ static void link_rx(struct gpeer *gp)
 			continue;
 		gp->inlen = 0;
 		gp->received++;
-		busy();
+		busy(gp);
 		{
 			struct ivmc_shm_vm_msg m;
 
@@ -650,6 +666,15 @@ static void irq_open(struct gpeer *gp)
 			gp->irq = NULL;
 		}
 	}
+	if (!err) {
+		/* The link's vector wakes us as our tick does. */
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = G.tag };
+
+		if (epoll_ctl(G.epfd, EPOLL_CTL_ADD,
+			      xport_ivshmem_irq_vfd(gp->irq, 0), &ev) < 0)
+			log_warn("pair with %s: the link's interrupt: %s",
+				 gp->p.peer, strerror(errno));
+	}
 	if (err)
 		log_info("pair with %s: device %s takes no interrupts (%s): "
 			 "its connections poll", gp->p.peer, gp->bdf,
@@ -661,6 +686,9 @@ static void irq_open(struct gpeer *gp)
 
 static void dev_close(struct gpeer *gp)
 {
+	if (gp->irq)
+		(void)epoll_ctl(G.epfd, EPOLL_CTL_DEL,
+				xport_ivshmem_irq_vfd(gp->irq, 0), NULL);
 	xport_ivshmem_irq_close(gp->irq);
 	gp->irq = NULL;
 	if (gp->regs_fd >= 0)
@@ -830,6 +858,12 @@ void guest_tick(void)
 	uint64_t x;
 
 	(void)!read(G.tfd, &x, sizeof(x));
+	/* The links' interrupts: taken before the links are read, so a ring
+	 * for anything written after our read comes again. */
+	for (uint32_t i = 0; i < G.npeer; i++)
+		if (G.peer[i].irq)
+			(void)!read(xport_ivshmem_irq_vfd(G.peer[i].irq, 0), &x,
+				    sizeof(x));
 	if (xport_vm_ctl_seq(G.ctl_map) != G.seq) {
 		if (ctl_read() == 0)
 			sync_pairs();
@@ -951,6 +985,8 @@ int guest_init(int epfd, void *tag)
 		log_err("--guest: control region: %s", strerror(-err));
 		return err;
 	}
+	G.epfd = epfd;
+	G.tag = tag;
 	G.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (G.tfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, G.tfd, &ev) < 0)
 		return -errno;
