@@ -38,32 +38,7 @@ static int mfd;
 static uint8_t *mem;
 static int slots;
 
-#ifdef T_BELL
-/* One bell per side, as chan-mem-side-bell: ringing writes the other's. */
-static int bell_efd[2];
-static struct chan_bell *bells[2];
-
-static int ring_efd(void *arg)
-{
-	static const uint64_t one = 1;
-
-	return write(*(int *)arg, &one, sizeof(one)) == sizeof(one) ? 0 : -1;
-}
-
-static void bells_init(void)
-{
-	for (int i = 0; i < 2; i++) {
-		bell_efd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		T_ASSERT(bell_efd[i] >= 0);
-	}
-	for (int i = 0; i < 2; i++)
-		T_ASSERT_OK(chan_bell_new(bell_efd[i], ring_efd,
-					  &bell_efd[1 - i], &bells[i]));
-}
-#define BELL(side) bells[side]
-#else
-#define BELL(side) NULL
-#endif
+#include "t_bell.h"
 
 
 /* Both ends of a fresh region, with their TCP pair; returns the offset. */
