@@ -40,8 +40,9 @@
  * Nothing has a timeout by default: not the follower's FOLLOW_MS, not
  * poll()'s KICK_NAP_MS or BELL_MAIL_MS, so a lost wake-up is a deadlock
  * (spin's "invalid end state"). -DFOLLOW_TIMEOUT lets a follower's futex
- * sleep end at any moment (its FOLLOW_MS), to show which lost wake-ups the
- * timeout hides and which it does not.
+ * sleep end by its FOLLOW_MS when nothing else can move (spin's timeout):
+ * it shows which lost wake-ups the follower's timeout hides (as a stall of
+ * up to FOLLOW_MS) and which it does not. poll() keeps no timeout.
  *
  * Compile-time choices (spin -DNAME):
  *   N, CAP     messages per channel (2), ring capacity in messages (1)
@@ -50,6 +51,9 @@
  *              (timed out) bell_wait()
  *   NOWAIT=k   a third thread of ours calls bell_drain_nowait() k times
  *   GMOD       gen (each half) counts modulo GMOD (16)
+ *   FOLLOW_TIMEOUT  see above
+ *   NO_SLEEP_ASSERT  no assertions at the moment of sleeping: a lost
+ *              wake-up shows as a deadlock only
  *   BUG_xxx    a mutation that spin must catch (listed in model/README.md)
  */
 
@@ -198,7 +202,7 @@ inline release_role(took)
 proctype Waiter(byte id)
 {
 	byte done, sg, sd, seq, f, naps;
-	bool lead, took;
+	bool lead, took, napped;
 
 	do
 	:: done == N -> break
@@ -221,7 +225,7 @@ progress_w:
 			:: else ->
 				if
 				:: naps < NAPS -> naps++ /* nap, look again */
-				:: true -> naps = 0; break /* -ETIMEDOUT */
+				:: true -> naps = 0; napped = true; break /* -ETIMEDOUT */
 				fi
 			od;
 #endif
@@ -246,7 +250,12 @@ progress_w:
 #endif
 			if
 #if !defined(BUG_NO_RECHECK) && !defined(BUG_RECHECK_FIRST)
+#ifdef BUG_NAP_NO_RECHECK
+			/* after the naps, no re-check: the last nap just looked */
+			:: cond(id) && !napped -> skip
+#else
 			:: cond(id) -> skip /* changed(): do not sleep */
+#endif
 #endif
 			:: else ->
 				atomic {
@@ -263,7 +272,9 @@ progress_w:
 						/* asleep in poll(): if what we wait for
 						 * is there, a ring must be in the
 						 * eventfd or on its way */
+#ifndef NO_SLEEP_ASSERT
 						assert(!cond(id) || bell || pend[id]);
+#endif
 						bell; /* poll(): readable */
 #ifdef BUG_TAKE_AFTER_UNLOCK
 						release_role(true);
@@ -281,8 +292,10 @@ progress_w:
 					atomic {
 						if
 						:: UNMOVED ->
+#if !defined(FOLLOW_TIMEOUT) && !defined(NO_SLEEP_ASSERT)
 							/* asleep: someone must bump */
 							assert(poll_lock != 0 || unbumped > 0);
+#endif
 							asleep[id] = true
 						:: else -> skip
 						fi
@@ -290,7 +303,7 @@ progress_w:
 #ifdef FOLLOW_TIMEOUT
 					if
 					:: !asleep[id]
-					:: asleep[id] = false /* FOLLOW_MS */
+					:: timeout -> asleep[id] = false /* FOLLOW_MS */
 					fi;
 #else
 					!asleep[id];
@@ -302,7 +315,8 @@ awake:
 			atomic {
 				seq++; /* the last sleeper out: even */
 				flag[id] = seq;
-				sg = 0; sd = 0
+				sg = 0; sd = 0;
+				napped = false
 			}
 		fi;
 again:
