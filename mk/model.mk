@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 #
-# Description: the spin models of the wake and switch protocols
+# Description: the spin models of the wake, bell and switch protocols
 # (model/README.md), included by the Makefile.
 #
 #   make model           every model verifies exhaustively (assertions,

@@ -115,6 +115,16 @@ if [ "$want" = pass ]; then
 	check wake-n1-nowait2 wake safety -DN=1 -DNOWAIT=2
 	check wake-n1-nowait2-np wake np -DN=1 -DNOWAIT=2
 	check wake-n2-nowait1 wake safety -DNOWAIT=1
+	# bell.pml: two waiters (a reader and a writer of two channels) of one
+	# bell, N messages per channel, rings of 1; then with poll_wait_ns()'s
+	# naps first (a side stream), and a third thread that calls
+	# bell_drain_nowait().
+	check bell-n2 bell safety
+	check bell-n2-np bell np
+	check bell-n2-naps1 bell safety -DNAPS=1
+	check bell-n1-nowait2 bell safety -DN=1 -DNOWAIT=2
+	check bell-n1-nowait2-np bell np -DN=1 -DNOWAIT=2
+	check bell-n1-nowait2-naps1 bell safety -DN=1 -DNOWAIT=2 -DNAPS=1
 	# switch.pml: N bytes, ring of R, SW detach and SW attach requests on
 	# each side.
 	check switch-n4-sw2 switch safety -DN=4 -DSW=2
@@ -150,6 +160,23 @@ else
 	check wake-BUG_DOUBLE_BUMP wake np -DBUG_DOUBLE_BUMP
 	check wake-BUG_UNLOCK_THEN_BUMP-nowait wake safety -DBUG_UNLOCK_THEN_BUMP \
 		-DN=1 -DNOWAIT=1
+	for b in BUG_UNLOCK_THEN_BUMP BUG_TAKE_AFTER_UNLOCK BUG_GEN_LATE \
+		BUG_F1_LOAD_FIRST BUG_RECHECK_FIRST BUG_NO_RECHECK \
+		BUG_FOLLOWERS_FIRST; do
+		check "bell-$b" bell safety -D$b
+	done
+	check bell-BUG_NAP_NO_RECHECK bell safety -DNAPS=1 -DBUG_NAP_NO_RECHECK
+	check bell-BUG_UNLOCK_THEN_BUMP-nowait bell safety -DN=1 -DNOWAIT=1 \
+		-DBUG_UNLOCK_THEN_BUMP -DNO_SLEEP_ASSERT
+	check bell-BUG_NOWAIT_NO_BUMP bell safety -DN=1 -DNOWAIT=1 \
+		-DBUG_NOWAIT_NO_BUMP -DNO_SLEEP_ASSERT
+	# src/chan/wake.c's bell as of this writing: both of the last two; a
+	# deadlock even with the follower's timeout (poll() has none)
+	check bell-as-coded bell safety -DBUG_UNLOCK_THEN_BUMP \
+		-DBUG_NOWAIT_NO_BUMP -DFOLLOW_TIMEOUT -DNO_SLEEP_ASSERT
+	check bell-as-coded-naps-nowait bell safety -DN=1 -DNOWAIT=1 -DNAPS=1 \
+		-DBUG_UNLOCK_THEN_BUMP -DBUG_NOWAIT_NO_BUMP -DFOLLOW_TIMEOUT \
+		-DNO_SLEEP_ASSERT
 	for b in BUG_PUBLISH_STORE BUG_CLOSE_STORE BUG_NO_STRAND BUG_FLUSH_LATE \
 		BUG_ATTACH_AFTER_OPEN BUG_NO_PEEK BUG_NO_WITHDRAW \
 		BUG_OPEN_UNCHECKED BUG_NO_EMPTY_SKIP; do
