@@ -873,11 +873,14 @@ static int poll_wait(struct chan *c, enum chan_dir d, int timeout_ms)
  * and sleeps in poll() on the fd and its kick set. Leaving, it bumps the
  * bell's generation, which wakes the others (futex): after an interrupt,
  * every waiter of every channel of the region re-checks. The generation is
- * read before the re-check, and a poller consumes the fd only before its
- * bump: a waiter that takes the role and still sees its snapshot knows the
- * interrupt that may follow its re-check is still in the fd; one that sees
- * a newer generation re-checks instead. Shared, so a waiter may wake for
- * another channel's ring (spurious, re-checked); none is lost.
+ * read before the re-check and has wake_gen's two halves: a ring taken out
+ * of the fd bumps the high half while the taker holds the role
+ * (bell_take()); every leaver bumps the low half after releasing it. A
+ * waiter that takes the role polls only if the high half is still its
+ * snapshot: then any interrupt after its re-check is still in the fd; else
+ * it re-checks. (Bumping one counter after the release lost a wake-up:
+ * model/bell.pml, which checks this scheme.) Shared, so a waiter may wake
+ * for another channel's ring (spurious, re-checked); none is lost.
  */
 static void bell_bump(struct chan_bell *b)
 {
@@ -889,12 +892,24 @@ static void bell_bump(struct chan_bell *b)
 			0);
 }
 
-/* Read the eventfd empty. Returns true if it held a ring. */
+/* Read the eventfd empty, holding the role. A ring taken bumps the high
+ * half of gen at once (GEN_DRAIN, as wake_gen's; model/bell.pml): a waiter
+ * whose snapshot predates it must not poll, its ring may be the one taken.
+ * Returns true if it held a ring. */
 static bool bell_take(struct chan_bell *b)
 {
 	uint64_t v;
 
-	return read(b->fd, &v, sizeof(v)) == (ssize_t)sizeof(v);
+	if (read(b->fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+		return false;
+	atomic_fetch_add(&b->gen, GEN_DRAIN);
+	return true;
+}
+
+/* Has a holder of the role taken a ring since snapshot snap? */
+static bool bell_taken_since(struct chan_bell *b, uint32_t snap)
+{
+	return (ivmc_load_acquire(&b->gen) ^ snap) >> 16 != 0;
 }
 
 /* The poll role's look at the side stream of a bell's channel (chan_open_mem()
@@ -929,7 +944,10 @@ static int bell_lead(struct chan *c, short watch, uint32_t gen,
 		timeout_ms = KICK_NAP_MS, nap_only = true;
 	if (c->has_side && (timeout_ms < 0 || timeout_ms > BELL_MAIL_MS))
 		timeout_ms = BELL_MAIL_MS, nap_only = true;
-	if (ivmc_load_acquire(&b->gen) == gen)
+	/* Only a ring taken since the snapshot stops the poll (the low half
+	 * is every leaver's bump: two waiters must not hand the role back
+	 * and forth without polling). */
+	if (!bell_taken_since(b, gen))
 		r = poll(p, side ? 3 : 2, timeout_ms);
 	if (r < 0)
 		r = errno == EINTR ? -EINTR : -errno;
@@ -1012,18 +1030,16 @@ static int bell_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 }
 
 /* For a non-blocking caller: consume the bell (else its fd stays readable
- * and an event loop spins) unless a waiter is polling it; the bump makes
- * every waiter of the region re-check, as a poller's does. */
+ * and an event loop spins) unless a waiter is polling it. Holding the role
+ * it is a poller: the bump after the release, taken or not, wakes a
+ * waiter that found the role held and followed. */
 static void bell_drain_nowait(struct chan_bell *b)
 {
-	bool took;
-
 	if (ep_lock(&b->poll_lock, true))
 		return;
-	took = bell_take(b);
+	(void)bell_take(b);
 	ep_unlock(&b->poll_lock);
-	if (took)
-		bell_bump(b);
+	bell_bump(b);
 }
 
 int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
