@@ -27,15 +27,15 @@
  * (bell_follow()). bell_bump() adds to gen, then wakes only if it sees a
  * follower (Dekker with the follower's count). Leaving, the flag goes even.
  *
- * THE DEFAULT IS A FIXED SCHEME, NOT src/ AS OF THIS WRITING (as in
- * wake.pml): gen has two halves. A take that found a ring bumps the high
- * half while the taker still holds the role; the role is released; then the
- * low half is bumped (and followers woken), whatever was taken. A poller
- * polls only if the high half is still its snapshot; a follower sleeps on
- * the whole word. The code today is -DBUG_UNLOCK_THEN_BUMP (one counter,
- * unlock /then/ bump, the poller checks the whole word) with
- * -DBUG_NOWAIT_NO_BUMP (bell_drain_nowait() bumps only if it took a ring);
- * spin finds a lost wake-up in each (model/README.md).
+ * The default is the code since 2026-12-08 (as in wake.pml): gen has two
+ * halves. A take that found a ring bumps the high half while the taker
+ * still holds the role; the role is released; then the low half is bumped
+ * (and followers woken), whatever was taken. A poller polls only if the
+ * high half is still its snapshot; a follower sleeps on the whole word.
+ * The code before was -DBUG_UNLOCK_THEN_BUMP (one counter, unlock /then/
+ * bump, the poller checks the whole word) with -DBUG_NOWAIT_NO_BUMP
+ * (bell_drain_nowait() bumps only if it took a ring); spin finds a lost
+ * wake-up in each (model/README.md).
  *
  * Nothing has a timeout by default: not the follower's FOLLOW_MS, not
  * poll()'s KICK_NAP_MS or BELL_MAIL_MS, so a lost wake-up is a deadlock
