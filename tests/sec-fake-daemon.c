@@ -10,7 +10,10 @@
  * seqpacket or unconnected sockets, or the client's own TCP socket; too
  * few or too many fds; CHANs for stray, closed, repeated or unpaired
  * tokens, with side 2 or both sides 0, a ring size the region does not
- * have; truncated, oversized, wrong-version, unknown and empty messages;
+ * have; CHAN_MEMs (a peer VM's slot) whose doorbell is a blocking pipe,
+ * or whose registers are a memfd or a FUSE file, or with the wrong number
+ * of fds (and an honest one without a doorbell: the ends poll);
+ * truncated, oversized, wrong-version, unknown and empty messages;
  * forged WELCOMEs and tables; a flood of 5000 messages; silence; hang-ups;
  * a mailbox it tries to resize. The victim, a forked child, wraps both
  * ends of a loopback TCP connection with ivmc_tcp() and keeps a verified
@@ -1164,6 +1167,99 @@ static void p_ring_mismatch(struct fk *k, struct reg *a, struct reg *b)
 	close(bell[1]);
 }
 
+/* ---- CHAN_MEM: a slot of memory shared with a peer VM (ivmcd --guest) ---- */
+
+/* A CHAN_MEM to each end: the region at offset 0; with peer (a doorbell)
+ * also the eventfd and registers efd() and regs() make, nfds of the
+ * three sent; then, with deny, NOCHAN DENIED. */
+static void chan_mem(struct fk *k, struct reg *a, struct reg *b, uint32_t peer,
+		     int (*efd)(struct fk *k), int (*regs)(struct fk *k),
+		     int nfds, bool then_deny)
+{
+	int fds[3] = { honest_region(k), efd ? efd(k) : -1,
+		       regs ? regs(k) : -1 };
+
+	for (int s = 0; s < 2; s++) {
+		struct ctl_chan_mem m = { .token = s ? b->token : a->token,
+					  .chan_id = 7, .offset = 0,
+					  .size = REGION, .side = (uint32_t)s,
+					  .ring_size = RING, .bell_peer = peer,
+					  .bell_vec = peer ? 3 : 0 };
+
+		ctl_hdr_init(&m.h, CTL_CHAN_MEM, 0);
+		fk_send(k, &m, sizeof(m), fds, nfds);
+	}
+	for (int i = 0; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (then_deny)
+		deny(k, a, b);
+}
+
+static int m_eventfd(struct fk *k)
+{
+	int fd = eventfd(0, EFD_CLOEXEC); /* blocking: the client fixes it */
+
+	(void)k;
+	T_ASSERT(fd >= 0);
+	return fd;
+}
+
+static int m_pipe(struct fk *k)
+{
+	int p[2];
+
+	(void)k;
+	T_ASSERT(pipe2(p, O_CLOEXEC) == 0); /* blocking, never written */
+	close(p[1]);
+	return p[0];
+}
+
+static int m_memfd(struct fk *k)
+{
+	int fd = memfd_create("regs", MFD_CLOEXEC);
+
+	(void)k;
+	T_ASSERT(fd >= 0 && ftruncate(fd, 4096) == 0);
+	return fd;
+}
+
+static int m_fuse(struct fk *k)
+{
+	return r_fuse(k);
+}
+
+/* Honest but for the doorbell: none; the ends poll. */
+static void p_mem_poll(struct fk *k, struct reg *a, struct reg *b)
+{
+	chan_mem(k, a, b, 0, NULL, NULL, 1, false);
+}
+
+static void p_mem_pipe(struct fk *k, struct reg *a, struct reg *b)
+{
+	chan_mem(k, a, b, 2, m_pipe, m_memfd, 3, false);
+}
+
+static void p_mem_regs_memfd(struct fk *k, struct reg *a, struct reg *b)
+{
+	chan_mem(k, a, b, 2, m_eventfd, m_memfd, 3, false);
+}
+
+static void p_mem_regs_fuse(struct fk *k, struct reg *a, struct reg *b)
+{
+	chan_mem(k, a, b, 2, m_eventfd, m_fuse, 3, false);
+}
+
+static void p_mem_bell_1fd(struct fk *k, struct reg *a, struct reg *b)
+{
+	chan_mem(k, a, b, 2, NULL, NULL, 1, true);
+}
+
+static void p_mem_3fds_no_bell(struct fk *k, struct reg *a, struct reg *b)
+{
+	chan_mem(k, a, b, 0, m_eventfd, m_memfd, 3, true);
+}
+
 /* Region and doorbell in the wrong order. */
 static void p_swapped(struct fk *k, struct reg *a, struct reg *b)
 {
@@ -1630,6 +1726,20 @@ static const struct fcase fcases[] = {
 	  .want = { 1, 1 } },
 	{ "both ends told side 0", .pair = p_both_side_0, .want = { 1, 1 } },
 	{ "CHAN side 2", .pair = p_side_2, .want = BOTH(-EACCES) },
+	/* CHAN_MEM (ivmcd --guest): a slot of a peer VM's region */
+	{ "CHAN_MEM without a doorbell (the ends poll)", .pair = p_mem_poll,
+	  .want = ATTACHED },
+	{ "CHAN_MEM: the doorbell's eventfd a blocking pipe",
+	  .pair = p_mem_pipe, .want = BOTH(-EBADFD) },
+	{ "CHAN_MEM: the registers a memfd, not a sysfs resource",
+	  .pair = p_mem_regs_memfd, .want = BOTH(-EBADFD) },
+	{ "CHAN_MEM: the registers a file on a FUSE filesystem that stops "
+	  "answering", .pair = p_mem_regs_fuse, .avail = have_slow_fs,
+	  .want = BOTH(-EBADFD) },
+	{ "CHAN_MEM with a doorbell but one fd", .pair = p_mem_bell_1fd,
+	  .want = BOTH(-EACCES) },
+	{ "CHAN_MEM with three fds and no doorbell", .pair = p_mem_3fds_no_bell,
+	  .want = BOTH(-EACCES) },
 	{ "CHAN ring_size 64 KiB for a 4 KiB region", .pair = p_ring_mismatch,
 	  .want = ATTACHED },
 	{ "two connections spliced (known gap: ivmcd is trusted)",

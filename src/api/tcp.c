@@ -592,8 +592,10 @@ static int mem_bell(struct tcpw *w)
 
 	if (!w->bell_peer)
 		return 0;
-	err = xport_ivshmem_bell_new(w->regs_fd, w->bell_peer, w->bell_vec,
-				     &w->mxb);
+	err = xport_eventfd_verify(w->bell_fd);
+	if (!err)
+		err = xport_ivshmem_bell_new(w->regs_fd, w->bell_peer,
+					     w->bell_vec, &w->mxb);
 	close(w->regs_fd);
 	w->regs_fd = -1;
 	if (err)

@@ -20,6 +20,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 #include <unistd.h>
 
 #include "ivshmem_vm.h"
@@ -531,14 +533,64 @@ int xport_ivshmem_regs_open(const char *bdf)
 	return fd < 0 ? -errno : fd;
 }
 
+/* What fd names, from /proc (which asks no other filesystem: a file on
+ * one whose server stopped answering cannot hold us). */
+static int fd_name(int fd, char *out, size_t len)
+{
+	char path[64];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, out, len - 1);
+	if (n < 0)
+		return -errno;
+	out[n] = 0;
+	return 0;
+}
+
+int xport_eventfd_verify(int fd)
+{
+	char name[64];
+	int fl;
+
+	if (fd_name(fd, name, sizeof(name)) || strcmp(name, "anon_inode:[eventfd]"))
+		return -EBADFD;
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || (!(fl & O_NONBLOCK) &&
+		       fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
+		return -errno;
+	return 0;
+}
+
+/* A device's registers: a PCI resource file in sysfs, read-write. */
+static int regs_verify(int fd)
+{
+	char name[256];
+	struct statfs sf;
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl < 0 || (fl & O_ACCMODE) != O_RDWR || (fl & O_PATH))
+		return -EBADFD;
+	if (fd_name(fd, name, sizeof(name)) || strncmp(name, "/sys/", 5) ||
+	    !strstr(name, "/resource0"))
+		return -EBADFD;
+	if (fstatfs(fd, &sf) < 0 || sf.f_type != SYSFS_MAGIC)
+		return -EBADFD;
+	return 0;
+}
+
 int xport_ivshmem_bell_new(int regs_fd, uint32_t peer_id, uint32_t vec,
 			   struct xport_ivshmem_bell **out)
 {
 	struct xport_ivshmem_bell *b;
 	void *p;
+	int err;
 
 	if (!peer_id || peer_id > IVMC_VM_ID_MAX || vec > 0xffff)
 		return -EINVAL;
+	err = regs_verify(regs_fd);
+	if (err)
+		return err;
 	b = calloc(1, sizeof(*b));
 	if (!b)
 		return -ENOMEM;

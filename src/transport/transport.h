@@ -106,11 +106,17 @@ int xport_ivshmem_irq_ring_vec(struct xport_ivshmem_irq *q, unsigned int v);
 int xport_ivshmem_regs_open(const char *bdf);
 
 /* A client's doorbell: ringing stores peer_id << 16 | vec into the
- * Doorbell register of the BAR0 that regs_fd maps (fd borrowed). Returns
- * 0 and *out, -EINVAL (peer_id 0 or too large, vec) or -errno. */
+ * Doorbell register of the BAR0 that regs_fd maps (fd borrowed: a PCI
+ * resource0 file in sysfs, read-write). Returns 0 and *out, -EINVAL
+ * (peer_id 0 or too large, vec), -EBADFD (regs_fd is not such a file) or
+ * -errno. */
 struct xport_ivshmem_bell;
 int xport_ivshmem_bell_new(int regs_fd, uint32_t peer_id, uint32_t vec,
 			   struct xport_ivshmem_bell **out);
+/* Verify a received eventfd (asking no filesystem) and make it
+ * non-blocking. Returns 0, -EBADFD (not an eventfd) or -errno. */
+int xport_eventfd_verify(int fd);
+
 /* Ring (a chan_bell ring function: bell is the xport_ivshmem_bell). */
 int xport_ivshmem_bell_ring(void *bell);
 void xport_ivshmem_bell_free(struct xport_ivshmem_bell *b);
