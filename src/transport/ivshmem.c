@@ -553,7 +553,8 @@ int xport_eventfd_verify(int fd)
 	char name[64];
 	int fl;
 
-	if (fd_name(fd, name, sizeof(name)) || strcmp(name, "anon_inode:[eventfd]"))
+	if (fd_name(fd, name, sizeof(name)) ||
+	    strcmp(name, "anon_inode:[eventfd]") != 0)
 		return -EBADFD;
 	fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || (!(fl & O_NONBLOCK) &&
@@ -571,7 +572,7 @@ static int regs_verify(int fd)
 
 	if (fl < 0 || (fl & O_ACCMODE) != O_RDWR || (fl & O_PATH))
 		return -EBADFD;
-	if (fd_name(fd, name, sizeof(name)) || strncmp(name, "/sys/", 5) ||
+	if (fd_name(fd, name, sizeof(name)) || strncmp(name, "/sys/", 5) != 0 ||
 	    !strstr(name, "/resource0"))
 		return -EBADFD;
 	if (fstatfs(fd, &sf) < 0 || sf.f_type != SYSFS_MAGIC)
@@ -596,8 +597,7 @@ int xport_ivshmem_bell_new(int regs_fd, uint32_t peer_id, uint32_t vec,
 		return -ENOMEM;
 	p = mmap(NULL, REGS_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, regs_fd, 0);
 	if (p == MAP_FAILED) {
-		int err = -errno;
-
+		err = -errno;
 		free(b);
 		return err;
 	}
