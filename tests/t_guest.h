@@ -16,6 +16,7 @@
 #include "../src/chan/chan.h"
 #include "../src/chan/shm_layout.h"
 #include "../src/transport/ivshmem_vm.h"
+#include "t_fakepci.h"
 #include "t_netns.h"
 
 #define T_GUEST_PAIR_SIZE (8u << 20)
@@ -35,37 +36,21 @@ static struct {
 
 static inline void t_write_file(const char *path, const void *buf, size_t n)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int err = t_fakepci_write(path, buf, n);
 
-	if (fd < 0 || write(fd, buf, n) != (ssize_t)n || close(fd))
-		t_fail("write %s: %s", path, strerror(errno));
+	if (err)
+		t_fail("write %s: %s", path, strerror(-err));
 }
 
 /* A stand-in ivshmem device dir/BDF with ID id, its region at region. */
 static inline void t_guest_fake_dev(const char *dir, const char *bdf,
 				    uint32_t id, const char *region)
 {
-	char d[PATH_MAX], p[PATH_MAX + 32];
-	uint8_t cfg[64] = { 0 }, regs[4096] = { 0 };
+	const char *what;
+	int err = t_fakepci_dev(dir, bdf, id, region, &what);
 
-	snprintf(d, sizeof(d), "%s/%s", dir, bdf);
-	if (mkdir(d, 0700))
-		t_fail("mkdir %s: %s", d, strerror(errno));
-	snprintf(p, sizeof(p), "%s/vendor", d);
-	t_write_file(p, "0x1af4\n", 7);
-	snprintf(p, sizeof(p), "%s/device", d);
-	t_write_file(p, "0x1110\n", 7);
-	snprintf(p, sizeof(p), "%s/enable", d);
-	t_write_file(p, "0\n", 2);
-	cfg[4] = 0x2; /* PCI_COMMAND_MEMORY */
-	snprintf(p, sizeof(p), "%s/config", d);
-	t_write_file(p, cfg, sizeof(cfg));
-	memcpy(regs + 8, &id, 4); /* IVPosition */
-	snprintf(p, sizeof(p), "%s/resource0", d);
-	t_write_file(p, regs, sizeof(regs));
-	snprintf(p, sizeof(p), "%s/resource2", d);
-	if (symlink(region, p))
-		t_fail("symlink %s: %s", p, strerror(errno));
+	if (err)
+		t_fail("%s/%s/%s: %s", dir, bdf, what, strerror(-err));
 }
 
 static inline void t_guest_addr4(struct ivmc_shm_vm_addr *a, const char *ip)

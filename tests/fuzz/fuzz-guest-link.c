@@ -70,6 +70,7 @@
 #include "transport/transport.h"
 #include "../tools/ivmcd/ivmcd.h"
 #include "fuzz.h"
+#include "../t_fakepci.h"
 
 #define PAIR_SIZE  (256u << 10)
 #define RING	   4096u
@@ -209,39 +210,17 @@ uint64_t ivmc_fuzz_shm(const volatile void *p, uint64_t v, size_t size)
 
 /* ---- the stand-in VM ---------------------------------------------------- */
 
-static void write_file(const char *path, const void *buf, size_t n)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-	FZ_ASSERT(fd >= 0 && write(fd, buf, n) == (ssize_t)n && !close(fd),
-		  "%s: %s", path, strerror(errno));
-}
-
 static const char *const bdfs[2] = { "0000:00:04.0", "0000:00:05.0" };
-static const char *const dev_files[] = { "vendor", "device", "enable",
-					 "config", "resource0", "resource2" };
 
 static void fake_dev(int i, uint32_t id, const char *region)
 {
-	char d[160], p[192];
-	uint8_t cfg[64] = { 0 }, regs[4096] = { 0 };
+	char d[160];
+	const char *what;
+	int err;
 
-	snprintf(d, sizeof(d), "%s/pci/%s", dir, bdfs[i]);
-	FZ_ASSERT(!mkdir(d, 0700), "mkdir %s", d);
-	snprintf(p, sizeof(p), "%s/vendor", d);
-	write_file(p, "0x1af4\n", 7);
-	snprintf(p, sizeof(p), "%s/device", d);
-	write_file(p, "0x1110\n", 7);
-	snprintf(p, sizeof(p), "%s/enable", d);
-	write_file(p, "0\n", 2);
-	cfg[4] = 0x2; /* PCI_COMMAND_MEMORY */
-	snprintf(p, sizeof(p), "%s/config", d);
-	write_file(p, cfg, sizeof(cfg));
-	memcpy(regs + 8, &id, 4);
-	snprintf(p, sizeof(p), "%s/resource0", d);
-	write_file(p, regs, sizeof(regs));
-	snprintf(p, sizeof(p), "%s/resource2", d);
-	FZ_ASSERT(!symlink(region, p), "symlink %s", p);
+	snprintf(d, sizeof(d), "%s/pci", dir);
+	err = t_fakepci_dev(d, bdfs[i], id, region, &what);
+	FZ_ASSERT(!err, "%s/%s/%s: %s", d, bdfs[i], what, strerror(-err));
 }
 
 static void cleanup(void)
@@ -249,10 +228,10 @@ static void cleanup(void)
 	char p[256];
 
 	for (int i = 0; i < 2; i++) {
-		for (size_t f = 0; f < sizeof(dev_files) / sizeof(*dev_files);
-		     f++) {
+		for (size_t f = 0; f < sizeof(t_fakepci_files) /
+					       sizeof(*t_fakepci_files); f++) {
 			snprintf(p, sizeof(p), "%s/pci/%s/%s", dir, bdfs[i],
-				 dev_files[f]);
+				 t_fakepci_files[f]);
 			unlink(p);
 		}
 		snprintf(p, sizeof(p), "%s/pci/%s", dir, bdfs[i]);
