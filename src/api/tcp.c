@@ -582,7 +582,6 @@ open:
 
 /* ---- attaching ------------------------------------------------------------ */
 
-/* Open the stashed channel if no call is on TCP in either direction. */
 /* A memory channel's doorbell (CHAN_MEM with bell_peer): the bell on the
  * slot's eventfd (moved out of the application's way), ringing through
  * the device's registers. The register fd goes once mapped. */
@@ -605,19 +604,20 @@ static int mem_bell(struct tcpw *w)
 			     &w->mbell);
 }
 
-/* After the channel (or instead of it). */
+/* After the channel (or instead of it): the bell and what it rings
+ * through, and its eventfd (a CHAN's doorbell is the channel's by then). */
 static void mem_bell_free(struct tcpw *w)
 {
 	chan_bell_free(w->mbell);
 	xport_ivshmem_bell_free(w->mxb);
 	w->mbell = NULL;
 	w->mxb = NULL;
-	if (w->mem_size && w->bell_fd >= 0) {
+	if (w->bell_fd >= 0)
 		close(w->bell_fd);
-		w->bell_fd = -1;
-	}
+	w->bell_fd = -1;
 }
 
+/* Open the stashed channel if no call is on TCP in either direction. */
 static void install(struct tcpw *w)
 {
 	struct chan *c;
@@ -652,6 +652,8 @@ static void install(struct tcpw *w)
 		w->cfg.bell = NULL;
 	} else {
 		err = chan_open(&w->cfg, w->region_fd, w->bell_fd, &c);
+		if (!err)
+			w->bell_fd = -1; /* the channel's now */
 	}
 	close(w->region_fd);
 	if (err) {

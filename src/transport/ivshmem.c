@@ -148,16 +148,25 @@ static int enable(const char *bdf)
 	return err;
 }
 
-static int open_bar2(const char *bdf, int *out, uint64_t *size)
+/* The device's BAR n (sysfs resourceN), opened with flags: the fd, or
+ * -ENODEV (no such file) or -errno. */
+static int open_bar(const char *bdf, int n, int flags)
 {
 	char path[256];
-	struct stat st;
 	int fd;
 
-	snprintf(path, sizeof(path), "%s/%s/resource2", pci_devices(), bdf);
-	fd = open(path, O_RDWR | O_SYNC | O_CLOEXEC);
+	snprintf(path, sizeof(path), "%s/%s/resource%d", pci_devices(), bdf, n);
+	fd = open(path, flags | O_SYNC | O_CLOEXEC);
+	return fd >= 0 ? fd : errno == ENOENT ? -ENODEV : -errno;
+}
+
+static int open_bar2(const char *bdf, int *out, uint64_t *size)
+{
+	struct stat st;
+	int fd = open_bar(bdf, 2, O_RDWR);
+
 	if (fd < 0)
-		return errno == ENOENT ? -ENODEV : -errno;
+		return fd;
 	if (fstat(fd, &st) < 0 || st.st_size <= 0) {
 		close(fd);
 		return -ENODEV;
@@ -208,17 +217,15 @@ int xport_ivshmem_list(char (*bdf)[BDF_LEN + 1], int max)
  * Returns the map, or NULL and *err. */
 static volatile uint32_t *map_regs(const char *bdf, bool rw, int *err)
 {
-	char path[256];
 	void *p;
 	int fd;
 
 	*err = !bdf_ok(bdf) ? -EINVAL : !is_ivshmem(bdf) ? -ENODEV : enable(bdf);
 	if (*err)
 		return NULL;
-	snprintf(path, sizeof(path), "%s/%s/resource0", pci_devices(), bdf);
-	fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_SYNC | O_CLOEXEC);
+	fd = open_bar(bdf, 0, rw ? O_RDWR : O_RDONLY);
 	if (fd < 0) {
-		*err = errno == ENOENT ? -ENODEV : -errno;
+		*err = fd;
 		return NULL;
 	}
 	p = mmap(NULL, REGS_MAP, rw ? PROT_READ | PROT_WRITE : PROT_READ,
@@ -523,14 +530,7 @@ struct xport_ivshmem_bell {
 
 int xport_ivshmem_regs_open(const char *bdf)
 {
-	char path[256];
-	int fd;
-
-	if (!bdf_ok(bdf))
-		return -EINVAL;
-	snprintf(path, sizeof(path), "%s/%s/resource0", pci_devices(), bdf);
-	fd = open(path, O_RDWR | O_SYNC | O_CLOEXEC);
-	return fd < 0 ? -errno : fd;
+	return bdf_ok(bdf) ? open_bar(bdf, 0, O_RDWR) : -EINVAL;
 }
 
 /* What fd names, from /proc (which asks no other filesystem: a file on

@@ -102,7 +102,8 @@ int xport_ivshmem_irq_vfd(const struct xport_ivshmem_irq *q, unsigned int v);
 int xport_ivshmem_irq_ring_vec(struct xport_ivshmem_irq *q, unsigned int v);
 
 /* The device's registers (BAR0, sysfs resource0) opened read-write for a
- * client's doorbell (xport_ivshmem_bell_new()). Returns the fd or -errno. */
+ * client's doorbell (xport_ivshmem_bell_new()). Returns the fd, -EINVAL
+ * (bdf), -ENODEV (no such device) or -errno. */
 int xport_ivshmem_regs_open(const char *bdf);
 
 /* A client's doorbell: ringing stores peer_id << 16 | vec into the
