@@ -507,12 +507,20 @@ static void kick_take(int ep)
 		;
 }
 
+/* The side stream events the waiters of this end registered
+ * (ep->side_want holds them per direction, in its two halves). */
+static short side_wanted(const struct chan_ep *ep)
+{
+	uint32_t want = ivmc_load_acquire(&ep->side_want);
+
+	return (short)((want & 0xffff) | (want >> 16));
+}
+
 /* The poller's set: the doorbell, and the side stream for what any waiter
- * on this end registered (ep->side_want holds one byte of events each). */
+ * on this end registered. */
 static void sleeper_init(struct chan *c, struct sleeper *s)
 {
-	uint32_t want = ivmc_load_acquire(&c->ep->side_want);
-	short ev = (short)((want & 0xffff) | (want >> 16));
+	short ev = side_wanted(c->ep);
 
 	memset(s, 0, sizeof(*s));
 	s->pfd[0].fd = -1;
@@ -919,8 +927,7 @@ static bool bell_taken_since(struct chan_bell *b, uint32_t snap)
  * false if there is nothing to watch. */
 static bool bell_side(struct chan *c, short watch, struct pollfd *p)
 {
-	uint32_t want = ivmc_load_acquire(&c->ep->side_want);
-	short ev = (short)((want & 0xffff) | (want >> 16));
+	short ev = side_wanted(c->ep);
 
 	if (!c->has_side || (!ev && watch < 0))
 		return false;
@@ -1044,21 +1051,24 @@ static void bell_drain_nowait(struct chan_bell *b)
 
 int chan_wait(struct chan *c, enum chan_dir d, int timeout_ms)
 {
+	uint64_t nap_first = chan_nap_first_ns(c);
 	int r;
 
 	if (spin(c, d))
 		return 0;
 	/* Between guests, naps first: a busy connection answers without
 	 * the interrupt, an idle one sleeps on it. */
-	if (c->bell && c->has_side && c->bell_poll_ns && timeout_ms < 0 &&
-	    (r = poll_wait_ns(c, d, c->bell_poll_ns)) != -ETIMEDOUT)
-		;
-	else if (c->bell)
+	if (nap_first && timeout_ms < 0) {
+		r = poll_wait_ns(c, d, nap_first);
+		if (r == -ETIMEDOUT)
+			r = bell_wait(c, d, timeout_ms);
+	} else if (c->bell) {
 		r = bell_wait(c, d, timeout_ms);
-	else if (c->doorbell < 0)
+	} else if (c->doorbell < 0) {
 		r = poll_wait(c, d, timeout_ms);
-	else
+	} else {
 		r = sleep_wait(c, d, timeout_ms);
+	}
 	/* A receiver woken may be the one to move what a rewind of our other
 	 * direction gave back (its consumer rang for it). */
 	if (d == CHAN_RX)

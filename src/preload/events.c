@@ -179,7 +179,7 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 
 	for (;;) {
 		nfds_t nk = n;
-		bool any = false, peeked = true, nodb = false;
+		bool any = false, peeked = true, nodb = false, napping;
 		int64_t nap_first = 0; /* between guests: nap this long first */
 		struct timespec ts, *tp = NULL;
 		int r = 0, count = 0;
@@ -250,19 +250,20 @@ static int poll_core(struct pollfd *fds, nfds_t n, int64_t timeout_ns,
 				}
 			}
 		}
+		/* A ring with no doorbell (between VMs): look again after a
+		 * nap, as chan's polling wait does; with one (an interrupt
+		 * between guests, slow under emulation), nap so for the first
+		 * nap_first ns of the wait. */
+		napping = nodb || now - t_start < nap_first;
 		if (any) {
 			ts = (struct timespec){ 0, 0 };
 			tp = &ts;
-		} else if (end >= 0 || nodb || now - t_start < nap_first) {
+		} else if (end >= 0 || napping) {
 			int64_t left = end >= 0 ? end - now : INT64_MAX;
 
 			if (left < 0)
 				left = 0;
-			/* A ring with no doorbell (between VMs): look again
-			 * after a nap, as chan's polling wait does; with one
-			 * (an interrupt between guests, slow under emulation),
-			 * nap so for the first nap_first ns of the wait. */
-			if (nodb || now - t_start < nap_first) {
+			if (napping) {
 				nap = pl_nodb_nap(nap, now - t_start);
 				if (left > nap)
 					left = nap;
