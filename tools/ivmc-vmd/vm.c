@@ -159,11 +159,14 @@ fail:
 	return err;
 }
 
+/* No QEMU: no socket, no eventfd (closed or never made). */
 static void conn_reset(struct conn *c)
 {
+	c->fd = -1;
 	for (unsigned int i = 0; i < VMD_PAIR_VECTORS; i++)
 		c->efd[i] = -1;
 	c->nvec = 0;
+	c->pid = 0;
 }
 
 static int dev_init(struct dev *d, struct vmst *v, struct pairst *p,
@@ -174,7 +177,7 @@ static int dev_init(struct dev *d, struct vmst *v, struct pairst *p,
 	d->pair = p;
 	d->side = side;
 	d->id = p ? ivmc_vm_pair_id(p->no, side) : IVMC_VM_ID_CTL;
-	d->lfd = d->c.fd = -1;
+	d->lfd = -1;
 	conn_reset(&d->c);
 	if (snprintf(d->path, sizeof(d->path), "%s/%s", v->dir, file) >=
 	    (int)sizeof(d->path))
@@ -192,8 +195,6 @@ static void conn_close(struct conn *c)
 		if (c->efd[i] >= 0)
 			close(c->efd[i]);
 	conn_reset(c);
-	c->fd = -1;
-	c->pid = 0;
 }
 
 /* The QEMU on d is gone (or dropped by us): tell the peer's QEMU and the
@@ -329,8 +330,9 @@ static void dev_take(struct dev *d, int fd)
 		close(fd);
 		return;
 	}
-	c = (struct conn){ .fd = fd, .pid = cr.pid };
 	conn_reset(&c);
+	c.fd = fd;
+	c.pid = cr.pid;
 	for (c.nvec = 0; c.nvec < (p ? VMD_PAIR_VECTORS : 1); c.nvec++) {
 		c.efd[c.nvec] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 		if (c.efd[c.nvec] < 0) {
@@ -529,7 +531,7 @@ static int pair_start(struct vmst *a, struct vmst *b)
 	p->nchan = V.conf.pair_chans;
 	for (int s = 0; s < 2; s++) {
 		p->dev[s].vm = p->vm[s];
-		p->dev[s].lfd = p->dev[s].c.fd = -1;
+		p->dev[s].lfd = -1;
 		conn_reset(&p->dev[s].c);
 	}
 	p->used = true;
@@ -597,7 +599,7 @@ static int vm_start(const struct conf_vm *cf)
 		return -ENOSPC;
 	memset(v, 0, sizeof(*v));
 	v->cf = *cf;
-	v->ctldev.lfd = v->ctldev.c.fd = -1;
+	v->ctldev.lfd = -1;
 	conn_reset(&v->ctldev.c);
 	err = vm_dir(v);
 	if (err)

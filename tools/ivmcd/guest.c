@@ -722,15 +722,11 @@ static int peer_up(struct gpeer *gp, char (*bdf)[13], const uint32_t *id,
 		err = xport_ivshmem_open(gp->bdf, &gp->fd, &gp->size);
 		if (err)
 			return err;
-		if (gp->size < gp->p.region_size) {
-			close(gp->fd);
-			gp->fd = -1;
-			return -EMSGSIZE;
-		}
-		err = xport_map(gp->fd, 0, gp->p.region_size, &map);
+		err = gp->size < gp->p.region_size
+			      ? -EMSGSIZE
+			      : xport_map(gp->fd, 0, gp->p.region_size, &map);
 		if (err) {
-			close(gp->fd);
-			gp->fd = -1;
+			dev_close(gp);
 			return err;
 		}
 		gp->map = map;
